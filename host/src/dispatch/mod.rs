@@ -1,0 +1,123 @@
+//! The dispatch of one event through a listener chain: listeners run in order, sharing the
+//! per-event chain state; when one fails, `rollback` runs on those that already succeeded, in
+//! reverse order. The cluster watch and `replay` both go through [`Chain::dispatch`].
+
+mod convert;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::event::{EventKind, ResourceEvent, WatchErrorInfo};
+use crate::runtime::{CallContext, ChainState, Export, Listener, Outcome};
+
+/// One listener call and how it ended.
+#[derive(Debug, Clone)]
+pub struct CallRecord {
+    /// The listener's name.
+    pub listener: Arc<str>,
+    /// Its mode.
+    pub mode: crate::runtime::Mode,
+    /// Which export was called.
+    pub export: Export,
+    /// How the call ended.
+    pub outcome: Outcome,
+    /// Wall time of the call (instantiation included in classname mode).
+    pub duration: Duration,
+}
+
+/// What happened to one event along the chain.
+#[derive(Debug, Clone, Default)]
+pub struct ChainReport {
+    /// Every call in the order made (rollbacks included).
+    pub calls: Vec<CallRecord>,
+    /// Index in the chain of the listener that failed, if one did.
+    pub failed_at: Option<usize>,
+}
+
+impl ChainReport {
+    /// Whether every listener succeeded.
+    pub fn succeeded(&self) -> bool {
+        self.failed_at.is_none()
+    }
+}
+
+/// An ordered chain of listeners for one watch.
+#[derive(Debug, Clone, Default)]
+pub struct Chain {
+    listeners: Vec<Arc<Listener>>,
+}
+
+impl Chain {
+    /// A chain running `listeners` in order.
+    pub fn new(listeners: Vec<Arc<Listener>>) -> Self {
+        Self { listeners }
+    }
+
+    /// The listeners, in order.
+    pub fn listeners(&self) -> &[Arc<Listener>] {
+        &self.listeners
+    }
+
+    /// Runs `event` through the chain. Blocking: guest code runs on the calling thread (use
+    /// `spawn_blocking` from async code).
+    pub fn dispatch(&self, event: &ResourceEvent) -> ChainReport {
+        let wit = convert::event(event);
+        let export = match event.kind {
+            EventKind::Create => Export::Create,
+            EventKind::Update => Export::Update,
+            EventKind::Delete => Export::Delete,
+        };
+        let mut ctx = CallContext {
+            object: Arc::from(event.meta.object_ref()),
+            event_kind: export.as_str(),
+            chain: ChainState::default(),
+        };
+        let mut report = ChainReport::default();
+        for (index, listener) in self.listeners.iter().enumerate() {
+            let record = timed(listener, export, || listener.call_event(export, &wit, &ctx));
+            let ok = record.outcome.is_ok();
+            report.calls.push(record);
+            if !ok {
+                report.failed_at = Some(index);
+                break;
+            }
+        }
+        if let Some(failed) = report.failed_at {
+            ctx.event_kind = Export::Rollback.as_str();
+            for listener in self.listeners[..failed].iter().rev() {
+                let record = timed(listener, Export::Rollback, || {
+                    listener.call_event(Export::Rollback, &wit, &ctx)
+                });
+                report.calls.push(record);
+            }
+        }
+        report
+    }
+
+    /// Passes a watch error to every listener's `error` export; a failure of one does not stop
+    /// the others.
+    pub fn dispatch_error(&self, error: &WatchErrorInfo, watch: &str) -> Vec<CallRecord> {
+        let wit = convert::watch_error(error);
+        let ctx = CallContext {
+            object: Arc::from(watch),
+            event_kind: Export::Error.as_str(),
+            chain: ChainState::default(),
+        };
+        self.listeners
+            .iter()
+            .map(|listener| timed(listener, Export::Error, || listener.call_error(&wit, &ctx)))
+            .collect()
+    }
+}
+
+fn timed(listener: &Listener, export: Export, call: impl FnOnce() -> Outcome) -> CallRecord {
+    let start = Instant::now();
+    let outcome = call();
+    CallRecord {
+        listener: listener.name().clone(),
+        mode: listener.mode(),
+        export,
+        outcome,
+        duration: start.elapsed(),
+    }
+}

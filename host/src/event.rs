@@ -1,0 +1,363 @@
+//! The event model shared by the cluster watch and `replay`: [`ResourceEvent`], its metadata,
+//! and the [`Tracker`] that turns raw watch events into create/update/delete with the previous
+//! object and drops duplicate deliveries.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use serde_json::Value;
+
+/// What happened to an object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum EventKind {
+    /// Created (or found by an initial list or relist).
+    Create,
+    /// Changed.
+    Update,
+    /// Deleted.
+    Delete,
+}
+
+impl EventKind {
+    /// `create`, `update` or `delete`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::Create => "create",
+            EventKind::Update => "update",
+            EventKind::Delete => "delete",
+        }
+    }
+}
+
+/// Object metadata parsed from the JSON by the host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectMeta {
+    /// `apiVersion`.
+    pub api_version: String,
+    /// `kind`.
+    pub kind: String,
+    /// `metadata.name`.
+    pub name: String,
+    /// `metadata.namespace`, absent for cluster-scoped objects.
+    pub namespace: Option<String>,
+    /// `metadata.uid` (empty when absent, e.g. in hand-written replay files).
+    pub uid: String,
+    /// `metadata.resourceVersion` (empty when absent).
+    pub resource_version: String,
+    /// `metadata.generation`.
+    pub generation: Option<i64>,
+    /// `metadata.labels`.
+    pub labels: Vec<(String, String)>,
+    /// `metadata.annotations`.
+    pub annotations: Vec<(String, String)>,
+}
+
+/// Why an object's JSON could not be turned into an event.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EventError {
+    /// The text is not JSON.
+    #[error("object is not valid JSON: {0}")]
+    NotJson(String),
+    /// A required field is missing or has the wrong type.
+    #[error("object field {field}: {problem}")]
+    BadField {
+        /// JSON path of the field.
+        field: &'static str,
+        /// What is wrong.
+        problem: &'static str,
+    },
+}
+
+impl ObjectMeta {
+    /// Parses the metadata of an object given as JSON text.
+    ///
+    /// # Errors
+    /// [`EventError`] naming the missing or mistyped field.
+    pub fn from_json(raw: &str) -> Result<Self, EventError> {
+        let value: Value =
+            serde_json::from_str(raw).map_err(|e| EventError::NotJson(e.to_string()))?;
+        Self::from_value(&value)
+    }
+
+    /// Parses the metadata of an already parsed object.
+    ///
+    /// # Errors
+    /// [`EventError`] naming the missing or mistyped field.
+    pub fn from_value(value: &Value) -> Result<Self, EventError> {
+        let text = |v: Option<&Value>,
+                    field: &'static str,
+                    required: bool|
+         -> Result<Option<String>, EventError> {
+            match v {
+                None | Some(Value::Null) if !required => Ok(None),
+                None | Some(Value::Null) => Err(EventError::BadField {
+                    field,
+                    problem: "missing",
+                }),
+                Some(Value::String(s)) => Ok(Some(s.clone())),
+                Some(_) => Err(EventError::BadField {
+                    field,
+                    problem: "not a string",
+                }),
+            }
+        };
+        if !value.is_object() {
+            return Err(EventError::BadField {
+                field: "(object)",
+                problem: "not a JSON object",
+            });
+        }
+        let meta = value.get("metadata").unwrap_or(&Value::Null);
+        if !meta.is_object() {
+            return Err(EventError::BadField {
+                field: "metadata",
+                problem: "missing or not an object",
+            });
+        }
+        let generation = match meta.get("generation") {
+            None | Some(Value::Null) => None,
+            Some(g) => Some(g.as_i64().ok_or(EventError::BadField {
+                field: "metadata.generation",
+                problem: "not an integer",
+            })?),
+        };
+        Ok(Self {
+            api_version: text(value.get("apiVersion"), "apiVersion", true)?.unwrap_or_default(),
+            kind: text(value.get("kind"), "kind", true)?.unwrap_or_default(),
+            name: text(meta.get("name"), "metadata.name", true)?.unwrap_or_default(),
+            namespace: text(meta.get("namespace"), "metadata.namespace", false)?,
+            uid: text(meta.get("uid"), "metadata.uid", false)?.unwrap_or_default(),
+            resource_version: text(
+                meta.get("resourceVersion"),
+                "metadata.resourceVersion",
+                false,
+            )?
+            .unwrap_or_default(),
+            generation,
+            labels: string_map(meta.get("labels"), "metadata.labels")?,
+            annotations: string_map(meta.get("annotations"), "metadata.annotations")?,
+        })
+    }
+
+    /// `namespace/name`, or `name` for cluster-scoped objects.
+    pub fn object_ref(&self) -> String {
+        match &self.namespace {
+            Some(ns) => format!("{ns}/{}", self.name),
+            None => self.name.clone(),
+        }
+    }
+}
+
+fn string_map(v: Option<&Value>, field: &'static str) -> Result<Vec<(String, String)>, EventError> {
+    match v {
+        None | Some(Value::Null) => Ok(Vec::new()),
+        Some(Value::Object(map)) => map
+            .iter()
+            .map(|(k, v)| match v {
+                Value::String(s) => Ok((k.clone(), s.clone())),
+                _ => Err(EventError::BadField {
+                    field,
+                    problem: "a value is not a string",
+                }),
+            })
+            .collect(),
+        Some(_) => Err(EventError::BadField {
+            field,
+            problem: "not an object",
+        }),
+    }
+}
+
+/// One event for the listener chain.
+#[derive(Debug, Clone)]
+pub struct ResourceEvent {
+    /// What happened.
+    pub kind: EventKind,
+    /// The object as JSON text, as the API server sent it.
+    pub object: Arc<str>,
+    /// For updates, the previous object.
+    pub old_object: Option<Arc<str>>,
+    /// Parsed metadata of `object`.
+    pub meta: ObjectMeta,
+    /// True when the object came from an initial list or relist.
+    pub initial: bool,
+}
+
+/// A watch failure passed to every listener's `error` export.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WatchErrorInfo {
+    /// HTTP-like status code (410 when the resourceVersion expired).
+    pub code: u16,
+    /// Machine-readable reason, e.g. `Expired`.
+    pub reason: String,
+    /// Human-readable message.
+    pub message: String,
+}
+
+impl WatchErrorInfo {
+    /// Reads a `Status` object (`{"code":410,"reason":"Expired","message":"..."}`), tolerating
+    /// missing fields.
+    pub fn from_status(status: &Value) -> Self {
+        Self {
+            code: status
+                .get("code")
+                .and_then(Value::as_u64)
+                .and_then(|c| u16::try_from(c).ok())
+                .unwrap_or(500),
+            reason: status
+                .get("reason")
+                .and_then(Value::as_str)
+                .unwrap_or("Unknown")
+                .to_string(),
+            message: status
+                .get("message")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_string(),
+        }
+    }
+}
+
+/// A watch event before the event model is applied: `ADDED`, `MODIFIED` or `DELETED` and the
+/// object's JSON text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WatchType {
+    /// `ADDED`
+    Added,
+    /// `MODIFIED`
+    Modified,
+    /// `DELETED`
+    Deleted,
+}
+
+/// Applies the event model: remembers the last state of every object (by uid, else
+/// namespace/name) so updates carry the previous object and deletes the last known state, turns
+/// an `ADDED` for a known object into an update, and drops a delivery whose resourceVersion was
+/// already seen for that object.
+#[derive(Debug, Default)]
+pub struct Tracker {
+    seen: HashMap<String, (String, Arc<str>)>,
+}
+
+impl Tracker {
+    /// Turns one raw watch event into a [`ResourceEvent`], or `None` for a duplicate.
+    pub fn apply(
+        &mut self,
+        ty: WatchType,
+        object: Arc<str>,
+        meta: ObjectMeta,
+        initial: bool,
+    ) -> Option<ResourceEvent> {
+        let key = if meta.uid.is_empty() {
+            meta.object_ref()
+        } else {
+            meta.uid.clone()
+        };
+        let previous = self.seen.get(&key);
+        if let Some((rv, _)) = previous {
+            if !rv.is_empty() && *rv == meta.resource_version {
+                return None;
+            }
+        }
+        let old_object = previous.map(|(_, obj)| obj.clone());
+        let kind = match ty {
+            WatchType::Deleted => {
+                self.seen.remove(&key);
+                EventKind::Delete
+            }
+            WatchType::Added | WatchType::Modified => {
+                self.seen
+                    .insert(key, (meta.resource_version.clone(), object.clone()));
+                if old_object.is_some() {
+                    EventKind::Update
+                } else {
+                    EventKind::Create
+                }
+            }
+        };
+        Some(ResourceEvent {
+            kind,
+            object,
+            old_object: if kind == EventKind::Update {
+                old_object
+            } else {
+                None
+            },
+            meta,
+            initial,
+        })
+    }
+
+    /// Number of objects currently known.
+    pub fn len(&self) -> usize {
+        self.seen.len()
+    }
+
+    /// Whether no object is known.
+    pub fn is_empty(&self) -> bool {
+        self.seen.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn obj(rv: &str, extra: &str) -> (Arc<str>, ObjectMeta) {
+        let raw = format!(
+            r#"{{"apiVersion":"v1","kind":"ConfigMap","metadata":{{"name":"a","namespace":"ns","uid":"u1","resourceVersion":"{rv}","labels":{{"x":"y"}}}}{extra}}}"#
+        );
+        let meta = ObjectMeta::from_json(&raw).unwrap();
+        (Arc::from(raw), meta)
+    }
+
+    #[test]
+    fn parses_metadata() {
+        let (_, m) = obj("7", "");
+        assert_eq!(m.object_ref(), "ns/a");
+        assert_eq!(m.labels, vec![("x".to_string(), "y".to_string())]);
+        assert_eq!(m.resource_version, "7");
+        assert!(matches!(
+            ObjectMeta::from_json(r#"{"apiVersion":"v1","kind":"X","metadata":{}}"#),
+            Err(EventError::BadField {
+                field: "metadata.name",
+                ..
+            })
+        ));
+        assert!(matches!(
+            ObjectMeta::from_json("{"),
+            Err(EventError::NotJson(_))
+        ));
+        assert!(matches!(
+            ObjectMeta::from_json(
+                r#"{"apiVersion":"v1","kind":"X","metadata":{"name":"a","labels":{"a":1}}}"#
+            ),
+            Err(EventError::BadField {
+                field: "metadata.labels",
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn tracks_old_objects_and_drops_duplicates() {
+        let mut t = Tracker::default();
+        let (o1, m1) = obj("1", "");
+        let e = t
+            .apply(WatchType::Added, o1.clone(), m1.clone(), false)
+            .unwrap();
+        assert_eq!((e.kind, e.old_object.is_none()), (EventKind::Create, true));
+        assert!(
+            t.apply(WatchType::Added, o1.clone(), m1, false).is_none(),
+            "same rv twice"
+        );
+        let (o2, m2) = obj("2", r#","data":{"k":"v"}"#);
+        let e = t.apply(WatchType::Modified, o2.clone(), m2, false).unwrap();
+        assert_eq!(e.kind, EventKind::Update);
+        assert_eq!(e.old_object.as_deref(), Some(&*o1));
+        let (o3, m3) = obj("3", "");
+        let e = t.apply(WatchType::Deleted, o3, m3, false).unwrap();
+        assert_eq!((e.kind, e.old_object), (EventKind::Delete, None));
+        assert!(t.is_empty());
+    }
+}

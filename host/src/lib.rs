@@ -1,0 +1,16 @@
+//! kubelisten: runs Kubernetes event listeners as sandboxed WebAssembly components.
+//!
+//! The data path is `event` (the event model shared by the cluster watch and `replay`) →
+//! [`dispatch`] (the listener chain) → [`runtime`] (wasmtime: compile, instantiate, call, contain).
+#![deny(missing_docs)]
+
+pub mod dispatch;
+pub mod event;
+pub mod replay;
+pub mod runtime;
+
+pub use dispatch::{CallRecord, Chain, ChainReport};
+pub use event::{EventKind, ObjectMeta, ResourceEvent, WatchErrorInfo};
+pub use runtime::{
+    Limits, Listener, ListenerSpec, Mode, Outcome, Runtime, RuntimeConfig, TrapKind,
+};

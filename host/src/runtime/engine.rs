@@ -1,0 +1,259 @@
+//! The process-wide [`Runtime`]: one wasmtime `Engine` (pooling allocator when possible), the
+//! `Linker` with every host interface, the epoch ticker, and the on-disk compiled-code cache.
+
+use std::collections::hash_map::DefaultHasher;
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+use wasmtime::component::{Component, HasSelf, Linker};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+
+use super::bindings::Listener as ListenerWorld;
+use super::host::{GuestLogSink, TracingSink};
+use super::state::HostState;
+use super::{Error, Result};
+
+/// Interval of the epoch ticker; call deadlines are rounded up to whole ticks.
+pub(crate) const EPOCH_TICK: Duration = Duration::from_millis(10);
+
+/// Settings of the [`Runtime`].
+#[derive(Clone)]
+pub struct RuntimeConfig {
+    /// Directory of the compiled-code cache (`None` disables it).
+    pub cache_dir: Option<PathBuf>,
+    /// Try the pooling instance allocator first (falls back to on-demand when it cannot be used).
+    pub pooling: bool,
+    /// Instances the pool holds at once (fresh classname instances in flight plus reference ones).
+    pub pool_instances: u32,
+    /// Where guest log lines go.
+    pub sink: Arc<dyn GuestLogSink>,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        Self {
+            cache_dir: default_cache_dir(),
+            pooling: true,
+            pool_instances: 256,
+            sink: Arc::new(TracingSink),
+        }
+    }
+}
+
+/// `$KUBELISTEN_CACHE_DIR`, else `$XDG_CACHE_HOME/kubelisten/compiled`, else
+/// `~/.cache/kubelisten/compiled`.
+pub fn default_cache_dir() -> Option<PathBuf> {
+    if let Some(dir) = std::env::var_os("KUBELISTEN_CACHE_DIR") {
+        return Some(PathBuf::from(dir));
+    }
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
+    Some(base.join("kubelisten").join("compiled"))
+}
+
+/// Which instance allocator the engine uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AllocatorKind {
+    /// Pre-reserved slots, memory kept resident between instances: the fast path.
+    Pooling,
+    /// mmap per instance: used when the address space does not allow the pool.
+    OnDemand,
+}
+
+struct Inner {
+    engine: Engine,
+    linker: Linker<HostState>,
+    allocator: AllocatorKind,
+    config: RuntimeConfig,
+    stop_ticker: Arc<AtomicBool>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.stop_ticker.store(true, Ordering::Relaxed);
+    }
+}
+
+/// The process-wide wasm runtime; cheap to clone.
+#[derive(Clone)]
+pub struct Runtime(Arc<Inner>);
+
+impl Runtime {
+    /// Creates the engine (pooling allocator if the machine allows, else on-demand, logged),
+    /// the linker with WASI p2 (nothing granted) and the listener imports, and starts the epoch
+    /// ticker thread.
+    ///
+    /// # Errors
+    /// [`Error::EngineFailed`] when no engine can be built.
+    pub fn new(config: RuntimeConfig) -> Result<Self> {
+        let (engine, allocator) = build_engine(&config)?;
+        tracing::info!(allocator = ?allocator, "wasm engine ready");
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
+            .map_err(|e| Error::EngineFailed(e.into()))?;
+        ListenerWorld::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)
+            .map_err(|e| Error::EngineFailed(e.into()))?;
+        let stop_ticker = Arc::new(AtomicBool::new(false));
+        spawn_ticker(engine.clone(), stop_ticker.clone());
+        Ok(Self(Arc::new(Inner {
+            engine,
+            linker,
+            allocator,
+            config,
+            stop_ticker,
+        })))
+    }
+
+    /// The engine.
+    pub fn engine(&self) -> &Engine {
+        &self.0.engine
+    }
+
+    /// The linker holding every host interface.
+    pub(crate) fn linker(&self) -> &Linker<HostState> {
+        &self.0.linker
+    }
+
+    /// Which allocator is in use.
+    pub fn allocator(&self) -> AllocatorKind {
+        self.0.allocator
+    }
+
+    /// Where guest log lines go.
+    pub(crate) fn sink(&self) -> Arc<dyn GuestLogSink> {
+        self.0.config.sink.clone()
+    }
+
+    /// Compiles `bytes` (a component), through the on-disk cache keyed by the content digest
+    /// and the engine's compatibility hash. Returns the component and its `sha256:` digest.
+    pub(crate) fn compile(&self, bytes: &[u8]) -> wasmtime::Result<(Component, String)> {
+        let digest = format!("sha256:{}", hex::encode(Sha256::digest(bytes)));
+        let Some(dir) = &self.0.config.cache_dir else {
+            return Ok((Component::new(&self.0.engine, bytes)?, digest));
+        };
+        let path = dir.join(format!("{}-{}.cwasm", &digest[7..], self.engine_hash()));
+        if path.exists() {
+            // SAFETY: the file was written by `Engine::precompile_component` of an engine with the
+            // same compatibility hash (part of the file name), in a directory this process owns.
+            match unsafe { Component::deserialize_file(&self.0.engine, &path) } {
+                Ok(component) => {
+                    tracing::debug!(%digest, path = %path.display(), "compiled code loaded from cache");
+                    return Ok((component, digest));
+                }
+                Err(err) => {
+                    tracing::warn!(path = %path.display(), error = %err, "ignoring unusable cache entry")
+                }
+            }
+        }
+        let compiled = self.0.engine.precompile_component(bytes)?;
+        if let Err(err) = write_atomically(&path, &compiled) {
+            tracing::warn!(path = %path.display(), error = %err, "cannot write compiled-code cache");
+        }
+        // SAFETY: `compiled` was produced just now by this engine.
+        let component = unsafe { Component::deserialize(&self.0.engine, &compiled)? };
+        Ok((component, digest))
+    }
+
+    fn engine_hash(&self) -> String {
+        let mut hasher = DefaultHasher::new();
+        self.0
+            .engine
+            .precompile_compatibility_hash()
+            .hash(&mut hasher);
+        format!("{:016x}", hasher.finish())
+    }
+}
+
+fn base_config() -> Config {
+    let mut config = Config::new();
+    config.wasm_component_model(true);
+    config.epoch_interruption(true);
+    config
+}
+
+fn build_engine(config: &RuntimeConfig) -> Result<(Engine, AllocatorKind)> {
+    if config.pooling {
+        match pooling_allowed() {
+            Ok(()) => {
+                let mut wasm = base_config();
+                wasm.allocation_strategy(InstanceAllocationStrategy::Pooling(pool(
+                    config.pool_instances,
+                )));
+                match Engine::new(&wasm) {
+                    Ok(engine) => return Ok((engine, AllocatorKind::Pooling)),
+                    Err(err) => {
+                        tracing::warn!(error = %format!("{err:#}"), "pooling allocator unavailable, using on-demand allocation")
+                    }
+                }
+            }
+            Err(why) => tracing::warn!(
+                reason = why,
+                "pooling allocator unavailable, using on-demand allocation"
+            ),
+        }
+    }
+    let engine = Engine::new(&base_config()).map_err(|e| Error::EngineFailed(e.into()))?;
+    Ok((engine, AllocatorKind::OnDemand))
+}
+
+/// Virtual address space the pool needs per memory slot (default 4 GiB reservation plus guards).
+const SLOT_BYTES: u64 = (4 << 30) + (64 << 20);
+
+fn pool(instances: u32) -> PoolingAllocationConfig {
+    let mut pool = PoolingAllocationConfig::default();
+    pool.total_component_instances(instances)
+        .total_core_instances(instances * 8)
+        .total_memories(instances * 2)
+        .total_tables(instances * 4)
+        .max_core_instances_per_component(50)
+        .max_memories_per_component(10)
+        .max_tables_per_component(20)
+        .linear_memory_keep_resident(1 << 20)
+        .table_keep_resident(64 << 10);
+    pool
+}
+
+/// Checks the address-space limit; the pool reserves `SLOT_BYTES` per memory slot up front.
+fn pooling_allowed() -> std::result::Result<(), &'static str> {
+    if cfg!(not(target_pointer_width = "64")) {
+        return Err("not a 64-bit host");
+    }
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the struct we pass and has no other effect.
+    let rc = unsafe { libc::getrlimit(libc::RLIMIT_AS, &mut limit) };
+    if rc == 0 && limit.rlim_cur != libc::RLIM_INFINITY && limit.rlim_cur < 64 * SLOT_BYTES {
+        return Err("RLIMIT_AS is too small for the pool's address-space reservation");
+    }
+    Ok(())
+}
+
+fn spawn_ticker(engine: Engine, stop: Arc<AtomicBool>) {
+    let spawned = std::thread::Builder::new()
+        .name("kubelisten-epoch".into())
+        .spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                std::thread::sleep(EPOCH_TICK);
+                engine.increment_epoch();
+            }
+        });
+    if let Err(err) = spawned {
+        tracing::error!(error = %err, "cannot start the epoch ticker: guest time limits are not enforced");
+    }
+}
+
+fn write_atomically(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    std::fs::write(&tmp, data)?;
+    std::fs::rename(&tmp, path)
+}

@@ -1,0 +1,114 @@
+//! `kubelisten:listener/log`: guest log lines, tagged by the host and rate-limited per call.
+
+use std::sync::Arc;
+
+/// Severity of a guest log line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum LogLevel {
+    /// Very detailed.
+    Trace,
+    /// Debugging detail.
+    Debug,
+    /// Normal operation.
+    Info,
+    /// Something unexpected.
+    Warn,
+    /// A failure.
+    Error,
+}
+
+/// Where guest log lines (the `log` import and captured stdout/stderr) go.
+pub trait GuestLogSink: Send + Sync {
+    /// One line from `listener` while handling `event_kind` for `object` (`namespace/name`).
+    fn log(&self, listener: &str, object: &str, event_kind: &str, level: LogLevel, message: &str);
+}
+
+/// The default sink: a `tracing` event with the fields listener, object and event kind.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct TracingSink;
+
+impl GuestLogSink for TracingSink {
+    fn log(&self, listener: &str, object: &str, event_kind: &str, level: LogLevel, message: &str) {
+        macro_rules! emit {
+            ($lvl:ident) => {
+                tracing::$lvl!(target: "kubelisten::guest", listener, object, event.kind = event_kind, "{message}")
+            };
+        }
+        match level {
+            LogLevel::Trace => emit!(trace),
+            LogLevel::Debug => emit!(debug),
+            LogLevel::Info => emit!(info),
+            LogLevel::Warn => emit!(warn),
+            LogLevel::Error => emit!(error),
+        }
+    }
+}
+
+/// Lines one call may log (import and stdio together) before the rest is dropped.
+const MAX_LINES_PER_CALL: u32 = 100;
+/// Longest logged message, in bytes; longer ones are cut.
+pub(crate) const MAX_LINE_BYTES: usize = 4096;
+
+/// Per-call log budget: rate limit and size cap for one call.
+#[derive(Debug, Default)]
+pub(crate) struct LogBudget {
+    lines: u32,
+    dropped: u32,
+}
+
+/// Everything the log import needs for the current call.
+pub(crate) struct CallLog {
+    pub(crate) sink: Arc<dyn GuestLogSink>,
+    pub(crate) listener: Arc<str>,
+    pub(crate) object: Arc<str>,
+    pub(crate) event_kind: &'static str,
+    pub(crate) budget: LogBudget,
+}
+
+impl CallLog {
+    /// Logs one guest line within the call's budget.
+    pub(crate) fn line(&mut self, level: LogLevel, message: &str) {
+        if self.budget.lines >= MAX_LINES_PER_CALL {
+            self.budget.dropped += 1;
+            return;
+        }
+        self.budget.lines += 1;
+        let message = truncate(message, MAX_LINE_BYTES);
+        self.sink.log(
+            &self.listener,
+            &self.object,
+            self.event_kind,
+            level,
+            message,
+        );
+    }
+
+    /// Reports lines dropped by the rate limit and resets the budget for the next call.
+    pub(crate) fn finish_call(&mut self) {
+        let dropped = std::mem::take(&mut self.budget).dropped;
+        if dropped > 0 {
+            let note = format!(
+                "{dropped} more guest log lines dropped (limit {MAX_LINES_PER_CALL} per call)"
+            );
+            self.sink.log(
+                &self.listener,
+                &self.object,
+                self.event_kind,
+                LogLevel::Warn,
+                &note,
+            );
+        }
+    }
+}
+
+/// Cuts `s` to at most `max` bytes at a character boundary.
+pub(crate) fn truncate(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}

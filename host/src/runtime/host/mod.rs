@@ -1,0 +1,10 @@
+//! Host side of the imported WIT interfaces, one file per interface, plus captured guest stdio.
+
+mod chain_state;
+mod log;
+mod output;
+
+pub use chain_state::ChainState;
+pub(crate) use log::{CallLog, LogBudget};
+pub use log::{GuestLogSink, LogLevel, TracingSink};
+pub(crate) use output::GuestOutput;

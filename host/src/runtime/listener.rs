@@ -1,0 +1,509 @@
+//! A [`Listener`]: one component compiled once, pre-instantiated once, and called in classname
+//! mode (fresh store and instance per call) or reference mode (one persistent instance, calls
+//! serialized, rebuilt after a trap). Every fault becomes an [`Outcome`]; nothing escapes.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use wasmtime::Store;
+
+use super::backoff::{CrashLoop, CrashLoopConfig};
+use super::bindings::{Event, Listener as ListenerWorld, ListenerPre, WatchError};
+use super::check;
+use super::engine::{Runtime, EPOCH_TICK};
+use super::host::ChainState;
+use super::limits::Limits;
+use super::state::HostState;
+use super::trap::TrapKind;
+use super::{Error, Result};
+
+/// How a listener's instances live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// A fresh instance for every event (skafos: a listener class). No state survives an event.
+    #[default]
+    Classname,
+    /// One persistent instance reused for every event (skafos: a listener object).
+    Reference,
+}
+
+impl Mode {
+    /// `classname` or `reference`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Classname => "classname",
+            Mode::Reference => "reference",
+        }
+    }
+}
+
+impl FromStr for Mode {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, Self::Err> {
+        match s {
+            "classname" => Ok(Mode::Classname),
+            "reference" => Ok(Mode::Reference),
+            other => Err(format!(
+                "unknown mode {other:?} (expected reference or classname)"
+            )),
+        }
+    }
+}
+
+/// What to load: a name, a module path, a mode and limits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenerSpec {
+    /// The listener's name in logs, metrics and output.
+    pub name: String,
+    /// Path of the component file.
+    pub path: PathBuf,
+    /// Instance lifetime.
+    pub mode: Mode,
+    /// Resource limits.
+    pub limits: Limits,
+}
+
+impl FromStr for ListenerSpec {
+    type Err = Error;
+
+    /// Parses `path[:reference|:classname]`; the name is the file stem, the mode defaults to
+    /// classname.
+    fn from_str(spec: &str) -> Result<Self> {
+        let (path, mode) = match spec.rsplit_once(':') {
+            Some((path, mode @ ("reference" | "classname"))) => {
+                (path, mode.parse().unwrap_or_default())
+            }
+            _ => (spec, Mode::Classname),
+        };
+        if path.is_empty() {
+            return Err(Error::BadSpec {
+                spec: spec.to_string(),
+                reason: "empty module path".into(),
+            });
+        }
+        let path = PathBuf::from(path);
+        let name = path
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .filter(|s| !s.is_empty())
+            .ok_or_else(|| Error::BadSpec {
+                spec: spec.to_string(),
+                reason: "cannot derive a listener name from the path".into(),
+            })?
+            .to_string();
+        Ok(Self {
+            name,
+            path,
+            mode,
+            limits: Limits::default(),
+        })
+    }
+}
+
+/// Which export a call goes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Export {
+    /// `create`
+    Create,
+    /// `update`
+    Update,
+    /// `delete`
+    Delete,
+    /// `error`
+    Error,
+    /// `rollback`
+    Rollback,
+}
+
+impl Export {
+    /// The export's WIT name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Export::Create => "create",
+            Export::Update => "update",
+            Export::Delete => "delete",
+            Export::Error => "error",
+            Export::Rollback => "rollback",
+        }
+    }
+}
+
+impl fmt::Display for Export {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// How one call ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// The export returned `ok` (or `rollback` returned).
+    Ok,
+    /// The export returned `err(message)`: a normal failure.
+    Error(String),
+    /// The guest trapped; the instance is gone.
+    Trap {
+        /// Classified cause.
+        kind: TrapKind,
+        /// Trap description (or the panic message).
+        message: String,
+    },
+    /// The call did not run: the listener is in crash-loop backoff or could not be instantiated.
+    Skipped(String),
+}
+
+impl Outcome {
+    /// `ok`, `error`, `trap` or `skipped`.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Outcome::Ok => "ok",
+            Outcome::Error(_) => "error",
+            Outcome::Trap { .. } => "trap",
+            Outcome::Skipped(_) => "skipped",
+        }
+    }
+
+    /// Whether the call succeeded.
+    pub fn is_ok(&self) -> bool {
+        matches!(self, Outcome::Ok)
+    }
+
+    /// The message of a failure, empty for `ok`.
+    pub fn message(&self) -> &str {
+        match self {
+            Outcome::Ok => "",
+            Outcome::Error(m) | Outcome::Skipped(m) | Outcome::Trap { message: m, .. } => m,
+        }
+    }
+
+    /// The trap kind, if the call trapped.
+    pub fn trap_kind(&self) -> Option<TrapKind> {
+        match self {
+            Outcome::Trap { kind, .. } => Some(*kind),
+            _ => None,
+        }
+    }
+}
+
+/// Context of one call: what the log lines are tagged with and the chain state to expose.
+#[derive(Debug, Clone)]
+pub struct CallContext {
+    /// `namespace/name` (or `name`) of the object.
+    pub object: Arc<str>,
+    /// The event kind as logged (`create`, `update`, `delete`, `error`, `rollback`).
+    pub event_kind: &'static str,
+    /// The per-event chain state.
+    pub chain: ChainState,
+}
+
+/// Counters of one listener, read by metrics and tests.
+#[derive(Debug, Default)]
+pub struct ListenerStats {
+    /// Calls made (skipped ones excluded).
+    pub calls: AtomicU64,
+    /// Error returns.
+    pub errors: AtomicU64,
+    /// Traps.
+    pub traps: AtomicU64,
+    /// Reference-mode instances rebuilt after a trap.
+    pub rebuilds: AtomicU64,
+    /// Calls skipped by crash-loop backoff.
+    pub skipped: AtomicU64,
+}
+
+struct Persistent {
+    store: Store<HostState>,
+    world: ListenerWorld,
+}
+
+/// A loaded listener; share it with `Arc`.
+pub struct Listener {
+    name: Arc<str>,
+    mode: Mode,
+    limits: Limits,
+    digest: String,
+    runtime: Runtime,
+    pre: ListenerPre<HostState>,
+    epoch_ticks: u64,
+    persistent: Mutex<Option<Persistent>>,
+    crash_loop: Mutex<CrashLoop>,
+    stats: ListenerStats,
+}
+
+impl fmt::Debug for Listener {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Listener")
+            .field("name", &self.name)
+            .field("mode", &self.mode)
+            .field("digest", &self.digest)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Listener {
+    /// Reads, checks, compiles (through the cache) and pre-instantiates the spec's module.
+    ///
+    /// # Errors
+    /// [`Error::ReadFailed`] or [`Error::CheckFailed`] naming what is wrong with the module.
+    pub fn load(runtime: &Runtime, spec: &ListenerSpec) -> Result<Self> {
+        let bytes = std::fs::read(&spec.path).map_err(|source| Error::ReadFailed {
+            path: spec.path.clone(),
+            source,
+        })?;
+        Self::from_bytes(runtime, spec, &bytes)
+    }
+
+    /// Like [`Listener::load`] from bytes already in memory; `spec.path` is only informative.
+    ///
+    /// # Errors
+    /// [`Error::CheckFailed`] naming what is wrong with the module.
+    pub fn from_bytes(runtime: &Runtime, spec: &ListenerSpec, bytes: &[u8]) -> Result<Self> {
+        let checked = check::prepare(runtime, bytes).map_err(|problems| Error::CheckFailed {
+            listener: spec.name.clone(),
+            problems,
+        })?;
+        let ticks = spec
+            .limits
+            .call_timeout
+            .as_millis()
+            .div_ceil(EPOCH_TICK.as_millis())
+            .max(1);
+        tracing::info!(listener = %spec.name, mode = spec.mode.as_str(), digest = %checked.digest, "listener loaded");
+        Ok(Self {
+            name: Arc::from(spec.name.as_str()),
+            mode: spec.mode,
+            limits: spec.limits.clone(),
+            digest: checked.digest,
+            runtime: runtime.clone(),
+            pre: checked.pre,
+            epoch_ticks: u64::try_from(ticks).unwrap_or(u64::MAX),
+            persistent: Mutex::new(None),
+            crash_loop: Mutex::new(CrashLoop::new(CrashLoopConfig {
+                threshold: spec.limits.crash_loop_threshold,
+                base: spec.limits.crash_loop_backoff,
+                max: spec.limits.crash_loop_backoff_max,
+            })),
+            stats: ListenerStats::default(),
+        })
+    }
+
+    /// The listener's name.
+    pub fn name(&self) -> &Arc<str> {
+        &self.name
+    }
+
+    /// Its mode.
+    pub fn mode(&self) -> Mode {
+        self.mode
+    }
+
+    /// `sha256:<hex>` of the module that runs.
+    pub fn digest(&self) -> &str {
+        &self.digest
+    }
+
+    /// Its counters.
+    pub fn stats(&self) -> &ListenerStats {
+        &self.stats
+    }
+
+    /// Calls `create`, `update` or `delete` (by `export`) or `rollback` with `event`.
+    pub fn call_event(&self, export: Export, event: &Event, ctx: &CallContext) -> Outcome {
+        self.call(ctx, |world, store| match export {
+            Export::Create => world.call_create(store, event),
+            Export::Update => world.call_update(store, event),
+            Export::Delete => world.call_delete(store, event),
+            Export::Rollback => world.call_rollback(store, event).map(Ok),
+            Export::Error => Ok(Err("an event cannot be passed to the error export".into())),
+        })
+    }
+
+    /// Calls `error` with a watch error.
+    pub fn call_error(&self, error: &WatchError, ctx: &CallContext) -> Outcome {
+        self.call(ctx, |world, store| world.call_error(store, error))
+    }
+
+    fn call(
+        &self,
+        ctx: &CallContext,
+        f: impl FnOnce(
+            &ListenerWorld,
+            &mut Store<HostState>,
+        ) -> wasmtime::Result<std::result::Result<(), String>>,
+    ) -> Outcome {
+        let now = Instant::now();
+        if let Some(until) = self.lock_crash_loop().backed_off_until(now) {
+            self.stats.skipped.fetch_add(1, Ordering::Relaxed);
+            return Outcome::Skipped(format!(
+                "listener {} is in crash-loop backoff for another {:?}",
+                self.name,
+                until.saturating_duration_since(now)
+            ));
+        }
+        self.stats.calls.fetch_add(1, Ordering::Relaxed);
+        let outcome = match self.mode {
+            Mode::Classname => self.call_fresh(ctx, f),
+            Mode::Reference => self.call_persistent(ctx, f),
+        };
+        self.record(&outcome);
+        outcome
+    }
+
+    fn call_fresh(
+        &self,
+        ctx: &CallContext,
+        f: impl FnOnce(
+            &ListenerWorld,
+            &mut Store<HostState>,
+        ) -> wasmtime::Result<std::result::Result<(), String>>,
+    ) -> Outcome {
+        let (mut store, world) = match self.instantiate() {
+            Ok(pair) => pair,
+            Err(outcome) => return outcome,
+        };
+        self.prepare(&mut store, ctx);
+        let result = f(&world, &mut store);
+        finish(&mut store, result)
+    }
+
+    fn call_persistent(
+        &self,
+        ctx: &CallContext,
+        f: impl FnOnce(
+            &ListenerWorld,
+            &mut Store<HostState>,
+        ) -> wasmtime::Result<std::result::Result<(), String>>,
+    ) -> Outcome {
+        let mut slot = self
+            .persistent
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if slot.is_none() {
+            match self.instantiate() {
+                Ok((store, world)) => *slot = Some(Persistent { store, world }),
+                Err(outcome) => return outcome,
+            }
+        }
+        let Some(instance) = slot.as_mut() else {
+            return Outcome::Skipped("reference instance unavailable".into());
+        };
+        self.prepare(&mut instance.store, ctx);
+        let result = f(&instance.world, &mut instance.store);
+        let outcome = finish(&mut instance.store, result);
+        if outcome.trap_kind().is_some() {
+            // A trap poisons the store: drop the instance; the next call builds a fresh one.
+            *slot = None;
+            self.stats.rebuilds.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(listener = %self.name, "reference instance dropped after a trap; its state is lost and the next event gets a fresh instance");
+        }
+        outcome
+    }
+
+    fn instantiate(&self) -> std::result::Result<(Store<HostState>, ListenerWorld), Outcome> {
+        let state = HostState::new(self.name.clone(), self.runtime.sink(), &self.limits);
+        let mut store = Store::new(self.runtime.engine(), state);
+        store.limiter(|s| &mut s.limiter);
+        store.set_epoch_deadline(self.epoch_ticks);
+        store.epoch_deadline_trap();
+        match self.pre.instantiate(&mut store) {
+            Ok(world) => Ok((store, world)),
+            Err(err) => {
+                // Instantiation runs guest start code, so it can trap like a call.
+                let stderr = store.data_mut().flush_output();
+                let (kind, message) =
+                    TrapKind::classify(&err, store.data().limiter.exceeded.is_some(), &stderr);
+                if err.downcast_ref::<wasmtime::Trap>().is_some() || kind == TrapKind::Memory {
+                    Err(Outcome::Trap {
+                        kind,
+                        message: format!("during instantiation: {message}"),
+                    })
+                } else {
+                    Err(Outcome::Skipped(format!("cannot instantiate: {err:#}")))
+                }
+            }
+        }
+    }
+
+    fn prepare(&self, store: &mut Store<HostState>, ctx: &CallContext) {
+        store.set_epoch_deadline(self.epoch_ticks);
+        let state = store.data_mut();
+        state.limiter.exceeded = None;
+        state.log.object = ctx.object.clone();
+        state.log.event_kind = ctx.event_kind;
+        state.chain = ctx.chain.clone();
+    }
+
+    fn record(&self, outcome: &Outcome) {
+        let mut crash_loop = self.lock_crash_loop();
+        match outcome {
+            Outcome::Ok => crash_loop.record_success(),
+            Outcome::Error(_) => {
+                self.stats.errors.fetch_add(1, Ordering::Relaxed);
+                crash_loop.record_success();
+            }
+            Outcome::Trap { kind, message } => {
+                self.stats.traps.fetch_add(1, Ordering::Relaxed);
+                let backoff = crash_loop.record_trap(Instant::now());
+                tracing::warn!(listener = %self.name, trap = kind.as_str(), error = %message, "listener trapped");
+                if let Some(delay) = backoff {
+                    tracing::warn!(listener = %self.name, consecutive_traps = crash_loop.consecutive_traps(), backoff_ms = delay.as_millis() as u64, "listener in crash loop: backing off");
+                }
+            }
+            Outcome::Skipped(_) => {}
+        }
+    }
+
+    fn lock_crash_loop(&self) -> std::sync::MutexGuard<'_, CrashLoop> {
+        self.crash_loop
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// How long the listener stays backed off, if it is now.
+    pub fn backoff_remaining(&self) -> Option<Duration> {
+        let now = Instant::now();
+        self.lock_crash_loop()
+            .backed_off_until(now)
+            .map(|until| until.saturating_duration_since(now))
+    }
+}
+
+/// Turns the raw result of a call into an [`Outcome`], flushing the captured output first (its
+/// stderr tells a panic from a bare `unreachable`).
+fn finish(
+    store: &mut Store<HostState>,
+    result: wasmtime::Result<std::result::Result<(), String>>,
+) -> Outcome {
+    let stderr = store.data_mut().flush_output();
+    match result {
+        Ok(Ok(())) => Outcome::Ok,
+        Ok(Err(message)) => Outcome::Error(message),
+        Err(err) => {
+            let (kind, message) =
+                TrapKind::classify(&err, store.data().limiter.exceeded.is_some(), &stderr);
+            Outcome::Trap { kind, message }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_specs() {
+        let s: ListenerSpec = "guests/a.wasm:reference".parse().unwrap();
+        assert_eq!((s.name.as_str(), s.mode), ("a", Mode::Reference));
+        let s: ListenerSpec = "b.wasm".parse().unwrap();
+        assert_eq!((s.name.as_str(), s.mode), ("b", Mode::Classname));
+        let s: ListenerSpec = "dir:x/c.wasm:classname".parse().unwrap();
+        assert_eq!(s.path, PathBuf::from("dir:x/c.wasm"));
+        assert!(":reference".parse::<ListenerSpec>().is_err());
+    }
+}

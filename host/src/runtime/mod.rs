@@ -1,0 +1,57 @@
+//! The wasm runtime: one [`Runtime`] (engine, linker, code cache) and a [`Listener`] per component.
+//!
+//! This module knows nothing of Kubernetes: it turns events into component calls and every fault
+//! of the guest into an [`Outcome`].
+
+mod backoff;
+pub mod bindings;
+pub mod check;
+mod engine;
+mod host;
+mod limits;
+mod listener;
+mod state;
+mod trap;
+
+pub use backoff::{CrashLoop, CrashLoopConfig};
+pub use engine::{AllocatorKind, Runtime, RuntimeConfig};
+pub use host::{ChainState, GuestLogSink, LogLevel, TracingSink};
+pub use limits::Limits;
+pub use listener::{CallContext, Export, Listener, ListenerSpec, ListenerStats, Mode, Outcome};
+pub use trap::TrapKind;
+
+/// Errors of the wasm runtime.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The engine could not be created with the requested configuration.
+    #[error("cannot create the wasm engine")]
+    EngineFailed(#[source] anyhow::Error),
+    /// The module file could not be read.
+    #[error("cannot read module {path}")]
+    ReadFailed {
+        /// The module path.
+        path: std::path::PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The bytes are not a component implementing the listener world.
+    #[error("listener {listener}: {problems}")]
+    CheckFailed {
+        /// The listener name.
+        listener: String,
+        /// What is wrong, one problem per line.
+        problems: check::Problems,
+    },
+    /// A listener spec given on the command line or in a file is malformed.
+    #[error("bad listener spec {spec:?}: {reason}")]
+    BadSpec {
+        /// The spec as given.
+        spec: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+}
+
+/// Result of the runtime's fallible operations.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

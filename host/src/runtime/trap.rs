@@ -1,0 +1,83 @@
+//! Classification of a failed call into a [`TrapKind`].
+
+use std::fmt;
+
+use super::limits::LimitExceeded;
+
+/// Why a guest call trapped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TrapKind {
+    /// A Rust (or other language) panic: `unreachable` after a panic message on stderr.
+    Panic,
+    /// An `unreachable` instruction without a panic message (abort, explicit unreachable).
+    Unreachable,
+    /// Out-of-bounds memory access.
+    OutOfBounds,
+    /// The wasm stack overflowed.
+    StackOverflow,
+    /// The epoch deadline (the call's time limit) interrupted the guest, e.g. an infinite loop.
+    Deadline,
+    /// Linear memory (or a table) tried to grow past the listener's limit.
+    Memory,
+    /// Any other trap or host-side failure during the call.
+    Other,
+}
+
+impl TrapKind {
+    /// Stable lowercase name used in logs, JSON output and metrics labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TrapKind::Panic => "panic",
+            TrapKind::Unreachable => "unreachable",
+            TrapKind::OutOfBounds => "oob",
+            TrapKind::StackOverflow => "stack-overflow",
+            TrapKind::Deadline => "deadline",
+            TrapKind::Memory => "memory",
+            TrapKind::Other => "other",
+        }
+    }
+
+    /// Classifies the error of a failed call; `stderr` is what the guest wrote during the call.
+    pub(crate) fn classify(err: &wasmtime::Error, limit_hit: bool, stderr: &str) -> (Self, String) {
+        if limit_hit || err.downcast_ref::<LimitExceeded>().is_some() {
+            let message = err
+                .downcast_ref::<LimitExceeded>()
+                .map_or_else(|| format!("{err}"), ToString::to_string);
+            return (TrapKind::Memory, message);
+        }
+        let Some(trap) = err.downcast_ref::<wasmtime::Trap>() else {
+            return (TrapKind::Other, format!("{err:#}"));
+        };
+        let kind = match trap {
+            wasmtime::Trap::UnreachableCodeReached if stderr.contains("panicked at") => {
+                TrapKind::Panic
+            }
+            wasmtime::Trap::UnreachableCodeReached => TrapKind::Unreachable,
+            wasmtime::Trap::MemoryOutOfBounds => TrapKind::OutOfBounds,
+            wasmtime::Trap::StackOverflow => TrapKind::StackOverflow,
+            wasmtime::Trap::Interrupt => TrapKind::Deadline,
+            _ => TrapKind::Other,
+        };
+        let message = match kind {
+            TrapKind::Panic => panic_message(stderr).unwrap_or_else(|| trap.to_string()),
+            _ => trap.to_string(),
+        };
+        (kind, message)
+    }
+}
+
+/// The panic line and the one after it (Rust prints `panicked at file:line:col:\nmessage`).
+fn panic_message(stderr: &str) -> Option<String> {
+    let mut lines = stderr.lines().skip_while(|l| !l.contains("panicked at"));
+    let first = lines.next()?;
+    Some(match lines.next() {
+        Some(detail) => format!("{} {}", first.trim(), detail.trim()),
+        None => first.trim().to_string(),
+    })
+}
+
+impl fmt::Display for TrapKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
