@@ -2,7 +2,7 @@
 //! and the [`Tracker`] that turns raw watch events into create/update/delete with the previous
 //! object and drops duplicate deliveries.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use serde_json::Value;
@@ -234,9 +234,15 @@ pub enum WatchType {
 /// namespace/name) so updates carry the previous object and deletes the last known state, turns
 /// an `ADDED` for a known object into an update, and drops a delivery whose resourceVersion was
 /// already seen for that object.
+///
+/// A (re)list is bracketed by [`Tracker::begin_relist`] and [`Tracker::finish_relist`]: listed
+/// objects become creates (new), updates (changed) or nothing (unchanged), all `initial`; objects
+/// known before but absent from the list become deletes carrying their last known state. So no
+/// event is lost or invented across a gap in the watch.
 #[derive(Debug, Default)]
 pub struct Tracker {
     seen: HashMap<String, (String, Arc<str>)>,
+    relist: Option<HashSet<String>>,
 }
 
 impl Tracker {
@@ -286,6 +292,44 @@ impl Tracker {
             meta,
             initial,
         })
+    }
+
+    /// Starts a (re)list: objects applied until [`Tracker::finish_relist`] count as present.
+    pub fn begin_relist(&mut self) {
+        self.relist = Some(HashSet::new());
+    }
+
+    /// Ends a (re)list: every object known before and not listed since `begin_relist` was deleted
+    /// meanwhile; returns those deletes (with the last known state, `initial` set).
+    pub fn finish_relist(&mut self) -> Vec<ResourceEvent> {
+        let Some(listed) = self.relist.take() else {
+            return Vec::new();
+        };
+        let gone: Vec<String> = self
+            .seen
+            .keys()
+            .filter(|k| !listed.contains(*k))
+            .cloned()
+            .collect();
+        let mut deletes = Vec::with_capacity(gone.len());
+        for key in gone {
+            let Some((_, object)) = self.seen.remove(&key) else {
+                continue;
+            };
+            match ObjectMeta::from_json(&object) {
+                Ok(meta) => deletes.push(ResourceEvent {
+                    kind: EventKind::Delete,
+                    object,
+                    old_object: None,
+                    meta,
+                    initial: true,
+                }),
+                Err(err) => {
+                    tracing::warn!(object = key, error = %err, "cannot report the deletion of an unreadable object")
+                }
+            }
+        }
+        deletes
     }
 
     /// Number of objects currently known.
@@ -359,5 +403,45 @@ mod tests {
         let e = t.apply(WatchType::Deleted, o3, m3, false).unwrap();
         assert_eq!((e.kind, e.old_object), (EventKind::Delete, None));
         assert!(t.is_empty());
+    }
+
+    #[test]
+    fn relist_diffs_against_what_was_seen() {
+        let mut t = Tracker::default();
+        let mk = |name: &str, rv: &str| {
+            let raw = format!(
+                r#"{{"apiVersion":"v1","kind":"ConfigMap","metadata":{{"name":"{name}","namespace":"ns","uid":"u-{name}","resourceVersion":"{rv}"}}}}"#
+            );
+            let meta = ObjectMeta::from_json(&raw).unwrap();
+            (Arc::<str>::from(raw), meta)
+        };
+        t.begin_relist();
+        for (name, rv) in [("a", "1"), ("b", "2"), ("c", "3")] {
+            let (o, m) = mk(name, rv);
+            let e = t.apply(WatchType::Added, o, m, true).unwrap();
+            assert_eq!((e.kind, e.initial), (EventKind::Create, true));
+        }
+        assert!(t.finish_relist().is_empty());
+        // Gap: a unchanged, b changed, c deleted, d created.
+        t.begin_relist();
+        let (o, m) = mk("a", "1");
+        assert!(t.apply(WatchType::Added, o, m, true).is_none());
+        let (o, m) = mk("b", "5");
+        let e = t.apply(WatchType::Added, o, m, true).unwrap();
+        assert_eq!(e.kind, EventKind::Update);
+        assert!(e.old_object.unwrap().contains(r#""resourceVersion":"2""#));
+        let (o, m) = mk("d", "6");
+        assert_eq!(
+            t.apply(WatchType::Added, o, m, true).unwrap().kind,
+            EventKind::Create
+        );
+        let deletes = t.finish_relist();
+        assert_eq!(deletes.len(), 1);
+        assert_eq!(
+            (deletes[0].kind, deletes[0].meta.name.as_str()),
+            (EventKind::Delete, "c")
+        );
+        assert!(deletes[0].object.contains(r#""resourceVersion":"3""#));
+        assert_eq!(t.len(), 3);
     }
 }

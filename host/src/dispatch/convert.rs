@@ -4,8 +4,8 @@ use crate::event::{EventKind, ResourceEvent, WatchErrorInfo};
 use crate::runtime::bindings::kubelisten::listener::types;
 use crate::runtime::bindings::{Event, WatchError};
 
-/// The WIT `event` for `event`.
-pub(crate) fn event(event: &ResourceEvent) -> Event {
+/// The WIT `event` record for `event`.
+pub fn event(event: &ResourceEvent) -> Event {
     let m = &event.meta;
     Event {
         kind: match event.kind {

@@ -3,6 +3,9 @@
 //! reverse order. The cluster watch and `replay` both go through [`Chain::dispatch`].
 
 mod convert;
+pub mod dispatcher;
+
+pub use convert::event as wit_event;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

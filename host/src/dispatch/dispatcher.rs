@@ -1,0 +1,330 @@
+//! The dispatch loop of one watch: events of one object are handled strictly in order, different
+//! objects in parallel (at most `workers` at once), with bounded queues so a slow listener
+//! applies back-pressure to the watch instead of growing memory. A failed event is retried with
+//! exponential backoff before the next event of the same object.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use super::{Chain, ChainReport};
+use crate::event::ResourceEvent;
+use crate::watch::watcher::WatchOutput;
+
+/// How failed events are retried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Attempts in all (1 = no retry).
+    pub attempts: u32,
+    /// Delay before the second attempt; doubles with each further one.
+    pub base: Duration,
+    /// Longest delay.
+    pub max: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            attempts: 5,
+            base: Duration::from_millis(200),
+            max: Duration::from_secs(30),
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// Delay after failed attempt number `attempt` (1-based).
+    pub fn delay(&self, attempt: u32) -> Duration {
+        let factor = 2u32.saturating_pow(attempt.saturating_sub(1).min(31));
+        self.base.saturating_mul(factor).min(self.max)
+    }
+}
+
+/// Settings of a [`Dispatcher`].
+#[derive(Debug, Clone)]
+pub struct DispatcherConfig {
+    /// Objects handled at once.
+    pub workers: usize,
+    /// Events queued (not yet started) at most; beyond it the watch is not read.
+    pub queue_capacity: usize,
+    /// Retries of failed events.
+    pub retry: RetryPolicy,
+}
+
+impl Default for DispatcherConfig {
+    fn default() -> Self {
+        Self {
+            workers: 8,
+            queue_capacity: 1024,
+            retry: RetryPolicy::default(),
+        }
+    }
+}
+
+/// One attempt at one event, as reported to an observer (tests, metrics).
+#[derive(Debug, Clone)]
+pub struct Dispatched {
+    /// The watch's name.
+    pub watch: Arc<str>,
+    /// The event.
+    pub event: Arc<ResourceEvent>,
+    /// 1-based attempt number.
+    pub attempt: u32,
+    /// What the chain did.
+    pub report: ChainReport,
+    /// When the attempt started.
+    pub started: Instant,
+    /// When it ended.
+    pub finished: Instant,
+}
+
+/// Receives every [`Dispatched`] attempt.
+pub type Observer = mpsc::UnboundedSender<Dispatched>;
+
+/// Sync and liveness state of one watch, shared with the health checks.
+#[derive(Debug, Default)]
+pub struct WatchState {
+    /// Set once the first list finished.
+    pub synced: std::sync::atomic::AtomicBool,
+    /// Events received.
+    pub events: std::sync::atomic::AtomicU64,
+}
+
+/// The dispatch loop of one watch.
+pub struct Dispatcher {
+    /// The watch's name.
+    pub watch: Arc<str>,
+    /// Its chain.
+    pub chain: Arc<Chain>,
+    /// Settings.
+    pub config: DispatcherConfig,
+    /// Optional observer of every attempt.
+    pub observer: Option<Observer>,
+    /// Shared watch state.
+    pub state: Arc<WatchState>,
+}
+
+#[derive(Default)]
+struct Queues {
+    pending: HashMap<String, VecDeque<Arc<ResourceEvent>>>,
+    ready: VecDeque<String>,
+    busy: HashSet<String>,
+    queued: usize,
+}
+
+impl Queues {
+    fn push(&mut self, event: Arc<ResourceEvent>) {
+        let key = object_key(&event);
+        let queue = self.pending.entry(key.clone()).or_default();
+        if queue.is_empty() && !self.busy.contains(&key) {
+            self.ready.push_back(key);
+        }
+        queue.push_back(event);
+        self.queued += 1;
+    }
+
+    fn next(&mut self) -> Option<(String, Arc<ResourceEvent>)> {
+        let key = self.ready.pop_front()?;
+        let queue = self.pending.get_mut(&key)?;
+        let event = queue.pop_front()?;
+        if queue.is_empty() {
+            self.pending.remove(&key);
+        }
+        self.queued -= 1;
+        self.busy.insert(key.clone());
+        Some((key, event))
+    }
+
+    fn done(&mut self, key: String) {
+        self.busy.remove(&key);
+        if self.pending.contains_key(&key) {
+            self.ready.push_back(key);
+        }
+    }
+}
+
+fn object_key(event: &ResourceEvent) -> String {
+    if event.meta.uid.is_empty() {
+        event.meta.object_ref()
+    } else {
+        event.meta.uid.clone()
+    }
+}
+
+impl Dispatcher {
+    /// Runs until `rx` is closed and everything queued is handled, or until `cancel`: then no
+    /// new event starts, queued ones are dropped (they arrive again as `initial` creates at the
+    /// next start), and the events in flight finish.
+    pub async fn run(self, mut rx: mpsc::Receiver<WatchOutput>, cancel: CancellationToken) {
+        let workers = self.config.workers.max(1);
+        let capacity = self.config.queue_capacity.max(1);
+        let mut queues = Queues::default();
+        let mut tasks: JoinSet<String> = JoinSet::new();
+        let mut rx_open = true;
+        loop {
+            while tasks.len() < workers {
+                let Some((key, event)) = queues.next() else {
+                    break;
+                };
+                tasks.spawn(self.handle(key, event));
+            }
+            if !rx_open && tasks.is_empty() && queues.queued == 0 {
+                break;
+            }
+            tokio::select! {
+                biased;
+                _ = cancel.cancelled() => break,
+                Some(done) = tasks.join_next(), if !tasks.is_empty() => match done {
+                    Ok(key) => queues.done(key),
+                    Err(err) => tracing::error!(watch = %self.watch, error = %err, "dispatch task failed"),
+                },
+                out = rx.recv(), if rx_open && queues.queued < capacity => match out {
+                    None => rx_open = false,
+                    Some(WatchOutput::Event(event)) => {
+                        self.state.events.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        queues.push(Arc::new(event));
+                    }
+                    Some(WatchOutput::Error(error)) => {
+                        let chain = self.chain.clone();
+                        let watch = self.watch.clone();
+                        tasks.spawn(async move {
+                            let records = tokio::task::spawn_blocking(move || chain.dispatch_error(&error, &watch)).await;
+                            if let Err(err) = records {
+                                tracing::error!(error = %err, "error dispatch failed");
+                            }
+                            // Not an object key: `done` finds no queue for it.
+                            String::from("\0watch-error")
+                        });
+                    }
+                    Some(WatchOutput::Synced) => self.state.synced.store(true, std::sync::atomic::Ordering::Relaxed),
+                    Some(WatchOutput::Activity) => {}
+                },
+            }
+        }
+        if queues.queued > 0 {
+            tracing::info!(watch = %self.watch, dropped = queues.queued, "stopping: queued events dropped");
+        }
+        while let Some(done) = tasks.join_next().await {
+            if let Err(err) = done {
+                tracing::error!(watch = %self.watch, error = %err, "dispatch task failed");
+            }
+        }
+    }
+
+    /// Handles one event with retries; returns its object key.
+    fn handle(
+        &self,
+        key: String,
+        event: Arc<ResourceEvent>,
+    ) -> impl std::future::Future<Output = String> + Send + 'static {
+        let chain = self.chain.clone();
+        let observer = self.observer.clone();
+        let watch = self.watch.clone();
+        let retry = self.config.retry;
+        async move {
+            for attempt in 1..=retry.attempts.max(1) {
+                let started = Instant::now();
+                let (chain_, event_) = (chain.clone(), event.clone());
+                let report = match tokio::task::spawn_blocking(move || chain_.dispatch(&event_))
+                    .await
+                {
+                    Ok(report) => report,
+                    Err(err) => {
+                        tracing::error!(watch = %watch, object = %event.meta.object_ref(), error = %err, "listener chain task failed");
+                        break;
+                    }
+                };
+                let finished = Instant::now();
+                log_report(&watch, &event, attempt, &report);
+                let succeeded = report.succeeded();
+                if let Some(observer) = &observer {
+                    let _ = observer.send(Dispatched {
+                        watch: watch.clone(),
+                        event: event.clone(),
+                        attempt,
+                        report,
+                        started,
+                        finished,
+                    });
+                }
+                if succeeded {
+                    break;
+                }
+                if attempt == retry.attempts.max(1) {
+                    tracing::error!(watch = %watch, object = %event.meta.object_ref(), event.kind = event.kind.as_str(), attempts = attempt, "event failed after every attempt; moving on");
+                    break;
+                }
+                tokio::time::sleep(retry.delay(attempt)).await;
+            }
+            key
+        }
+    }
+}
+
+fn log_report(watch: &str, event: &ResourceEvent, attempt: u32, report: &ChainReport) {
+    let object = event.meta.object_ref();
+    for call in &report.calls {
+        let duration_us = u64::try_from(call.duration.as_micros()).unwrap_or(u64::MAX);
+        if call.outcome.is_ok() {
+            tracing::debug!(watch, object, event.kind = event.kind.as_str(), listener = %call.listener, export = call.export.as_str(), duration_us, "listener call ok");
+        } else {
+            tracing::warn!(
+                watch, object, event.kind = event.kind.as_str(), listener = %call.listener, export = call.export.as_str(),
+                outcome = call.outcome.label(), trap = call.outcome.trap_kind().map(|k| k.as_str()), attempt,
+                error = call.outcome.message(), "listener call failed"
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{EventKind, ObjectMeta};
+
+    fn ev(uid: &str, rv: &str) -> Arc<ResourceEvent> {
+        let raw = format!(
+            r#"{{"apiVersion":"v1","kind":"X","metadata":{{"name":"{uid}","uid":"{uid}","resourceVersion":"{rv}"}}}}"#
+        );
+        Arc::new(ResourceEvent {
+            kind: EventKind::Create,
+            meta: ObjectMeta::from_json(&raw).unwrap(),
+            object: Arc::from(raw),
+            old_object: None,
+            initial: false,
+        })
+    }
+
+    #[test]
+    fn one_object_at_a_time_in_order() {
+        let mut q = Queues::default();
+        q.push(ev("a", "1"));
+        q.push(ev("a", "2"));
+        q.push(ev("b", "3"));
+        let (ka, e1) = q.next().unwrap();
+        assert_eq!((ka.as_str(), e1.meta.resource_version.as_str()), ("a", "1"));
+        let (kb, _) = q.next().unwrap();
+        assert_eq!(kb, "b");
+        assert!(q.next().is_none(), "a is busy, b has nothing more");
+        q.done(ka);
+        let (_, e2) = q.next().unwrap();
+        assert_eq!(e2.meta.resource_version, "2");
+        assert_eq!(q.queued, 0);
+    }
+
+    #[test]
+    fn retry_delays_double_and_cap() {
+        let r = RetryPolicy {
+            attempts: 5,
+            base: Duration::from_millis(100),
+            max: Duration::from_millis(350),
+        };
+        assert_eq!(r.delay(1), Duration::from_millis(100));
+        assert_eq!(r.delay(2), Duration::from_millis(200));
+        assert_eq!(r.delay(3), Duration::from_millis(350));
+    }
+}

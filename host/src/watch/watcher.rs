@@ -1,0 +1,361 @@
+//! The raw list/watch loop for one resource in one namespace (or all), like client-go's reflector:
+//! list (paged), then watch from the list's resourceVersion with bookmarks and a server-side
+//! timeout, re-watch from the last resourceVersion when the stream ends, relist on `410 Gone`.
+//! Objects keep the exact JSON text the API server sent; the [`Tracker`] turns them into events.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::{AsyncBufReadExt, StreamExt};
+use kube::core::params::{ListParams, WatchParams};
+use kube::core::{ApiResource, DynamicObject, Request, Resource};
+use kube::Client;
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use tokio::sync::mpsc;
+
+use crate::event::{ObjectMeta, ResourceEvent, Tracker, WatchErrorInfo, WatchType};
+
+/// What one watch reports to the dispatcher.
+#[derive(Debug)]
+pub enum WatchOutput {
+    /// An event for the listener chain.
+    Event(ResourceEvent),
+    /// A watch failure for every listener's `error` export (the watch recovers on its own).
+    Error(WatchErrorInfo),
+    /// A (re)list finished: the host has seen every object that exists.
+    Synced,
+    /// The watch is alive (a bookmark or an event arrived).
+    Activity,
+}
+
+/// What to watch.
+#[derive(Debug, Clone)]
+pub struct WatchSpec {
+    /// Watch name for logs.
+    pub name: Arc<str>,
+    /// The resource.
+    pub resource: ApiResource,
+    /// One namespace, or `None` for all (or a cluster-scoped resource).
+    pub namespace: Option<String>,
+    /// Label selector.
+    pub label_selector: Option<String>,
+    /// Field selector.
+    pub field_selector: Option<String>,
+    /// Server-side watch timeout (`timeoutSeconds`); the watch is reopened after it.
+    pub timeout: Duration,
+    /// Page size of lists.
+    pub page_size: u32,
+}
+
+/// Why one list or watch request failed.
+#[derive(Debug, thiserror::Error)]
+enum Failure {
+    #[error("resourceVersion expired: {0}")]
+    Expired(String),
+    #[error("request failed: {0}")]
+    Request(#[from] kube::Error),
+    #[error("cannot build the request: {0}")]
+    Build(String),
+    #[error("unreadable response: {0}")]
+    Decode(String),
+    #[error("the receiver is gone")]
+    Closed,
+}
+
+impl Failure {
+    fn info(&self) -> WatchErrorInfo {
+        match self {
+            Failure::Expired(message) => WatchErrorInfo {
+                code: 410,
+                reason: "Expired".into(),
+                message: message.clone(),
+            },
+            Failure::Request(kube::Error::Api(status)) => WatchErrorInfo {
+                code: status.code,
+                reason: status.reason.clone(),
+                message: status.message.clone(),
+            },
+            other => WatchErrorInfo {
+                code: 503,
+                reason: "ServiceUnavailable".into(),
+                message: other.to_string(),
+            },
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct ListPage {
+    metadata: ListMeta,
+    items: Vec<Box<RawValue>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct ListMeta {
+    #[serde(default)]
+    resource_version: String,
+    #[serde(rename = "continue", default)]
+    continue_token: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct WatchLine {
+    #[serde(rename = "type")]
+    ty: String,
+    object: Box<RawValue>,
+}
+
+/// Runs the list/watch loop until `tx` is closed, sending events, errors and sync marks.
+/// Transport failures are retried with exponential backoff (200 ms up to 30 s).
+pub async fn run(client: Client, spec: WatchSpec, tx: mpsc::Sender<WatchOutput>) {
+    let mut reflector = Reflector {
+        request: Request::new(DynamicObject::url_path(
+            &spec.resource,
+            spec.namespace.as_deref(),
+        )),
+        client,
+        spec,
+        tx,
+        tracker: Tracker::default(),
+        resource_version: None,
+    };
+    let mut delay = Duration::from_millis(200);
+    loop {
+        let result = match reflector.resource_version.clone() {
+            None => reflector.list().await,
+            Some(rv) => reflector.watch(&rv).await,
+        };
+        match result {
+            Ok(()) => delay = Duration::from_millis(200),
+            Err(Failure::Closed) => return,
+            Err(failure) => {
+                let expired = matches!(failure, Failure::Expired(_))
+                    || matches!(&failure, Failure::Request(kube::Error::Api(s)) if s.code == 410);
+                if expired {
+                    tracing::info!(watch = %reflector.spec.name, error = %failure, "resourceVersion expired, relisting");
+                    reflector.resource_version = None;
+                } else {
+                    tracing::warn!(watch = %reflector.spec.name, error = %failure, retry_in_ms = delay.as_millis() as u64, "watch request failed");
+                }
+                if reflector
+                    .tx
+                    .send(WatchOutput::Error(failure.info()))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+                if !expired {
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(30));
+                }
+            }
+        }
+    }
+}
+
+struct Reflector {
+    client: Client,
+    spec: WatchSpec,
+    request: Request,
+    tx: mpsc::Sender<WatchOutput>,
+    tracker: Tracker,
+    resource_version: Option<String>,
+}
+
+impl Reflector {
+    async fn send(&self, out: WatchOutput) -> Result<(), Failure> {
+        self.tx.send(out).await.map_err(|_| Failure::Closed)
+    }
+
+    /// Lists every object (paged) and diffs it against what was seen before.
+    async fn list(&mut self) -> Result<(), Failure> {
+        let mut params = ListParams {
+            label_selector: self.spec.label_selector.clone(),
+            field_selector: self.spec.field_selector.clone(),
+            limit: Some(self.spec.page_size),
+            ..ListParams::default()
+        };
+        // Pages are fetched completely before the tracker sees them, so a list that fails midway
+        // leaves the tracker untouched and is simply retried.
+        let mut items = Vec::new();
+        let resource_version = loop {
+            let req = self
+                .request
+                .list(&params)
+                .map_err(|e| Failure::Build(e.to_string()))?;
+            let text = self.client.request_text(req).await?;
+            let page: ListPage =
+                serde_json::from_str(&text).map_err(|e| Failure::Decode(e.to_string()))?;
+            items.extend(page.items);
+            match page.metadata.continue_token.filter(|c| !c.is_empty()) {
+                Some(token) => params.continue_token = Some(token),
+                None => break page.metadata.resource_version,
+            }
+        };
+        tracing::debug!(watch = %self.spec.name, objects = items.len(), %resource_version, "listed");
+        self.tracker.begin_relist();
+        for item in items {
+            let Some((object, meta)) = self.object(item.get()) else {
+                continue;
+            };
+            if let Some(event) = self.tracker.apply(WatchType::Added, object, meta, true) {
+                self.send(WatchOutput::Event(event)).await?;
+            }
+        }
+        for event in self.tracker.finish_relist() {
+            self.send(WatchOutput::Event(event)).await?;
+        }
+        self.resource_version = Some(resource_version);
+        self.send(WatchOutput::Synced).await
+    }
+
+    /// Watches from `rv` until the server ends the stream; keeps `resource_version` current.
+    async fn watch(&mut self, rv: &str) -> Result<(), Failure> {
+        let params = WatchParams {
+            label_selector: self.spec.label_selector.clone(),
+            field_selector: self.spec.field_selector.clone(),
+            timeout: Some(
+                u32::try_from(self.spec.timeout.as_secs())
+                    .unwrap_or(290)
+                    .clamp(1, 290),
+            ),
+            bookmarks: true,
+            ..WatchParams::default()
+        };
+        let mut req = self
+            .request
+            .watch(&params, rv)
+            .map_err(|e| Failure::Build(e.to_string()))?;
+        req.headers_mut().insert(
+            http::header::ACCEPT_ENCODING,
+            http::HeaderValue::from_static("identity"),
+        );
+        let reader = self.client.request_stream(req).await?;
+        let mut lines = reader.lines();
+        while let Some(line) = lines.next().await {
+            let line = line.map_err(|e| Failure::Decode(format!("watch stream broke: {e}")))?;
+            if line.trim().is_empty() {
+                continue;
+            }
+            let parsed: WatchLine = match serde_json::from_str(&line) {
+                Ok(parsed) => parsed,
+                Err(err) => {
+                    tracing::warn!(watch = %self.spec.name, error = %err, "skipping an unreadable watch line");
+                    continue;
+                }
+            };
+            let ty = match parsed.ty.as_str() {
+                "ADDED" => WatchType::Added,
+                "MODIFIED" => WatchType::Modified,
+                "DELETED" => WatchType::Deleted,
+                "BOOKMARK" => {
+                    if let Some(rv) = bookmark_rv(parsed.object.get()) {
+                        self.resource_version = Some(rv);
+                    }
+                    self.send(WatchOutput::Activity).await?;
+                    continue;
+                }
+                "ERROR" => {
+                    let status: serde_json::Value =
+                        serde_json::from_str(parsed.object.get()).unwrap_or_default();
+                    let info = WatchErrorInfo::from_status(&status);
+                    if info.code == 410 {
+                        return Err(Failure::Expired(info.message));
+                    }
+                    return Err(Failure::Request(kube::Error::Api(Box::new(
+                        kube::core::Status {
+                            code: info.code,
+                            reason: info.reason,
+                            message: info.message,
+                            ..Default::default()
+                        },
+                    ))));
+                }
+                other => {
+                    tracing::warn!(watch = %self.spec.name, r#type = other, "skipping a watch event of unknown type");
+                    continue;
+                }
+            };
+            let Some((object, meta)) = self.object(parsed.object.get()) else {
+                continue;
+            };
+            let rv = meta.resource_version.clone();
+            if let Some(event) = self.tracker.apply(ty, object, meta, false) {
+                self.send(WatchOutput::Event(event)).await?;
+            }
+            self.resource_version = Some(rv);
+        }
+        Ok(())
+    }
+
+    /// The object's text (with apiVersion/kind added when a list omitted them) and metadata.
+    fn object(&self, raw: &str) -> Option<(Arc<str>, ObjectMeta)> {
+        let mut value: serde_json::Value = match serde_json::from_str(raw) {
+            Ok(v) => v,
+            Err(err) => {
+                tracing::warn!(watch = %self.spec.name, error = %err, "skipping an object that is not JSON");
+                return None;
+            }
+        };
+        let text = if value.get("apiVersion").is_some() && value.get("kind").is_some() {
+            Arc::from(raw)
+        } else {
+            let ar = &self.spec.resource;
+            if let Some(map) = value.as_object_mut() {
+                map.insert("apiVersion".into(), ar.api_version.clone().into());
+                map.insert("kind".into(), ar.kind.clone().into());
+            }
+            Arc::from(with_type_meta(raw, &ar.api_version, &ar.kind))
+        };
+        match ObjectMeta::from_value(&value) {
+            Ok(meta) => Some((text, meta)),
+            Err(err) => {
+                tracing::warn!(watch = %self.spec.name, error = %err, "skipping an object without usable metadata");
+                None
+            }
+        }
+    }
+}
+
+/// Prepends `apiVersion` and `kind` to an object's JSON text, leaving the rest byte for byte.
+fn with_type_meta(raw: &str, api_version: &str, kind: &str) -> String {
+    let rest = raw.trim_start().strip_prefix('{').unwrap_or(raw);
+    let head = format!(
+        "{{\"apiVersion\":{},\"kind\":{}",
+        serde_json::Value::from(api_version),
+        serde_json::Value::from(kind)
+    );
+    if rest.trim_start().starts_with('}') {
+        format!("{head}{rest}")
+    } else {
+        format!("{head},{rest}")
+    }
+}
+
+fn bookmark_rv(raw: &str) -> Option<String> {
+    let value: serde_json::Value = serde_json::from_str(raw).ok()?;
+    value
+        .pointer("/metadata/resourceVersion")?
+        .as_str()
+        .map(str::to_string)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn adds_type_meta_without_touching_the_rest() {
+        assert_eq!(
+            with_type_meta(r#"{"metadata":{"name":"a"}}"#, "v1", "ConfigMap"),
+            r#"{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"a"}}"#
+        );
+        assert_eq!(
+            with_type_meta("{}", "v1", "X"),
+            r#"{"apiVersion":"v1","kind":"X"}"#
+        );
+    }
+}

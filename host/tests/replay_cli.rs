@@ -1,0 +1,164 @@
+//! `kubelisten replay` and `kubelisten check` as a user runs them: the binary, a recorded events
+//! file with a malformed line, JSON output and exit codes. Needs the guests (`make guests`).
+
+mod support;
+
+use std::process::Command;
+
+use serde_json::Value;
+use support::guest;
+
+fn kubelisten() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_kubelisten"));
+    cmd.env("KUBELISTEN_NO_CACHE", "true")
+        .env("RUST_LOG", "warn");
+    cmd
+}
+
+fn demo_events() -> std::path::PathBuf {
+    std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy/demo/events.jsonl")
+}
+
+fn replay(extra: &[&str]) -> std::process::Output {
+    kubelisten()
+        .arg("replay")
+        .arg("--listener")
+        .arg(format!("{}:classname", guest("rust-logger").display()))
+        .arg("--listener")
+        .arg(format!("{}:reference", guest("rust-metrics").display()))
+        .arg("--listener")
+        .arg(guest("faulty"))
+        .args(["--call-timeout-ms", "200"])
+        .args(extra)
+        .arg(demo_events())
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn replay_json_reports_every_call_and_the_malformed_line() {
+    let out = replay(&["-o", "json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let malformed_line = std::fs::read_to_string(demo_events())
+        .unwrap()
+        .lines()
+        .position(|l| serde_json::from_str::<Value>(l).is_err())
+        .unwrap()
+        + 1;
+    assert!(
+        stderr.contains(&format!("events.jsonl:{malformed_line}: malformed event")),
+        "{stderr}"
+    );
+    assert!(stderr.contains("malformed=1"), "{stderr}");
+
+    let calls: Vec<Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    for call in &calls {
+        for key in [
+            "line",
+            "type",
+            "object",
+            "listener",
+            "mode",
+            "export",
+            "outcome",
+            "message",
+            "duration_us",
+        ] {
+            assert!(call.get(key).is_some(), "missing {key} in {call}");
+        }
+        assert_eq!(
+            call.get("trap").is_some(),
+            call["outcome"] == "trap",
+            "{call}"
+        );
+    }
+    let traps: Vec<&str> = calls.iter().filter_map(|c| c["trap"].as_str()).collect();
+    for kind in ["panic", "deadline", "memory", "stack-overflow", "oob"] {
+        assert!(traps.contains(&kind), "{kind} missing in {traps:?}");
+    }
+    // The call after a trapped one is served normally.
+    let after_panic = calls
+        .iter()
+        .skip_while(|c| c["trap"] != "panic")
+        .find(|c| c["listener"] == "faulty" && c["export"] != "rollback" && c["trap"].is_null())
+        .unwrap();
+    assert_eq!(after_panic["outcome"], "ok");
+    // A failure mid-chain rolls back the listeners before it, in reverse order.
+    let error_line = calls.iter().find(|c| c["outcome"] == "error").unwrap()["line"].clone();
+    let chain: Vec<(String, String)> = calls
+        .iter()
+        .filter(|c| c["line"] == error_line)
+        .map(|c| {
+            (
+                c["listener"].as_str().unwrap().into(),
+                c["export"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        chain,
+        [
+            ("rust-logger", "create"),
+            ("rust-metrics", "create"),
+            ("faulty", "create"),
+            ("rust-metrics", "rollback"),
+            ("rust-logger", "rollback")
+        ]
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+    );
+}
+
+#[test]
+fn fail_on_error_makes_failures_exit_non_zero() {
+    let out = replay(&["--fail-on-error"]);
+    assert_eq!(out.status.code(), Some(1));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("summary: events="), "{stdout}");
+
+    // A clean run with --fail-on-error exits 0.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("ok.jsonl");
+    std::fs::write(
+        &file,
+        r#"{"type":"ADDED","object":{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"a","namespace":"d","uid":"1","resourceVersion":"5"}}}"#,
+    )
+    .unwrap();
+    let out = kubelisten()
+        .args(["replay", "--fail-on-error", "--listener"])
+        .arg(guest("rust-logger"))
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn check_exit_codes() {
+    let ok = kubelisten()
+        .arg("check")
+        .arg(guest("rust-metrics"))
+        .output()
+        .unwrap();
+    assert!(ok.status.success());
+    assert!(String::from_utf8_lossy(&ok.stdout).contains("ok, implements"));
+    let bad = kubelisten()
+        .arg("check")
+        .arg(std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml"))
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&bad.stdout).contains("not a wasm binary"));
+}

@@ -1,0 +1,312 @@
+//! The sandbox core without a cluster: modes, fault containment, crash-loop backoff, chains,
+//! `check` and `replay`. Needs the guests (`make guests`).
+
+mod support;
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use kubelisten::dispatch::Chain;
+use kubelisten::event::EventKind;
+use kubelisten::runtime::{check, Export, Limits, Listener, ListenerSpec, Mode, Outcome, TrapKind};
+use support::{event, guest, runtime};
+
+fn spec(name: &str, mode: Mode, limits: Limits) -> ListenerSpec {
+    ListenerSpec {
+        name: name.into(),
+        path: guest(name),
+        mode,
+        limits,
+    }
+}
+
+fn load(rt: &kubelisten::Runtime, name: &str, mode: Mode) -> Arc<Listener> {
+    let limits = Limits {
+        call_timeout: Duration::from_millis(200),
+        crash_loop_threshold: 1000,
+        ..Limits::default()
+    };
+    Arc::new(Listener::load(rt, &spec(name, mode, limits)).unwrap())
+}
+
+fn totals(lines: &[String]) -> Vec<String> {
+    lines
+        .iter()
+        .filter(|m| m.starts_with("totals"))
+        .cloned()
+        .collect()
+}
+
+#[test]
+fn reference_mode_keeps_state_and_classname_does_not() {
+    let (rt, capture, _cache) = runtime();
+    for (mode, expected) in [
+        (
+            Mode::Reference,
+            [
+                "creates=1 updates=0",
+                "creates=2 updates=0",
+                "creates=2 updates=1",
+            ],
+        ),
+        (
+            Mode::Classname,
+            [
+                "creates=1 updates=0",
+                "creates=1 updates=0",
+                "creates=0 updates=1",
+            ],
+        ),
+    ] {
+        capture.0.lock().unwrap().clear();
+        let chain = Chain::new(vec![load(&rt, "rust-metrics", mode)]);
+        for ev in [
+            event(EventKind::Create, "a", None),
+            event(EventKind::Create, "b", None),
+            event(EventKind::Update, "a", None),
+        ] {
+            assert!(chain.dispatch(&ev).succeeded());
+        }
+        let got = totals(&capture.messages_of("rust-metrics"));
+        assert_eq!(got.len(), 3, "{mode:?}: {got:?}");
+        for (line, want) in got.iter().zip(expected) {
+            assert!(
+                line.contains(want),
+                "{mode:?}: {line:?} should contain {want:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn every_fault_is_contained_and_the_next_event_is_served() {
+    let (rt, capture, _cache) = runtime();
+    let faults = [
+        ("panic", Some(TrapKind::Panic)),
+        ("unreachable", Some(TrapKind::Unreachable)),
+        ("oob", Some(TrapKind::OutOfBounds)),
+        ("stack-overflow", Some(TrapKind::StackOverflow)),
+        ("loop", Some(TrapKind::Deadline)),
+        ("memory", Some(TrapKind::Memory)),
+        ("error", None),
+    ];
+    for mode in [Mode::Classname, Mode::Reference] {
+        let faulty = load(&rt, "faulty", mode);
+        let chain = Chain::new(vec![faulty.clone()]);
+        for (fault, trap) in faults {
+            let report = chain.dispatch(&event(EventKind::Create, fault, Some(fault)));
+            let outcome = &report.calls[0].outcome;
+            match trap {
+                Some(kind) => assert_eq!(
+                    outcome.trap_kind(),
+                    Some(kind),
+                    "{mode:?} {fault}: {outcome:?}"
+                ),
+                None => assert!(
+                    matches!(outcome, Outcome::Error(m) if m.contains("fault injected")),
+                    "{outcome:?}"
+                ),
+            }
+            let next = chain.dispatch(&event(EventKind::Update, "fine", None));
+            assert!(next.succeeded(), "{mode:?} after {fault}: {:?}", next.calls);
+        }
+        let stats = faulty.stats();
+        assert_eq!(stats.traps.load(Ordering::Relaxed), 6);
+        assert_eq!(stats.errors.load(Ordering::Relaxed), 1);
+        let rebuilds = if mode == Mode::Reference { 6 } else { 0 };
+        assert_eq!(stats.rebuilds.load(Ordering::Relaxed), rebuilds, "{mode:?}");
+    }
+    // The panic message reached the log, tagged with the listener.
+    assert!(capture
+        .lines()
+        .iter()
+        .any(|l| l.listener == "faulty" && l.message.contains("panicked at")));
+}
+
+#[test]
+fn crash_loop_backoff_engages_and_releases() {
+    let (rt, _capture, _cache) = runtime();
+    let limits = Limits {
+        crash_loop_threshold: 2,
+        crash_loop_backoff: Duration::from_millis(30),
+        ..Limits::default()
+    };
+    let faulty = Arc::new(Listener::load(&rt, &spec("faulty", Mode::Reference, limits)).unwrap());
+    let other = load(&rt, "rust-logger", Mode::Classname);
+    let ev = event(EventKind::Create, "x", Some("unreachable"));
+    let trap = |l: &Listener| l.call_event(Export::Create, &kubelisten_wit(&ev), &ctx());
+    assert!(trap(&faulty).trap_kind().is_some());
+    assert!(
+        faulty.backoff_remaining().is_none(),
+        "one trap is below the threshold"
+    );
+    assert!(trap(&faulty).trap_kind().is_some());
+    assert!(
+        faulty.backoff_remaining().is_some(),
+        "two consecutive traps engage the backoff"
+    );
+    let skipped = trap(&faulty);
+    assert!(
+        matches!(skipped, Outcome::Skipped(ref m) if m.contains("crash-loop")),
+        "{skipped:?}"
+    );
+    // Other listeners keep running meanwhile.
+    assert!(Chain::new(vec![other])
+        .dispatch(&event(EventKind::Create, "y", None))
+        .succeeded());
+    // Once the backoff has passed, a good event is served and the backoff is released.
+    wait_until(|| faulty.backoff_remaining().is_none());
+    assert!(Chain::new(vec![faulty.clone()])
+        .dispatch(&event(EventKind::Create, "z", None))
+        .succeeded());
+    assert!(trap(&faulty).trap_kind().is_some());
+    assert!(
+        faulty.backoff_remaining().is_none(),
+        "success reset the consecutive count"
+    );
+    assert_eq!(faulty.stats().skipped.load(Ordering::Relaxed), 1);
+}
+
+fn wait_until(cond: impl Fn() -> bool) {
+    for _ in 0..1000 {
+        if cond() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    panic!("condition not reached in 5 s");
+}
+
+fn ctx() -> kubelisten::runtime::CallContext {
+    kubelisten::runtime::CallContext {
+        object: Arc::from("ns/x"),
+        event_kind: "create",
+        chain: Default::default(),
+    }
+}
+
+fn kubelisten_wit(ev: &kubelisten::ResourceEvent) -> kubelisten::runtime::bindings::Event {
+    kubelisten::dispatch::wit_event(ev)
+}
+
+#[test]
+fn chain_rolls_back_in_reverse_order_and_shares_chain_state() {
+    let (rt, _capture, _cache) = runtime();
+    let chain = Chain::new(vec![
+        load(&rt, "rust-logger", Mode::Classname),
+        load(&rt, "rust-metrics", Mode::Reference),
+        load(&rt, "faulty", Mode::Classname),
+    ]);
+    let report = chain.dispatch(&event(EventKind::Create, "r", Some("error")));
+    let calls: Vec<(String, &str, &str)> = report
+        .calls
+        .iter()
+        .map(|c| (c.listener.to_string(), c.export.as_str(), c.outcome.label()))
+        .collect();
+    assert_eq!(
+        calls,
+        vec![
+            ("rust-logger".into(), "create", "ok"),
+            ("rust-metrics".into(), "create", "ok"),
+            ("faulty".into(), "create", "error"),
+            ("rust-metrics".into(), "rollback", "ok"),
+            ("rust-logger".into(), "rollback", "ok"),
+        ]
+    );
+    assert_eq!(report.failed_at, Some(2));
+    // faulty's error lists the chain-state keys it saw: rust-logger set one earlier in the chain.
+    assert!(
+        report.calls[2]
+            .outcome
+            .message()
+            .contains("chain-state keys: rust-logger"),
+        "{:?}",
+        report.calls[2]
+    );
+    // A fresh event starts with empty chain state.
+    let alone = Chain::new(vec![load(&rt, "faulty", Mode::Classname)]);
+    let report = alone.dispatch(&event(EventKind::Create, "s", Some("error")));
+    assert!(
+        report.calls[0]
+            .outcome
+            .message()
+            .ends_with("chain-state keys: )"),
+        "{:?}",
+        report.calls[0]
+    );
+}
+
+#[test]
+fn check_accepts_listeners_and_names_what_is_wrong() {
+    let (rt, _capture, cache) = runtime();
+    for name in [
+        "rust-logger",
+        "rust-metrics",
+        "faulty",
+        "noop",
+        "json-parse",
+    ] {
+        let report = check::check(&rt, &std::fs::read(guest(name)).unwrap()).unwrap();
+        assert!(report.digest.starts_with("sha256:"));
+        assert!(report.exports.iter().any(|e| e == "create"));
+    }
+    // The compiled code landed in the cache, one entry per module.
+    assert_eq!(std::fs::read_dir(cache.path()).unwrap().count(), 5);
+
+    let problems = check::check(&rt, b"hello world").unwrap_err();
+    assert!(problems.0[0].contains("not a wasm binary"), "{problems}");
+
+    let core = wat::parse_str("(module (func (export \"create\")))").unwrap();
+    let problems = check::check(&rt, &core).unwrap_err();
+    assert!(
+        problems.0[0].contains("core wasm module, not a component"),
+        "{problems}"
+    );
+
+    let other_world = wat::parse_str(
+        r#"(component
+             (core module $m (func (export "f")))
+             (core instance $i (instantiate $m))
+             (func (export "hello") (canon lift (core func $i "f"))))"#,
+    )
+    .unwrap();
+    let problems = check::check(&rt, &other_world).unwrap_err();
+    for export in ["create", "update", "delete", "error", "rollback"] {
+        assert!(
+            problems.0.contains(&format!("missing export `{export}`")),
+            "{problems}"
+        );
+    }
+
+    let wrong_signature = wat::parse_str(
+        r#"(component
+             (core module $m (func (export "f")))
+             (core instance $i (instantiate $m))
+             (func (export "create") (canon lift (core func $i "f")))
+             (func (export "update") (canon lift (core func $i "f")))
+             (func (export "delete") (canon lift (core func $i "f")))
+             (func (export "error") (canon lift (core func $i "f")))
+             (func (export "rollback") (canon lift (core func $i "f"))))"#,
+    )
+    .unwrap();
+    let problems = check::check(&rt, &wrong_signature).unwrap_err();
+    assert!(problems.0[0].starts_with("wrong signature"), "{problems}");
+
+    let unknown_import = wat::parse_str(
+        r#"(component
+             (import "acme:evil/net" (instance (export "connect" (func))))
+             (core module $m (func (export "f")))
+             (core instance $i (instantiate $m))
+             (func (export "hello") (canon lift (core func $i "f"))))"#,
+    )
+    .unwrap();
+    let problems = check::check(&rt, &unknown_import).unwrap_err();
+    assert!(
+        problems
+            .0
+            .iter()
+            .any(|p| p.starts_with("unknown import") && p.contains("acme:evil/net")),
+        "{problems}"
+    );
+}
