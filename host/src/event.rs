@@ -259,6 +259,9 @@ impl Tracker {
         } else {
             meta.uid.clone()
         };
+        if let Some(listed) = self.relist.as_mut() {
+            listed.insert(key.clone());
+        }
         let previous = self.seen.get(&key);
         if let Some((rv, _)) = previous {
             if !rv.is_empty() && *rv == meta.resource_version {

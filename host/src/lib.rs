@@ -8,6 +8,7 @@ pub mod dispatch;
 pub mod event;
 pub mod replay;
 pub mod runtime;
+pub mod watch;
 
 pub use dispatch::{CallRecord, Chain, ChainReport};
 pub use event::{EventKind, ObjectMeta, ResourceEvent, WatchErrorInfo};

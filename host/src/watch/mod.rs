@@ -1,0 +1,4 @@
+//! The cluster watch: resolving what to watch ([`target`]) and the list/watch loop ([`watcher`]).
+//! This module knows nothing of wasm.
+
+pub mod watcher;
