@@ -43,6 +43,8 @@ pub enum OutputFormat {
 /// Subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Watch the cluster and run the listener chains (until SIGTERM/SIGINT).
+    Run(RunArgs),
     /// Check that a file is a component implementing the kubelisten listener world (exit 0/1).
     Check {
         /// The component file(s).
@@ -75,4 +77,64 @@ pub enum Command {
         /// Events file (`kubectl get -w --output-watch-events -o json`); `-` reads stdin.
         events: PathBuf,
     },
+}
+
+/// Arguments of `run`: a config file, or one CRD and its listeners given as flags.
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// The config file listing the watches (see the README).
+    #[arg(long, env = "KUBELISTEN_CONFIG", conflicts_with = "crd")]
+    pub config: Option<PathBuf>,
+    /// One CRD file to watch (registered if the cluster lacks it); use with --listener.
+    #[arg(long, env = "KUBELISTEN_CRD", requires = "listeners")]
+    pub crd: Option<PathBuf>,
+    /// A listener `path[:reference|:classname]` for --crd; repeat for a chain.
+    #[arg(
+        long = "listener",
+        short = 'l',
+        env = "KUBELISTEN_LISTENERS",
+        value_delimiter = ','
+    )]
+    pub listeners: Vec<String>,
+    /// Namespaces to watch with --crd (default all).
+    #[arg(
+        long = "namespace",
+        short = 'n',
+        env = "KUBELISTEN_NAMESPACES",
+        value_delimiter = ','
+    )]
+    pub namespaces: Vec<String>,
+    /// Label selector with --crd.
+    #[arg(long, env = "KUBELISTEN_LABEL_SELECTOR")]
+    pub label_selector: Option<String>,
+    /// Field selector with --crd.
+    #[arg(long, env = "KUBELISTEN_FIELD_SELECTOR")]
+    pub field_selector: Option<String>,
+    /// Objects handled in parallel per watch.
+    #[arg(long, env = "KUBELISTEN_WORKERS", default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub workers: u32,
+    /// Events queued per watch before the watch stops being read (back-pressure).
+    #[arg(long, env = "KUBELISTEN_QUEUE_CAPACITY", default_value_t = 1024)]
+    pub queue_capacity: usize,
+    /// Server-side watch timeout in seconds (the watch is reopened after it; at most 290).
+    #[arg(long, env = "KUBELISTEN_WATCH_TIMEOUT", default_value_t = 290)]
+    pub watch_timeout: u64,
+    /// Attempts per event before it is given up (1 = no retry).
+    #[arg(long, env = "KUBELISTEN_RETRY_ATTEMPTS", default_value_t = 5)]
+    pub retry_attempts: u32,
+    /// Delay before the first retry, in milliseconds; doubles per attempt.
+    #[arg(long, env = "KUBELISTEN_RETRY_BASE_MS", default_value_t = 200)]
+    pub retry_base_ms: u64,
+    /// Longest retry delay, in milliseconds.
+    #[arg(long, env = "KUBELISTEN_RETRY_MAX_MS", default_value_t = 30_000)]
+    pub retry_max_ms: u64,
+    /// Seconds in-flight events may take to finish at shutdown.
+    #[arg(long, env = "KUBELISTEN_SHUTDOWN_GRACE", default_value_t = 30)]
+    pub shutdown_grace: u64,
+    /// Per-call time limit in milliseconds for listeners given with --listener.
+    #[arg(long, env = "KUBELISTEN_CALL_TIMEOUT_MS")]
+    pub call_timeout_ms: Option<u64>,
+    /// Per-instance memory limit in MiB for listeners given with --listener.
+    #[arg(long, env = "KUBELISTEN_MEMORY_MIB")]
+    pub memory_mib: Option<usize>,
 }

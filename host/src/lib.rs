@@ -4,6 +4,8 @@
 //! [`dispatch`] (the listener chain) → [`runtime`] (wasmtime: compile, instantiate, call, contain).
 #![deny(missing_docs)]
 
+pub mod app;
+pub mod config;
 pub mod dispatch;
 pub mod event;
 pub mod replay;

@@ -6,13 +6,17 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Parser;
+use kubelisten::app::{self, RunSettings};
+use kubelisten::config::{self, Config, TargetConfig, WatchConfig};
+use kubelisten::dispatch::dispatcher::{DispatcherConfig, RetryPolicy};
 use kubelisten::dispatch::Chain;
 use kubelisten::replay;
 use kubelisten::runtime::{check, Listener, ListenerSpec, Runtime, RuntimeConfig};
+use std::time::Duration;
 
 mod cli;
 
-use cli::{Cli, Command, LogFormat, OutputFormat};
+use cli::{Cli, Command, LogFormat, OutputFormat, RunArgs};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -52,6 +56,7 @@ fn runtime(cli: &Cli) -> anyhow::Result<Runtime> {
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let runtime = runtime(&cli)?;
     match cli.command {
+        Command::Run(args) => run_cluster(&runtime, args),
         Command::Check { modules } => Ok(check_modules(&runtime, &modules)),
         Command::Replay {
             listeners,
@@ -61,17 +66,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             memory_mib,
             events,
         } => {
-            let mut specs = Vec::new();
-            for spec in &listeners {
-                let mut spec: ListenerSpec = spec.parse()?;
-                if let Some(ms) = call_timeout_ms {
-                    spec.limits.call_timeout = std::time::Duration::from_millis(ms);
-                }
-                if let Some(mib) = memory_mib {
-                    spec.limits.memory_bytes = mib << 20;
-                }
-                specs.push(spec);
-            }
+            let specs = listener_specs(&listeners, call_timeout_ms, memory_mib)?;
             let chain = Chain::new(
                 specs
                     .iter()
@@ -104,6 +99,109 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             })
         }
     }
+}
+
+/// Parses `path[:mode]` listener flags and applies the limit flags to each.
+fn listener_specs(
+    listeners: &[String],
+    call_timeout_ms: Option<u64>,
+    memory_mib: Option<usize>,
+) -> anyhow::Result<Vec<ListenerSpec>> {
+    listeners
+        .iter()
+        .map(|spec| {
+            let mut spec: ListenerSpec = spec.parse()?;
+            if let Some(ms) = call_timeout_ms {
+                spec.limits.call_timeout = Duration::from_millis(ms);
+            }
+            if let Some(mib) = memory_mib {
+                spec.limits.memory_bytes = mib << 20;
+            }
+            Ok(spec)
+        })
+        .collect()
+}
+
+/// The watches of `run`: the config file, or the single CRD given by flags.
+fn run_config(args: &RunArgs) -> anyhow::Result<Config> {
+    if let Some(path) = &args.config {
+        return config::load(path).map_err(anyhow::Error::new);
+    }
+    let Some(crd) = &args.crd else {
+        anyhow::bail!("nothing to watch: give --config FILE, or --crd FILE with --listener MODULE");
+    };
+    let name = crd
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or("crd")
+        .to_string();
+    Ok(Config {
+        watches: vec![WatchConfig {
+            name,
+            target: TargetConfig::Crd { path: crd.clone() },
+            namespaces: args.namespaces.clone(),
+            label_selector: args.label_selector.clone(),
+            field_selector: args.field_selector.clone(),
+            listeners: listener_specs(&args.listeners, args.call_timeout_ms, args.memory_mib)?,
+        }],
+    })
+}
+
+fn run_cluster(runtime: &Runtime, args: RunArgs) -> anyhow::Result<ExitCode> {
+    let config = run_config(&args)?;
+    // Bad CRD files are startup errors even before the cluster is reachable.
+    for watch in &config.watches {
+        if let TargetConfig::Crd { path } = &watch.target {
+            kubelisten::watch::target::read_crd(path)
+                .with_context(|| format!("watch {}", watch.name))?;
+        }
+    }
+    let settings = RunSettings {
+        dispatch: DispatcherConfig {
+            workers: args.workers as usize,
+            queue_capacity: args.queue_capacity,
+            retry: RetryPolicy {
+                attempts: args.retry_attempts.max(1),
+                base: Duration::from_millis(args.retry_base_ms),
+                max: Duration::from_millis(args.retry_max_ms),
+            },
+        },
+        watch_timeout: Duration::from_secs(args.watch_timeout.clamp(1, 290)),
+        shutdown_grace: Duration::from_secs(args.shutdown_grace),
+    };
+    let tokio = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    tokio.block_on(async {
+        let client = kube::Client::try_default().await.context(
+            "connecting to Kubernetes (in-cluster config, else KUBECONFIG or ~/.kube/config)",
+        )?;
+        app::run(client, runtime, &config, &settings, shutdown_signal()).await
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Resolves on SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot listen for SIGTERM; only SIGINT stops kubelisten");
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
 }
 
 fn read_input(path: &std::path::Path) -> anyhow::Result<String> {

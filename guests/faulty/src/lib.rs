@@ -2,8 +2,12 @@
 //!
 //! The object's annotation `kubelisten.dev/fault` picks the fault: `panic`, `unreachable`, `oob`,
 //! `stack-overflow`, `loop`, `memory` or `error`; absent (or any other value) means behave.
+//! `flaky` fails (error return) the first time it sees an object's resourceVersion and succeeds
+//! on the retry; it needs reference mode, which keeps what it has seen.
 //! The error message of `error` lists the chain-state keys it saw, so tests can observe the chain.
 
+use std::cell::RefCell;
+use std::collections::HashSet;
 use std::hint::black_box;
 
 wit_bindgen::generate!({ path: "../../wit", world: "listener" });
@@ -15,6 +19,11 @@ use kubelisten::listener::log::{log, Level};
 #[inline(never)]
 fn recurse(depth: u64) -> u64 {
     black_box(recurse(black_box(depth + 1))).wrapping_add(depth)
+}
+
+thread_local! {
+    /// `uid@resourceVersion` of the events `flaky` already failed once.
+    static FAILED_ONCE: RefCell<HashSet<String>> = RefCell::new(HashSet::new());
 }
 
 fn misbehave(ev: &Event) -> Result<(), String> {
@@ -44,6 +53,14 @@ fn misbehave(ev: &Event) -> Result<(), String> {
             let mut hoard: Vec<Vec<u8>> = Vec::new();
             loop {
                 hoard.push(black_box(vec![1u8; 1 << 20]));
+            }
+        }
+        Some("flaky") => {
+            let key = format!("{}@{}", ev.meta.uid, ev.meta.resource_version);
+            if FAILED_ONCE.with(|seen| seen.borrow_mut().insert(key)) {
+                Err("fault injected: flaky, failing the first attempt".into())
+            } else {
+                Ok(())
             }
         }
         Some("error") => Err(format!(

@@ -1,4 +1,5 @@
 //! The cluster watch: resolving what to watch ([`target`]) and the list/watch loop ([`watcher`]).
 //! This module knows nothing of wasm.
 
+pub mod target;
 pub mod watcher;

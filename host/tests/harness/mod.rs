@@ -1,0 +1,272 @@
+//! Runs the kubelisten host in-process against the local control plane and collects every
+//! dispatched event through the dispatcher's observer.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
+use kube::core::{ApiResource, GroupVersionKind};
+use kubelisten::app::{self, RunSettings, Running};
+use kubelisten::config::{Config, TargetConfig, WatchConfig};
+use kubelisten::dispatch::dispatcher::{Dispatched, DispatcherConfig, RetryPolicy};
+use kubelisten::runtime::{Limits, ListenerSpec, Mode, Runtime, RuntimeConfig};
+use tokio::sync::mpsc;
+
+/// The test CRD's group, kind and plural.
+pub const GROUP: &str = "watch.kubelisten.dev";
+/// Kind of the test CRD.
+pub const KIND: &str = "Thing";
+/// Plural of the test CRD.
+pub const PLURAL: &str = "things";
+
+/// A v1 CRD for `kind`/`plural` in `group`, namespaced, with a status subresource.
+pub fn crd_yaml(group: &str, kind: &str, plural: &str) -> String {
+    format!(
+        r#"apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata:
+  name: {plural}.{group}
+spec:
+  group: {group}
+  scope: Namespaced
+  names:
+    kind: {kind}
+    plural: {plural}
+    singular: {singular}
+    listKind: {kind}List
+  versions:
+    - name: v1
+      served: true
+      storage: true
+      subresources:
+        status: {{}}
+      schema:
+        openAPIV3Schema:
+          type: object
+          x-kubernetes-preserve-unknown-fields: true
+"#,
+        singular = kind.to_lowercase()
+    )
+}
+
+/// Writes the test CRD to a file in `dir` and returns its path.
+pub fn write_crd(dir: &Path, group: &str, kind: &str, plural: &str) -> PathBuf {
+    let path = dir.join(format!("{plural}.{group}.yaml"));
+    std::fs::write(&path, crd_yaml(group, kind, plural)).unwrap();
+    path
+}
+
+/// The ApiResource of the test CRD.
+pub fn resource(group: &str, kind: &str, plural: &str) -> ApiResource {
+    ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(group, "v1", kind), plural)
+}
+
+/// A listener built by `make guests`.
+pub fn listener(name: &str, mode: Mode) -> ListenerSpec {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../target/guests")
+        .join(format!("{name}.wasm"));
+    assert!(
+        path.exists(),
+        "guest {name} is not built: run `make guests`"
+    );
+    let limits = Limits {
+        call_timeout: Duration::from_millis(500),
+        ..Limits::default()
+    };
+    ListenerSpec {
+        name: name.into(),
+        path,
+        mode,
+        limits,
+    }
+}
+
+/// One watch of the test CRD file in `namespace`.
+pub fn crd_watch(crd: &Path, namespace: &str, listeners: Vec<ListenerSpec>) -> Config {
+    Config {
+        watches: vec![WatchConfig {
+            name: "things".into(),
+            target: TargetConfig::Crd {
+                path: crd.to_path_buf(),
+            },
+            namespaces: vec![namespace.to_string()],
+            label_selector: None,
+            field_selector: None,
+            listeners,
+        }],
+    }
+}
+
+/// Settings with quick retries.
+pub fn settings(workers: usize) -> RunSettings {
+    RunSettings {
+        dispatch: DispatcherConfig {
+            workers,
+            queue_capacity: 256,
+            retry: RetryPolicy {
+                attempts: 3,
+                base: Duration::from_millis(50),
+                max: Duration::from_millis(200),
+            },
+        },
+        watch_timeout: Duration::from_secs(30),
+        shutdown_grace: Duration::from_secs(10),
+    }
+}
+
+/// A runtime without the disk cache side effects shared across tests.
+pub fn runtime() -> Runtime {
+    Runtime::new(RuntimeConfig::default()).unwrap()
+}
+
+/// The host running in-process.
+pub struct TestHost {
+    running: Option<Running>,
+    rx: mpsc::UnboundedReceiver<Dispatched>,
+    /// Every attempt seen so far, in arrival order.
+    pub seen: Vec<Dispatched>,
+}
+
+impl TestHost {
+    /// Starts the host.
+    pub async fn start(
+        client: kube::Client,
+        runtime: &Runtime,
+        config: &Config,
+        settings: &RunSettings,
+    ) -> Self {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let running = app::start(client, runtime, config, settings, Some(tx))
+            .await
+            .expect("host starts");
+        Self {
+            running: Some(running),
+            rx,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Collects attempts until `done(seen)` holds; panics after `timeout` showing what was seen.
+    pub async fn wait_for(
+        &mut self,
+        timeout: Duration,
+        what: &str,
+        done: impl Fn(&[Dispatched]) -> bool,
+    ) {
+        let deadline = tokio::time::Instant::now() + timeout;
+        while !done(&self.seen) {
+            match tokio::time::timeout_at(deadline, self.rx.recv()).await {
+                Ok(Some(d)) => self.seen.push(d),
+                Ok(None) => panic!("host stopped while waiting for {what}"),
+                Err(_) => panic!(
+                    "timed out waiting for {what}; seen:\n{}",
+                    describe(&self.seen)
+                ),
+            }
+        }
+    }
+
+    /// Whether every watch finished its first list.
+    pub fn synced(&self) -> bool {
+        self.running.as_ref().is_some_and(|r| {
+            r.watches
+                .iter()
+                .all(|w| w.state.synced.load(std::sync::atomic::Ordering::Relaxed))
+        })
+    }
+
+    /// Waits until every watch finished its first list.
+    pub async fn wait_synced(&self) {
+        for _ in 0..600 {
+            if self.synced() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("watches did not sync within 60 s");
+    }
+
+    /// Stops the host gracefully and returns everything seen.
+    pub async fn stop(mut self) -> Vec<Dispatched> {
+        if let Some(running) = self.running.take() {
+            assert!(
+                running.stop().await,
+                "in-flight events finished within the grace period"
+            );
+        }
+        while let Ok(d) = self.rx.try_recv() {
+            self.seen.push(d);
+        }
+        self.seen
+    }
+}
+
+/// One line per attempt, for failure messages.
+pub fn describe(seen: &[Dispatched]) -> String {
+    seen.iter()
+        .map(|d| {
+            format!(
+                "{} {} rv={} initial={} attempt={} ok={}",
+                d.event.kind.as_str(),
+                d.event.meta.object_ref(),
+                d.event.meta.resource_version,
+                d.event.initial,
+                d.attempt,
+                d.report.succeeded()
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Creates a `Thing` named `name` in `ns` with `spec` and optional annotations.
+pub async fn create_thing(
+    api: &Api<DynamicObject>,
+    ar: &ApiResource,
+    name: &str,
+    spec: serde_json::Value,
+    annotations: &[(&str, &str)],
+) -> DynamicObject {
+    let mut obj = DynamicObject::new(name, ar).data(serde_json::json!({ "spec": spec }));
+    if !annotations.is_empty() {
+        obj.metadata.annotations = Some(
+            annotations
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        );
+    }
+    api.create(&PostParams::default(), &obj)
+        .await
+        .expect("create")
+}
+
+/// Merge-patches `spec` of `name`.
+pub async fn patch_spec(
+    api: &Api<DynamicObject>,
+    name: &str,
+    spec: serde_json::Value,
+) -> DynamicObject {
+    api.patch(
+        name,
+        &PatchParams::default(),
+        &Patch::Merge(serde_json::json!({ "spec": spec })),
+    )
+    .await
+    .expect("patch")
+}
+
+/// Deletes `name`.
+pub async fn delete(api: &Api<DynamicObject>, name: &str) {
+    api.delete(name, &DeleteParams::default())
+        .await
+        .expect("delete");
+}
+
+/// Shared pointer to the event of an attempt (for grouping).
+pub fn key(d: &Dispatched) -> (String, Arc<str>) {
+    (d.event.meta.name.clone(), d.event.object.clone())
+}

@@ -1,0 +1,395 @@
+//! Watch and dispatch against the local control plane: the skafos event model end to end.
+
+mod common;
+mod harness;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use futures::{stream, StreamExt};
+use harness::{
+    crd_watch, create_thing, delete, listener, patch_spec, resource, settings, write_crd, TestHost,
+    GROUP, KIND, PLURAL,
+};
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::api::{Api, DynamicObject, PostParams};
+use kubelisten::config::{Config, TargetConfig, WatchConfig};
+use kubelisten::event::EventKind;
+use kubelisten::runtime::Mode;
+use serde_json::json;
+
+const WAIT: Duration = Duration::from_secs(90);
+
+#[tokio::test(flavor = "multi_thread")]
+async fn create_update_delete_reach_every_listener_in_both_modes() {
+    let client = common::client().await;
+    let ns = common::TestNamespace::new(&client).await;
+    let dir = tempfile::tempdir().unwrap();
+    let crd = write_crd(dir.path(), GROUP, KIND, PLURAL);
+    let config = crd_watch(
+        &crd,
+        ns.name(),
+        vec![
+            listener("rust-logger", Mode::Classname),
+            listener("rust-metrics", Mode::Reference),
+        ],
+    );
+    let runtime = harness::runtime();
+    let mut host = TestHost::start(client.clone(), &runtime, &config, &settings(4)).await;
+    host.wait_synced().await;
+
+    let ar = resource(GROUP, KIND, PLURAL);
+    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), ns.name(), &ar);
+    let created = create_thing(&api, &ar, "one", json!({"size": 1}), &[]).await;
+    let updated = patch_spec(&api, "one", json!({"size": 2})).await;
+    delete(&api, "one").await;
+    host.wait_for(WAIT, "create, update and delete of one", |seen| {
+        seen.iter().any(|d| d.event.kind == EventKind::Delete)
+    })
+    .await;
+    let seen = host.stop().await;
+
+    let kinds: Vec<EventKind> = seen.iter().map(|d| d.event.kind).collect();
+    assert_eq!(
+        kinds,
+        [EventKind::Create, EventKind::Update, EventKind::Delete],
+        "{}",
+        harness::describe(&seen)
+    );
+    for d in &seen {
+        assert!(!d.event.initial, "live changes are not initial");
+        assert!(d.report.succeeded());
+        let listeners: Vec<&str> = d.report.calls.iter().map(|c| &*c.listener).collect();
+        assert_eq!(listeners, ["rust-logger", "rust-metrics"]);
+        let m = &d.event.meta;
+        assert_eq!(
+            (m.name.as_str(), m.namespace.as_deref()),
+            ("one", Some(ns.name()))
+        );
+        assert_eq!(
+            (m.api_version.as_str(), m.kind.as_str()),
+            (format!("{GROUP}/v1").as_str(), KIND)
+        );
+        assert_eq!(Some(&m.uid), created.metadata.uid.as_ref());
+        assert_eq!(
+            m.generation,
+            if d.event.kind == EventKind::Create {
+                Some(1)
+            } else {
+                Some(2)
+            }
+        );
+    }
+    let update = &seen[1].event;
+    assert_eq!(
+        Some(&update.meta.resource_version),
+        updated.metadata.resource_version.as_ref()
+    );
+    let old: serde_json::Value = serde_json::from_str(
+        update
+            .old_object
+            .as_deref()
+            .expect("update carries the old object"),
+    )
+    .unwrap();
+    assert_eq!(old["spec"]["size"], 1);
+    assert_eq!(
+        old["metadata"]["resourceVersion"].as_str(),
+        created.metadata.resource_version.as_deref()
+    );
+    let new: serde_json::Value = serde_json::from_str(&update.object).unwrap();
+    assert_eq!(new["spec"]["size"], 2);
+    ns.delete().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn existing_objects_arrive_as_initial_creates_at_every_start() {
+    let client = common::client().await;
+    let ns = common::TestNamespace::new(&client).await;
+    let dir = tempfile::tempdir().unwrap();
+    let crd = write_crd(dir.path(), GROUP, KIND, PLURAL);
+    common::apply_crd_yaml(&client, &harness::crd_yaml(GROUP, KIND, PLURAL)).await;
+    let ar = resource(GROUP, KIND, PLURAL);
+    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), ns.name(), &ar);
+    for name in ["a", "b", "c"] {
+        create_thing(&api, &ar, name, json!({"n": name}), &[]).await;
+    }
+    let config = crd_watch(
+        &crd,
+        ns.name(),
+        vec![listener("rust-logger", Mode::Classname)],
+    );
+    let runtime = harness::runtime();
+    for round in 0..2 {
+        let mut host = TestHost::start(client.clone(), &runtime, &config, &settings(4)).await;
+        host.wait_for(WAIT, "three initial creates", |seen| seen.len() >= 3)
+            .await;
+        host.wait_synced().await;
+        let seen = host.stop().await;
+        let mut names: Vec<&str> = seen.iter().map(|d| d.event.meta.name.as_str()).collect();
+        names.sort_unstable();
+        assert_eq!(
+            names,
+            ["a", "b", "c"],
+            "round {round}: {}",
+            harness::describe(&seen)
+        );
+        assert!(
+            seen.iter()
+                .all(|d| d.event.kind == EventKind::Create && d.event.initial),
+            "round {round}: {}",
+            harness::describe(&seen)
+        );
+    }
+    ns.delete().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn per_object_order_is_kept_while_objects_run_in_parallel() {
+    const OBJECTS: usize = 200;
+    const UPDATES: usize = 5;
+    let client = common::client().await;
+    let ns = common::TestNamespace::new(&client).await;
+    let dir = tempfile::tempdir().unwrap();
+    let crd = write_crd(dir.path(), GROUP, KIND, PLURAL);
+    let config = crd_watch(
+        &crd,
+        ns.name(),
+        vec![
+            listener("json-parse", Mode::Classname),
+            listener("rust-metrics", Mode::Reference),
+        ],
+    );
+    let runtime = harness::runtime();
+    let mut host = TestHost::start(client.clone(), &runtime, &config, &settings(8)).await;
+    host.wait_synced().await;
+
+    let ar = resource(GROUP, KIND, PLURAL);
+    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), ns.name(), &ar);
+    stream::iter(0..OBJECTS)
+        .for_each_concurrent(16, |i| {
+            let (api, ar) = (api.clone(), ar.clone());
+            async move {
+                let name = format!("obj-{i}");
+                create_thing(&api, &ar, &name, json!({"step": 0}), &[]).await;
+                for step in 1..=UPDATES {
+                    patch_spec(&api, &name, json!({"step": step})).await;
+                }
+            }
+        })
+        .await;
+    host.wait_for(WAIT, "every create and update", |seen| {
+        seen.len() >= OBJECTS * (UPDATES + 1)
+    })
+    .await;
+    let seen = host.stop().await;
+    assert_eq!(
+        seen.len(),
+        OBJECTS * (UPDATES + 1),
+        "no event lost or duplicated"
+    );
+
+    let mut per_object: HashMap<&str, Vec<i64>> = HashMap::new();
+    for d in &seen {
+        assert!(d.report.succeeded());
+        let obj: serde_json::Value = serde_json::from_str(&d.event.object).unwrap();
+        per_object
+            .entry(d.event.meta.name.as_str())
+            .or_default()
+            .push(obj["spec"]["step"].as_i64().unwrap());
+    }
+    assert_eq!(per_object.len(), OBJECTS);
+    for (name, steps) in &per_object {
+        assert_eq!(
+            steps,
+            &(0..=UPDATES as i64).collect::<Vec<_>>(),
+            "{name} out of order"
+        );
+    }
+    // More than one object was in flight at once: some attempts overlap in time.
+    let mut spans: Vec<_> = seen.iter().map(|d| (d.started, d.finished)).collect();
+    spans.sort();
+    let overlapping = spans.windows(2).filter(|w| w[1].0 < w[0].1).count();
+    assert!(
+        overlapping > 0,
+        "no two events were handled at the same time"
+    );
+    ns.delete().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failing_listener_rolls_back_earlier_ones_and_retries_succeed() {
+    let client = common::client().await;
+    let ns = common::TestNamespace::new(&client).await;
+    let dir = tempfile::tempdir().unwrap();
+    let crd = write_crd(dir.path(), GROUP, KIND, PLURAL);
+    let config = crd_watch(
+        &crd,
+        ns.name(),
+        vec![
+            listener("rust-logger", Mode::Classname),
+            listener("rust-metrics", Mode::Reference),
+            listener("faulty", Mode::Reference),
+        ],
+    );
+    let runtime = harness::runtime();
+    let mut host = TestHost::start(client.clone(), &runtime, &config, &settings(4)).await;
+    host.wait_synced().await;
+    let ar = resource(GROUP, KIND, PLURAL);
+    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), ns.name(), &ar);
+    create_thing(
+        &api,
+        &ar,
+        "refuses",
+        json!({}),
+        &[("kubelisten.dev/fault", "error")],
+    )
+    .await;
+    create_thing(
+        &api,
+        &ar,
+        "flaky",
+        json!({}),
+        &[("kubelisten.dev/fault", "flaky")],
+    )
+    .await;
+    host.wait_for(WAIT, "3 attempts on refuses and 2 on flaky", |seen| {
+        seen.iter()
+            .filter(|d| d.event.meta.name == "refuses")
+            .count()
+            == 3
+            && seen
+                .iter()
+                .any(|d| d.event.meta.name == "flaky" && d.report.succeeded())
+    })
+    .await;
+    let seen = host.stop().await;
+
+    let refuses: Vec<_> = seen
+        .iter()
+        .filter(|d| d.event.meta.name == "refuses")
+        .collect();
+    assert_eq!(
+        refuses.iter().map(|d| d.attempt).collect::<Vec<_>>(),
+        [1, 2, 3]
+    );
+    for d in &refuses {
+        let calls: Vec<(&str, &str, &str)> = d
+            .report
+            .calls
+            .iter()
+            .map(|c| (&*c.listener, c.export.as_str(), c.outcome.label()))
+            .collect();
+        assert_eq!(
+            calls,
+            [
+                ("rust-logger", "create", "ok"),
+                ("rust-metrics", "create", "ok"),
+                ("faulty", "create", "error"),
+                ("rust-metrics", "rollback", "ok"),
+                ("rust-logger", "rollback", "ok"),
+            ]
+        );
+    }
+    let flaky: Vec<_> = seen
+        .iter()
+        .filter(|d| d.event.meta.name == "flaky")
+        .collect();
+    assert_eq!(
+        flaky
+            .iter()
+            .map(|d| (d.attempt, d.report.succeeded()))
+            .collect::<Vec<_>>(),
+        [(1, false), (2, true)]
+    );
+    ns.delete().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_core_kind_is_watched_without_a_crd_with_a_label_selector() {
+    let client = common::client().await;
+    let ns = common::TestNamespace::new(&client).await;
+    let config = Config {
+        watches: vec![WatchConfig {
+            name: "configmaps".into(),
+            target: TargetConfig::Resource {
+                group: String::new(),
+                version: "v1".into(),
+                kind: "ConfigMap".into(),
+                plural: None,
+            },
+            namespaces: vec![ns.name().to_string()],
+            label_selector: Some("kubelisten.dev/watched=yes".into()),
+            field_selector: None,
+            listeners: vec![listener("rust-logger", Mode::Classname)],
+        }],
+    };
+    let runtime = harness::runtime();
+    let mut host = TestHost::start(client.clone(), &runtime, &config, &settings(2)).await;
+    host.wait_synced().await;
+    let api: Api<ConfigMap> = Api::namespaced(client.clone(), ns.name());
+    for (name, watched) in [("ignored", "no"), ("wanted", "yes")] {
+        let cm: ConfigMap = serde_json::from_value(json!({
+            "metadata": {"name": name, "labels": {"kubelisten.dev/watched": watched}},
+            "data": {"k": "v"}
+        }))
+        .unwrap();
+        api.create(&PostParams::default(), &cm).await.unwrap();
+    }
+    host.wait_for(WAIT, "the labelled ConfigMap", |seen| {
+        seen.iter().any(|d| d.event.meta.name == "wanted")
+    })
+    .await;
+    let seen = host.stop().await;
+    assert!(
+        seen.iter().all(|d| d.event.meta.name == "wanted"),
+        "{}",
+        harness::describe(&seen)
+    );
+    let d = &seen[0];
+    assert_eq!(
+        (
+            d.event.meta.api_version.as_str(),
+            d.event.meta.kind.as_str()
+        ),
+        ("v1", "ConfigMap")
+    );
+    let object: serde_json::Value = serde_json::from_str(&d.event.object).unwrap();
+    assert_eq!(object["data"]["k"], "v");
+    ns.delete().await;
+}
+
+#[test]
+fn malformed_crd_and_config_files_fail_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad_crd = dir.path().join("bad-crd.yaml");
+    std::fs::write(
+        &bad_crd,
+        "apiVersion: apiextensions.k8s.io/v1\nkind: CustomResourceDefinition\nspec: [not, a, map\n",
+    )
+    .unwrap();
+    let module = harness::listener("rust-logger", Mode::Classname).path;
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_kubelisten"))
+        .args(["run", "--crd"])
+        .arg(&bad_crd)
+        .arg("--listener")
+        .arg(&module)
+        .env("KUBECONFIG", common::kubeconfig_path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("bad-crd.yaml"), "{stderr}");
+
+    let bad_config = dir.path().join("kubelisten.yaml");
+    std::fs::write(&bad_config, "watches:\n  - name: x\n    crd: crd.yaml\n    listeners:\n      - name: a\n        modul: a.wasm\n").unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_kubelisten"))
+        .args(["run", "--config"])
+        .arg(&bad_config)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("kubelisten.yaml:6"), "{stderr}");
+    assert!(stderr.contains("modul"), "{stderr}");
+}
