@@ -21,7 +21,7 @@ demo: guests host ## run the demo
 	./demo/run.sh
 
 test: guests ## run every test (builds the guests, brings up the local control plane)
-	cargo test --workspace --all-targets
+	deploy/local/with-cluster.sh cargo test --workspace --all-targets
 
 fmt: ## check formatting
 	cargo fmt --all -- --check

@@ -613,7 +613,7 @@ pub(crate) mod yaml {
             });
             result.map_err(|err| {
                 let inner = err.without_snippet();
-                let message = clean(&serde_saphyr::UserMessageFormatter.format_message(inner));
+                let message = plain(&serde_saphyr::UserMessageFormatter.format_message(inner));
                 let mut path = failed_at.unwrap_or_default();
                 // `unknown field `x`` already names the key: point at its mapping.
                 if let Some(Segment::Key(k)) = path.0.last() {
@@ -683,8 +683,17 @@ pub(crate) mod yaml {
         }
     }
 
-    /// Makes a message safe for one log line.
-    fn clean(message: &str) -> String {
+    /// Says the parser's terse messages in words; makes the message safe for one log line.
+    fn plain(message: &str) -> String {
+        let message = match message {
+            "expected sequence start" => "expected a list",
+            "expected mapping start" => "expected a mapping (key: value)",
+            "expected string scalar" => "expected a string",
+            "invalid u64" | "invalid u32" | "invalid usize" => "expected a non-negative integer",
+            "invalid i32" | "invalid i64" => "expected an integer",
+            "invalid boolean" => "expected true or false",
+            other => other,
+        };
         let mut out = String::with_capacity(message.len());
         for c in message.chars() {
             if c.is_control() {
@@ -1130,28 +1139,5 @@ watches:
             yaml::split_documents("---\na: 1\n"),
             vec![(0, "---\na: 1\n")]
         );
-    }
-}
-#[cfg(test)]
-mod show_tmp {
-    #[test]
-    fn show() {
-        for t in [
-            "watches:\n  - name: a\n    crd: c.yaml\n    listeners:\n      - module: a.wasm\n        limits:\n          call-timeout: soon\n",
-            "watches:\n  - name: a\n    crd: c.yaml\n    listeners:\n      - module: a.wasm\n        mode: sometimes\n",
-            "watches:\n  - name: a\n    namespaces: default\n",
-            "watches: 5\n",
-            "watches:\n  - name: a\n    name: b\n",
-            "watches:\n  - name: a\n   bad indent: x\n",
-            "watches:\n  - name: [a]\n",
-            "watches:\n  - name:\n",
-            "watches:\n  - name: a\n    crd: c.yaml\n    resource: {version: v1, kind: Pod}\n    listeners: [{module: x.wasm}]\n",
-            "\twatches: []\n",
-        ] {
-            println!("{}", super::parse(t, std::path::Path::new("k.yaml")).unwrap_err());
-        }
-        for t in ["apiVersion: apiextensions.k8s.io/v1\nkind: [\n", "apiVersion: apiextensions.k8s.io/v1\nkind: CustomResourceDefinition\nspec:\n  group: e.com\n  names: {kind: T, plural: ts}\n  scope: Namespaced\n  versions:\n    - {name: v1, served: yes please, storage: true}\n"] {
-            println!("{}", crate::watch::target::tests_parse(t));
-        }
     }
 }

@@ -12,8 +12,8 @@ use std::time::Duration;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
     CustomResourceColumnDefinition, CustomResourceConversion, CustomResourceDefinition,
     CustomResourceDefinitionNames, CustomResourceDefinitionSpec, CustomResourceDefinitionVersion,
-    CustomResourceSubresources, CustomResourceValidation, JSONSchemaProps, WebhookClientConfig,
-    WebhookConversion,
+    CustomResourceSubresources, CustomResourceValidation, JSONSchemaProps, JSONSchemaPropsOrArray,
+    JSONSchemaPropsOrBool, WebhookClientConfig, WebhookConversion,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, PostParams};
@@ -621,11 +621,36 @@ impl From<V1beta1Column> for CustomResourceColumnDefinition {
     }
 }
 
+/// Marks every object node of `schema` that does not say otherwise (and is not a map) with
+/// `x-kubernetes-preserve-unknown-fields: true`: v1's way of saying v1beta1's default of not
+/// pruning unknown fields.
+fn keep_unknown_fields(schema: &mut JSONSchemaProps) {
+    if schema.type_.as_deref() == Some("object")
+        && schema.additional_properties.is_none()
+        && schema.x_kubernetes_preserve_unknown_fields.is_none()
+    {
+        schema.x_kubernetes_preserve_unknown_fields = Some(true);
+    }
+    for child in schema.properties.iter_mut().flat_map(|p| p.values_mut()) {
+        keep_unknown_fields(child);
+    }
+    match &mut schema.items {
+        Some(JSONSchemaPropsOrArray::Schema(items)) => keep_unknown_fields(items),
+        Some(JSONSchemaPropsOrArray::Schemas(list)) => {
+            list.iter_mut().for_each(keep_unknown_fields)
+        }
+        None => {}
+    }
+    if let Some(JSONSchemaPropsOrBool::Schema(values)) = &mut schema.additional_properties {
+        keep_unknown_fields(values);
+    }
+}
+
 /// Converts a v1beta1 CRD to v1 as the API server does: `spec.version` becomes the single served
 /// storage version, the top-level schema, subresources and printer columns move into each
 /// version, and a version without a schema gets `{type: object,
 /// x-kubernetes-preserve-unknown-fields: true}`. v1beta1 kept unknown fields unless
-/// `preserveUnknownFields: false`; that is kept by marking the root schema.
+/// `preserveUnknownFields: false`; that is kept by marking the schema's object nodes.
 fn convert_v1beta1(
     doc: &Document<'_>,
     raw: V1beta1Crd,
@@ -675,8 +700,8 @@ fn convert_v1beta1(
             if schema.type_.is_none() {
                 schema.type_ = Some("object".into());
             }
-            if preserve_unknown && schema.x_kubernetes_preserve_unknown_fields.is_none() {
-                schema.x_kubernetes_preserve_unknown_fields = Some(true);
+            if preserve_unknown {
+                keep_unknown_fields(&mut schema);
             }
             let columns = v
                 .additional_printer_columns
@@ -803,6 +828,10 @@ mod tests {
         let s = schema(&crd, 0);
         assert_eq!(s.type_.as_deref(), Some("object"));
         assert_eq!(s.x_kubernetes_preserve_unknown_fields, Some(true));
+        let spec = &s.properties.as_ref().unwrap()["spec"];
+        assert_eq!(spec.x_kubernetes_preserve_unknown_fields, Some(true));
+        let image = &spec.properties.as_ref().unwrap()["image"];
+        assert_eq!(image.x_kubernetes_preserve_unknown_fields, None);
         assert_eq!(
             crd.spec.names.short_names.as_deref(),
             Some(&["sp".to_string()][..])
@@ -985,8 +1014,4 @@ spec:
             "{err}"
         );
     }
-}
-#[cfg(test)]
-pub(crate) fn tests_parse(t: &str) -> String {
-    parse_crd(t, Path::new("crd.yaml")).unwrap_err().to_string()
 }

@@ -270,3 +270,112 @@ pub async fn delete(api: &Api<DynamicObject>, name: &str) {
 pub fn key(d: &Dispatched) -> (String, Arc<str>) {
     (d.event.meta.name.clone(), d.event.object.clone())
 }
+
+/// `deploy/local/cluster.sh` with the test's run directory.
+pub fn cluster(args: &[&str]) {
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy/local/cluster.sh");
+    let status = std::process::Command::new(script)
+        .args(args)
+        .status()
+        .expect("run cluster.sh");
+    assert!(status.success(), "cluster.sh {args:?} failed");
+}
+
+/// A value from the control plane's env file (`$KUBELISTEN_RUN_DIR/env`), e.g. `ETCD_URL`.
+pub fn cluster_env(key: &str) -> String {
+    let run_dir = std::env::var_os("KUBELISTEN_RUN_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").unwrap()).join(".cache/kubelisten/run")
+        });
+    let text = std::fs::read_to_string(run_dir.join("env")).expect("control plane env file");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{key}=")))
+        .unwrap_or_else(|| panic!("{key} missing in the env file"))
+        .trim_matches('\'')
+        .to_string()
+}
+
+/// Compacts etcd at its current revision (through its JSON gateway), so every older
+/// resourceVersion has expired.
+pub fn compact_etcd() -> u64 {
+    let url = cluster_env("ETCD_URL");
+    let post = |path: &str, body: &str| -> serde_json::Value {
+        let out = std::process::Command::new("curl")
+            .args(["-sS", "--fail", "-X", "POST", "-d", body])
+            .arg(format!("{url}{path}"))
+            .output()
+            .expect("curl");
+        assert!(
+            out.status.success(),
+            "etcd {path}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("etcd answers JSON")
+    };
+    let range = post("/v3/kv/range", r#"{"key":"AA==","limit":"1"}"#);
+    let revision: u64 = range["header"]["revision"]
+        .as_str()
+        .and_then(|r| r.parse().ok())
+        .expect("etcd revision");
+    post(
+        "/v3/kv/compaction",
+        &format!(r#"{{"revision":"{revision}","physical":true}}"#),
+    );
+    revision
+}
+
+/// A TCP proxy the test controls: `cut` drops every connection and refuses new ones until
+/// `restore`.
+pub struct Proxy {
+    /// `https://127.0.0.1:PORT`.
+    pub url: String,
+    enabled: Arc<std::sync::atomic::AtomicBool>,
+    connections: Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>>,
+}
+
+impl Proxy {
+    /// Listens on a free loopback port and forwards to `upstream` (`host:port`).
+    pub async fn start(upstream: String) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("https://{}", listener.local_addr().unwrap());
+        let enabled = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let connections: Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>> = Arc::default();
+        let (en, conns) = (enabled.clone(), connections.clone());
+        tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                if !en.load(std::sync::atomic::Ordering::SeqCst) {
+                    drop(inbound);
+                    continue;
+                }
+                let upstream = upstream.clone();
+                let task = tokio::spawn(async move {
+                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(&upstream).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+                conns.lock().unwrap().push(task.abort_handle());
+            }
+        });
+        Self {
+            url,
+            enabled,
+            connections,
+        }
+    }
+
+    /// Drops every open connection and refuses new ones.
+    pub fn cut(&self) {
+        self.enabled
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+        for conn in self.connections.lock().unwrap().drain(..) {
+            conn.abort();
+        }
+    }
+
+    /// Accepts connections again.
+    pub fn restore(&self) {
+        self.enabled
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}

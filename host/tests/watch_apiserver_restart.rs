@@ -1,0 +1,155 @@
+//! Kill and restart the kube-apiserver process while objects are created, updated and deleted:
+//! afterwards every object's final state has been delivered and every deletion produced exactly
+//! one `delete`; no event was delivered twice.
+
+mod common;
+mod harness;
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use harness::{crd_watch, listener, resource, settings, write_crd, TestHost};
+use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams};
+use kubelisten::event::EventKind;
+use kubelisten::runtime::Mode;
+use serde_json::json;
+
+const GROUP: &str = "restart.kubelisten.dev";
+const KIND: &str = "Survivor";
+const PLURAL: &str = "survivors";
+const OBJECTS: usize = 30;
+
+/// Retries `op` until the API server answers (it is down for a while in this test).
+async fn retry<T, F: std::future::Future<Output = Result<T, kube::Error>>>(
+    what: &str,
+    mut op: impl FnMut() -> F,
+) -> Option<T> {
+    for _ in 0..600 {
+        match op().await {
+            Ok(v) => return Some(v),
+            Err(kube::Error::Api(s)) if s.code == 409 || s.code == 404 => return None,
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+    panic!("{what}: API server did not come back");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn apiserver_restart_loses_and_duplicates_nothing() {
+    let client = common::client().await;
+    let ns = common::TestNamespace::new(&client).await;
+    let dir = tempfile::tempdir().unwrap();
+    let crd = write_crd(dir.path(), GROUP, KIND, PLURAL);
+    let config = crd_watch(
+        &crd,
+        ns.name(),
+        vec![listener("rust-logger", Mode::Classname)],
+    );
+    let runtime = harness::runtime();
+    let mut host = TestHost::start(client.clone(), &runtime, &config, &settings(4)).await;
+    host.wait_synced().await;
+
+    let ar = resource(GROUP, KIND, PLURAL);
+    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), ns.name(), &ar);
+    let writer = {
+        let (api, ar) = (api.clone(), ar.clone());
+        tokio::spawn(async move {
+            let mut deleted = HashSet::new();
+            for round in 0..4 {
+                for i in 0..OBJECTS {
+                    let name = format!("obj-{i}");
+                    if deleted.contains(&name) {
+                        continue;
+                    }
+                    if round == 0 {
+                        let obj =
+                            DynamicObject::new(&name, &ar).data(json!({"spec": {"round": 0}}));
+                        retry("create", || {
+                            let (api, obj) = (api.clone(), obj.clone());
+                            async move { api.create(&PostParams::default(), &obj).await }
+                        })
+                        .await;
+                    } else if i % 5 == round {
+                        retry("delete", || {
+                            let (api, name) = (api.clone(), name.clone());
+                            async move { api.delete(&name, &DeleteParams::default()).await }
+                        })
+                        .await;
+                        deleted.insert(name);
+                    } else {
+                        let patch = Patch::Merge(json!({"spec": {"round": round}}));
+                        retry("update", || {
+                            let (api, name, patch) = (api.clone(), name.clone(), patch.clone());
+                            async move { api.patch(&name, &PatchParams::default(), &patch).await }
+                        })
+                        .await;
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+            deleted
+        })
+    };
+    // Kill the API server while the writer runs, then start it again.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    tokio::task::spawn_blocking(|| {
+        harness::cluster(&["stop-apiserver"]);
+        std::thread::sleep(Duration::from_secs(3));
+        harness::cluster(&["start-apiserver"]);
+    })
+    .await
+    .unwrap();
+    let deleted = writer.await.unwrap();
+
+    let finals: HashMap<String, String> = api
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .map(|o| {
+            (
+                o.metadata.name.unwrap(),
+                o.metadata.resource_version.unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(finals.len() + deleted.len(), OBJECTS);
+    host.wait_for(
+        Duration::from_secs(180),
+        "every final state and deletion",
+        |seen| {
+            finals.iter().all(|(name, rv)| {
+                seen.iter()
+                    .any(|d| d.event.meta.name == *name && d.event.meta.resource_version == *rv)
+            }) && deleted.iter().all(|name| {
+                seen.iter()
+                    .any(|d| d.event.meta.name == *name && d.event.kind == EventKind::Delete)
+            })
+        },
+    )
+    .await;
+    let seen = host.stop().await;
+    let log = harness::describe(&seen);
+
+    for name in &deleted {
+        let deletes = seen
+            .iter()
+            .filter(|d| d.event.meta.name == *name && d.event.kind == EventKind::Delete)
+            .count();
+        assert_eq!(deletes, 1, "{name} deleted once:\n{log}");
+    }
+    let mut delivered = HashSet::new();
+    for d in seen.iter().filter(|d| d.attempt == 1) {
+        let key = (
+            d.event.meta.name.clone(),
+            d.event.meta.resource_version.clone(),
+            d.event.kind,
+        );
+        assert!(
+            delivered.insert(key.clone()),
+            "{key:?} delivered twice:\n{log}"
+        );
+    }
+    ns.delete().await;
+}

@@ -1,0 +1,138 @@
+//! A gap in the watch that forces a relist: only the host's connection is cut (through a TCP
+//! proxy), objects are created, changed and deleted meanwhile, etcd is compacted so the host's
+//! resourceVersion expires, then the connection is restored. The host must relist and deliver
+//! the missed creates, updates and deletes exactly once.
+//!
+//! The resource `gaps.relist.kubelisten.dev` has the API server's watch cache turned off
+//! (`--watch-cache-sizes` in deploy/local/cluster.sh), so an expired resourceVersion reaches the
+//! host as `410 Expired` as it would after a long disconnection from a busy cluster.
+
+mod common;
+mod harness;
+
+use std::time::Duration;
+
+use harness::{
+    crd_watch, create_thing, delete, listener, patch_spec, resource, settings, write_crd, Proxy,
+    TestHost,
+};
+use kube::api::{Api, DynamicObject};
+use kubelisten::event::EventKind;
+use kubelisten::runtime::Mode;
+use serde_json::json;
+
+const GROUP: &str = "relist.kubelisten.dev";
+const KIND: &str = "Gap";
+const PLURAL: &str = "gaps";
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_gap_with_an_expired_resource_version_is_healed_by_a_relist() {
+    let client = common::client().await;
+    let ns = common::TestNamespace::new(&client).await;
+    let dir = tempfile::tempdir().unwrap();
+    let crd = write_crd(dir.path(), GROUP, KIND, PLURAL);
+    common::apply_crd_yaml(&client, &harness::crd_yaml(GROUP, KIND, PLURAL)).await;
+    let ar = resource(GROUP, KIND, PLURAL);
+    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), ns.name(), &ar);
+    for name in [
+        "keep-1", "keep-2", "change-1", "change-2", "delete-1", "delete-2",
+    ] {
+        create_thing(&api, &ar, name, json!({"v": 0}), &[]).await;
+    }
+
+    // The host talks to the API server only through the proxy.
+    let mut host_config = common::config().await;
+    let upstream = host_config
+        .cluster_url
+        .authority()
+        .expect("server address")
+        .to_string();
+    let proxy = Proxy::start(upstream).await;
+    host_config.cluster_url = proxy.url.parse().unwrap();
+    let host_client = kube::Client::try_from(host_config).unwrap();
+    let config = crd_watch(
+        &crd,
+        ns.name(),
+        vec![listener("rust-logger", Mode::Classname)],
+    );
+    let runtime = harness::runtime();
+    let mut host = TestHost::start(host_client, &runtime, &config, &settings(4)).await;
+    host.wait_for(Duration::from_secs(60), "six initial creates", |seen| {
+        seen.len() >= 6
+    })
+    .await;
+    host.wait_synced().await;
+
+    proxy.cut();
+    for name in ["change-1", "change-2"] {
+        patch_spec(&api, name, json!({"v": 1})).await;
+    }
+    for name in ["delete-1", "delete-2"] {
+        delete(&api, name).await;
+    }
+    for name in ["new-1", "new-2"] {
+        create_thing(&api, &ar, name, json!({"v": 0}), &[]).await;
+    }
+    let revision = harness::compact_etcd();
+    eprintln!("etcd compacted at revision {revision}");
+    proxy.restore();
+
+    host.wait_for(Duration::from_secs(120), "the missed changes", |seen| {
+        seen.len() >= 12
+    })
+    .await;
+    // A later live change proves the watch is past the relist; nothing else may arrive before it.
+    create_thing(&api, &ar, "sentinel", json!({}), &[]).await;
+    host.wait_for(Duration::from_secs(60), "the sentinel", |seen| {
+        seen.iter().any(|d| d.event.meta.name == "sentinel")
+    })
+    .await;
+    let seen = host.stop().await;
+    let log = harness::describe(&seen);
+
+    let after_gap: Vec<(EventKind, &str, bool)> = seen[6..]
+        .iter()
+        .map(|d| (d.event.kind, d.event.meta.name.as_str(), d.event.initial))
+        .collect();
+    let mut missed: Vec<(EventKind, &str, bool)> = after_gap[..after_gap.len() - 1].to_vec();
+    missed.sort_by_key(|(k, n, _)| (k.as_str(), *n));
+    assert_eq!(
+        missed,
+        [
+            (EventKind::Create, "new-1", true),
+            (EventKind::Create, "new-2", true),
+            (EventKind::Delete, "delete-1", true),
+            (EventKind::Delete, "delete-2", true),
+            (EventKind::Update, "change-1", true),
+            (EventKind::Update, "change-2", true),
+        ],
+        "each missed change exactly once, from the relist:\n{log}"
+    );
+    assert_eq!(
+        after_gap.last(),
+        Some(&(EventKind::Create, "sentinel", false)),
+        "{log}"
+    );
+    for d in &seen {
+        match (d.event.kind, d.event.meta.name.as_str()) {
+            (EventKind::Update, _) => {
+                let old: serde_json::Value =
+                    serde_json::from_str(d.event.old_object.as_deref().unwrap()).unwrap();
+                assert_eq!(
+                    old["spec"]["v"], 0,
+                    "update carries the state before the gap"
+                );
+            }
+            (EventKind::Delete, _) => {
+                let last: serde_json::Value = serde_json::from_str(&d.event.object).unwrap();
+                assert_eq!(
+                    last["metadata"]["name"],
+                    d.event.meta.name.as_str(),
+                    "delete carries the last known state"
+                );
+            }
+            _ => {}
+        }
+    }
+    ns.delete().await;
+}
