@@ -293,12 +293,12 @@ impl Validator<'_> {
             let at = path.index(i);
             let watch = self.watch(&at, raw)?;
             if let Some(first) = seen.insert(watch.name.clone(), i) {
-                let first_at = self.doc.problem(&path.index(first).key("name"), "").at;
+                let first_line = self.doc.position(&path.index(first).key("name")).line;
                 return self.fail(
                     &at.key("name"),
                     format!(
-                        "duplicate watch name {:?} (also at line {})",
-                        watch.name, first_at.line
+                        "duplicate watch name {:?} (also at line {first_line})",
+                        watch.name
                     ),
                 );
             }
@@ -335,7 +335,7 @@ impl Validator<'_> {
             let l_at = listeners_at.index(i);
             let spec = self.listener(&l_at, raw)?;
             if let Some(first) = listeners.iter().position(|l| l.name == spec.name) {
-                let first_line = self.doc.problem(&listeners_at.index(first), "").at.line;
+                let first_line = self.doc.position(&listeners_at.index(first)).line;
                 return self.fail(
                     &l_at,
                     format!(
@@ -641,17 +641,22 @@ pub(crate) mod yaml {
             })
         }
 
-        /// A problem at `path`, positioned at the deepest node of `path` that exists.
-        pub(crate) fn problem(&self, path: &KeyPath, message: impl Into<String>) -> Problem {
+        /// Where `path` is: the position of its deepest node that exists.
+        pub(crate) fn position(&self, path: &KeyPath) -> Position {
             let (line, column) = self
                 .node_at(path)
                 .map_or((0, 0), |node| self.line_column(node));
+            Position {
+                file: self.file.to_path_buf(),
+                line,
+                column,
+            }
+        }
+
+        /// A problem at `path` (see [`Document::position`]).
+        pub(crate) fn problem(&self, path: &KeyPath, message: impl Into<String>) -> Problem {
             Problem {
-                at: Position {
-                    file: self.file.to_path_buf(),
-                    line,
-                    column,
-                },
+                at: self.position(path),
                 key: path.to_string(),
                 message: message.into(),
             }

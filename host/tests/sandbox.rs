@@ -183,6 +183,7 @@ fn ctx() -> kubelisten::runtime::CallContext {
         object: Arc::from("ns/x"),
         event_kind: "create",
         chain: Default::default(),
+        namespace: None,
     }
 }
 

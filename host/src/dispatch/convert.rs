@@ -27,6 +27,10 @@ pub fn event(event: &ResourceEvent) -> Event {
             annotations: m.annotations.clone(),
         },
         initial: event.initial,
+        status: types::ObjectStatus {
+            status: types::Status::Unknown,
+            message: String::new(),
+        },
     }
 }
 

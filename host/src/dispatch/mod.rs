@@ -74,6 +74,7 @@ impl Chain {
             object: Arc::from(event.meta.object_ref()),
             event_kind: export.as_str(),
             chain: ChainState::default(),
+            namespace: event.meta.namespace.clone(),
         };
         let mut report = ChainReport::default();
         for (index, listener) in self.listeners.iter().enumerate() {
@@ -105,6 +106,7 @@ impl Chain {
             object: Arc::from(watch),
             event_kind: Export::Error.as_str(),
             chain: ChainState::default(),
+            namespace: None,
         };
         self.listeners
             .iter()

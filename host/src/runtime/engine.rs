@@ -13,7 +13,7 @@ use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
 use super::bindings::Listener as ListenerWorld;
-use super::host::{GuestLogSink, TracingSink};
+use super::host::{ClusterAccess, GuestLogSink, NoCluster, TracingSink};
 use super::state::HostState;
 use super::{Error, Result};
 
@@ -31,6 +31,8 @@ pub struct RuntimeConfig {
     pub pool_instances: u32,
     /// Where guest log lines go.
     pub sink: Arc<dyn GuestLogSink>,
+    /// What serves the guests' `cluster` import ([`NoCluster`] refuses every call).
+    pub cluster: Arc<dyn ClusterAccess>,
 }
 
 impl Default for RuntimeConfig {
@@ -40,6 +42,7 @@ impl Default for RuntimeConfig {
             pooling: true,
             pool_instances: 256,
             sink: Arc::new(TracingSink),
+            cluster: Arc::new(NoCluster),
         }
     }
 }
@@ -127,6 +130,11 @@ impl Runtime {
     /// Where guest log lines go.
     pub(crate) fn sink(&self) -> Arc<dyn GuestLogSink> {
         self.0.config.sink.clone()
+    }
+
+    /// What serves the guests' `cluster` import.
+    pub(crate) fn cluster(&self) -> Arc<dyn ClusterAccess> {
+        self.0.config.cluster.clone()
     }
 
     /// Compiles `bytes` (a component), through the on-disk cache keyed by the content digest

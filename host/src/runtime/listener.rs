@@ -200,6 +200,8 @@ pub struct CallContext {
     pub event_kind: &'static str,
     /// The per-event chain state.
     pub chain: ChainState,
+    /// Namespace of the event's object (grants scoped to it use this).
+    pub namespace: Option<String>,
 }
 
 /// Counters of one listener, read by metrics and tests.
@@ -406,11 +408,32 @@ impl Listener {
     }
 
     fn instantiate(&self) -> std::result::Result<(Store<HostState>, ListenerWorld), Outcome> {
-        let state = HostState::new(self.name.clone(), self.runtime.sink(), &self.limits);
+        let state = HostState::new(
+            self.name.clone(),
+            self.runtime.sink(),
+            self.runtime.cluster(),
+            &self.limits,
+        );
         let mut store = Store::new(self.runtime.engine(), state);
         store.limiter(|s| &mut s.limiter);
         store.set_epoch_deadline(self.epoch_ticks);
-        store.epoch_deadline_trap();
+        // The deadline counts the guest's own time: time spent blocked in host calls (cluster
+        // requests) is given back when the epoch deadline is reached.
+        let budget = self.limits.call_timeout;
+        store.epoch_deadline_callback(move |ctx| {
+            let state = ctx.data();
+            let guest_time = state.call_started.elapsed().saturating_sub(state.host_time);
+            if guest_time >= budget {
+                return Ok(wasmtime::UpdateDeadline::Interrupt);
+            }
+            let left = (budget - guest_time)
+                .as_millis()
+                .div_ceil(EPOCH_TICK.as_millis())
+                .max(1);
+            Ok(wasmtime::UpdateDeadline::Continue(
+                u64::try_from(left).unwrap_or(u64::MAX),
+            ))
+        });
         match self.pre.instantiate(&mut store) {
             Ok(world) => Ok((store, world)),
             Err(err) => {
@@ -437,6 +460,9 @@ impl Listener {
         state.log.object = ctx.object.clone();
         state.log.event_kind = ctx.event_kind;
         state.chain = ctx.chain.clone();
+        state.caller.event_namespace = ctx.namespace.clone();
+        state.call_started = std::time::Instant::now();
+        state.host_time = Duration::ZERO;
     }
 
     fn record(&self, outcome: &Outcome) {

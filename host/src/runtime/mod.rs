@@ -15,7 +15,10 @@ mod trap;
 
 pub use backoff::{CrashLoop, CrashLoopConfig};
 pub use engine::{AllocatorKind, Runtime, RuntimeConfig};
-pub use host::{ChainState, GuestLogSink, LogLevel, TracingSink};
+pub use host::{
+    Caller, ChainState, ClusterAccess, ClusterRequest, GuestLogSink, LogLevel, NoCluster,
+    TracingSink,
+};
 pub use limits::Limits;
 pub use listener::{CallContext, Export, Listener, ListenerSpec, ListenerStats, Mode, Outcome};
 pub use trap::TrapKind;

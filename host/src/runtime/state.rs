@@ -1,12 +1,19 @@
 //! The data of one wasmtime `Store`: WASI context (nothing granted), limiter, log and chain state.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
+use super::bindings::kubelisten::listener::cluster::{
+    self, ApiError, EventType, ListOptions, ObjectRef, PatchType,
+};
 use super::bindings::kubelisten::listener::{chain_state, log, types};
-use super::host::{CallLog, ChainState, GuestLogSink, GuestOutput, LogBudget, LogLevel};
+use super::host::{
+    CallLog, Caller, ChainState, ClusterAccess, ClusterRequest, GuestLogSink, GuestOutput,
+    LogBudget, LogLevel,
+};
 use super::limits::{Limiter, Limits};
 
 /// Per-store host state.
@@ -18,12 +25,23 @@ pub(crate) struct HostState {
     pub(crate) chain: ChainState,
     pub(crate) stdout: GuestOutput,
     pub(crate) stderr: GuestOutput,
+    cluster: Arc<dyn ClusterAccess>,
+    pub(crate) caller: Caller,
+    /// Start of the current call.
+    pub(crate) call_started: Instant,
+    /// Time the current call spent in host calls (not charged to the guest's deadline).
+    pub(crate) host_time: Duration,
 }
 
 impl HostState {
     /// A fresh state: WASI preview 2 with no preopened directories, no environment, no network;
     /// clocks and random work; stdout/stderr are captured.
-    pub(crate) fn new(listener: Arc<str>, sink: Arc<dyn GuestLogSink>, limits: &Limits) -> Self {
+    pub(crate) fn new(
+        listener: Arc<str>,
+        sink: Arc<dyn GuestLogSink>,
+        cluster: Arc<dyn ClusterAccess>,
+        limits: &Limits,
+    ) -> Self {
         let stdout = GuestOutput::default();
         let stderr = GuestOutput::default();
         let wasi = WasiCtx::builder()
@@ -37,6 +55,13 @@ impl HostState {
             wasi,
             table: ResourceTable::new(),
             limiter: Limiter::new(limits),
+            caller: Caller {
+                listener: listener.clone(),
+                event_namespace: None,
+            },
+            cluster,
+            call_started: Instant::now(),
+            host_time: Duration::ZERO,
             log: CallLog {
                 sink,
                 listener,
@@ -117,5 +142,77 @@ impl chain_state::Host for HostState {
 
     fn keys(&mut self) -> Vec<String> {
         self.chain.keys()
+    }
+}
+
+impl HostState {
+    /// Runs one cluster request, charging its duration to host time.
+    fn cluster_call(&mut self, request: ClusterRequest) -> Result<String, ApiError> {
+        let started = Instant::now();
+        let result = self.cluster.call(&self.caller, request);
+        self.host_time += started.elapsed();
+        result
+    }
+}
+
+impl cluster::Host for HostState {
+    fn get(&mut self, r: ObjectRef) -> Result<String, ApiError> {
+        self.cluster_call(ClusterRequest::Get(r))
+    }
+
+    fn list(
+        &mut self,
+        api_version: String,
+        kind: String,
+        namespace: Option<String>,
+        options: ListOptions,
+    ) -> Result<String, ApiError> {
+        self.cluster_call(ClusterRequest::List {
+            api_version,
+            kind,
+            namespace,
+            options,
+        })
+    }
+
+    fn create(&mut self, object: String) -> Result<String, ApiError> {
+        self.cluster_call(ClusterRequest::Create(object))
+    }
+
+    fn apply(&mut self, object: String) -> Result<String, ApiError> {
+        self.cluster_call(ClusterRequest::Apply(object))
+    }
+
+    fn patch(&mut self, r: ObjectRef, kind: PatchType, patch: String) -> Result<String, ApiError> {
+        self.cluster_call(ClusterRequest::Patch(r, kind, patch))
+    }
+
+    fn patch_status(
+        &mut self,
+        r: ObjectRef,
+        kind: PatchType,
+        patch: String,
+    ) -> Result<String, ApiError> {
+        self.cluster_call(ClusterRequest::PatchStatus(r, kind, patch))
+    }
+
+    fn delete(&mut self, r: ObjectRef) -> Result<(), ApiError> {
+        self.cluster_call(ClusterRequest::Delete(r)).map(|_| ())
+    }
+
+    fn record_event(
+        &mut self,
+        about: ObjectRef,
+        kind: EventType,
+        reason: String,
+        message: String,
+    ) -> Result<(), ApiError> {
+        self.cluster_call(ClusterRequest::RecordEvent {
+            about,
+            kind,
+            reason,
+            message,
+        })
+        .map(|_| ())
     }
 }

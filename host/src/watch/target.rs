@@ -431,7 +431,7 @@ fn parse_crd(text: &str, file: &Path) -> std::result::Result<CustomResourceDefin
         (n, _) => {
             let lines: Vec<String> = crds
                 .iter()
-                .map(|(doc, _)| doc.problem(&KeyPath::root(), "").at.line.to_string())
+                .map(|(doc, _)| doc.position(&KeyPath::root()).line.to_string())
                 .collect();
             return Err(crds[1].0.problem(
                 &KeyPath::root(),
