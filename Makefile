@@ -1,7 +1,7 @@
 # kubelisten: one entry point for building, testing and running. `make help` lists the targets.
 SHELL := /bin/bash
 GUEST_TARGET_DIR ?= $(CURDIR)/target/guests-build
-GUESTS := rust-metrics rust-logger faulty noop json-parse
+GUESTS := rust-metrics rust-logger faulty noop json-parse superpod probe
 
 .PHONY: help demo test test-unit guests host fmt clippy bench cluster-up cluster-down cluster-status
 

@@ -42,6 +42,7 @@ KUBECONFIG_FILE="$RUN_DIR/kubeconfig"
 MARKER="$RUN_DIR/.kubelisten-run"
 ETCD_LOG="$LOGS/etcd.log"
 APISERVER_LOG="$LOGS/kube-apiserver.log"
+AUDIT_POLICY="$RUN_DIR/audit-policy.yaml"
 
 SERVICE_CIDR="10.0.0.0/24"
 SERVICE_IP="10.0.0.1"   # first address of SERVICE_CIDR: the `kubernetes` Service
@@ -311,6 +312,17 @@ readyz() {
     "https://127.0.0.1:$APISERVER_PORT/readyz" >/dev/null 2>&1
 }
 
+# write_audit_policy: log the metadata of every request.
+write_audit_policy() {
+  cat >"$AUDIT_POLICY" <<'YAML'
+apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: [RequestReceived]
+rules:
+  - level: Metadata
+YAML
+}
+
 apiserver_args() {
   # shellcheck disable=SC2054 # commas are inside flag values
   local args=(
@@ -338,6 +350,12 @@ apiserver_args() {
     # expired (compacted) resourceVersion then gets 410 Expired, as after a long disconnection
     # from a busy cluster (host/tests/watch_relist.rs). Every other resource keeps the cache.
     --watch-cache-sizes=gaps.relist.kubelisten.dev#0
+    # Every request is audited (metadata level) so tests can prove which requests reached the
+    # server, e.g. that a call denied by a listener's policy never left kubelisten.
+    --audit-policy-file="$AUDIT_POLICY"
+    --audit-log-path="$LOGS/audit.log"
+    --audit-log-format=json
+    --audit-log-maxsize=200
   )
   printf '%s\n' "${args[@]}"
   if [[ -n "${APISERVER_EXTRA_ARGS:-}" ]]; then
@@ -353,6 +371,7 @@ start_apiserver() {
     log "port conflict: 127.0.0.1:$APISERVER_PORT (kube-apiserver secure port) is already in use"
     return 2
   fi
+  write_audit_policy
   local args=()
   mapfile -t args < <(apiserver_args)
   {

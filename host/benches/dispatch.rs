@@ -98,6 +98,7 @@ fn bench(c: &mut Criterion) {
                 path: guest(guest_name),
                 mode,
                 limits: Limits::default(),
+                capabilities: Default::default(),
             };
             let chain = Chain::new(vec![Arc::new(
                 Listener::load(&runtime, &spec).expect("listener"),

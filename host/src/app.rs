@@ -9,6 +9,8 @@ use anyhow::Context;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::capabilities::events::FailureReporter;
+use crate::capabilities::KubeCluster;
 use crate::config::Config;
 use crate::dispatch::dispatcher::{Dispatcher, DispatcherConfig, Observer, WatchState};
 use crate::dispatch::Chain;
@@ -87,6 +89,25 @@ impl Running {
     }
 }
 
+/// Timeout of one guest cluster request.
+pub const API_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The cluster access of every listener in `config`, for [`crate::runtime::RuntimeConfig::cluster`].
+/// Call it inside the tokio runtime that will serve the requests.
+pub fn cluster_access(client: &kube::Client, config: &Config) -> Arc<KubeCluster> {
+    let listeners = config.watches.iter().flat_map(|w| {
+        w.listeners
+            .iter()
+            .map(|l| (l.name.clone(), l.capabilities.clone()))
+    });
+    Arc::new(KubeCluster::new(
+        client.clone(),
+        tokio::runtime::Handle::current(),
+        listeners,
+        API_TIMEOUT,
+    ))
+}
+
 /// Resolves the targets (registering CRDs), loads the listeners and starts watching.
 ///
 /// # Errors
@@ -112,6 +133,10 @@ pub async fn start(
         prepared.push((watch.name.clone(), target, Chain::new(listeners)));
     }
 
+    let failures = Arc::new(FailureReporter::new(
+        client.clone(),
+        Duration::from_secs(60),
+    ));
     let cancel = CancellationToken::new();
     let mut watchers = tokio::task::JoinSet::new();
     let mut dispatchers = tokio::task::JoinSet::new();
@@ -150,6 +175,7 @@ pub async fn start(
             config: settings.dispatch.clone(),
             observer: observer.clone(),
             state,
+            failures: Some(failures.clone()),
         };
         dispatchers.spawn(dispatcher.run(rx, cancel.child_token()));
     }

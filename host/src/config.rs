@@ -16,6 +16,13 @@
 //!         limits:                        # optional; every key has a default
 //!           call-timeout: 500            # milliseconds
 //!           memory-bytes: 33554432
+//!         capabilities:                  # optional; default: no Kubernetes API access at all
+//!           rateLimit: {qps: 10, burst: 20}
+//!           grants:                      # RBAC-like; `namespaces: event` (the default) means
+//!             - apiGroups: [""]          # the namespace of the object being handled
+//!               resources: [pods]
+//!               verbs: [get, create, delete]
+//!               namespaces: event        # or "*" (all, and cluster-scoped), or [a, b]
 //!       - module: guests/notify.wasm     # name: notify, mode: classname, default limits
 //!   - name: configmaps
 //!     resource:                          # any kind, core kinds included (group "" or absent)
@@ -46,6 +53,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use crate::capabilities::policy::Capabilities;
 use crate::runtime::{Limits, ListenerSpec, Mode};
 
 use self::yaml::{Document, KeyPath};
@@ -267,6 +275,8 @@ struct RawListener {
     mode: Mode,
     #[serde(default)]
     limits: Limits,
+    #[serde(default)]
+    capabilities: Capabilities,
 }
 
 /// Turns the raw, well-shaped file into a [`Config`], checking the rules serde cannot.
@@ -481,6 +491,7 @@ impl Validator<'_> {
             path: self.base.join(&raw.module),
             mode: raw.mode,
             limits: raw.limits,
+            capabilities: raw.capabilities,
         })
     }
 }

@@ -5,11 +5,13 @@
 #![deny(missing_docs)]
 
 pub mod app;
+pub mod capabilities;
 pub mod config;
 pub mod dispatch;
 pub mod event;
 pub mod replay;
 pub mod runtime;
+pub mod status;
 pub mod watch;
 
 pub use dispatch::{CallRecord, Chain, ChainReport};

@@ -43,20 +43,24 @@ fn init_tracing(format: LogFormat) {
     }
 }
 
-fn runtime(cli: &Cli) -> anyhow::Result<Runtime> {
+fn runtime_config(cli: &Cli) -> RuntimeConfig {
     let mut config = RuntimeConfig::default();
     if cli.no_cache {
         config.cache_dir = None;
     } else if let Some(dir) = &cli.cache_dir {
         config.cache_dir = Some(dir.clone());
     }
-    Runtime::new(config).context("starting the wasm runtime")
+    config
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    let runtime = runtime(&cli)?;
+    let runtime_config = runtime_config(&cli);
+    if let Command::Run(args) = cli.command {
+        return run_cluster(runtime_config, args);
+    }
+    let runtime = Runtime::new(runtime_config).context("starting the wasm runtime")?;
     match cli.command {
-        Command::Run(args) => run_cluster(&runtime, args),
+        Command::Run(_) => unreachable!("handled above"),
         Command::Check { modules } => Ok(check_modules(&runtime, &modules)),
         Command::Replay {
             listeners,
@@ -147,7 +151,7 @@ fn run_config(args: &RunArgs) -> anyhow::Result<Config> {
     })
 }
 
-fn run_cluster(runtime: &Runtime, args: RunArgs) -> anyhow::Result<ExitCode> {
+fn run_cluster(runtime_config: RuntimeConfig, args: RunArgs) -> anyhow::Result<ExitCode> {
     let config = run_config(&args)?;
     // Bad CRD files are startup errors even before the cluster is reachable.
     for watch in &config.watches {
@@ -177,7 +181,12 @@ fn run_cluster(runtime: &Runtime, args: RunArgs) -> anyhow::Result<ExitCode> {
         let client = kube::Client::try_default().await.context(
             "connecting to Kubernetes (in-cluster config, else KUBECONFIG or ~/.kube/config)",
         )?;
-        app::run(client, runtime, &config, &settings, shutdown_signal()).await
+        let runtime = Runtime::new(RuntimeConfig {
+            cluster: app::cluster_access(&client, &config),
+            ..runtime_config
+        })
+        .context("starting the wasm runtime")?;
+        app::run(client, &runtime, &config, &settings, shutdown_signal()).await
     })?;
     Ok(ExitCode::SUCCESS)
 }

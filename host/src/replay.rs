@@ -59,10 +59,7 @@ pub fn parse_events(text: &str) -> Vec<InputItem> {
 
     let mut items = Vec::new();
     let mut pos = 0;
-    loop {
-        let Some(skip) = text[pos..].find(|c: char| !c.is_whitespace()) else {
-            break;
-        };
+    while let Some(skip) = text[pos..].find(|c: char| !c.is_whitespace()) {
         pos += skip;
         let line = line_of(pos);
         let boundary = next_doc(line);

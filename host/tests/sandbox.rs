@@ -18,6 +18,7 @@ fn spec(name: &str, mode: Mode, limits: Limits) -> ListenerSpec {
         path: guest(name),
         mode,
         limits,
+        capabilities: Default::default(),
     }
 }
 

@@ -16,6 +16,7 @@ use kubelisten::listener::chain_state;
 use kubelisten::listener::log::{log, Level};
 
 /// Recurses without end on the wasm stack (no tail call: the addition happens after the call).
+#[allow(unconditional_recursion)]
 #[inline(never)]
 fn recurse(depth: u64) -> u64 {
     black_box(recurse(black_box(depth + 1))).wrapping_add(depth)

@@ -12,7 +12,9 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use super::{Chain, ChainReport};
+use crate::capabilities::events::FailureReporter;
 use crate::event::ResourceEvent;
+use crate::runtime::bindings::kubelisten::listener::cluster::ObjectRef;
 use crate::watch::watcher::WatchOutput;
 
 /// How failed events are retried.
@@ -106,6 +108,8 @@ pub struct Dispatcher {
     pub observer: Option<Observer>,
     /// Shared watch state.
     pub state: Arc<WatchState>,
+    /// Records a Warning Event on the object when a listener traps or finally fails.
+    pub failures: Option<Arc<FailureReporter>>,
 }
 
 #[derive(Default)]
@@ -225,6 +229,7 @@ impl Dispatcher {
         let observer = self.observer.clone();
         let watch = self.watch.clone();
         let retry = self.config.retry;
+        let failures = self.failures.clone();
         async move {
             for attempt in 1..=retry.attempts.max(1) {
                 let started = Instant::now();
@@ -241,6 +246,10 @@ impl Dispatcher {
                 let finished = Instant::now();
                 log_report(&watch, &event, attempt, &report);
                 let succeeded = report.succeeded();
+                let last = attempt == retry.attempts.max(1);
+                if let Some(failures) = &failures {
+                    report_failures(failures, &event, &report, last).await;
+                }
                 if let Some(observer) = &observer {
                     let _ = observer.send(Dispatched {
                         watch: watch.clone(),
@@ -254,13 +263,53 @@ impl Dispatcher {
                 if succeeded {
                     break;
                 }
-                if attempt == retry.attempts.max(1) {
+                if last {
                     tracing::error!(watch = %watch, object = %event.meta.object_ref(), event.kind = event.kind.as_str(), attempts = attempt, "event failed after every attempt; moving on");
                     break;
                 }
                 tokio::time::sleep(retry.delay(attempt)).await;
             }
             key
+        }
+    }
+}
+
+/// Records a Warning Event for every trap, and for the failing listener on the last attempt.
+async fn report_failures(
+    failures: &FailureReporter,
+    event: &ResourceEvent,
+    report: &ChainReport,
+    last: bool,
+) {
+    let meta = &event.meta;
+    let object = ObjectRef {
+        api_version: meta.api_version.clone(),
+        kind: meta.kind.clone(),
+        namespace: meta.namespace.clone(),
+        name: meta.name.clone(),
+    };
+    for (index, call) in report.calls.iter().enumerate() {
+        let trapped = call.outcome.trap_kind().is_some();
+        let final_failure = last
+            && report.failed_at.is_some()
+            && index
+                == report
+                    .calls
+                    .iter()
+                    .position(|c| !c.outcome.is_ok())
+                    .unwrap_or(usize::MAX);
+        if trapped || final_failure {
+            let message = match call.outcome.trap_kind() {
+                Some(kind) => format!(
+                    "trap ({kind}) in {}: {}",
+                    call.export,
+                    call.outcome.message()
+                ),
+                None => format!("{} failed: {}", call.export, call.outcome.message()),
+            };
+            failures
+                .report(&object, &meta.uid, &call.listener, trapped, &message)
+                .await;
         }
     }
 }

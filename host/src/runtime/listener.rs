@@ -67,6 +67,8 @@ pub struct ListenerSpec {
     pub mode: Mode,
     /// Resource limits.
     pub limits: Limits,
+    /// What the listener may do through the `cluster` import (default: nothing).
+    pub capabilities: crate::capabilities::policy::Capabilities,
 }
 
 impl FromStr for ListenerSpec {
@@ -102,6 +104,7 @@ impl FromStr for ListenerSpec {
             path,
             mode,
             limits: Limits::default(),
+            capabilities: Default::default(),
         })
     }
 }

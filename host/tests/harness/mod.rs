@@ -81,6 +81,7 @@ pub fn listener(name: &str, mode: Mode) -> ListenerSpec {
         path,
         mode,
         limits,
+        capabilities: Default::default(),
     }
 }
 
@@ -378,4 +379,30 @@ impl Proxy {
         self.enabled
             .store(true, std::sync::atomic::Ordering::SeqCst);
     }
+}
+
+/// A runtime whose guests reach the cluster through `client` with the capabilities granted in
+/// `config`, logging guest lines to `sink`.
+pub fn runtime_with_cluster(
+    client: &kube::Client,
+    config: &Config,
+    sink: Arc<dyn kubelisten::runtime::GuestLogSink>,
+) -> Runtime {
+    Runtime::new(RuntimeConfig {
+        cluster: app::cluster_access(client, config),
+        sink,
+        ..RuntimeConfig::default()
+    })
+    .unwrap()
+}
+
+/// Audit log entries (JSON) of requests made with this user agent.
+pub fn audit_entries(user_agent: &str) -> Vec<serde_json::Value> {
+    let log = PathBuf::from(cluster_env("KUBELISTEN_RUN_DIR")).join("logs/audit.log");
+    let text =
+        std::fs::read_to_string(&log).unwrap_or_else(|e| panic!("reading {}: {e}", log.display()));
+    text.lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|e| e["userAgent"] == user_agent)
+        .collect()
 }

@@ -1,0 +1,431 @@
+//! Host capabilities backed by Kubernetes: [`KubeCluster`] serves the guests' `cluster` import
+//! (policy first, then rate limit, then the request with a timeout) and [`events`] records
+//! Kubernetes Events, for guests and for the host's own failure reports.
+
+pub mod events;
+pub mod policy;
+pub mod rate;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use kube::core::params::{DeleteParams, GetParams, ListParams, Patch, PatchParams, PostParams};
+use kube::core::{ApiResource, DynamicObject, GroupVersionKind, Request, Resource};
+use kube::Client;
+
+use self::policy::{Access, Capabilities, Verb};
+use self::rate::TokenBucket;
+use crate::runtime::bindings::kubelisten::listener::cluster::{
+    ApiError, EventType, ObjectRef, PatchType,
+};
+use crate::runtime::{Caller, ClusterAccess, ClusterRequest};
+
+/// One listener's policy, limiter and counters.
+struct ListenerAccess {
+    capabilities: Capabilities,
+    bucket: Mutex<TokenBucket>,
+    denied: AtomicU64,
+}
+
+/// Counters of a listener's cluster calls, for metrics and tests.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct AccessStats {
+    /// Calls refused by the policy.
+    pub denied: u64,
+}
+
+/// Serves guests' cluster calls against a real API server.
+pub struct KubeCluster {
+    client: Client,
+    handle: tokio::runtime::Handle,
+    listeners: HashMap<String, ListenerAccess>,
+    discovered: Mutex<HashMap<(String, String), (ApiResource, bool)>>,
+    timeout: Duration,
+    recorder: events::EventRecorder,
+}
+
+impl KubeCluster {
+    /// Access for `listeners` (name → capabilities; the same name twice gets the union of its
+    /// grants and the first rate limit). Requests run on `handle` with `timeout` each.
+    pub fn new(
+        client: Client,
+        handle: tokio::runtime::Handle,
+        listeners: impl IntoIterator<Item = (String, Capabilities)>,
+        timeout: Duration,
+    ) -> Self {
+        let now = Instant::now();
+        let mut map: HashMap<String, ListenerAccess> = HashMap::new();
+        for (name, caps) in listeners {
+            match map.get_mut(&name) {
+                Some(existing) => existing.capabilities.grants.extend(caps.grants),
+                None => {
+                    let bucket = TokenBucket::new(caps.rate_limit.qps, caps.rate_limit.burst, now);
+                    map.insert(
+                        name,
+                        ListenerAccess {
+                            capabilities: caps,
+                            bucket: Mutex::new(bucket),
+                            denied: AtomicU64::new(0),
+                        },
+                    );
+                }
+            }
+        }
+        Self {
+            recorder: events::EventRecorder::new(client.clone()),
+            client,
+            handle,
+            listeners: map,
+            discovered: Mutex::new(HashMap::new()),
+            timeout,
+        }
+    }
+
+    /// Counters of `listener`.
+    pub fn stats(&self, listener: &str) -> AccessStats {
+        self.listeners
+            .get(listener)
+            .map(|a| AccessStats {
+                denied: a.denied.load(Ordering::Relaxed),
+            })
+            .unwrap_or_default()
+    }
+
+    fn deny(
+        &self,
+        caller: &Caller,
+        access: &ListenerAccess,
+        what: &str,
+        message: String,
+    ) -> ApiError {
+        access.denied.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(listener = %caller.listener, request = what, error = %message, "cluster call denied by policy");
+        ApiError::ForbiddenByPolicy(message)
+    }
+
+    /// Kind → resource and scope, through discovery (cached).
+    async fn discover(
+        &self,
+        api_version: &str,
+        kind: &str,
+    ) -> Result<(ApiResource, bool), ApiError> {
+        let key = (api_version.to_string(), kind.to_string());
+        if let Some(hit) = self
+            .discovered
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&key)
+        {
+            return Ok(hit.clone());
+        }
+        let (group, version) = api_version.rsplit_once('/').unwrap_or(("", api_version));
+        let gvk = GroupVersionKind::gvk(group, version, kind);
+        let (ar, caps) = kube::discovery::pinned_kind(&self.client, &gvk)
+            .await
+            .map_err(|e| match e {
+                kube::Error::Api(s) if s.code == 404 => {
+                    ApiError::NotFound(format!("no kind {kind} in {api_version}"))
+                }
+                kube::Error::Discovery(d) => {
+                    ApiError::NotFound(format!("no kind {kind} in {api_version}: {d}"))
+                }
+                other => api_error(other),
+            })?;
+        let namespaced = caps.scope == kube::discovery::Scope::Namespaced;
+        self.discovered
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(key, (ar.clone(), namespaced));
+        Ok((ar, namespaced))
+    }
+
+    async fn perform(
+        &self,
+        caller: &Caller,
+        access: &ListenerAccess,
+        request: ClusterRequest,
+    ) -> Result<String, ApiError> {
+        let target = Target::of(&request, caller)?;
+        let what = target.verb.as_str();
+        let group = target.api_version.rsplit_once('/').map_or("", |(g, _)| g);
+        // Policy before anything leaves the host: first what is known without discovery...
+        let pre = Access {
+            group,
+            resource: None,
+            verb: target.verb,
+            namespace: target.namespace.as_deref(),
+        };
+        if access
+            .capabilities
+            .check(&pre, caller.event_namespace.as_deref())
+            .is_err()
+        {
+            // Name the grant that would be needed, with kube's guess of the plural.
+            let (_, version) = target
+                .api_version
+                .rsplit_once('/')
+                .unwrap_or(("", &target.api_version));
+            let guess =
+                ApiResource::from_gvk(&GroupVersionKind::gvk(group, version, &target.kind)).plural;
+            let guess = if target.status {
+                format!("{guess}/status")
+            } else {
+                guess
+            };
+            let named = Access {
+                resource: Some(&guess),
+                ..pre
+            };
+            let message = access
+                .capabilities
+                .check(&named, caller.event_namespace.as_deref())
+                .err()
+                .unwrap_or_default();
+            return Err(self.deny(caller, access, what, message));
+        }
+        let (ar, namespaced) = self.discover(&target.api_version, &target.kind).await?;
+        let namespace = if namespaced {
+            target.namespace.clone()
+        } else {
+            None
+        };
+        if namespaced && namespace.is_none() && !matches!(request, ClusterRequest::List { .. }) {
+            return Err(ApiError::Invalid(format!(
+                "{} is namespaced: give a namespace",
+                target.kind
+            )));
+        }
+        let resource = if target.status {
+            format!("{}/status", ar.plural)
+        } else {
+            ar.plural.clone()
+        };
+        let full = Access {
+            group,
+            resource: Some(&resource),
+            verb: target.verb,
+            namespace: namespace.as_deref(),
+        };
+        if let Err(message) = access
+            .capabilities
+            .check(&full, caller.event_namespace.as_deref())
+        {
+            return Err(self.deny(caller, access, what, message));
+        }
+        // ...then the rate limit (waiting at most the request timeout)...
+        let reserved = access
+            .bucket
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .reserve(Instant::now(), self.timeout);
+        match reserved {
+            None => {
+                return Err(ApiError::Timeout(format!(
+                    "rate limit of listener {} exceeded",
+                    caller.listener
+                )))
+            }
+            Some(wait) if !wait.is_zero() => tokio::time::sleep(wait).await,
+            Some(_) => {}
+        }
+        // ...then the request.
+        let req = Request::new(DynamicObject::url_path(&ar, namespace.as_deref()));
+        let manager = format!("kubelisten/{}", caller.listener);
+        let built = match request {
+            ClusterRequest::Get(r) => req.get(&r.name, &GetParams::default()),
+            ClusterRequest::List { options, .. } => req.list(&ListParams {
+                label_selector: options.label_selector,
+                field_selector: options.field_selector,
+                limit: options.limit,
+                ..ListParams::default()
+            }),
+            ClusterRequest::Create(object) => req.create(
+                &PostParams {
+                    field_manager: Some(manager.clone()),
+                    ..PostParams::default()
+                },
+                with_namespace(&object, namespace.as_deref())?,
+            ),
+            ClusterRequest::Apply(object) => {
+                let value: serde_json::Value = serde_json::from_str(&object)
+                    .map_err(|e| ApiError::Invalid(format!("object is not JSON: {e}")))?;
+                req.patch(
+                    &target.name,
+                    &PatchParams::apply(&manager),
+                    &Patch::Apply(value),
+                )
+            }
+            ClusterRequest::Patch(r, ty, patch) => {
+                req.patch(&r.name, &PatchParams::default(), &patch_of(ty, &patch)?)
+            }
+            ClusterRequest::PatchStatus(r, ty, patch) => req.patch_subresource(
+                "status",
+                &r.name,
+                &PatchParams::default(),
+                &patch_of(ty, &patch)?,
+            ),
+            ClusterRequest::Delete(r) => req.delete(&r.name, &DeleteParams::background()),
+            ClusterRequest::RecordEvent {
+                about,
+                kind,
+                reason,
+                message,
+            } => {
+                return self
+                    .recorder
+                    .publish(
+                        &manager,
+                        &about,
+                        namespace.as_deref(),
+                        kind == EventType::Warning,
+                        &reason,
+                        &message,
+                    )
+                    .await
+                    .map(|()| String::new())
+                    .map_err(api_error);
+            }
+        };
+        let mut http = built.map_err(|e| ApiError::Invalid(e.to_string()))?;
+        if let Ok(agent) = http::HeaderValue::from_str(&manager) {
+            http.headers_mut().insert(http::header::USER_AGENT, agent);
+        }
+        self.client.request_text(http).await.map_err(api_error)
+    }
+}
+
+impl ClusterAccess for KubeCluster {
+    fn call(&self, caller: &Caller, request: ClusterRequest) -> Result<String, ApiError> {
+        let Some(access) = self.listeners.get(&*caller.listener) else {
+            return Err(ApiError::ForbiddenByPolicy(format!(
+                "listener {} has no capabilities (default deny)",
+                caller.listener
+            )));
+        };
+        let timeout = self.timeout;
+        self.handle.block_on(async {
+            match tokio::time::timeout(timeout * 2, self.perform(caller, access, request)).await {
+                Ok(result) => result,
+                Err(_) => Err(ApiError::Timeout(format!("no answer within {timeout:?}"))),
+            }
+        })
+    }
+}
+
+/// What a request is about, for the policy.
+struct Target {
+    api_version: String,
+    kind: String,
+    namespace: Option<String>,
+    name: String,
+    verb: Verb,
+    status: bool,
+}
+
+impl Target {
+    fn of(request: &ClusterRequest, caller: &Caller) -> Result<Self, ApiError> {
+        let from_ref = |r: &ObjectRef, verb, status| Target {
+            api_version: r.api_version.clone(),
+            kind: r.kind.clone(),
+            namespace: r.namespace.clone(),
+            name: r.name.clone(),
+            verb,
+            status,
+        };
+        Ok(match request {
+            ClusterRequest::Get(r) => from_ref(r, Verb::Get, false),
+            ClusterRequest::Delete(r) => from_ref(r, Verb::Delete, false),
+            ClusterRequest::Patch(r, ..) => from_ref(r, Verb::Patch, false),
+            ClusterRequest::PatchStatus(r, ..) => from_ref(r, Verb::Patch, true),
+            ClusterRequest::List {
+                api_version,
+                kind,
+                namespace,
+                ..
+            } => Target {
+                api_version: api_version.clone(),
+                kind: kind.clone(),
+                namespace: namespace.clone(),
+                name: String::new(),
+                verb: Verb::List,
+                status: false,
+            },
+            ClusterRequest::Create(object) | ClusterRequest::Apply(object) => {
+                let value: serde_json::Value = serde_json::from_str(object)
+                    .map_err(|e| ApiError::Invalid(format!("object is not JSON: {e}")))?;
+                let text = |p: &str| {
+                    value
+                        .pointer(p)
+                        .and_then(serde_json::Value::as_str)
+                        .map(str::to_string)
+                };
+                Target {
+                    api_version: text("/apiVersion")
+                        .ok_or_else(|| ApiError::Invalid("object has no apiVersion".into()))?,
+                    kind: text("/kind")
+                        .ok_or_else(|| ApiError::Invalid("object has no kind".into()))?,
+                    // A namespaced object without a namespace goes to the event object's namespace.
+                    namespace: text("/metadata/namespace")
+                        .or_else(|| caller.event_namespace.clone()),
+                    name: text("/metadata/name").unwrap_or_default(),
+                    verb: if matches!(request, ClusterRequest::Apply(_)) {
+                        Verb::Apply
+                    } else {
+                        Verb::Create
+                    },
+                    status: false,
+                }
+            }
+            ClusterRequest::RecordEvent { about, .. } => Target {
+                api_version: "events.k8s.io/v1".into(),
+                kind: "Event".into(),
+                namespace: Some(about.namespace.clone().unwrap_or_else(|| "default".into())),
+                name: String::new(),
+                verb: Verb::Create,
+                status: false,
+            },
+        })
+    }
+}
+
+/// The object JSON with `metadata.namespace` set (when the kind is namespaced).
+fn with_namespace(object: &str, namespace: Option<&str>) -> Result<Vec<u8>, ApiError> {
+    let mut value: serde_json::Value = serde_json::from_str(object)
+        .map_err(|e| ApiError::Invalid(format!("object is not JSON: {e}")))?;
+    if let (Some(ns), Some(meta)) = (
+        namespace,
+        value.get_mut("metadata").and_then(|m| m.as_object_mut()),
+    ) {
+        meta.entry("namespace").or_insert_with(|| ns.into());
+    }
+    serde_json::to_vec(&value).map_err(|e| ApiError::Invalid(e.to_string()))
+}
+
+fn patch_of(ty: PatchType, patch: &str) -> Result<Patch<serde_json::Value>, ApiError> {
+    let value: serde_json::Value = serde_json::from_str(patch)
+        .map_err(|e| ApiError::Invalid(format!("patch is not JSON: {e}")))?;
+    Ok(match ty {
+        PatchType::Merge => Patch::Merge(value),
+        PatchType::Json => Patch::Json(
+            serde_json::from_value(value)
+                .map_err(|e| ApiError::Invalid(format!("not a JSON patch: {e}")))?,
+        ),
+    })
+}
+
+/// Maps a kube error to the guest's typed error.
+fn api_error(err: kube::Error) -> ApiError {
+    match err {
+        kube::Error::Api(s) => match s.code {
+            404 => ApiError::NotFound(s.message),
+            409 => ApiError::Conflict(s.message),
+            403 => ApiError::ForbiddenByRbac(s.message),
+            400 | 422 => ApiError::Invalid(s.message),
+            408 | 504 => ApiError::Timeout(s.message),
+            _ => ApiError::Other(format!("{} {}: {}", s.code, s.reason, s.message)),
+        },
+        other => ApiError::Other(other.to_string()),
+    }
+}

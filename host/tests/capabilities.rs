@@ -1,0 +1,361 @@
+//! Listener capabilities against the local control plane: the SuperPod example end to end,
+//! default-deny policy checked before any request leaves, rate limiting, status patches.
+
+mod common;
+mod harness;
+mod support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use harness::{
+    crd_watch, create_thing, resource, settings, write_crd, TestHost, GROUP, KIND, PLURAL,
+};
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, DeleteParams, DynamicObject, PostParams};
+use kubelisten::capabilities::policy::Capabilities;
+use kubelisten::config::{Config, TargetConfig, WatchConfig};
+use kubelisten::runtime::{ListenerSpec, Mode};
+use serde_json::{json, Value};
+use support::Capture;
+
+fn with_caps(mut spec: ListenerSpec, yaml: &str) -> ListenerSpec {
+    spec.capabilities = serde_saphyr::from_str::<Capabilities>(yaml).unwrap();
+    spec
+}
+
+async fn eventually<T>(what: &str, mut check: impl AsyncFnMut() -> Option<T>) -> T {
+    for _ in 0..300 {
+        if let Some(v) = check().await {
+            return v;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+/// The `probe-result` log line of the probe listener for `object`.
+fn probe_result(capture: &Capture, object: &str) -> Option<Value> {
+    capture.messages_of("probe").iter().rev().find_map(|m| {
+        let v: Value = serde_json::from_str(m.strip_prefix("probe-result ")?).ok()?;
+        (v["object"] == object).then_some(v)
+    })
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn superpod_gets_a_pod_with_an_owner_reference_and_loses_it_on_delete() {
+    let client = common::client().await;
+    let ns = common::TestNamespace::new(&client).await;
+    let crd = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../deploy/examples/crds/superpod-v1.yaml");
+    let superpod = with_caps(
+        harness::listener("superpod", Mode::Classname),
+        "grants:\n  - {apiGroups: [''], resources: [pods], verbs: [get, create, delete]}\n  - {apiGroups: [kubelisten.dev], resources: [superpods/status], verbs: [patch]}\n  - {apiGroups: [events.k8s.io], resources: [events], verbs: [create]}\n",
+    );
+    let config = crd_watch(&crd, ns.name(), vec![superpod]);
+    let capture = Arc::new(Capture::default());
+    let runtime = harness::runtime_with_cluster(&client, &config, capture.clone());
+    let host = TestHost::start(client.clone(), &runtime, &config, &settings(2)).await;
+    host.wait_synced().await;
+
+    let ar = resource("kubelisten.dev", "SuperPod", "superpods");
+    let superpods: Api<DynamicObject> = Api::namespaced_with(client.clone(), ns.name(), &ar);
+    let sp = DynamicObject::new("web", &ar)
+        .data(json!({"spec": {"image": "registry.k8s.io/pause:3.10", "replicas": 1}}));
+    let sp = superpods.create(&PostParams::default(), &sp).await.unwrap();
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns.name());
+    let pod = eventually("the pod", async || pods.get_opt("web-pod").await.unwrap()).await;
+    let owner = &pod.metadata.owner_references.as_ref().unwrap()[0];
+    assert_eq!(
+        (owner.kind.as_str(), owner.name.as_str()),
+        ("SuperPod", "web")
+    );
+    assert_eq!(Some(&owner.uid), sp.metadata.uid.as_ref());
+    assert_eq!(owner.controller, Some(true));
+    let status = eventually("the superpod status", async || {
+        let sp = superpods.get("web").await.unwrap();
+        sp.data
+            .get("status")
+            .filter(|s| s["pod"] == "web-pod")
+            .cloned()
+    })
+    .await;
+    assert_eq!(status["phase"], "PodCreated");
+
+    superpods
+        .delete("web", &DeleteParams::default())
+        .await
+        .unwrap();
+    eventually("the pod to go", async || {
+        pods.get_opt("web-pod")
+            .await
+            .unwrap()
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    host.stop().await;
+    ns.delete().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn calls_outside_the_policy_are_refused_before_reaching_the_server() {
+    let client = common::client().await;
+    let ns = common::TestNamespace::new(&client).await;
+    let other = common::TestNamespace::new(&client).await;
+    let dir = tempfile::tempdir().unwrap();
+    let crd = write_crd(dir.path(), GROUP, KIND, PLURAL);
+    let probe = with_caps(
+        harness::listener("probe", Mode::Classname),
+        "grants:\n  - {apiGroups: [''], resources: [configmaps], verbs: [get]}\n  - {apiGroups: [watch.kubelisten.dev], resources: [things/status], verbs: [patch]}\n",
+    );
+    let config = crd_watch(&crd, ns.name(), vec![probe]);
+    let capture = Arc::new(Capture::default());
+    let runtime = harness::runtime_with_cluster(&client, &config, capture.clone());
+    let host = TestHost::start(client.clone(), &runtime, &config, &settings(2)).await;
+    host.wait_synced().await;
+
+    let marker = format!("probe-target-{}", common::random_suffix());
+    let calls = json!([
+        {"op": "get", "ref": {"apiVersion": "v1", "kind": "ConfigMap", "namespace": other.name(), "name": marker}},
+        {"op": "get", "ref": {"apiVersion": "v1", "kind": "Secret", "name": marker}},
+        {"op": "create", "body": json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": marker}}).to_string()},
+        {"op": "delete", "ref": {"apiVersion": "v1", "kind": "ConfigMap", "name": marker}},
+        {"op": "get", "ref": {"apiVersion": "v1", "kind": "ConfigMap", "name": marker}},
+        {"op": "patch-status", "body": "{\"status\":{\"probed\":true}}"},
+        {"op": "patch", "body": "{\"spec\":{\"probed\":true}}"},
+    ]);
+    let ar = resource(GROUP, KIND, PLURAL);
+    let things: Api<DynamicObject> = Api::namespaced_with(client.clone(), ns.name(), &ar);
+    create_thing(
+        &things,
+        &ar,
+        "prober",
+        json!({}),
+        &[("kubelisten.dev/probe", &calls.to_string())],
+    )
+    .await;
+    let result = eventually("the probe result", async || {
+        probe_result(&capture, "prober")
+    })
+    .await;
+    let results = result["results"].as_array().unwrap();
+    let kinds: Vec<(u64, Option<&str>)> = results
+        .iter()
+        .map(|r| {
+            (
+                r["ok"].as_u64().unwrap(),
+                r["errors"]
+                    .as_object()
+                    .unwrap()
+                    .keys()
+                    .next()
+                    .map(String::as_str),
+            )
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            (0, Some("forbidden-by-policy")), // another namespace
+            (0, Some("forbidden-by-policy")), // another resource
+            (0, Some("forbidden-by-policy")), // a verb not granted
+            (0, Some("forbidden-by-policy")),
+            (0, Some("not-found")), // granted: reached the API server
+            (1, None),              // status subresource granted
+            (0, Some("forbidden-by-policy")), // the main resource is not
+        ],
+        "{result}"
+    );
+    assert!(
+        results[0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("configmaps"),
+        "the message names the missing grant: {result}"
+    );
+
+    // The guest carried on (its event succeeded), and only granted calls reached the server.
+    let seen = host.stop().await;
+    assert!(seen.iter().all(|d| d.report.succeeded()));
+    let audited = harness::audit_entries("kubelisten/probe");
+    let uris: Vec<&str> = audited
+        .iter()
+        .filter_map(|e| e["requestURI"].as_str())
+        .filter(|u| u.contains(&marker) || u.contains(&format!("{}/things/prober", ns.name())))
+        .collect();
+    assert_eq!(
+        uris.len(),
+        2,
+        "only the granted get and status patch reached the server: {uris:?}"
+    );
+    assert!(
+        uris.iter().any(|u| u.starts_with(&format!(
+            "/api/v1/namespaces/{}/configmaps/{marker}",
+            ns.name()
+        ))),
+        "{uris:?}"
+    );
+    assert!(
+        uris.iter().any(|u| u.contains("/things/prober/status")),
+        "{uris:?}"
+    );
+    let thing = things.get("prober").await.unwrap();
+    assert_eq!(
+        thing.data["status"]["probed"], true,
+        "the status patch landed on the status subresource"
+    );
+    assert!(thing.data["spec"].get("probed").is_none());
+    ns.delete().await;
+    other.delete().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_tight_loop_of_calls_is_rate_limited_and_the_host_stays_responsive() {
+    let client = common::client().await;
+    let ns = common::TestNamespace::new(&client).await;
+    let dir = tempfile::tempdir().unwrap();
+    let crd = write_crd(dir.path(), GROUP, KIND, PLURAL);
+    let probe = with_caps(
+        harness::listener("probe", Mode::Classname),
+        "rateLimit: {qps: 4, burst: 2}\ngrants:\n  - {apiGroups: [watch.kubelisten.dev], resources: [things], verbs: [get]}\n",
+    );
+    let config = Config {
+        watches: vec![WatchConfig {
+            name: "things".into(),
+            target: TargetConfig::Crd { path: crd.clone() },
+            namespaces: vec![ns.name().to_string()],
+            label_selector: None,
+            field_selector: None,
+            listeners: vec![probe],
+        }],
+    };
+    let capture = Arc::new(Capture::default());
+    let runtime = harness::runtime_with_cluster(&client, &config, capture.clone());
+    let mut host = TestHost::start(client.clone(), &runtime, &config, &settings(4)).await;
+    host.wait_synced().await;
+    let ar = resource(GROUP, KIND, PLURAL);
+    let things: Api<DynamicObject> = Api::namespaced_with(client.clone(), ns.name(), &ar);
+    let calls = json!([{"op": "get", "repeat": 12}]).to_string();
+    create_thing(
+        &things,
+        &ar,
+        "hammer",
+        json!({}),
+        &[("kubelisten.dev/probe", &calls)],
+    )
+    .await;
+    // While the hammer loops, another object's event is handled.
+    create_thing(&things, &ar, "bystander", json!({}), &[]).await;
+    host.wait_for(Duration::from_secs(60), "both events", |seen| {
+        seen.len() >= 2
+    })
+    .await;
+    let seen = host.stop().await;
+    let hammer = seen.iter().find(|d| d.event.meta.name == "hammer").unwrap();
+    let bystander = seen
+        .iter()
+        .find(|d| d.event.meta.name == "bystander")
+        .unwrap();
+    assert!(
+        bystander.finished < hammer.finished,
+        "the bystander was not held up by the hammering listener"
+    );
+
+    let result = probe_result(&capture, "hammer").unwrap();
+    assert_eq!(result["results"][0]["ok"], 12, "{result}");
+    // The server saw them spread out: never more than burst + qps in any one second.
+    let mut times: Vec<chrono_like::Micros> = harness::audit_entries("kubelisten/probe")
+        .iter()
+        .filter(|e| {
+            e["requestURI"]
+                .as_str()
+                .is_some_and(|u| u.contains(&format!("{}/things/hammer", ns.name())))
+        })
+        .map(|e| chrono_like::parse(e["requestReceivedTimestamp"].as_str().unwrap()))
+        .collect();
+    times.sort_unstable();
+    assert_eq!(times.len(), 12);
+    for (i, t) in times.iter().enumerate() {
+        let in_window = times[i..]
+            .iter()
+            .take_while(|u| **u < t + 1_000_000)
+            .count();
+        assert!(in_window <= 2 + 4, "{in_window} requests within one second");
+    }
+    ns.delete().await;
+}
+
+/// Just enough RFC 3339 parsing for audit timestamps (`2026-11-21T23:59:01.123456Z`).
+mod chrono_like {
+    pub type Micros = i64;
+
+    pub fn parse(ts: &str) -> Micros {
+        let (date, time) = ts.trim_end_matches('Z').split_once('T').unwrap();
+        let day: i64 = date.rsplit('-').next().unwrap().parse().unwrap();
+        let mut parts = time.split(':');
+        let h: i64 = parts.next().unwrap().parse().unwrap();
+        let m: i64 = parts.next().unwrap().parse().unwrap();
+        let s: f64 = parts.next().unwrap().parse().unwrap();
+        ((day * 24 + h) * 60 + m) * 60_000_000 + (s * 1e6) as i64
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn listener_failures_are_recorded_as_warning_events_rate_limited_per_object() {
+    let client = common::client().await;
+    let ns = common::TestNamespace::new(&client).await;
+    let dir = tempfile::tempdir().unwrap();
+    let crd = write_crd(dir.path(), GROUP, KIND, PLURAL);
+    let config = crd_watch(
+        &crd,
+        ns.name(),
+        vec![harness::listener("faulty", Mode::Classname)],
+    );
+    let runtime = harness::runtime_with_cluster(&client, &config, Arc::new(Capture::default()));
+    let mut host = TestHost::start(client.clone(), &runtime, &config, &settings(2)).await;
+    host.wait_synced().await;
+    let ar = resource(GROUP, KIND, PLURAL);
+    let things: Api<DynamicObject> = Api::namespaced_with(client.clone(), ns.name(), &ar);
+    create_thing(
+        &things,
+        &ar,
+        "crasher",
+        json!({}),
+        &[("kubelisten.dev/fault", "panic")],
+    )
+    .await;
+    host.wait_for(Duration::from_secs(60), "three trapped attempts", |seen| {
+        seen.len() >= 3
+    })
+    .await;
+    host.stop().await;
+
+    let events: Api<k8s_openapi::api::events::v1::Event> =
+        Api::namespaced(client.clone(), ns.name());
+    let recorded = eventually("the Warning event", async || {
+        let list = events.list(&Default::default()).await.unwrap();
+        let ours: Vec<_> = list
+            .items
+            .into_iter()
+            .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("crasher"))
+            .collect();
+        (!ours.is_empty()).then_some(ours)
+    })
+    .await;
+    assert_eq!(
+        recorded.len(),
+        1,
+        "three traps, one Event (rate-limited per object)"
+    );
+    let event = &recorded[0];
+    assert_eq!(event.type_.as_deref(), Some("Warning"));
+    assert_eq!(event.reason.as_deref(), Some("FaultyTrapped"));
+    assert!(
+        event.note.as_deref().unwrap_or("").contains("panic"),
+        "{:?}",
+        event.note
+    );
+    assert!(event.series.is_none(), "published once, not as a series");
+    ns.delete().await;
+}
