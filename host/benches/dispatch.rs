@@ -88,6 +88,7 @@ fn bench(c: &mut Criterion) {
         object: Arc::from(raw.as_str()),
         old_object: None,
         initial: false,
+        status: Default::default(),
     };
 
     let mut group = c.benchmark_group("dispatch");

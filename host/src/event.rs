@@ -181,6 +181,43 @@ pub struct ResourceEvent {
     pub meta: ObjectMeta,
     /// True when the object came from an initial list or relist.
     pub initial: bool,
+    /// The object's computed status (kstatus rules).
+    pub status: ObjectStatus,
+}
+
+/// The kstatus verdict on an object, as delivered with every event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectStatus {
+    /// The status.
+    pub status: crate::status::Status,
+    /// Its explanation.
+    pub message: String,
+}
+
+impl Default for ObjectStatus {
+    fn default() -> Self {
+        Self {
+            status: crate::status::Status::Unknown,
+            message: String::new(),
+        }
+    }
+}
+
+impl ObjectStatus {
+    /// Computes the status of a parsed object; a malformed status field gives `Unknown` with
+    /// the error as message.
+    pub fn of(object: &Value) -> Self {
+        match crate::status::compute(object) {
+            Ok(result) => Self {
+                status: result.status,
+                message: result.message,
+            },
+            Err(err) => Self {
+                status: crate::status::Status::Unknown,
+                message: err.to_string(),
+            },
+        }
+    }
 }
 
 /// A watch failure passed to every listener's `error` export.
@@ -252,6 +289,7 @@ impl Tracker {
         ty: WatchType,
         object: Arc<str>,
         meta: ObjectMeta,
+        status: ObjectStatus,
         initial: bool,
     ) -> Option<ResourceEvent> {
         let key = if meta.uid.is_empty() {
@@ -294,6 +332,7 @@ impl Tracker {
             },
             meta,
             initial,
+            status,
         })
     }
 
@@ -319,13 +358,17 @@ impl Tracker {
             let Some((_, object)) = self.seen.remove(&key) else {
                 continue;
             };
-            match ObjectMeta::from_json(&object) {
-                Ok(meta) => deletes.push(ResourceEvent {
+            let parsed = serde_json::from_str::<Value>(&object)
+                .map_err(|e| EventError::NotJson(e.to_string()))
+                .and_then(|value| Ok((ObjectMeta::from_value(&value)?, ObjectStatus::of(&value))));
+            match parsed {
+                Ok((meta, status)) => deletes.push(ResourceEvent {
                     kind: EventKind::Delete,
                     object,
                     old_object: None,
                     meta,
                     initial: true,
+                    status,
                 }),
                 Err(err) => {
                     tracing::warn!(object = key, error = %err, "cannot report the deletion of an unreadable object")
@@ -391,19 +434,42 @@ mod tests {
         let mut t = Tracker::default();
         let (o1, m1) = obj("1", "");
         let e = t
-            .apply(WatchType::Added, o1.clone(), m1.clone(), false)
+            .apply(
+                WatchType::Added,
+                o1.clone(),
+                m1.clone(),
+                ObjectStatus::default(),
+                false,
+            )
             .unwrap();
         assert_eq!((e.kind, e.old_object.is_none()), (EventKind::Create, true));
         assert!(
-            t.apply(WatchType::Added, o1.clone(), m1, false).is_none(),
+            t.apply(
+                WatchType::Added,
+                o1.clone(),
+                m1,
+                ObjectStatus::default(),
+                false
+            )
+            .is_none(),
             "same rv twice"
         );
         let (o2, m2) = obj("2", r#","data":{"k":"v"}"#);
-        let e = t.apply(WatchType::Modified, o2.clone(), m2, false).unwrap();
+        let e = t
+            .apply(
+                WatchType::Modified,
+                o2.clone(),
+                m2,
+                ObjectStatus::default(),
+                false,
+            )
+            .unwrap();
         assert_eq!(e.kind, EventKind::Update);
         assert_eq!(e.old_object.as_deref(), Some(&*o1));
         let (o3, m3) = obj("3", "");
-        let e = t.apply(WatchType::Deleted, o3, m3, false).unwrap();
+        let e = t
+            .apply(WatchType::Deleted, o3, m3, ObjectStatus::default(), false)
+            .unwrap();
         assert_eq!((e.kind, e.old_object), (EventKind::Delete, None));
         assert!(t.is_empty());
     }
@@ -421,21 +487,29 @@ mod tests {
         t.begin_relist();
         for (name, rv) in [("a", "1"), ("b", "2"), ("c", "3")] {
             let (o, m) = mk(name, rv);
-            let e = t.apply(WatchType::Added, o, m, true).unwrap();
+            let e = t
+                .apply(WatchType::Added, o, m, ObjectStatus::default(), true)
+                .unwrap();
             assert_eq!((e.kind, e.initial), (EventKind::Create, true));
         }
         assert!(t.finish_relist().is_empty());
         // Gap: a unchanged, b changed, c deleted, d created.
         t.begin_relist();
         let (o, m) = mk("a", "1");
-        assert!(t.apply(WatchType::Added, o, m, true).is_none());
+        assert!(t
+            .apply(WatchType::Added, o, m, ObjectStatus::default(), true)
+            .is_none());
         let (o, m) = mk("b", "5");
-        let e = t.apply(WatchType::Added, o, m, true).unwrap();
+        let e = t
+            .apply(WatchType::Added, o, m, ObjectStatus::default(), true)
+            .unwrap();
         assert_eq!(e.kind, EventKind::Update);
         assert!(e.old_object.unwrap().contains(r#""resourceVersion":"2""#));
         let (o, m) = mk("d", "6");
         assert_eq!(
-            t.apply(WatchType::Added, o, m, true).unwrap().kind,
+            t.apply(WatchType::Added, o, m, ObjectStatus::default(), true)
+                .unwrap()
+                .kind,
             EventKind::Create
         );
         let deletes = t.finish_relist();

@@ -11,7 +11,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use crate::dispatch::{CallRecord, Chain};
-use crate::event::{ObjectMeta, Tracker, WatchErrorInfo, WatchType};
+use crate::event::{EventError, ObjectMeta, ObjectStatus, Tracker, WatchErrorInfo, WatchType};
 
 /// One document of the input, or why it could not be read.
 #[derive(Debug)]
@@ -283,8 +283,11 @@ pub fn replay(
                 continue;
             }
         };
-        let meta = match ObjectMeta::from_json(object.get()) {
-            Ok(meta) => meta,
+        let parsed = serde_json::from_str::<serde_json::Value>(object.get())
+            .map_err(|e| EventError::NotJson(e.to_string()))
+            .and_then(|value| Ok((ObjectMeta::from_value(&value)?, ObjectStatus::of(&value))));
+        let (meta, status) = match parsed {
+            Ok(parsed) => parsed,
             Err(e) => {
                 malformed(&mut summary, line, e.to_string());
                 continue;
@@ -292,7 +295,7 @@ pub fn replay(
         };
         let object_ref = meta.object_ref();
         let raw: Arc<str> = Arc::from(object.get());
-        let Some(event) = tracker.apply(watch_type, raw, meta, false) else {
+        let Some(event) = tracker.apply(watch_type, raw, meta, status, false) else {
             summary.duplicates += 1;
             continue;
         };

@@ -312,3 +312,31 @@ fn check_accepts_listeners_and_names_what_is_wrong() {
         "{problems}"
     );
 }
+
+#[test]
+fn events_carry_the_computed_status_to_the_guest() {
+    let (rt, capture, _cache) = runtime();
+    let chain = Chain::new(vec![load(&rt, "rust-logger", Mode::Classname)]);
+    for (ready, want) in [
+        (1, "status=InProgress (Available: 1/3)"),
+        (3, "status=Current (Deployment is available. Replicas: 3)"),
+    ] {
+        let object = serde_json::json!({
+            "apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": "web", "namespace": "ns", "uid": "u1", "resourceVersion": "7", "generation": 2},
+            "spec": {"replicas": 3},
+            "status": {"observedGeneration": 2, "replicas": 3, "updatedReplicas": 3, "readyReplicas": ready, "availableReplicas": ready,
+                       "conditions": [{"type": "Available", "status": if ready == 3 { "True" } else { "False" }}, {"type": "Progressing", "status": "True", "reason": "NewReplicaSetAvailable"}]}
+        });
+        let mut ev = support::event(EventKind::Update, "web", None);
+        ev.meta = kubelisten::ObjectMeta::from_value(&object).unwrap();
+        ev.status = kubelisten::event::ObjectStatus::of(&object);
+        ev.object = Arc::from(object.to_string());
+        assert!(chain.dispatch(&ev).succeeded());
+        let lines = capture.messages_of("rust-logger");
+        assert!(
+            lines.last().unwrap().contains(want),
+            "{lines:?} should end with {want}"
+        );
+    }
+}

@@ -1,4 +1,4 @@
-//! Classname-mode listener that logs each event's kind and metadata.
+//! Classname-mode listener that logs each event's kind, metadata and computed (kstatus) status.
 //!
 //! It also records itself in the per-event chain state under the key `rust-logger`, so later
 //! listeners of the same chain can see that it ran.
@@ -7,7 +7,7 @@ wit_bindgen::generate!({ path: "../../wit", world: "listener" });
 
 use kubelisten::listener::chain_state;
 use kubelisten::listener::log::{log, Level};
-use kubelisten::listener::types::EventKind;
+use kubelisten::listener::types::{EventKind, Status};
 
 fn describe(ev: &Event) -> String {
     let kind = match ev.kind {
@@ -16,8 +16,16 @@ fn describe(ev: &Event) -> String {
         EventKind::Delete => "delete",
     };
     let m = &ev.meta;
+    let status = match ev.status.status {
+        Status::InProgress => "InProgress",
+        Status::Failed => "Failed",
+        Status::Current => "Current",
+        Status::Terminating => "Terminating",
+        Status::NotFound => "NotFound",
+        Status::Unknown => "Unknown",
+    };
     format!(
-        "{kind} {}/{} {}/{} uid={} rv={} generation={} labels={} annotations={} initial={} has_old={}",
+        "{kind} {}/{} {}/{} uid={} rv={} generation={} labels={} annotations={} initial={} has_old={} status={status} ({})",
         m.api_version,
         m.kind,
         m.namespace.as_deref().unwrap_or("-"),
@@ -29,6 +37,7 @@ fn describe(ev: &Event) -> String {
         m.annotations.len(),
         ev.initial,
         ev.old_object.is_some(),
+        ev.status.message,
     )
 }
 

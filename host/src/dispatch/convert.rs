@@ -3,6 +3,7 @@
 use crate::event::{EventKind, ResourceEvent, WatchErrorInfo};
 use crate::runtime::bindings::kubelisten::listener::types;
 use crate::runtime::bindings::{Event, WatchError};
+use crate::status::Status;
 
 /// The WIT `event` record for `event`.
 pub fn event(event: &ResourceEvent) -> Event {
@@ -28,9 +29,20 @@ pub fn event(event: &ResourceEvent) -> Event {
         },
         initial: event.initial,
         status: types::ObjectStatus {
-            status: types::Status::Unknown,
-            message: String::new(),
+            status: status(event.status.status),
+            message: event.status.message.clone(),
         },
+    }
+}
+
+fn status(status: Status) -> types::Status {
+    match status {
+        Status::InProgress => types::Status::InProgress,
+        Status::Failed => types::Status::Failed,
+        Status::Current => types::Status::Current,
+        Status::Terminating => types::Status::Terminating,
+        Status::NotFound => types::Status::NotFound,
+        Status::Unknown => types::Status::Unknown,
     }
 }
 

@@ -345,6 +345,7 @@ mod tests {
             object: Arc::from(raw),
             old_object: None,
             initial: false,
+            status: Default::default(),
         })
     }
 

@@ -381,4 +381,70 @@ mod tests {
         let running = json!({"apiVersion": "v1", "kind": "Pod", "status": {"phase": "Running"}});
         assert!(compute_at(&running, far).is_ok());
     }
+
+    #[test]
+    fn malformed_input_never_panics() {
+        let kinds = [
+            ("v1", "Pod"),
+            ("v1", "Service"),
+            ("v1", "Secret"),
+            ("v1", "ConfigMap"),
+            ("v1", "PersistentVolumeClaim"),
+            ("apps/v1", "Deployment"),
+            ("apps/v1", "StatefulSet"),
+            ("apps/v1", "DaemonSet"),
+            ("apps/v1", "ReplicaSet"),
+            ("batch/v1", "Job"),
+            ("batch/v1", "CronJob"),
+            ("policy/v1", "PodDisruptionBudget"),
+            ("apiextensions.k8s.io/v1", "CustomResourceDefinition"),
+            ("x.io/v1", "Widget"),
+        ];
+        let weird = [
+            json!(null),
+            json!(1),
+            json!(-1),
+            json!(i64::MAX),
+            json!(i64::MIN),
+            json!(1.5),
+            json!("s"),
+            json!(true),
+            json!([]),
+            json!([1, "a", null]),
+            json!({}),
+            json!({"a": {"b": []}}),
+        ];
+        for (api, kind) in kinds {
+            for w in &weird {
+                for section in ["spec", "status", "metadata"] {
+                    let mut o = json!({"apiVersion": api, "kind": kind});
+                    o[section] = w.clone();
+                    let _ = compute(&o);
+                    for field in [
+                        "replicas",
+                        "phase",
+                        "conditions",
+                        "containerStatuses",
+                        "selector",
+                        "updateStrategy",
+                        "generation",
+                        "observedGeneration",
+                        "desiredNumberScheduled",
+                        "startTime",
+                        "type",
+                        "clusterIP",
+                        "creationTimestamp",
+                        "deletionTimestamp",
+                    ] {
+                        let mut o = json!({"apiVersion": api, "kind": kind, section: {}});
+                        o[section][field] = w.clone();
+                        let _ = compute(&o);
+                        let mut copy = o.clone();
+                        let _ = crate::status::augment(&mut copy);
+                        let _ = crate::status::compute_with_generated(&o, std::slice::from_ref(&o));
+                    }
+                }
+            }
+        }
+    }
 }

@@ -14,7 +14,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use tokio::sync::mpsc;
 
-use crate::event::{ObjectMeta, ResourceEvent, Tracker, WatchErrorInfo, WatchType};
+use crate::event::{ObjectMeta, ObjectStatus, ResourceEvent, Tracker, WatchErrorInfo, WatchType};
 
 /// What one watch reports to the dispatcher.
 #[derive(Debug)]
@@ -198,10 +198,13 @@ impl Reflector {
         tracing::debug!(watch = %self.spec.name, objects = items.len(), %resource_version, "listed");
         self.tracker.begin_relist();
         for item in items {
-            let Some((object, meta)) = self.object(item.get()) else {
+            let Some((object, meta, status)) = self.object(item.get()) else {
                 continue;
             };
-            if let Some(event) = self.tracker.apply(WatchType::Added, object, meta, true) {
+            if let Some(event) = self
+                .tracker
+                .apply(WatchType::Added, object, meta, status, true)
+            {
                 self.send(WatchOutput::Event(event)).await?;
             }
         }
@@ -279,11 +282,11 @@ impl Reflector {
                     continue;
                 }
             };
-            let Some((object, meta)) = self.object(parsed.object.get()) else {
+            let Some((object, meta, status)) = self.object(parsed.object.get()) else {
                 continue;
             };
             let rv = meta.resource_version.clone();
-            if let Some(event) = self.tracker.apply(ty, object, meta, false) {
+            if let Some(event) = self.tracker.apply(ty, object, meta, status, false) {
                 self.send(WatchOutput::Event(event)).await?;
             }
             self.resource_version = Some(rv);
@@ -292,7 +295,7 @@ impl Reflector {
     }
 
     /// The object's text (with apiVersion/kind added when a list omitted them) and metadata.
-    fn object(&self, raw: &str) -> Option<(Arc<str>, ObjectMeta)> {
+    fn object(&self, raw: &str) -> Option<(Arc<str>, ObjectMeta, ObjectStatus)> {
         let mut value: serde_json::Value = match serde_json::from_str(raw) {
             Ok(v) => v,
             Err(err) => {
@@ -311,7 +314,7 @@ impl Reflector {
             Arc::from(with_type_meta(raw, &ar.api_version, &ar.kind))
         };
         match ObjectMeta::from_value(&value) {
-            Ok(meta) => Some((text, meta)),
+            Ok(meta) => Some((text, meta, ObjectStatus::of(&value))),
             Err(err) => {
                 tracing::warn!(watch = %self.spec.name, error = %err, "skipping an object without usable metadata");
                 None

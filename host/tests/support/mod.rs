@@ -88,5 +88,6 @@ pub fn event(kind: EventKind, name: &str, fault: Option<&str>) -> ResourceEvent 
         old_object: None,
         meta,
         initial: false,
+        status: Default::default(),
     }
 }
