@@ -12,9 +12,13 @@ use tokio_util::sync::CancellationToken;
 use crate::capabilities::events::FailureReporter;
 use crate::capabilities::KubeCluster;
 use crate::config::Config;
-use crate::dispatch::dispatcher::{Dispatcher, DispatcherConfig, Observer, WatchState};
+use crate::dispatch::dispatcher::{Dispatcher, DispatcherConfig, Observer};
 use crate::dispatch::Chain;
+use crate::metrics::{labels, Metrics};
 use crate::runtime::{Listener, Runtime};
+use crate::server::{ListenerStatus, ServerState, WatchEntry};
+use crate::watch::leader::LeaderConfig;
+use crate::watch::state::WatchState;
 use crate::watch::target;
 use crate::watch::watcher::{self, WatchSpec};
 
@@ -27,6 +31,18 @@ pub struct RunSettings {
     pub watch_timeout: Duration,
     /// How long in-flight events may take to finish at shutdown.
     pub shutdown_grace: Duration,
+    /// Where the health/metrics server listens (`None`: no server).
+    pub health_addr: Option<std::net::SocketAddr>,
+    /// Leader election (`None`: this process always dispatches).
+    pub leader: Option<LeaderConfig>,
+}
+
+impl RunSettings {
+    /// How long a watch may stay silent before `/healthz` fails: the watch timeout (after which
+    /// the watch is reopened) plus a minute of margin.
+    pub fn max_idle(&self) -> Duration {
+        self.watch_timeout + Duration::from_secs(60)
+    }
 }
 
 impl Default for RunSettings {
@@ -35,6 +51,8 @@ impl Default for RunSettings {
             dispatch: DispatcherConfig::default(),
             watch_timeout: Duration::from_secs(290),
             shutdown_grace: Duration::from_secs(30),
+            health_addr: None,
+            leader: None,
         }
     }
 }
@@ -48,10 +66,26 @@ pub struct RunningWatch {
     pub resource: String,
     /// Its state.
     pub state: Arc<WatchState>,
+    /// Its listeners.
+    pub listeners: Vec<ListenerStatus>,
+}
+
+impl RunningWatch {
+    /// What `/status` shows of this watch.
+    pub fn entry(&self) -> WatchEntry {
+        WatchEntry {
+            name: self.name.to_string(),
+            resource: self.resource.clone(),
+            state: self.state.clone(),
+            listeners: self.listeners.clone(),
+        }
+    }
 }
 
 /// Everything started by [`start`]; [`Running::stop`] shuts it down.
 pub struct Running {
+    /// The metrics of this run.
+    pub metrics: Arc<Metrics>,
     /// The running watches.
     pub watches: Vec<RunningWatch>,
     cancel: CancellationToken,
@@ -78,6 +112,23 @@ impl Running {
             );
         }
         drained
+    }
+
+    /// Stops at once, without waiting for in-flight events (leadership lost).
+    pub fn abort(mut self) {
+        self.cancel.cancel();
+        self.watchers.abort_all();
+        self.dispatchers.abort_all();
+    }
+
+    /// Fault injection for tests: kills every watch task, as a crashed watcher would.
+    pub fn kill_watch_tasks(&mut self) {
+        self.watchers.abort_all();
+    }
+
+    /// What `/status` shows of the running watches.
+    pub fn entries(&self) -> Vec<WatchEntry> {
+        self.watches.iter().map(RunningWatch::entry).collect()
     }
 
     /// Resolves when a watch or dispatcher task ended on its own (it should not before stop).
@@ -118,6 +169,7 @@ pub async fn start(
     config: &Config,
     settings: &RunSettings,
     observer: Option<Observer>,
+    metrics: Arc<Metrics>,
 ) -> anyhow::Result<Running> {
     let mut prepared = Vec::new();
     for watch in &config.watches {
@@ -144,6 +196,29 @@ pub async fn start(
     for (name, target, chain) in prepared {
         let name: Arc<str> = Arc::from(name.as_str());
         let state = Arc::new(WatchState::default());
+        state.activity();
+        // Alive from the start; the dispatcher clears it when it ends or is aborted.
+        state
+            .dispatcher_alive
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        let mut listeners = Vec::new();
+        for listener in chain.listeners() {
+            let (mode, digest) = (listener.mode().as_str(), listener.digest());
+            metrics
+                .listener_info
+                .get_or_create(&labels([
+                    ("listener", listener.name()),
+                    ("mode", mode),
+                    ("digest", digest),
+                ]))
+                .set(1);
+            listeners.push(ListenerStatus {
+                name: listener.name().to_string(),
+                mode: mode.into(),
+                digest: digest.into(),
+                rejected: None,
+            });
+        }
         let (tx, rx) = mpsc::channel(256);
         let namespaces: Vec<Option<String>> = if target.namespaced && !target.namespaces.is_empty()
         {
@@ -160,7 +235,12 @@ pub async fn start(
                 field_selector: target.field_selector.clone(),
                 timeout: settings.watch_timeout,
                 page_size: 500,
+                state: state.clone(),
+                metrics: metrics.clone(),
             };
+            state
+                .tasks
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             watchers.spawn(watcher::run(client.clone(), spec, tx.clone()));
         }
         tracing::info!(watch = %name, resource = %target.describe(), listeners = chain.listeners().len(), "watching");
@@ -168,6 +248,7 @@ pub async fn start(
             name: name.clone(),
             resource: target.describe(),
             state: state.clone(),
+            listeners,
         });
         let dispatcher = Dispatcher {
             watch: name,
@@ -176,10 +257,12 @@ pub async fn start(
             observer: observer.clone(),
             state,
             failures: Some(failures.clone()),
+            metrics: metrics.clone(),
         };
         dispatchers.spawn(dispatcher.run(rx, cancel.child_token()));
     }
     Ok(Running {
+        metrics,
         watches,
         cancel,
         watchers,
@@ -188,10 +271,14 @@ pub async fn start(
     })
 }
 
-/// Runs until `shutdown` resolves, then stops gracefully.
+/// Runs until `shutdown` resolves, then stops gracefully (releasing the leader lock).
+///
+/// With leader election, the process waits as a standby until it leads, and returns an error
+/// as soon as it loses the leadership (after stopping all dispatch at once), so that the
+/// process exits non-zero and is restarted.
 ///
 /// # Errors
-/// Startup failures (see [`start`]) and a watch or dispatcher that died.
+/// Startup failures (see [`start`]), a watch or dispatcher that died, lost leadership.
 pub async fn run(
     client: kube::Client,
     runtime: &Runtime,
@@ -199,13 +286,84 @@ pub async fn run(
     settings: &RunSettings,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    let mut running = start(client, runtime, config, settings, None).await?;
-    tokio::select! {
-        () = shutdown => {
-            tracing::info!("shutting down");
-            running.stop().await;
-            Ok(())
-        }
-        what = running.failed() => anyhow::bail!("{what}"),
+    let metrics = Arc::new(Metrics::new());
+    let server = Arc::new(ServerState::new(
+        metrics.clone(),
+        settings.leader.is_some(),
+        settings.max_idle(),
+    ));
+    let stop_server = CancellationToken::new();
+    if let Some(addr) = settings.health_addr {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding the health port {addr}"))?;
+        tracing::info!(addr = %listener.local_addr().unwrap_or(addr), "serving /healthz, /readyz, /metrics, /status");
+        let (state, stop) = (server.clone(), stop_server.clone());
+        tokio::spawn(async move {
+            if let Err(err) =
+                crate::server::serve(listener, state, async move { stop.cancelled().await }).await
+            {
+                tracing::error!(error = %err, "health server failed");
+            }
+        });
     }
+    let _stop_server = stop_server.drop_guard();
+    tokio::pin!(shutdown);
+
+    let election = CancellationToken::new();
+    let (leader_tx, mut leader_rx) = tokio::sync::watch::channel(false);
+    let elector = settings.leader.clone().map(|leader| {
+        tokio::spawn(crate::watch::leader::run(
+            client.clone(),
+            leader,
+            leader_tx,
+            election.clone(),
+        ))
+    });
+    if elector.is_some() {
+        tracing::info!("standby: waiting for the leadership");
+        tokio::select! {
+            () = &mut shutdown => {
+                election.cancel();
+                return Ok(());
+            }
+            changed = leader_rx.wait_for(|leader| *leader) => {
+                if changed.is_err() {
+                    anyhow::bail!("leader election ended");
+                }
+            }
+        }
+        server.set_leader(true);
+    } else {
+        metrics.leader.set(1);
+    }
+
+    let result = match start(client, runtime, config, settings, None, metrics.clone()).await {
+        Err(err) => Err(err),
+        Ok(mut running) => {
+            server.set_watches(running.entries());
+            tokio::select! {
+                () = &mut shutdown => {
+                    tracing::info!("shutting down");
+                    running.stop().await;
+                    Ok(())
+                }
+                lost = leader_rx.wait_for(|leader| !*leader), if elector.is_some() => {
+                    drop(lost);
+                    running.abort();
+                    server.set_leader(false);
+                    Err(anyhow::anyhow!("lost the leadership; stopped dispatching"))
+                }
+                what = running.failed() => {
+                    server.set_fatal(what.to_string());
+                    Err(anyhow::anyhow!("{what}"))
+                }
+            }
+        }
+    };
+    election.cancel();
+    if let Some(elector) = elector {
+        let _ = elector.await;
+    }
+    result
 }

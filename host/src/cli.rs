@@ -44,7 +44,7 @@ pub enum OutputFormat {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Watch the cluster and run the listener chains (until SIGTERM/SIGINT).
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Check that a file is a component implementing the kubelisten listener world (exit 0/1).
     Check {
         /// The component file(s).
@@ -137,4 +137,40 @@ pub struct RunArgs {
     /// Per-instance memory limit in MiB for listeners given with --listener.
     #[arg(long, env = "KUBELISTEN_MEMORY_MIB")]
     pub memory_mib: Option<usize>,
+    /// Port of /healthz, /readyz, /metrics and /status (0 turns the server off).
+    #[arg(long, env = "KUBELISTEN_HEALTH_PORT", default_value_t = 8080)]
+    pub health_port: u16,
+    /// Address the health server binds.
+    #[arg(long, env = "KUBELISTEN_HEALTH_BIND", default_value = "0.0.0.0")]
+    pub health_bind: std::net::IpAddr,
+    /// Turns leader election on, with the lock in this namespace.
+    #[arg(long, env = "KUBELISTEN_LEADER_ELECTION_NAMESPACE")]
+    pub leader_election_namespace: Option<String>,
+    /// Name of the lock object.
+    #[arg(
+        long,
+        env = "KUBELISTEN_LEADER_ELECTION_NAME",
+        default_value = "kubelisten"
+    )]
+    pub leader_election_name: String,
+    /// The lock: a coordination.k8s.io/v1 Lease or a ConfigMap record.
+    #[arg(
+        long,
+        env = "KUBELISTEN_LEADER_ELECTION_LOCK",
+        value_enum,
+        default_value = "lease"
+    )]
+    pub leader_election_lock: kubelisten::watch::leader::LockKind,
+    /// This replica's identity (default: the Pod name from HOSTNAME, else a random name).
+    #[arg(long, env = "KUBELISTEN_LEADER_ELECTION_IDENTITY")]
+    pub leader_election_identity: Option<String>,
+    /// Lease duration in seconds (client-go default 15).
+    #[arg(long, env = "KUBELISTEN_LEASE_DURATION", default_value_t = 15.0)]
+    pub lease_duration: f64,
+    /// Renew deadline in seconds (client-go default 10).
+    #[arg(long, env = "KUBELISTEN_RENEW_DEADLINE", default_value_t = 10.0)]
+    pub renew_deadline: f64,
+    /// Retry period in seconds (client-go default 2).
+    #[arg(long, env = "KUBELISTEN_RETRY_PERIOD", default_value_t = 2.0)]
+    pub retry_period: f64,
 }

@@ -9,9 +9,12 @@ pub mod capabilities;
 pub mod config;
 pub mod dispatch;
 pub mod event;
+pub mod metrics;
 pub mod replay;
 pub mod runtime;
+pub mod server;
 pub mod status;
+pub mod status_cli;
 pub mod watch;
 
 pub use dispatch::{CallRecord, Chain, ChainReport};

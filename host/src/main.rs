@@ -12,6 +12,7 @@ use kubelisten::dispatch::dispatcher::{DispatcherConfig, RetryPolicy};
 use kubelisten::dispatch::Chain;
 use kubelisten::replay;
 use kubelisten::runtime::{check, Listener, ListenerSpec, Runtime, RuntimeConfig};
+use kubelisten::watch::leader::{default_identity, LeaderConfig};
 use std::time::Duration;
 
 mod cli;
@@ -56,7 +57,7 @@ fn runtime_config(cli: &Cli) -> RuntimeConfig {
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let runtime_config = runtime_config(&cli);
     if let Command::Run(args) = cli.command {
-        return run_cluster(runtime_config, args);
+        return run_cluster(runtime_config, *args);
     }
     let runtime = Runtime::new(runtime_config).context("starting the wasm runtime")?;
     match cli.command {
@@ -172,6 +173,9 @@ fn run_cluster(runtime_config: RuntimeConfig, args: RunArgs) -> anyhow::Result<E
         },
         watch_timeout: Duration::from_secs(args.watch_timeout.clamp(1, 290)),
         shutdown_grace: Duration::from_secs(args.shutdown_grace),
+        health_addr: (args.health_port != 0)
+            .then(|| std::net::SocketAddr::new(args.health_bind, args.health_port)),
+        leader: leader_config(&args)?,
     };
     let tokio = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -189,6 +193,41 @@ fn run_cluster(runtime_config: RuntimeConfig, args: RunArgs) -> anyhow::Result<E
         app::run(client, &runtime, &config, &settings, shutdown_signal()).await
     })?;
     Ok(ExitCode::SUCCESS)
+}
+
+fn leader_config(args: &RunArgs) -> anyhow::Result<Option<LeaderConfig>> {
+    let Some(namespace) = args.leader_election_namespace.clone() else {
+        return Ok(None);
+    };
+    let secs = |name: &str, v: f64| {
+        Duration::try_from_secs_f64(v)
+            .map_err(|_| anyhow::anyhow!("--{name} must be a positive number of seconds"))
+    };
+    let (lease, renew, retry) = (
+        secs("lease-duration", args.lease_duration)?,
+        secs("renew-deadline", args.renew_deadline)?,
+        secs("retry-period", args.retry_period)?,
+    );
+    anyhow::ensure!(
+        lease > renew,
+        "--lease-duration must be longer than --renew-deadline"
+    );
+    anyhow::ensure!(
+        renew > retry,
+        "--renew-deadline must be longer than --retry-period"
+    );
+    Ok(Some(LeaderConfig {
+        namespace,
+        name: args.leader_election_name.clone(),
+        identity: args
+            .leader_election_identity
+            .clone()
+            .unwrap_or_else(default_identity),
+        lock: args.leader_election_lock,
+        lease_duration: lease,
+        renew_deadline: renew,
+        retry_period: retry,
+    }))
 }
 
 /// Resolves on SIGTERM or SIGINT.

@@ -14,7 +14,10 @@ use tokio_util::sync::CancellationToken;
 use super::{Chain, ChainReport};
 use crate::capabilities::events::FailureReporter;
 use crate::event::ResourceEvent;
+use crate::metrics::{labels, Metrics};
 use crate::runtime::bindings::kubelisten::listener::cluster::ObjectRef;
+use crate::runtime::Mode;
+use crate::watch::state::WatchState;
 use crate::watch::watcher::WatchOutput;
 
 /// How failed events are retried.
@@ -87,15 +90,6 @@ pub struct Dispatched {
 /// Receives every [`Dispatched`] attempt.
 pub type Observer = mpsc::UnboundedSender<Dispatched>;
 
-/// Sync and liveness state of one watch, shared with the health checks.
-#[derive(Debug, Default)]
-pub struct WatchState {
-    /// Set once the first list finished.
-    pub synced: std::sync::atomic::AtomicBool,
-    /// Events received.
-    pub events: std::sync::atomic::AtomicU64,
-}
-
 /// The dispatch loop of one watch.
 pub struct Dispatcher {
     /// The watch's name.
@@ -110,6 +104,19 @@ pub struct Dispatcher {
     pub state: Arc<WatchState>,
     /// Records a Warning Event on the object when a listener traps or finally fails.
     pub failures: Option<Arc<FailureReporter>>,
+    /// Where calls, traps and durations are counted.
+    pub metrics: Arc<Metrics>,
+}
+
+/// Marks the dispatcher dead when dropped (it ended or was aborted).
+struct DispatcherAlive<'a>(&'a WatchState);
+
+impl Drop for DispatcherAlive<'_> {
+    fn drop(&mut self) {
+        self.0
+            .dispatcher_alive
+            .store(false, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 #[derive(Default)]
@@ -169,6 +176,15 @@ impl Dispatcher {
         let mut queues = Queues::default();
         let mut tasks: JoinSet<String> = JoinSet::new();
         let mut rx_open = true;
+        self.state
+            .dispatcher_alive
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        let _alive = DispatcherAlive(&self.state);
+        let depth = self
+            .metrics
+            .queue_depth
+            .get_or_create(&labels([("watch", &self.watch)]))
+            .clone();
         loop {
             while tasks.len() < workers {
                 let Some((key, event)) = queues.next() else {
@@ -176,6 +192,7 @@ impl Dispatcher {
                 };
                 tasks.spawn(self.handle(key, event));
             }
+            depth.set(i64::try_from(queues.queued).unwrap_or(i64::MAX));
             if !rx_open && tasks.is_empty() && queues.queued == 0 {
                 break;
             }
@@ -190,9 +207,12 @@ impl Dispatcher {
                     None => rx_open = false,
                     Some(WatchOutput::Event(event)) => {
                         self.state.events.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        queues.push(Arc::new(event));
+                        self.state.track(&event);
+                        self.metrics.events.get_or_create(&labels([("watch", &self.watch), ("kind", event.kind.as_str())])).inc();
+                        queues.push(event);
                     }
                     Some(WatchOutput::Error(error)) => {
+                        self.metrics.events.get_or_create(&labels([("watch", &self.watch), ("kind", "error")])).inc();
                         let chain = self.chain.clone();
                         let watch = self.watch.clone();
                         tasks.spawn(async move {
@@ -204,8 +224,6 @@ impl Dispatcher {
                             String::from("\0watch-error")
                         });
                     }
-                    Some(WatchOutput::Synced) => self.state.synced.store(true, std::sync::atomic::Ordering::Relaxed),
-                    Some(WatchOutput::Activity) => {}
                 },
             }
         }
@@ -230,6 +248,7 @@ impl Dispatcher {
         let watch = self.watch.clone();
         let retry = self.config.retry;
         let failures = self.failures.clone();
+        let metrics = self.metrics.clone();
         async move {
             for attempt in 1..=retry.attempts.max(1) {
                 let started = Instant::now();
@@ -245,6 +264,7 @@ impl Dispatcher {
                 };
                 let finished = Instant::now();
                 log_report(&watch, &event, attempt, &report);
+                count(&metrics, &report);
                 let succeeded = report.succeeded();
                 let last = attempt == retry.attempts.max(1);
                 if let Some(failures) = &failures {
@@ -310,6 +330,36 @@ async fn report_failures(
             failures
                 .report(&object, &meta.uid, &call.listener, trapped, &message)
                 .await;
+        }
+    }
+}
+
+fn count(metrics: &Metrics, report: &ChainReport) {
+    for call in &report.calls {
+        let listener = &*call.listener;
+        metrics
+            .calls
+            .get_or_create(&labels([
+                ("listener", listener),
+                ("export", call.export.as_str()),
+                ("outcome", call.outcome.label()),
+            ]))
+            .inc();
+        metrics
+            .call_duration
+            .get_or_create(&labels([("listener", listener)]))
+            .observe(call.duration.as_secs_f64());
+        if let Some(kind) = call.outcome.trap_kind() {
+            metrics
+                .traps
+                .get_or_create(&labels([("listener", listener), ("trap", kind.as_str())]))
+                .inc();
+            if call.mode == Mode::Reference {
+                metrics
+                    .rebuilds
+                    .get_or_create(&labels([("listener", listener)]))
+                    .inc();
+            }
         }
     }
 }

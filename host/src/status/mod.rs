@@ -4,14 +4,14 @@
 //! The rules are those of `../shared/spec/kstatus.md` (the `pkg/kstatus` package of
 //! fluxcd/cli-utils): a generic pipeline (deletion, generation, `Reconciling`/`Stalled`,
 //! type-specific rules, `Ready` fallback, default) computed from the object's own JSON.
-//! Everything here except [`compute_live`]/[`fetch_generated`] is pure: no I/O, and the clock
+//! Everything here except [`compute_live`]/[`fetch_generated`] and [`watcher`] is pure: no I/O, and the clock
 //! is read only by the functions without an `_at` suffix.
 //!
 //! Files: `generic.rs` (the pipeline), `types.rs`, `pod.rs` and `workloads.rs` (the
 //! type-specific rules), `conditions.rs` (reading `status.conditions`), `augment.rs` (writing
 //! them back), `generated.rs` (controllers and their generated ReplicaSets/Pods),
-//! `selector.rs` (label selectors), `aggregate.rs`, and `live.rs` (the only file that talks to
-//! the API server).
+//! `selector.rs` (label selectors), `aggregate.rs`, `live.rs` (reading generated objects from
+//! the API server) and `watcher.rs` (the status watcher stream).
 
 mod aggregate;
 mod augment;
@@ -23,6 +23,7 @@ mod live;
 mod pod;
 mod selector;
 mod types;
+pub mod watcher;
 mod workloads;
 
 use std::fmt;
@@ -37,6 +38,7 @@ pub use generated::{
 pub use generic::{compute, compute_at};
 pub use live::{compute_live, fetch_generated, LiveError};
 pub use selector::LabelSelector;
+pub use watcher::{StatusStream, StatusWatcher, WatchEvent};
 
 /// How long a Pod may stay unschedulable before it is reported as Failed (`PodUnschedulable`)
 /// rather than InProgress (`PodNotScheduled`).

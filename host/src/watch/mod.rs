@@ -1,5 +1,7 @@
 //! The cluster watch: resolving what to watch ([`target`]) and the list/watch loop ([`watcher`]).
 //! This module knows nothing of wasm.
 
+pub mod leader;
+pub mod state;
 pub mod target;
 pub mod watcher;

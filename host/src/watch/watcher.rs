@@ -3,6 +3,7 @@
 //! timeout, re-watch from the last resourceVersion when the stream ends, relist on `410 Gone`.
 //! Objects keep the exact JSON text the API server sent; the [`Tracker`] turns them into events.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,19 +15,17 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use tokio::sync::mpsc;
 
+use super::state::{AliveGuard, WatchState};
 use crate::event::{ObjectMeta, ObjectStatus, ResourceEvent, Tracker, WatchErrorInfo, WatchType};
+use crate::metrics::{labels, Metrics};
 
 /// What one watch reports to the dispatcher.
 #[derive(Debug)]
 pub enum WatchOutput {
     /// An event for the listener chain.
-    Event(ResourceEvent),
+    Event(Arc<ResourceEvent>),
     /// A watch failure for every listener's `error` export (the watch recovers on its own).
     Error(WatchErrorInfo),
-    /// A (re)list finished: the host has seen every object that exists.
-    Synced,
-    /// The watch is alive (a bookmark or an event arrived).
-    Activity,
 }
 
 /// What to watch.
@@ -46,6 +45,10 @@ pub struct WatchSpec {
     pub timeout: Duration,
     /// Page size of lists.
     pub page_size: u32,
+    /// Health state shared with the server (the caller counts this task in `state.tasks`).
+    pub state: Arc<WatchState>,
+    /// Restart and relist counters.
+    pub metrics: Arc<Metrics>,
 }
 
 /// Why one list or watch request failed.
@@ -110,6 +113,8 @@ struct WatchLine {
 /// Runs the list/watch loop until `tx` is closed, sending events, errors and sync marks.
 /// Transport failures are retried with exponential backoff (200 ms up to 30 s).
 pub async fn run(client: Client, spec: WatchSpec, tx: mpsc::Sender<WatchOutput>) {
+    let state = spec.state.clone();
+    let _alive = AliveGuard::new(&state.alive);
     let mut reflector = Reflector {
         request: Request::new(DynamicObject::url_path(
             &spec.resource,
@@ -120,6 +125,8 @@ pub async fn run(client: Client, spec: WatchSpec, tx: mpsc::Sender<WatchOutput>)
         tx,
         tracker: Tracker::default(),
         resource_version: None,
+        connected: false,
+        lists: 0,
     };
     let mut delay = Duration::from_millis(200);
     loop {
@@ -131,6 +138,7 @@ pub async fn run(client: Client, spec: WatchSpec, tx: mpsc::Sender<WatchOutput>)
             Ok(()) => delay = Duration::from_millis(200),
             Err(Failure::Closed) => return,
             Err(failure) => {
+                reflector.set_connected(false);
                 let expired = matches!(failure, Failure::Expired(_))
                     || matches!(&failure, Failure::Request(kube::Error::Api(s)) if s.code == 410);
                 if expired {
@@ -163,9 +171,31 @@ struct Reflector {
     tx: mpsc::Sender<WatchOutput>,
     tracker: Tracker,
     resource_version: Option<String>,
+    connected: bool,
+    lists: u64,
+}
+
+impl Drop for Reflector {
+    fn drop(&mut self) {
+        self.set_connected(false);
+    }
 }
 
 impl Reflector {
+    fn set_connected(&mut self, connected: bool) {
+        if connected != self.connected {
+            self.connected = connected;
+            if connected {
+                self.spec.state.connected.fetch_add(1, Ordering::Relaxed);
+            } else {
+                self.spec.state.connected.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+        if connected {
+            self.spec.state.activity();
+        }
+    }
+
     async fn send(&self, out: WatchOutput) -> Result<(), Failure> {
         self.tx.send(out).await.map_err(|_| Failure::Closed)
     }
@@ -205,14 +235,30 @@ impl Reflector {
                 .tracker
                 .apply(WatchType::Added, object, meta, status, true)
             {
-                self.send(WatchOutput::Event(event)).await?;
+                self.send(WatchOutput::Event(Arc::new(event))).await?;
             }
         }
         for event in self.tracker.finish_relist() {
-            self.send(WatchOutput::Event(event)).await?;
+            self.send(WatchOutput::Event(Arc::new(event))).await?;
         }
         self.resource_version = Some(resource_version);
-        self.send(WatchOutput::Synced).await
+        self.set_connected(true);
+        self.lists += 1;
+        let state = &self.spec.state;
+        if self.lists == 1 {
+            if state.synced_tasks.fetch_add(1, Ordering::Relaxed) + 1
+                >= state.tasks.load(Ordering::Relaxed)
+            {
+                state.synced.store(true, Ordering::Relaxed);
+            }
+        } else {
+            self.spec
+                .metrics
+                .watch_relists
+                .get_or_create(&labels([("watch", &self.spec.name)]))
+                .inc();
+        }
+        Ok(())
     }
 
     /// Watches from `rv` until the server ends the stream; keeps `resource_version` current.
@@ -237,9 +283,16 @@ impl Reflector {
             http::HeaderValue::from_static("identity"),
         );
         let reader = self.client.request_stream(req).await?;
+        self.set_connected(true);
+        self.spec
+            .metrics
+            .watch_restarts
+            .get_or_create(&labels([("watch", &self.spec.name)]))
+            .inc();
         let mut lines = reader.lines();
         while let Some(line) = lines.next().await {
             let line = line.map_err(|e| Failure::Decode(format!("watch stream broke: {e}")))?;
+            self.spec.state.activity();
             if line.trim().is_empty() {
                 continue;
             }
@@ -258,7 +311,6 @@ impl Reflector {
                     if let Some(rv) = bookmark_rv(parsed.object.get()) {
                         self.resource_version = Some(rv);
                     }
-                    self.send(WatchOutput::Activity).await?;
                     continue;
                 }
                 "ERROR" => {
@@ -287,7 +339,7 @@ impl Reflector {
             };
             let rv = meta.resource_version.clone();
             if let Some(event) = self.tracker.apply(ty, object, meta, status, false) {
-                self.send(WatchOutput::Event(event)).await?;
+                self.send(WatchOutput::Event(Arc::new(event))).await?;
             }
             self.resource_version = Some(rv);
         }

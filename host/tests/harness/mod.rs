@@ -115,6 +115,8 @@ pub fn settings(workers: usize) -> RunSettings {
         },
         watch_timeout: Duration::from_secs(30),
         shutdown_grace: Duration::from_secs(10),
+        health_addr: None,
+        leader: None,
     }
 }
 
@@ -126,6 +128,8 @@ pub fn runtime() -> Runtime {
 /// The host running in-process.
 pub struct TestHost {
     running: Option<Running>,
+    /// The health/metrics server state (drive it with `server::router(...).oneshot(...)`).
+    pub server: Arc<kubelisten::server::ServerState>,
     rx: mpsc::UnboundedReceiver<Dispatched>,
     /// Every attempt seen so far, in arrival order.
     pub seen: Vec<Dispatched>,
@@ -140,11 +144,19 @@ impl TestHost {
         settings: &RunSettings,
     ) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
-        let running = app::start(client, runtime, config, settings, Some(tx))
+        let metrics = Arc::new(kubelisten::metrics::Metrics::new());
+        let running = app::start(client, runtime, config, settings, Some(tx), metrics.clone())
             .await
             .expect("host starts");
+        let server = Arc::new(kubelisten::server::ServerState::new(
+            metrics,
+            false,
+            settings.max_idle(),
+        ));
+        server.set_watches(running.entries());
         Self {
             running: Some(running),
+            server,
             rx,
             seen: Vec::new(),
         }
@@ -167,6 +179,13 @@ impl TestHost {
                     describe(&self.seen)
                 ),
             }
+        }
+    }
+
+    /// Kills the watch tasks (fault injection).
+    pub fn kill_watch_tasks(&mut self) {
+        if let Some(running) = self.running.as_mut() {
+            running.kill_watch_tasks();
         }
     }
 

@@ -1,0 +1,179 @@
+//! Prometheus metrics (`prometheus-client`), all prefixed `kubelisten_`. Object names never
+//! become labels.
+
+use std::sync::Mutex;
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::{Registry, Unit};
+
+type Labels = Vec<(&'static str, String)>;
+
+/// Every metric of the process.
+pub struct Metrics {
+    registry: Mutex<Registry>,
+    /// `kubelisten_events_total{watch,kind}`: events received per watch and kind.
+    pub events: Family<Labels, Counter>,
+    /// `kubelisten_listener_calls_total{listener,export,outcome}`.
+    pub calls: Family<Labels, Counter>,
+    /// `kubelisten_listener_traps_total{listener,trap}`.
+    pub traps: Family<Labels, Counter>,
+    /// `kubelisten_listener_call_duration_seconds{listener}`.
+    pub call_duration: Family<Labels, Histogram>,
+    /// `kubelisten_instance_rebuilds_total{listener}`: reference instances rebuilt after a trap.
+    pub rebuilds: Family<Labels, Counter>,
+    /// `kubelisten_watch_restarts_total{watch}`: watch requests reopened.
+    pub watch_restarts: Family<Labels, Counter>,
+    /// `kubelisten_watch_relists_total{watch}`: lists after the first (410 Expired).
+    pub watch_relists: Family<Labels, Counter>,
+    /// `kubelisten_queue_depth{watch}`: events queued, not yet started.
+    pub queue_depth: Family<Labels, Gauge>,
+    /// `kubelisten_leader`: 1 while this process leads (or runs without leader election).
+    pub leader: Gauge,
+    /// `kubelisten_listener_info{listener,mode,digest}`: 1 per loaded listener.
+    pub listener_info: Family<Labels, Gauge>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Registers every metric.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("kubelisten");
+        let events = Family::<Labels, Counter>::default();
+        let calls = Family::<Labels, Counter>::default();
+        let traps = Family::<Labels, Counter>::default();
+        let call_duration = Family::<Labels, Histogram>::new_with_constructor(
+            (|| Histogram::new(exponential_buckets(0.00001, 4.0, 12))) as fn() -> Histogram,
+        );
+        let rebuilds = Family::<Labels, Counter>::default();
+        let watch_restarts = Family::<Labels, Counter>::default();
+        let watch_relists = Family::<Labels, Counter>::default();
+        let queue_depth = Family::<Labels, Gauge>::default();
+        let leader = Gauge::default();
+        let listener_info = Family::<Labels, Gauge>::default();
+        registry.register(
+            "events",
+            "Events received per watch and kind",
+            events.clone(),
+        );
+        registry.register(
+            "listener_calls",
+            "Listener calls per listener, export and outcome",
+            calls.clone(),
+        );
+        registry.register(
+            "listener_traps",
+            "Listener traps per listener and trap kind",
+            traps.clone(),
+        );
+        registry.register_with_unit(
+            "listener_call_duration",
+            "Duration of listener calls",
+            Unit::Seconds,
+            call_duration.clone(),
+        );
+        registry.register(
+            "instance_rebuilds",
+            "Reference-mode instances rebuilt after a trap",
+            rebuilds.clone(),
+        );
+        registry.register(
+            "watch_restarts",
+            "Watch requests reopened",
+            watch_restarts.clone(),
+        );
+        registry.register(
+            "watch_relists",
+            "Relists after the first list",
+            watch_relists.clone(),
+        );
+        registry.register(
+            "queue_depth",
+            "Events queued and not yet started",
+            queue_depth.clone(),
+        );
+        registry.register(
+            "leader",
+            "1 while this process is the leader",
+            leader.clone(),
+        );
+        registry.register(
+            "listener_info",
+            "Loaded listeners with their module digest and mode",
+            listener_info.clone(),
+        );
+        Self {
+            registry: Mutex::new(registry),
+            events,
+            calls,
+            traps,
+            call_duration,
+            rebuilds,
+            watch_restarts,
+            watch_relists,
+            queue_depth,
+            leader,
+            listener_info,
+        }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        let registry = self
+            .registry
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Err(err) = encode(&mut out, &registry) {
+            tracing::error!(error = %err, "cannot encode metrics");
+        }
+        out
+    }
+}
+
+/// A label set.
+pub fn labels<const N: usize>(pairs: [(&'static str, &str); N]) -> Labels {
+    pairs.iter().map(|(k, v)| (*k, (*v).to_string())).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_follow_prometheus_conventions() {
+        let m = Metrics::new();
+        m.events
+            .get_or_create(&labels([("watch", "w"), ("kind", "create")]))
+            .inc();
+        m.call_duration
+            .get_or_create(&labels([("listener", "l")]))
+            .observe(0.002);
+        m.leader.set(1);
+        let text = m.encode();
+        assert!(
+            text.contains("kubelisten_events_total{watch=\"w\",kind=\"create\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("kubelisten_listener_call_duration_seconds_bucket"),
+            "{text}"
+        );
+        assert!(text.contains("kubelisten_leader 1"), "{text}");
+        assert!(text.ends_with("# EOF\n"));
+    }
+}

@@ -1,0 +1,217 @@
+//! The HTTP server on `--health-port` (axum): `/healthz`, `/readyz`, `/metrics`, `/status`.
+//! The router is a plain function of the shared state so tests drive it with `oneshot`.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::{Json, Router};
+use serde_json::{json, Value};
+
+use crate::metrics::Metrics;
+use crate::watch::state::WatchState;
+
+/// One listener as `/status` shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ListenerStatus {
+    /// Name.
+    pub name: String,
+    /// `classname` or `reference`.
+    pub mode: String,
+    /// Digest of the module that runs.
+    pub digest: String,
+    /// The last rejected update of this listener: digest and error.
+    pub rejected: Option<Value>,
+}
+
+/// One watch as the server sees it.
+pub struct WatchEntry {
+    /// The watch's name.
+    pub name: String,
+    /// `group/version/kind`.
+    pub resource: String,
+    /// Its state.
+    pub state: Arc<WatchState>,
+    /// Its listeners.
+    pub listeners: Vec<ListenerStatus>,
+}
+
+/// Shared state of the server.
+pub struct ServerState {
+    /// Metrics to expose.
+    pub metrics: Arc<Metrics>,
+    /// Running watches (empty while standby).
+    pub watches: Mutex<Vec<WatchEntry>>,
+    /// `None` without leader election, else whether this process leads.
+    pub leader: Mutex<Option<bool>>,
+    /// Longest tolerated silence of a watch (watch timeout plus a margin).
+    pub max_idle: Duration,
+    /// Set when the run failed for good (a task died and the process is about to exit).
+    pub fatal: Mutex<Option<String>>,
+}
+
+impl ServerState {
+    /// A state with no watches yet.
+    pub fn new(metrics: Arc<Metrics>, leader_election: bool, max_idle: Duration) -> Self {
+        Self {
+            metrics,
+            watches: Mutex::new(Vec::new()),
+            leader: Mutex::new(leader_election.then_some(false)),
+            max_idle,
+            fatal: Mutex::new(None),
+        }
+    }
+
+    fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+        m.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Sets whether this process leads.
+    pub fn set_leader(&self, leader: bool) {
+        *Self::lock(&self.leader) = Some(leader);
+        self.metrics.leader.set(i64::from(leader));
+    }
+
+    /// Replaces the running watches.
+    pub fn set_watches(&self, watches: Vec<WatchEntry>) {
+        *Self::lock(&self.watches) = watches;
+    }
+
+    /// Marks the run as failed.
+    pub fn set_fatal(&self, why: String) {
+        *Self::lock(&self.fatal) = Some(why);
+    }
+
+    fn standby(&self) -> bool {
+        *Self::lock(&self.leader) == Some(false)
+    }
+}
+
+/// The router.
+pub fn router(state: Arc<ServerState>) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/status", get(status))
+        .with_state(state)
+}
+
+/// Serves `router(state)` on `listener` until `shutdown`.
+///
+/// # Errors
+/// The server failed.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: Arc<ServerState>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+/// Liveness: fails when a watch task or dispatcher died or a watch went silent.
+async fn healthz(State(state): State<Arc<ServerState>>) -> (StatusCode, String) {
+    if let Some(why) = ServerState::lock(&state.fatal).clone() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("unhealthy: {why}\n"),
+        );
+    }
+    let problems: Vec<String> = ServerState::lock(&state.watches)
+        .iter()
+        .filter_map(|w| {
+            w.state
+                .problem(state.max_idle)
+                .map(|p| format!("watch {}: {p}", w.name))
+        })
+        .collect();
+    if problems.is_empty() {
+        (StatusCode::OK, "ok\n".into())
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("unhealthy: {}\n", problems.join("; ")),
+        )
+    }
+}
+
+/// Readiness: every watch listed once and is connected; a standby says so.
+async fn readyz(State(state): State<Arc<ServerState>>) -> (StatusCode, String) {
+    if state.standby() {
+        return (StatusCode::OK, "ok: standby, not the leader\n".into());
+    }
+    let watches = ServerState::lock(&state.watches);
+    if watches.is_empty() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: starting\n".into(),
+        );
+    }
+    let waiting: Vec<String> = watches
+        .iter()
+        .filter(|w| !w.state.ready())
+        .map(|w| {
+            let synced = w.state.synced.load(Ordering::Relaxed);
+            format!(
+                "watch {} {}",
+                w.name,
+                if synced {
+                    "disconnected"
+                } else {
+                    "has not listed yet"
+                }
+            )
+        })
+        .collect();
+    if waiting.is_empty() {
+        (StatusCode::OK, "ok: leader\n".into())
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {}\n", waiting.join("; ")),
+        )
+    }
+}
+
+async fn metrics(State(state): State<Arc<ServerState>>) -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        state.metrics.encode(),
+    )
+}
+
+/// Per watch: sync state, listeners (running digest, last rejected update) and every object's
+/// computed status.
+async fn status(State(state): State<Arc<ServerState>>) -> Json<Value> {
+    let watches: Vec<Value> = ServerState::lock(&state.watches)
+        .iter()
+        .map(|w| {
+            let objects: BTreeMap<String, Value> = w
+                .state
+                .objects()
+                .into_iter()
+                .map(|(k, (s, m))| (k, json!({"status": s.as_str(), "message": m})))
+                .collect();
+            json!({
+                "name": w.name,
+                "resource": w.resource,
+                "synced": w.state.synced.load(Ordering::Relaxed),
+                "ready": w.state.ready(),
+                "events": w.state.events.load(Ordering::Relaxed),
+                "listeners": w.listeners,
+                "objects": objects,
+            })
+        })
+        .collect();
+    Json(json!({"leader": *ServerState::lock(&state.leader), "watches": watches}))
+}

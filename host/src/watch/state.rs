@@ -1,0 +1,146 @@
+//! Liveness and sync state of one watch, written by its watch tasks and dispatcher and read by
+//! the health checks.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Mutex, PoisonError};
+
+use crate::event::{EventKind, ResourceEvent};
+use crate::status::Status;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// Shared state of one watch.
+#[derive(Debug, Default)]
+pub struct WatchState {
+    /// Set once every watch task of the watch finished its first list.
+    pub synced: AtomicBool,
+    /// Watch tasks whose current request is established (list or watch stream open).
+    pub connected: AtomicUsize,
+    /// Watch tasks that finished their first list.
+    pub synced_tasks: AtomicUsize,
+    /// Watch tasks started.
+    pub tasks: AtomicUsize,
+    /// Watch tasks still running.
+    pub alive: AtomicUsize,
+    /// Whether the dispatcher still runs.
+    pub dispatcher_alive: AtomicBool,
+    /// Last time (ms since the epoch) a watch task heard from the API server.
+    pub last_activity_ms: AtomicU64,
+    /// Events received.
+    pub events: AtomicU64,
+    /// Every known object's computed status, by `namespace/name` (updated by the dispatcher).
+    objects: Mutex<BTreeMap<String, (Status, String)>>,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+impl WatchState {
+    /// Records that the API server answered (an event, a bookmark, a list, a new watch).
+    pub fn activity(&self) {
+        self.last_activity_ms.store(now_ms(), Ordering::Relaxed);
+    }
+
+    /// Records the object's status from an event (a delete forgets it).
+    pub fn track(&self, event: &ResourceEvent) {
+        let mut objects = self.objects.lock().unwrap_or_else(PoisonError::into_inner);
+        let key = event.meta.object_ref();
+        if event.kind == EventKind::Delete {
+            objects.remove(&key);
+        } else {
+            objects.insert(key, (event.status.status, event.status.message.clone()));
+        }
+    }
+
+    /// Every known object's status.
+    pub fn objects(&self) -> BTreeMap<String, (Status, String)> {
+        self.objects
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Time since the last activity.
+    pub fn idle(&self) -> Duration {
+        Duration::from_millis(
+            now_ms().saturating_sub(self.last_activity_ms.load(Ordering::Relaxed)),
+        )
+    }
+
+    /// Whether every watch task is connected and has listed once.
+    pub fn ready(&self) -> bool {
+        let tasks = self.tasks.load(Ordering::Relaxed);
+        self.synced.load(Ordering::Relaxed) && self.connected.load(Ordering::Relaxed) >= tasks
+    }
+
+    /// Why the watch can no longer make progress, if it cannot: a dead task or dispatcher, or no
+    /// activity for longer than `max_idle`.
+    pub fn problem(&self, max_idle: Duration) -> Option<String> {
+        let (alive, tasks) = (
+            self.alive.load(Ordering::Relaxed),
+            self.tasks.load(Ordering::Relaxed),
+        );
+        if alive < tasks {
+            return Some(format!("{} of {tasks} watch tasks died", tasks - alive));
+        }
+        if !self.dispatcher_alive.load(Ordering::Relaxed) {
+            return Some("the dispatcher died".into());
+        }
+        let idle = self.idle();
+        (idle > max_idle).then(|| {
+            format!(
+                "no watch activity for {}s (limit {}s)",
+                idle.as_secs(),
+                max_idle.as_secs()
+            )
+        })
+    }
+}
+
+/// Counts a task as alive until dropped (also when the task is aborted).
+pub struct AliveGuard<'a>(pub &'a AtomicUsize);
+
+impl<'a> AliveGuard<'a> {
+    /// Marks one more task alive.
+    pub fn new(counter: &'a AtomicUsize) -> Self {
+        counter.fetch_add(1, Ordering::Relaxed);
+        Self(counter)
+    }
+}
+
+impl Drop for AliveGuard<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn health_problems() {
+        let s = WatchState::default();
+        s.tasks.store(1, Ordering::Relaxed);
+        s.dispatcher_alive.store(true, Ordering::Relaxed);
+        s.activity();
+        {
+            let _alive = AliveGuard::new(&s.alive);
+            assert_eq!(s.problem(Duration::from_secs(60)), None);
+            assert!(!s.ready());
+            s.synced.store(true, Ordering::Relaxed);
+            s.connected.store(1, Ordering::Relaxed);
+            assert!(s.ready());
+        }
+        assert!(s.problem(Duration::from_secs(60)).unwrap().contains("died"));
+        let _alive = AliveGuard::new(&s.alive);
+        s.last_activity_ms.store(0, Ordering::Relaxed);
+        assert!(s
+            .problem(Duration::from_secs(60))
+            .unwrap()
+            .contains("no watch activity"));
+    }
+}
