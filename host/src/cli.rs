@@ -45,6 +45,8 @@ pub enum OutputFormat {
 pub enum Command {
     /// Watch the cluster and run the listener chains (until SIGTERM/SIGINT).
     Run(Box<RunArgs>),
+    /// Show, or wait for, the kstatus status of objects (live from the cluster, or --offline).
+    Status(Box<kubelisten::status_cli::StatusArgs>),
     /// Check that a file is a component implementing the kubelisten listener world (exit 0/1).
     Check {
         /// The component file(s).

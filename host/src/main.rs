@@ -56,12 +56,14 @@ fn runtime_config(cli: &Cli) -> RuntimeConfig {
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let runtime_config = runtime_config(&cli);
-    if let Command::Run(args) = cli.command {
-        return run_cluster(runtime_config, *args);
+    match cli.command {
+        Command::Run(args) => return run_cluster(runtime_config, *args),
+        Command::Status(args) => return kubelisten::status_cli::run_blocking(*args),
+        _ => {}
     }
     let runtime = Runtime::new(runtime_config).context("starting the wasm runtime")?;
     match cli.command {
-        Command::Run(_) => unreachable!("handled above"),
+        Command::Run(_) | Command::Status(_) => unreachable!("handled above"),
         Command::Check { modules } => Ok(check_modules(&runtime, &modules)),
         Command::Replay {
             listeners,

@@ -4,8 +4,8 @@
 //! The rules are those of `../shared/spec/kstatus.md` (the `pkg/kstatus` package of
 //! fluxcd/cli-utils): a generic pipeline (deletion, generation, `Reconciling`/`Stalled`,
 //! type-specific rules, `Ready` fallback, default) computed from the object's own JSON.
-//! Everything here except [`compute_live`]/[`fetch_generated`] and [`watcher`] is pure: no I/O, and the clock
-//! is read only by the functions without an `_at` suffix.
+//! Everything here except [`compute_live`]/[`fetch_generated`] and [`watcher`] is pure: no
+//! I/O, and the clock is read only by the functions without an `_at` suffix.
 //!
 //! Files: `generic.rs` (the pipeline), `types.rs`, `pod.rs` and `workloads.rs` (the
 //! type-specific rules), `conditions.rs` (reading `status.conditions`), `augment.rs` (writing

@@ -1,0 +1,281 @@
+//! Two kubelisten processes with leader election against the local control plane: exactly one
+//! dispatches; after `kill -9` of the leader the other takes over within lease duration + retry
+//! period; no event is dispatched by both at overlapping times; a graceful stop hands over
+//! faster than a kill. Both with the Lease and with the ConfigMap lock.
+
+mod common;
+mod harness;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use harness::{create_thing, patch_spec, resource, write_crd, GROUP, KIND, PLURAL};
+use kube::api::{Api, DynamicObject};
+use serde_json::{json, Value};
+
+const LEASE: f64 = 3.0;
+const RENEW: f64 = 2.0;
+const RETRY: f64 = 0.5;
+
+/// One dispatch seen in a process's log: (process, start µs, end µs).
+type Span = (usize, i64, i64);
+
+struct Replica {
+    id: usize,
+    child: Child,
+    port: u16,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Microseconds since the epoch of an RFC 3339 UTC timestamp.
+fn micros(ts: &str) -> i64 {
+    let (date, time) = ts.trim_end_matches('Z').split_once('T').unwrap();
+    let mut d = date.split('-').map(|x| x.parse::<i64>().unwrap());
+    let (y, m, day) = (d.next().unwrap(), d.next().unwrap(), d.next().unwrap());
+    // Days from civil (Howard Hinnant's algorithm).
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * (m + if m > 2 { -3 } else { 9 }) + 2) / 5 + day - 1;
+    let days = era * 146_097 + yoe * 365 + yoe / 4 - yoe / 100 + doy - 719_468;
+    let mut t = time.split(':');
+    let h: i64 = t.next().unwrap().parse().unwrap();
+    let min: i64 = t.next().unwrap().parse().unwrap();
+    let s: f64 = t.next().unwrap().parse().unwrap();
+    ((days * 24 + h) * 60 + min) * 60_000_000 + (s * 1e6).round() as i64
+}
+
+fn spawn(
+    id: usize,
+    crd: &std::path::Path,
+    ns: &str,
+    lock: &str,
+    spans: Arc<Mutex<Vec<Span>>>,
+) -> Replica {
+    let port = free_port();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_kubelisten"))
+        .args(["--log-format", "json", "run", "--crd"])
+        .arg(crd)
+        .arg("--listener")
+        .arg(harness::listener("rust-logger", kubelisten::runtime::Mode::Classname).path)
+        .args([
+            "--namespace",
+            ns,
+            "--leader-election-namespace",
+            ns,
+            "--leader-election-lock",
+            lock,
+        ])
+        .args(["--leader-election-identity", &format!("replica-{id}")])
+        .args([
+            "--lease-duration",
+            &LEASE.to_string(),
+            "--renew-deadline",
+            &RENEW.to_string(),
+            "--retry-period",
+            &RETRY.to_string(),
+        ])
+        .args([
+            "--health-port",
+            &port.to_string(),
+            "--health-bind",
+            "127.0.0.1",
+            "--shutdown-grace",
+            "5",
+        ])
+        .env("KUBECONFIG", common::kubeconfig_path())
+        .env(
+            "RUST_LOG",
+            "warn,kubelisten::dispatch=debug,kubelisten::watch::leader=info",
+        )
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let Ok(v) = serde_json::from_str::<Value>(&line) else {
+                continue;
+            };
+            if v["fields"]["message"] == "listener call ok" {
+                let end = micros(v["timestamp"].as_str().unwrap());
+                let duration = v["fields"]["duration_us"].as_i64().unwrap_or(0);
+                spans.lock().unwrap().push((id, end - duration, end));
+            }
+        }
+    });
+    Replica { id, child, port }
+}
+
+async fn readyz(port: u16) -> Option<String> {
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .ok()?;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    stream
+        .write_all(b"GET /readyz HTTP/1.0\r\nHost: x\r\n\r\n")
+        .await
+        .ok()?;
+    let mut out = String::new();
+    stream.read_to_string(&mut out).await.ok()?;
+    out.split("\r\n\r\n").nth(1).map(str::to_string)
+}
+
+/// Waits until exactly one of `replicas` says it leads; returns its index in `replicas`.
+async fn leader_of(replicas: &[Replica], within: Duration) -> usize {
+    let deadline = Instant::now() + within;
+    loop {
+        let mut leaders = Vec::new();
+        for (i, r) in replicas.iter().enumerate() {
+            if readyz(r.port)
+                .await
+                .is_some_and(|b| b.contains("leader") && !b.contains("standby"))
+            {
+                leaders.push(i);
+            }
+        }
+        assert!(leaders.len() <= 1, "two leaders at once: {leaders:?}");
+        if let [one] = leaders[..] {
+            return one;
+        }
+        assert!(Instant::now() < deadline, "no leader within {within:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn failovers(lock: &str) {
+    let client = common::client().await;
+    let ns = common::TestNamespace::new(&client).await;
+    let dir = tempfile::tempdir().unwrap();
+    let crd = write_crd(dir.path(), GROUP, KIND, PLURAL);
+    common::apply_crd_yaml(&client, &harness::crd_yaml(GROUP, KIND, PLURAL)).await;
+    let spans: Arc<Mutex<Vec<Span>>> = Arc::default();
+    let mut replicas = vec![
+        spawn(0, &crd, ns.name(), lock, spans.clone()),
+        spawn(1, &crd, ns.name(), lock, spans.clone()),
+    ];
+    let mut next_id = 2;
+
+    // A steady stream of updates while leaders change.
+    let ar = resource(GROUP, KIND, PLURAL);
+    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), ns.name(), &ar);
+    create_thing(&api, &ar, "ticker", json!({"n": 0}), &[]).await;
+    let writer = {
+        let api = api.clone();
+        tokio::spawn(async move {
+            for n in 1.. {
+                let _ = api
+                    .patch(
+                        "ticker",
+                        &Default::default(),
+                        &kube::api::Patch::Merge(json!({"spec": {"n": n}})),
+                    )
+                    .await;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+    };
+
+    let mut leader = leader_of(&replicas, Duration::from_secs(60)).await;
+    let bound = Duration::from_secs_f64(LEASE + RETRY);
+    let mut kill_takeovers = Vec::new();
+    for round in 0..3 {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let mut old = replicas.remove(leader);
+        old.child.kill().unwrap(); // SIGKILL
+        old.child.wait().unwrap();
+        let killed_at = Instant::now();
+        let new_leader = leader_of(&replicas, Duration::from_secs(30)).await;
+        let takeover = killed_at.elapsed();
+        kill_takeovers.push(takeover);
+        // The standby observes the record for a full lease duration before taking over; allow
+        // one retry period and a second of scheduling slack on this 2-core machine.
+        assert!(
+            takeover <= bound + Duration::from_secs(1),
+            "round {round}: takeover after kill took {takeover:?}"
+        );
+        eprintln!(
+            "{lock}: round {round}: replica {} took over {takeover:?} after the kill",
+            replicas[new_leader].id
+        );
+        replicas.push(spawn(next_id, &crd, ns.name(), lock, spans.clone()));
+        next_id += 1;
+        leader = new_leader;
+    }
+
+    // A graceful stop releases the lock: the standby takes over faster than after a kill.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let mut old = replicas.remove(leader);
+    let stopped_at = Instant::now();
+    nix_term(&old.child);
+    let new_leader = leader_of(&replicas, Duration::from_secs(30)).await;
+    let graceful = stopped_at.elapsed();
+    let status = old.child.wait().unwrap();
+    assert!(status.success(), "a graceful stop exits 0: {status:?}");
+    let fastest_kill = kill_takeovers.iter().min().copied().unwrap();
+    assert!(
+        graceful < fastest_kill,
+        "graceful {graceful:?} vs kill {fastest_kill:?}"
+    );
+    eprintln!(
+        "{lock}: graceful handover to replica {} in {graceful:?}",
+        replicas[new_leader].id
+    );
+
+    // Let the new leader dispatch something, then stop everything.
+    patch_spec(&api, "ticker", json!({"final": true})).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    writer.abort();
+    for mut r in replicas {
+        nix_term(&r.child);
+        let _ = r.child.wait();
+    }
+
+    let spans = spans.lock().unwrap().clone();
+    let processes: std::collections::BTreeSet<usize> = spans.iter().map(|s| s.0).collect();
+    assert!(
+        processes.len() >= 4,
+        "several processes dispatched over the failovers: {processes:?}"
+    );
+    for a in &spans {
+        for b in &spans {
+            if a.0 < b.0 {
+                let overlap = a.1 < b.2 && b.1 < a.2;
+                assert!(
+                    !overlap,
+                    "processes {} and {} dispatched at overlapping times: {a:?} {b:?}",
+                    a.0, b.0
+                );
+            }
+        }
+    }
+    ns.delete().await;
+}
+
+fn nix_term(child: &Child) {
+    let pid = i32::try_from(child.id()).unwrap();
+    // SAFETY: sending a signal to our own child process.
+    unsafe {
+        libc::kill(pid, libc::SIGTERM);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn lease_lock_failovers() {
+    failovers("lease").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn configmap_lock_failovers() {
+    failovers("configmap").await;
+}
