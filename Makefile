@@ -2,8 +2,10 @@
 SHELL := /bin/bash
 GUEST_TARGET_DIR ?= $(CURDIR)/target/guests-build
 GUESTS := rust-metrics rust-logger faulty noop json-parse superpod probe
+# The listeners of issue 9, one per language (each installs its toolchain from the registries).
+POLYGLOT_GUESTS := rust-listener python-listener js-listener c-listener go-listener
 
-.PHONY: help demo test test-unit guests host fmt clippy bench cluster-up cluster-down cluster-status
+.PHONY: help demo test test-unit guests versioned-guests host fmt clippy bench cluster-up cluster-down cluster-status
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
@@ -14,13 +16,27 @@ guests: ## build every guest component into target/guests/NAME.wasm
 	mkdir -p target/guests
 	for g in $(GUESTS); do cp $(GUEST_TARGET_DIR)/wasm32-wasip2/release/$${g//-/_}.wasm target/guests/$$g.wasm; done
 
+.PHONY: guests-polyglot
+guests-polyglot: ## build the polyglot listeners (Rust, Python, JS, C, Go) into target/guests/
+	guests/build-polyglot.sh $(POLYGLOT_GUESTS)
+
+versioned-guests: ## build the hot-swap test guest in three versions (v1, v2 with state hand-over; v3 without)
+	rustup target add wasm32-wasip2 >/dev/null
+	mkdir -p target/guests
+	for v in v1:handover v2:handover v3:; do \
+	  name=$${v%%:*}; feat=$${v#*:}; \
+	  (cd guests && KUBELISTEN_GUEST_VERSION=$$name CARGO_TARGET_DIR=$(GUEST_TARGET_DIR)/versioned-$$name \
+	    cargo build --release --target wasm32-wasip2 -p versioned $${feat:+--features $$feat}) && \
+	  cp $(GUEST_TARGET_DIR)/versioned-$$name/wasm32-wasip2/release/versioned.wasm target/guests/versioned-$$name.wasm || exit 1; \
+	done
+
 host: ## build the kubelisten binary (release)
 	cargo build --release -p kubelisten
 
 demo: guests host ## run the demo
 	./demo/run.sh
 
-test: guests ## run every test (builds the guests, brings up the local control plane)
+test: guests guests-polyglot versioned-guests ## run every test (builds the guests, brings up the local control plane)
 	deploy/local/with-cluster.sh cargo test --workspace --all-targets
 
 fmt: ## check formatting

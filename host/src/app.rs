@@ -13,7 +13,8 @@ use crate::capabilities::events::FailureReporter;
 use crate::capabilities::KubeCluster;
 use crate::config::Config;
 use crate::dispatch::dispatcher::{Dispatcher, DispatcherConfig, Observer};
-use crate::dispatch::Chain;
+use crate::dispatch::{Chain, ChainSlot};
+use crate::hotswap::{HotSwap, ModulesConfigMap};
 use crate::metrics::{labels, Metrics};
 use crate::runtime::{Listener, Runtime};
 use crate::server::{ListenerStatus, ServerState, WatchEntry};
@@ -35,6 +36,8 @@ pub struct RunSettings {
     pub health_addr: Option<std::net::SocketAddr>,
     /// Leader election (`None`: this process always dispatches).
     pub leader: Option<LeaderConfig>,
+    /// Listener chains from this ConfigMap (hot swap) instead of the config's listeners.
+    pub modules: Option<ModulesConfigMap>,
 }
 
 impl RunSettings {
@@ -53,6 +56,7 @@ impl Default for RunSettings {
             shutdown_grace: Duration::from_secs(30),
             health_addr: None,
             leader: None,
+            modules: None,
         }
     }
 }
@@ -66,8 +70,10 @@ pub struct RunningWatch {
     pub resource: String,
     /// Its state.
     pub state: Arc<WatchState>,
-    /// Its listeners.
-    pub listeners: Vec<ListenerStatus>,
+    /// Its chain (swapped by the hot swap).
+    pub chain: Arc<ChainSlot>,
+    /// The hot swap, when modules come from a ConfigMap.
+    pub hotswap: Option<Arc<HotSwap>>,
 }
 
 impl RunningWatch {
@@ -77,7 +83,24 @@ impl RunningWatch {
             name: self.name.to_string(),
             resource: self.resource.clone(),
             state: self.state.clone(),
-            listeners: self.listeners.clone(),
+            listeners: {
+                let (name, chain, hotswap) =
+                    (self.name.clone(), self.chain.clone(), self.hotswap.clone());
+                Arc::new(move || match &hotswap {
+                    Some(swap) => swap.statuses().remove(&*name).unwrap_or_default(),
+                    None => chain
+                        .get()
+                        .listeners()
+                        .iter()
+                        .map(|l| ListenerStatus {
+                            name: l.name().to_string(),
+                            mode: l.mode().as_str().into(),
+                            digest: l.digest().into(),
+                            rejected: None,
+                        })
+                        .collect(),
+                })
+            },
         }
     }
 }
@@ -170,6 +193,7 @@ pub async fn start(
     settings: &RunSettings,
     observer: Option<Observer>,
     metrics: Arc<Metrics>,
+    cluster: Option<Arc<KubeCluster>>,
 ) -> anyhow::Result<Running> {
     let mut prepared = Vec::new();
     for watch in &config.watches {
@@ -177,13 +201,48 @@ pub async fn start(
             .await
             .with_context(|| format!("watch {}: resolving the target", watch.name))?;
         let mut listeners = Vec::new();
-        for spec in &watch.listeners {
+        // With a modules ConfigMap, the chains come from it (loaded below), not from the config.
+        let specs = if settings.modules.is_some() {
+            &[][..]
+        } else {
+            &watch.listeners[..]
+        };
+        for spec in specs {
             let listener = Listener::load(runtime, spec)
                 .with_context(|| format!("watch {}: loading listener {}", watch.name, spec.name))?;
             listeners.push(Arc::new(listener));
         }
-        prepared.push((watch.name.clone(), target, Chain::new(listeners)));
+        prepared.push((
+            watch.name.clone(),
+            target,
+            Arc::new(ChainSlot::new(Chain::new(listeners))),
+        ));
     }
+    let hotswap = match &settings.modules {
+        None => None,
+        Some(source) => {
+            let slots = prepared
+                .iter()
+                .map(|(name, _, slot)| (name.clone(), slot.clone()))
+                .collect();
+            let swap = HotSwap::new(
+                runtime.clone(),
+                client.clone(),
+                source.clone(),
+                slots,
+                cluster.clone(),
+                metrics.clone(),
+            );
+            let rejected = swap.load().await.context("reading the modules ConfigMap")?;
+            if !rejected.is_empty() {
+                tracing::warn!(
+                    rejected = rejected.len(),
+                    "some listeners of the modules ConfigMap were rejected at startup"
+                );
+            }
+            Some(swap)
+        }
+    };
 
     let failures = Arc::new(FailureReporter::new(
         client.clone(),
@@ -201,24 +260,6 @@ pub async fn start(
         state
             .dispatcher_alive
             .store(true, std::sync::atomic::Ordering::Relaxed);
-        let mut listeners = Vec::new();
-        for listener in chain.listeners() {
-            let (mode, digest) = (listener.mode().as_str(), listener.digest());
-            metrics
-                .listener_info
-                .get_or_create(&labels([
-                    ("listener", listener.name()),
-                    ("mode", mode),
-                    ("digest", digest),
-                ]))
-                .set(1);
-            listeners.push(ListenerStatus {
-                name: listener.name().to_string(),
-                mode: mode.into(),
-                digest: digest.into(),
-                rejected: None,
-            });
-        }
         let (tx, rx) = mpsc::channel(256);
         let namespaces: Vec<Option<String>> = if target.namespaced && !target.namespaces.is_empty()
         {
@@ -243,16 +284,17 @@ pub async fn start(
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             watchers.spawn(watcher::run(client.clone(), spec, tx.clone()));
         }
-        tracing::info!(watch = %name, resource = %target.describe(), listeners = chain.listeners().len(), "watching");
+        tracing::info!(watch = %name, resource = %target.describe(), listeners = chain.get().listeners().len(), "watching");
         watches.push(RunningWatch {
             name: name.clone(),
             resource: target.describe(),
             state: state.clone(),
-            listeners,
+            chain: chain.clone(),
+            hotswap: hotswap.clone(),
         });
         let dispatcher = Dispatcher {
             watch: name,
-            chain: Arc::new(chain),
+            chain,
             config: settings.dispatch.clone(),
             observer: observer.clone(),
             state,
@@ -260,6 +302,23 @@ pub async fn start(
             metrics: metrics.clone(),
         };
         dispatchers.spawn(dispatcher.run(rx, cancel.child_token()));
+    }
+    for watch in &watches {
+        for listener in watch.chain.get().listeners() {
+            let (mode, digest) = (listener.mode().as_str(), listener.digest());
+            metrics
+                .listener_info
+                .get_or_create(&labels([
+                    ("listener", listener.name()),
+                    ("mode", mode),
+                    ("digest", digest),
+                ]))
+                .set(1);
+        }
+    }
+    if let Some(swap) = &hotswap {
+        // Ends only with the process; a dead hot-swap watcher counts as a dead watch task.
+        watchers.spawn(swap.clone().run());
     }
     Ok(Running {
         metrics,
@@ -284,6 +343,7 @@ pub async fn run(
     runtime: &Runtime,
     config: &Config,
     settings: &RunSettings,
+    cluster: Option<Arc<KubeCluster>>,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::new());
@@ -338,7 +398,17 @@ pub async fn run(
         metrics.leader.set(1);
     }
 
-    let result = match start(client, runtime, config, settings, None, metrics.clone()).await {
+    let result = match start(
+        client,
+        runtime,
+        config,
+        settings,
+        None,
+        metrics.clone(),
+        cluster,
+    )
+    .await
+    {
         Err(err) => Err(err),
         Ok(mut running) => {
             server.set_watches(running.entries());

@@ -88,7 +88,7 @@ pub struct RunArgs {
     #[arg(long, env = "KUBELISTEN_CONFIG", conflicts_with = "crd")]
     pub config: Option<PathBuf>,
     /// One CRD file to watch (registered if the cluster lacks it); use with --listener.
-    #[arg(long, env = "KUBELISTEN_CRD", requires = "listeners")]
+    #[arg(long, env = "KUBELISTEN_CRD")]
     pub crd: Option<PathBuf>,
     /// A listener `path[:reference|:classname]` for --crd; repeat for a chain.
     #[arg(
@@ -172,6 +172,10 @@ pub struct RunArgs {
     /// Renew deadline in seconds (client-go default 10).
     #[arg(long, env = "KUBELISTEN_RENEW_DEADLINE", default_value_t = 10.0)]
     pub renew_deadline: f64,
+    /// Take the listener chains from this ConfigMap (`listeners.yaml` + modules as binaryData)
+    /// and hot-swap them when it changes; the config's listeners are then ignored.
+    #[arg(long, env = "KUBELISTEN_MODULES_CONFIGMAP")]
+    pub modules_configmap: Option<kubelisten::hotswap::ModulesConfigMap>,
     /// Retry period in seconds (client-go default 2).
     #[arg(long, env = "KUBELISTEN_RETRY_PERIOD", default_value_t = 2.0)]
     pub retry_period: f64,

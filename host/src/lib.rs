@@ -9,6 +9,7 @@ pub mod capabilities;
 pub mod config;
 pub mod dispatch;
 pub mod event;
+pub mod hotswap;
 pub mod metrics;
 pub mod replay;
 pub mod runtime;

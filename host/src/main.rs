@@ -137,6 +137,9 @@ fn run_config(args: &RunArgs) -> anyhow::Result<Config> {
     let Some(crd) = &args.crd else {
         anyhow::bail!("nothing to watch: give --config FILE, or --crd FILE with --listener MODULE");
     };
+    if args.listeners.is_empty() && args.modules_configmap.is_none() {
+        anyhow::bail!("--crd needs --listener MODULE (or --modules-configmap NAMESPACE/NAME)");
+    }
     let name = crd
         .file_stem()
         .and_then(|s| s.to_str())
@@ -178,6 +181,7 @@ fn run_cluster(runtime_config: RuntimeConfig, args: RunArgs) -> anyhow::Result<E
         health_addr: (args.health_port != 0)
             .then(|| std::net::SocketAddr::new(args.health_bind, args.health_port)),
         leader: leader_config(&args)?,
+        modules: args.modules_configmap.clone(),
     };
     let tokio = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -187,12 +191,21 @@ fn run_cluster(runtime_config: RuntimeConfig, args: RunArgs) -> anyhow::Result<E
         let client = kube::Client::try_default().await.context(
             "connecting to Kubernetes (in-cluster config, else KUBECONFIG or ~/.kube/config)",
         )?;
+        let cluster = app::cluster_access(&client, &config);
         let runtime = Runtime::new(RuntimeConfig {
-            cluster: app::cluster_access(&client, &config),
+            cluster: cluster.clone(),
             ..runtime_config
         })
         .context("starting the wasm runtime")?;
-        app::run(client, &runtime, &config, &settings, shutdown_signal()).await
+        app::run(
+            client,
+            &runtime,
+            &config,
+            &settings,
+            Some(cluster),
+            shutdown_signal(),
+        )
+        .await
     })?;
     Ok(ExitCode::SUCCESS)
 }

@@ -35,6 +35,8 @@ pub struct Metrics {
     pub leader: Gauge,
     /// `kubelisten_listener_info{listener,mode,digest}`: 1 per loaded listener.
     pub listener_info: Family<Labels, Gauge>,
+    /// `kubelisten_listener_reloads_total{listener,outcome}`: hot swaps applied or rejected.
+    pub reloads: Family<Labels, Counter>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -65,6 +67,7 @@ impl Metrics {
         let queue_depth = Family::<Labels, Gauge>::default();
         let leader = Gauge::default();
         let listener_info = Family::<Labels, Gauge>::default();
+        let reloads = Family::<Labels, Counter>::default();
         registry.register(
             "events",
             "Events received per watch and kind",
@@ -128,6 +131,7 @@ impl Metrics {
             queue_depth,
             leader,
             listener_info,
+            reloads,
         }
     }
 

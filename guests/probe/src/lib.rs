@@ -26,7 +26,11 @@ fn error_kind(err: &ApiError) -> (&'static str, &str) {
 }
 
 fn object_ref(call: &Value, ev: &Event) -> ObjectRef {
-    let field = |k: &str| call.pointer(&format!("/ref/{k}")).and_then(Value::as_str).map(str::to_string);
+    let field = |k: &str| {
+        call.pointer(&format!("/ref/{k}"))
+            .and_then(Value::as_str)
+            .map(str::to_string)
+    };
     ObjectRef {
         api_version: field("apiVersion").unwrap_or_else(|| ev.meta.api_version.clone()),
         kind: field("kind").unwrap_or_else(|| ev.meta.kind.clone()),
@@ -40,7 +44,17 @@ fn run(call: &Value, ev: &Event) -> Result<(), ApiError> {
     let body = call.get("body").and_then(Value::as_str).unwrap_or("{}");
     match call.get("op").and_then(Value::as_str).unwrap_or("") {
         "get" => cluster::get(&r).map(drop),
-        "list" => cluster::list(&r.api_version, &r.kind, r.namespace.as_deref(), &ListOptions { label_selector: None, field_selector: None, limit: None }).map(drop),
+        "list" => cluster::list(
+            &r.api_version,
+            &r.kind,
+            r.namespace.as_deref(),
+            &ListOptions {
+                label_selector: None,
+                field_selector: None,
+                limit: None,
+            },
+        )
+        .map(drop),
         "create" => cluster::create(body).map(drop),
         "apply" => cluster::apply(body).map(drop),
         "patch" => cluster::patch(&r, PatchType::Merge, body).map(drop),
@@ -52,10 +66,16 @@ fn run(call: &Value, ev: &Event) -> Result<(), ApiError> {
 }
 
 fn probe(ev: Event) -> Result<(), String> {
-    let Some((_, spec)) = ev.meta.annotations.iter().find(|(k, _)| k == "kubelisten.dev/probe") else {
+    let Some((_, spec)) = ev
+        .meta
+        .annotations
+        .iter()
+        .find(|(k, _)| k == "kubelisten.dev/probe")
+    else {
         return Ok(());
     };
-    let calls: Vec<Value> = serde_json::from_str(spec).map_err(|e| format!("bad probe annotation: {e}"))?;
+    let calls: Vec<Value> =
+        serde_json::from_str(spec).map_err(|e| format!("bad probe annotation: {e}"))?;
     let mut results = Vec::new();
     for call in &calls {
         let repeat = call.get("repeat").and_then(Value::as_u64).unwrap_or(1);
@@ -73,7 +93,13 @@ fn probe(ev: Event) -> Result<(), String> {
         }
         results.push(json!({"op": call.get("op"), "ok": ok, "errors": errors, "message": first}));
     }
-    log(Level::Info, &format!("probe-result {}", json!({"object": ev.meta.name, "results": results})));
+    log(
+        Level::Info,
+        &format!(
+            "probe-result {}",
+            json!({"object": ev.meta.name, "results": results})
+        ),
+    );
     Ok(())
 }
 

@@ -146,13 +146,19 @@ impl Guest for RustListener {
     fn error(err: WatchError) -> Result<(), String> {
         log(
             Level::Warn,
-            &format!("{LANG}: watch error {} {}: {}", err.code, err.reason, err.message),
+            &format!(
+                "{LANG}: watch error {} {}: {}",
+                err.code, err.reason, err.message
+            ),
         );
         Ok(())
     }
 
     fn rollback(ev: Event) {
-        log(Level::Info, &format!("{LANG}: rollback {} {}", ev.meta.kind, object_name(&ev)));
+        log(
+            Level::Info,
+            &format!("{LANG}: rollback {} {}", ev.meta.kind, object_name(&ev)),
+        );
     }
 }
 

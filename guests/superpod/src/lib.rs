@@ -77,7 +77,10 @@ fn ensure_pod(ev: &Event) -> Result<(), String> {
         Ok(_) | Err(ApiError::Conflict(_)) => {}
         Err(err) => return Err(format!("creating pod {}: {}", pod.name, describe(&err))),
     }
-    log(Level::Info, &format!("created pod {} for superpod {}", pod.name, ev.meta.name));
+    log(
+        Level::Info,
+        &format!("created pod {} for superpod {}", pod.name, ev.meta.name),
+    );
     let status = json!({"status": {"pod": pod.name, "phase": "PodCreated"}}).to_string();
     if let Err(err) = cluster::patch_status(&superpod_ref(ev), PatchType::Merge, &status) {
         return Err(format!("updating superpod status: {}", describe(&err)));
@@ -88,7 +91,10 @@ fn ensure_pod(ev: &Event) -> Result<(), String> {
         "PodCreated",
         &format!("created pod {}", pod.name),
     ) {
-        log(Level::Warn, &format!("cannot record event: {}", describe(&err)));
+        log(
+            Level::Warn,
+            &format!("cannot record event: {}", describe(&err)),
+        );
     }
     Ok(())
 }
@@ -108,7 +114,10 @@ impl Guest for SuperPod {
         let pod = pod_ref(&ev);
         match cluster::delete(&pod) {
             Ok(()) | Err(ApiError::NotFound(_)) => {
-                log(Level::Info, &format!("deleted pod {} of superpod {}", pod.name, ev.meta.name));
+                log(
+                    Level::Info,
+                    &format!("deleted pod {} of superpod {}", pod.name, ev.meta.name),
+                );
                 Ok(())
             }
             Err(err) => Err(format!("deleting pod {}: {}", pod.name, describe(&err))),
@@ -116,12 +125,18 @@ impl Guest for SuperPod {
     }
 
     fn error(err: WatchError) -> Result<(), String> {
-        log(Level::Warn, &format!("watch error {} {}: {}", err.code, err.reason, err.message));
+        log(
+            Level::Warn,
+            &format!("watch error {} {}: {}", err.code, err.reason, err.message),
+        );
         Ok(())
     }
 
     fn rollback(ev: Event) {
-        log(Level::Info, &format!("rollback for superpod {}", ev.meta.name));
+        log(
+            Level::Info,
+            &format!("rollback for superpod {}", ev.meta.name),
+        );
     }
 }
 

@@ -8,7 +8,7 @@ pub mod rate;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use kube::core::params::{DeleteParams, GetParams, ListParams, Patch, PatchParams, PostParams};
@@ -29,6 +29,21 @@ struct ListenerAccess {
     denied: AtomicU64,
 }
 
+impl ListenerAccess {
+    fn new(capabilities: Capabilities, now: Instant) -> Self {
+        let bucket = TokenBucket::new(
+            capabilities.rate_limit.qps,
+            capabilities.rate_limit.burst,
+            now,
+        );
+        Self {
+            capabilities,
+            bucket: Mutex::new(bucket),
+            denied: AtomicU64::new(0),
+        }
+    }
+}
+
 /// Counters of a listener's cluster calls, for metrics and tests.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct AccessStats {
@@ -40,7 +55,7 @@ pub struct AccessStats {
 pub struct KubeCluster {
     client: Client,
     handle: tokio::runtime::Handle,
-    listeners: HashMap<String, ListenerAccess>,
+    listeners: std::sync::RwLock<HashMap<String, Arc<ListenerAccess>>>,
     discovered: Mutex<HashMap<(String, String), (ApiResource, bool)>>,
     timeout: Duration,
     recorder: events::EventRecorder,
@@ -56,36 +71,44 @@ impl KubeCluster {
         timeout: Duration,
     ) -> Self {
         let now = Instant::now();
-        let mut map: HashMap<String, ListenerAccess> = HashMap::new();
+        let mut merged: HashMap<String, Capabilities> = HashMap::new();
         for (name, caps) in listeners {
-            match map.get_mut(&name) {
-                Some(existing) => existing.capabilities.grants.extend(caps.grants),
+            match merged.get_mut(&name) {
+                Some(existing) => existing.grants.extend(caps.grants),
                 None => {
-                    let bucket = TokenBucket::new(caps.rate_limit.qps, caps.rate_limit.burst, now);
-                    map.insert(
-                        name,
-                        ListenerAccess {
-                            capabilities: caps,
-                            bucket: Mutex::new(bucket),
-                            denied: AtomicU64::new(0),
-                        },
-                    );
+                    merged.insert(name, caps);
                 }
             }
         }
+        let map = merged
+            .into_iter()
+            .map(|(name, caps)| (name, Arc::new(ListenerAccess::new(caps, now))))
+            .collect();
         Self {
             recorder: events::EventRecorder::new(client.clone()),
             client,
             handle,
-            listeners: map,
+            listeners: std::sync::RwLock::new(map),
             discovered: Mutex::new(HashMap::new()),
             timeout,
         }
     }
 
+    /// Sets (or replaces, after a hot swap) the capabilities of `listener`; its rate limit
+    /// starts over with a full bucket.
+    pub fn set_capabilities(&self, listener: &str, capabilities: Capabilities) {
+        let access = Arc::new(ListenerAccess::new(capabilities, Instant::now()));
+        self.listeners
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(listener.to_string(), access);
+    }
+
     /// Counters of `listener`.
     pub fn stats(&self, listener: &str) -> AccessStats {
         self.listeners
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
             .get(listener)
             .map(|a| AccessStats {
                 denied: a.denied.load(Ordering::Relaxed),
@@ -298,7 +321,13 @@ impl KubeCluster {
 
 impl ClusterAccess for KubeCluster {
     fn call(&self, caller: &Caller, request: ClusterRequest) -> Result<String, ApiError> {
-        let Some(access) = self.listeners.get(&*caller.listener) else {
+        let access = self
+            .listeners
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&*caller.listener)
+            .cloned();
+        let Some(access) = access else {
             return Err(ApiError::ForbiddenByPolicy(format!(
                 "listener {} has no capabilities (default deny)",
                 caller.listener
@@ -306,7 +335,7 @@ impl ClusterAccess for KubeCluster {
         };
         let timeout = self.timeout;
         self.handle.block_on(async {
-            match tokio::time::timeout(timeout * 2, self.perform(caller, access, request)).await {
+            match tokio::time::timeout(timeout * 2, self.perform(caller, &access, request)).await {
                 Ok(result) => result,
                 Err(_) => Err(ApiError::Timeout(format!("no answer within {timeout:?}"))),
             }

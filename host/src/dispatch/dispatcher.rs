@@ -11,7 +11,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use super::{Chain, ChainReport};
+use super::{ChainReport, ChainSlot};
 use crate::capabilities::events::FailureReporter;
 use crate::event::ResourceEvent;
 use crate::metrics::{labels, Metrics};
@@ -95,7 +95,7 @@ pub struct Dispatcher {
     /// The watch's name.
     pub watch: Arc<str>,
     /// Its chain.
-    pub chain: Arc<Chain>,
+    pub chain: Arc<ChainSlot>,
     /// Settings.
     pub config: DispatcherConfig,
     /// Optional observer of every attempt.
@@ -213,7 +213,7 @@ impl Dispatcher {
                     }
                     Some(WatchOutput::Error(error)) => {
                         self.metrics.events.get_or_create(&labels([("watch", &self.watch), ("kind", "error")])).inc();
-                        let chain = self.chain.clone();
+                        let chain = self.chain.get();
                         let watch = self.watch.clone();
                         tasks.spawn(async move {
                             let records = tokio::task::spawn_blocking(move || chain.dispatch_error(&error, &watch)).await;
@@ -252,7 +252,7 @@ impl Dispatcher {
         async move {
             for attempt in 1..=retry.attempts.max(1) {
                 let started = Instant::now();
-                let (chain_, event_) = (chain.clone(), event.clone());
+                let (chain_, event_) = (chain.get(), event.clone());
                 let report = match tokio::task::spawn_blocking(move || chain_.dispatch(&event_))
                     .await
                 {

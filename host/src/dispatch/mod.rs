@@ -44,6 +44,34 @@ impl ChainReport {
     }
 }
 
+/// The current chain of a watch, replaced atomically by a hot swap: an event takes the chain
+/// that is current when its attempt starts and finishes on it.
+#[derive(Debug, Default)]
+pub struct ChainSlot(std::sync::RwLock<Arc<Chain>>);
+
+impl ChainSlot {
+    /// A slot holding `chain`.
+    pub fn new(chain: Chain) -> Self {
+        Self(std::sync::RwLock::new(Arc::new(chain)))
+    }
+
+    /// The current chain.
+    pub fn get(&self) -> Arc<Chain> {
+        self.0
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Replaces the chain; calls in flight keep the old one.
+    pub fn set(&self, chain: Chain) {
+        *self
+            .0
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(chain);
+    }
+}
+
 /// An ordered chain of listeners for one watch.
 #[derive(Debug, Clone, Default)]
 pub struct Chain {

@@ -27,6 +27,8 @@ impl fmt::Display for Problems {
 pub(crate) struct Checked {
     pub(crate) digest: String,
     pub(crate) pre: ListenerPre<HostState>,
+    /// Exports `snapshot` and `restore` (the `stateful-listener` world).
+    pub(crate) stateful: bool,
 }
 
 /// What `check` reports for a good component.
@@ -107,8 +109,19 @@ pub(crate) fn prepare(runtime: &Runtime, bytes: &[u8]) -> Result<Checked, Proble
     let Some(pre) = pre else {
         return Err(Problems(vec!["cannot pre-instantiate".into()]));
     };
+    let is_func = |name| {
+        matches!(
+            ty.get_export(engine, name).map(|e| e.ty),
+            Some(ComponentItem::ComponentFunc(_))
+        )
+    };
+    let stateful = is_func("snapshot") && is_func("restore");
     ListenerPre::new(pre)
-        .map(|pre| Checked { digest, pre })
+        .map(|pre| Checked {
+            digest,
+            pre,
+            stateful,
+        })
         .map_err(|e| fail(format!("wrong signature: {e:#}")))
 }
 

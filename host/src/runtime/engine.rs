@@ -74,6 +74,8 @@ struct Inner {
     allocator: AllocatorKind,
     config: RuntimeConfig,
     stop_ticker: Arc<AtomicBool>,
+    /// Compiled components by digest, so loading a module again (a swap back) is immediate.
+    compiled: std::sync::Mutex<std::collections::HashMap<String, Component>>,
 }
 
 impl Drop for Inner {
@@ -109,6 +111,7 @@ impl Runtime {
             allocator,
             config,
             stop_ticker,
+            compiled: std::sync::Mutex::default(),
         })))
     }
 
@@ -141,8 +144,23 @@ impl Runtime {
     /// and the engine's compatibility hash. Returns the component and its `sha256:` digest.
     pub(crate) fn compile(&self, bytes: &[u8]) -> wasmtime::Result<(Component, String)> {
         let digest = format!("sha256:{}", hex::encode(Sha256::digest(bytes)));
+        let memory = || {
+            self.0
+                .compiled
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+        };
+        if let Some(component) = memory().get(&digest) {
+            return Ok((component.clone(), digest));
+        }
+        let component = self.compile_uncached(bytes, &digest)?;
+        memory().insert(digest.clone(), component.clone());
+        Ok((component, digest))
+    }
+
+    fn compile_uncached(&self, bytes: &[u8], digest: &str) -> wasmtime::Result<Component> {
         let Some(dir) = &self.0.config.cache_dir else {
-            return Ok((Component::new(&self.0.engine, bytes)?, digest));
+            return Component::new(&self.0.engine, bytes);
         };
         let path = dir.join(format!("{}-{}.cwasm", &digest[7..], self.engine_hash()));
         if path.exists() {
@@ -151,7 +169,7 @@ impl Runtime {
             match unsafe { Component::deserialize_file(&self.0.engine, &path) } {
                 Ok(component) => {
                     tracing::debug!(%digest, path = %path.display(), "compiled code loaded from cache");
-                    return Ok((component, digest));
+                    return Ok(component);
                 }
                 Err(err) => {
                     tracing::warn!(path = %path.display(), error = %err, "ignoring unusable cache entry")
@@ -163,8 +181,7 @@ impl Runtime {
             tracing::warn!(path = %path.display(), error = %err, "cannot write compiled-code cache");
         }
         // SAFETY: `compiled` was produced just now by this engine.
-        let component = unsafe { Component::deserialize(&self.0.engine, &compiled)? };
-        Ok((component, digest))
+        unsafe { Component::deserialize(&self.0.engine, &compiled) }
     }
 
     fn engine_hash(&self) -> String {

@@ -222,9 +222,54 @@ pub struct ListenerStats {
     pub skipped: AtomicU64,
 }
 
+/// A state hand-over in progress (see [`Listener::begin_handover`]).
+pub struct Handover<'a> {
+    listener: &'a Listener,
+    slot: std::sync::MutexGuard<'a, Option<Persistent>>,
+}
+
+impl Handover<'_> {
+    /// Takes `old`'s state (waiting for its call in flight) and restores it into a fresh
+    /// instance of the new listener. Returns whether the state was carried over; when not (either
+    /// side is not stateful, or a call failed), the new listener starts fresh.
+    pub fn restore_from(mut self, old: &Listener) -> bool {
+        let new = self.listener;
+        if !(old.stateful && new.stateful && new.mode == Mode::Reference) {
+            return false;
+        }
+        let Some(state) = old.snapshot() else {
+            return false;
+        };
+        let mut p = match new.instantiate_persistent() {
+            Ok(p) => p,
+            Err(outcome) => {
+                tracing::warn!(listener = %new.name, error = outcome.message(), "cannot instantiate for the hand-over");
+                return false;
+            }
+        };
+        p.store.set_epoch_deadline(new.epoch_ticks);
+        p.store.data_mut().call_started = std::time::Instant::now();
+        let restored = p
+            .instance
+            .get_typed_func::<(Vec<u8>,), ()>(&mut p.store, "restore")
+            .and_then(|f| f.call(&mut p.store, (state,)));
+        match restored {
+            Ok(()) => {
+                *self.slot = Some(p);
+                true
+            }
+            Err(err) => {
+                tracing::warn!(listener = %new.name, error = %format!("{err:#}"), "restore failed; starting fresh");
+                false
+            }
+        }
+    }
+}
+
 struct Persistent {
     store: Store<HostState>,
     world: ListenerWorld,
+    instance: wasmtime::component::Instance,
 }
 
 /// A loaded listener; share it with `Arc`.
@@ -237,6 +282,7 @@ pub struct Listener {
     pre: ListenerPre<HostState>,
     epoch_ticks: u64,
     persistent: Mutex<Option<Persistent>>,
+    stateful: bool,
     crash_loop: Mutex<CrashLoop>,
     stats: ListenerStats,
 }
@@ -289,6 +335,7 @@ impl Listener {
             pre: checked.pre,
             epoch_ticks: u64::try_from(ticks).unwrap_or(u64::MAX),
             persistent: Mutex::new(None),
+            stateful: checked.stateful,
             crash_loop: Mutex::new(CrashLoop::new(CrashLoopConfig {
                 threshold: spec.limits.crash_loop_threshold,
                 base: spec.limits.crash_loop_backoff,
@@ -390,8 +437,8 @@ impl Listener {
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         if slot.is_none() {
-            match self.instantiate() {
-                Ok((store, world)) => *slot = Some(Persistent { store, world }),
+            match self.instantiate_persistent() {
+                Ok(persistent) => *slot = Some(persistent),
                 Err(outcome) => return outcome,
             }
         }
@@ -410,7 +457,68 @@ impl Listener {
         outcome
     }
 
-    fn instantiate(&self) -> std::result::Result<(Store<HostState>, ListenerWorld), Outcome> {
+    fn instantiate_persistent(&self) -> std::result::Result<Persistent, Outcome> {
+        let mut store = self.new_store();
+        let instance = match self.pre.instance_pre().instantiate(&mut store) {
+            Ok(instance) => instance,
+            Err(err) => return Err(instantiation_failed(&mut store, &err)),
+        };
+        match ListenerWorld::new(&mut store, &instance) {
+            Ok(world) => Ok(Persistent {
+                store,
+                world,
+                instance,
+            }),
+            Err(err) => Err(instantiation_failed(&mut store, &err)),
+        }
+    }
+
+    /// Whether the module implements the `stateful-listener` hand-over exports.
+    pub fn stateful(&self) -> bool {
+        self.stateful
+    }
+
+    /// The reference instance's state, from its `snapshot` export; `None` when the listener is
+    /// not stateful, not in reference mode, has no live instance or the call failed. Waits for a
+    /// call in flight to finish.
+    pub fn snapshot(&self) -> Option<Vec<u8>> {
+        if !self.stateful || self.mode != Mode::Reference {
+            return None;
+        }
+        let mut slot = self
+            .persistent
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let p = slot.as_mut()?;
+        p.store.set_epoch_deadline(self.epoch_ticks);
+        p.store.data_mut().call_started = std::time::Instant::now();
+        let result = p
+            .instance
+            .get_typed_func::<(), (Vec<u8>,)>(&mut p.store, "snapshot")
+            .and_then(|f| f.call(&mut p.store, ()).map(|(bytes,)| bytes));
+        match result {
+            Ok(bytes) => Some(bytes),
+            Err(err) => {
+                tracing::warn!(listener = %self.name, error = %format!("{err:#}"), "snapshot failed; the next version starts fresh");
+                *slot = None;
+                None
+            }
+        }
+    }
+
+    /// Starts a state hand-over into this (new) listener: until the returned guard is done,
+    /// calls to this listener wait. See [`Handover::restore_from`].
+    pub fn begin_handover(&self) -> Handover<'_> {
+        Handover {
+            listener: self,
+            slot: self
+                .persistent
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner),
+        }
+    }
+
+    fn new_store(&self) -> Store<HostState> {
         let state = HostState::new(
             self.name.clone(),
             self.runtime.sink(),
@@ -437,22 +545,14 @@ impl Listener {
                 u64::try_from(left).unwrap_or(u64::MAX),
             ))
         });
+        store
+    }
+
+    fn instantiate(&self) -> std::result::Result<(Store<HostState>, ListenerWorld), Outcome> {
+        let mut store = self.new_store();
         match self.pre.instantiate(&mut store) {
             Ok(world) => Ok((store, world)),
-            Err(err) => {
-                // Instantiation runs guest start code, so it can trap like a call.
-                let stderr = store.data_mut().flush_output();
-                let (kind, message) =
-                    TrapKind::classify(&err, store.data().limiter.exceeded.is_some(), &stderr);
-                if err.downcast_ref::<wasmtime::Trap>().is_some() || kind == TrapKind::Memory {
-                    Err(Outcome::Trap {
-                        kind,
-                        message: format!("during instantiation: {message}"),
-                    })
-                } else {
-                    Err(Outcome::Skipped(format!("cannot instantiate: {err:#}")))
-                }
-            }
+            Err(err) => Err(instantiation_failed(&mut store, &err)),
         }
     }
 
@@ -500,6 +600,20 @@ impl Listener {
         self.lock_crash_loop()
             .backed_off_until(now)
             .map(|until| until.saturating_duration_since(now))
+    }
+}
+
+/// The outcome of a failed instantiation: it runs guest start code, so it can trap like a call.
+fn instantiation_failed(store: &mut Store<HostState>, err: &wasmtime::Error) -> Outcome {
+    let stderr = store.data_mut().flush_output();
+    let (kind, message) = TrapKind::classify(err, store.data().limiter.exceeded.is_some(), &stderr);
+    if err.downcast_ref::<wasmtime::Trap>().is_some() || kind == TrapKind::Memory {
+        Outcome::Trap {
+            kind,
+            message: format!("during instantiation: {message}"),
+        }
+    } else {
+        Outcome::Skipped(format!("cannot instantiate: {err:#}"))
     }
 }
 

@@ -20,7 +20,9 @@ pub use host::{
     TracingSink,
 };
 pub use limits::Limits;
-pub use listener::{CallContext, Export, Listener, ListenerSpec, ListenerStats, Mode, Outcome};
+pub use listener::{
+    CallContext, Export, Handover, Listener, ListenerSpec, ListenerStats, Mode, Outcome,
+};
 pub use trap::TrapKind;
 
 /// Errors of the wasm runtime.

@@ -37,8 +37,8 @@ pub struct WatchEntry {
     pub resource: String,
     /// Its state.
     pub state: Arc<WatchState>,
-    /// Its listeners.
-    pub listeners: Vec<ListenerStatus>,
+    /// Its listeners as they are now (running digest, last rejected update).
+    pub listeners: Arc<dyn Fn() -> Vec<ListenerStatus> + Send + Sync>,
 }
 
 /// Shared state of the server.
@@ -208,7 +208,7 @@ async fn status(State(state): State<Arc<ServerState>>) -> Json<Value> {
                 "synced": w.state.synced.load(Ordering::Relaxed),
                 "ready": w.state.ready(),
                 "events": w.state.events.load(Ordering::Relaxed),
-                "listeners": w.listeners,
+                "listeners": (w.listeners)(),
                 "objects": objects,
             })
         })

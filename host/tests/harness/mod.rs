@@ -117,6 +117,7 @@ pub fn settings(workers: usize) -> RunSettings {
         shutdown_grace: Duration::from_secs(10),
         health_addr: None,
         leader: None,
+        modules: None,
     }
 }
 
@@ -145,9 +146,17 @@ impl TestHost {
     ) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
         let metrics = Arc::new(kubelisten::metrics::Metrics::new());
-        let running = app::start(client, runtime, config, settings, Some(tx), metrics.clone())
-            .await
-            .expect("host starts");
+        let running = app::start(
+            client,
+            runtime,
+            config,
+            settings,
+            Some(tx),
+            metrics.clone(),
+            None,
+        )
+        .await
+        .expect("host starts");
         let server = Arc::new(kubelisten::server::ServerState::new(
             metrics,
             false,

@@ -1,0 +1,433 @@
+//! Hot swap of listener modules from a ConfigMap watched through the API (`--modules-configmap`).
+//!
+//! On every change of the ConfigMap, each added or changed listener is decoded, checked against
+//! the world and compiled off the dispatch path (compiled code is cached by digest, so swapping
+//! back is immediate); then every watch's chain is replaced atomically. Events already in a call
+//! finish on the old version; later events use the new one. A reference-mode listener whose old
+//! and new modules both implement the `stateful-listener` world gets the old instance's state;
+//! otherwise it starts fresh, and the log says so. A bad update is rejected (Warning Event on the
+//! ConfigMap, log, metric, `/status`) and the running version keeps serving.
+
+pub mod source;
+
+use std::collections::{BTreeMap, HashMap};
+use std::str::FromStr;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::api::Api;
+use kube::runtime::{watcher, WatchStreamExt};
+use kube::Client;
+use sha2::{Digest, Sha256};
+
+use self::source::Entry;
+use crate::capabilities::events::EventRecorder;
+use crate::capabilities::KubeCluster;
+use crate::dispatch::{Chain, ChainSlot};
+use crate::metrics::{labels, Metrics};
+use crate::runtime::bindings::kubelisten::listener::cluster::ObjectRef;
+use crate::runtime::{Listener, ListenerSpec, Runtime};
+use crate::server::ListenerStatus;
+
+/// `NAMESPACE/NAME` of the modules ConfigMap.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModulesConfigMap {
+    /// Namespace.
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+}
+
+impl FromStr for ModulesConfigMap {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.split_once('/') {
+            Some((ns, name)) if !ns.is_empty() && !name.is_empty() && !name.contains('/') => {
+                Ok(Self {
+                    namespace: ns.into(),
+                    name: name.into(),
+                })
+            }
+            _ => Err(format!("expected NAMESPACE/NAME, got {s:?}")),
+        }
+    }
+}
+
+/// One rejected part of an update.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    /// The listener, or `*` when the whole `listeners.yaml` was rejected.
+    pub listener: String,
+    /// Digest of the rejected module, when it could be read.
+    pub digest: Option<String>,
+    /// Why.
+    pub error: String,
+}
+
+#[derive(Default)]
+struct Current {
+    /// Running listeners by name, with the entry they were built from.
+    running: HashMap<String, (Entry, Arc<Listener>)>,
+    /// The last rejection per listener (`*` for listeners.yaml).
+    rejected: BTreeMap<String, Rejection>,
+    /// Digest of the last ConfigMap content applied (to skip no-op updates).
+    applied: Option<String>,
+}
+
+/// The hot-swap machinery of one process.
+pub struct HotSwap {
+    runtime: Runtime,
+    client: Client,
+    source: ModulesConfigMap,
+    slots: BTreeMap<String, Arc<ChainSlot>>,
+    cluster: Option<Arc<KubeCluster>>,
+    metrics: Arc<Metrics>,
+    recorder: EventRecorder,
+    current: tokio::sync::Mutex<()>,
+    state: Mutex<Current>,
+}
+
+impl std::fmt::Debug for HotSwap {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HotSwap")
+            .field("source", &self.source)
+            .finish_non_exhaustive()
+    }
+}
+
+impl HotSwap {
+    /// Hot swap into the chains of `slots` (watch name → chain).
+    pub fn new(
+        runtime: Runtime,
+        client: Client,
+        source: ModulesConfigMap,
+        slots: BTreeMap<String, Arc<ChainSlot>>,
+        cluster: Option<Arc<KubeCluster>>,
+        metrics: Arc<Metrics>,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            recorder: EventRecorder::new(client.clone()),
+            runtime,
+            client,
+            source,
+            slots,
+            cluster,
+            metrics,
+            current: tokio::sync::Mutex::new(()),
+            state: Mutex::new(Current::default()),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Current> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Reads the ConfigMap once and applies it (startup). A missing ConfigMap is logged and
+    /// waited for by [`HotSwap::run`].
+    ///
+    /// # Errors
+    /// The API server could not be asked.
+    pub async fn load(&self) -> Result<Vec<Rejection>, kube::Error> {
+        let api: Api<ConfigMap> = Api::namespaced(self.client.clone(), &self.source.namespace);
+        match api.get_opt(&self.source.name).await? {
+            Some(cm) => Ok(self.apply(&cm).await),
+            None => {
+                tracing::warn!(configmap = %format!("{}/{}", self.source.namespace, self.source.name), "modules ConfigMap not found; waiting for it");
+                Ok(Vec::new())
+            }
+        }
+    }
+
+    /// Watches the ConfigMap and applies every change until the task is dropped.
+    pub async fn run(self: Arc<Self>) {
+        let api: Api<ConfigMap> = Api::namespaced(self.client.clone(), &self.source.namespace);
+        let config =
+            watcher::Config::default().fields(&format!("metadata.name={}", self.source.name));
+        let mut stream = watcher(api, config)
+            .default_backoff()
+            .applied_objects()
+            .boxed();
+        while let Some(item) = stream.next().await {
+            match item {
+                Ok(cm) => {
+                    self.apply(&cm).await;
+                }
+                Err(err) => {
+                    tracing::warn!(error = %err, "watching the modules ConfigMap failed; retrying")
+                }
+            }
+        }
+    }
+
+    /// Applies one version of the ConfigMap; returns what was rejected.
+    pub async fn apply(&self, cm: &ConfigMap) -> Vec<Rejection> {
+        let _one_at_a_time = self.current.lock().await;
+        let binary: BTreeMap<String, Vec<u8>> = cm
+            .binary_data
+            .iter()
+            .flatten()
+            .map(|(k, v)| (k.clone(), v.0.clone()))
+            .collect();
+        let text = cm
+            .data
+            .as_ref()
+            .and_then(|d| d.get("listeners.yaml"))
+            .cloned();
+        let content = content_digest(text.as_deref(), &binary);
+        if self.lock().applied.as_deref() == Some(content.as_str()) {
+            return Vec::new();
+        }
+        let entries = match text
+            .ok_or(source::Error::MissingListeners)
+            .and_then(|t| source::parse(&t))
+        {
+            Ok(entries) => entries,
+            Err(err) => {
+                let rejection = Rejection {
+                    listener: "*".into(),
+                    digest: None,
+                    error: err.to_string(),
+                };
+                self.reject(&rejection).await;
+                return vec![rejection];
+            }
+        };
+        let mut rejections = Vec::new();
+        let mut next: HashMap<String, (Entry, Arc<Listener>)> = HashMap::new();
+        for entry in &entries {
+            match self.build(entry, &binary).await {
+                Ok(Some(listener)) => {
+                    next.insert(entry.name.clone(), (entry.clone(), listener));
+                }
+                // Unchanged: keep the running one.
+                Ok(None) => {
+                    if let Some(kept) = self.lock().running.get(&entry.name).cloned() {
+                        next.insert(entry.name.clone(), kept);
+                    }
+                }
+                Err(rejection) => {
+                    self.reject(&rejection).await;
+                    // The running version (if any) keeps serving.
+                    if let Some(kept) = self.lock().running.get(&entry.name).cloned() {
+                        next.insert(entry.name.clone(), kept);
+                    }
+                    rejections.push(rejection);
+                }
+            }
+        }
+        self.swap(&entries, next, &mut rejections);
+        if rejections.is_empty() {
+            self.lock().applied = Some(content);
+        }
+        rejections
+    }
+
+    /// Builds the listener of `entry` unless the running one already has the same module and
+    /// settings (`Ok(None)`).
+    async fn build(
+        &self,
+        entry: &Entry,
+        binary: &BTreeMap<String, Vec<u8>>,
+    ) -> Result<Option<Arc<Listener>>, Rejection> {
+        let reject = |digest: Option<String>, error: String| Rejection {
+            listener: entry.name.clone(),
+            digest,
+            error,
+        };
+        let bytes = source::module_bytes(entry, binary).map_err(|e| reject(None, e.to_string()))?;
+        let digest = format!("sha256:{}", hex::encode(Sha256::digest(&bytes)));
+        if let Some((old_entry, old)) = self.lock().running.get(&entry.name) {
+            if old.digest() == digest
+                && old_entry.mode == entry.mode
+                && old_entry.limits == entry.limits
+            {
+                return Ok(None);
+            }
+        }
+        let spec = ListenerSpec {
+            name: entry.name.clone(),
+            path: entry.module.clone().into(),
+            mode: entry.mode,
+            limits: entry.limits.clone(),
+            capabilities: entry.capabilities.clone(),
+        };
+        let runtime = self.runtime.clone();
+        let built =
+            tokio::task::spawn_blocking(move || Listener::from_bytes(&runtime, &spec, &bytes))
+                .await;
+        match built {
+            Ok(Ok(listener)) => Ok(Some(Arc::new(listener))),
+            Ok(Err(err)) => Err(reject(Some(digest), err.to_string())),
+            Err(err) => Err(reject(
+                Some(digest),
+                format!("compilation task failed: {err}"),
+            )),
+        }
+    }
+
+    /// Replaces every watch's chain with the listeners of `entries` (in order), handing state
+    /// over between reference-mode versions.
+    fn swap(
+        &self,
+        entries: &[Entry],
+        next: HashMap<String, (Entry, Arc<Listener>)>,
+        rejections: &mut Vec<Rejection>,
+    ) {
+        let only_watch = (self.slots.len() == 1)
+            .then(|| self.slots.keys().next().cloned())
+            .flatten();
+        let mut chains: BTreeMap<String, Vec<Arc<Listener>>> =
+            self.slots.keys().map(|w| (w.clone(), Vec::new())).collect();
+        for entry in entries {
+            let Some((_, listener)) = next.get(&entry.name) else {
+                continue;
+            };
+            let watch = entry.watch.clone().or_else(|| only_watch.clone());
+            match watch.as_ref().and_then(|w| chains.get_mut(w)) {
+                Some(chain) => chain.push(listener.clone()),
+                None => rejections.push(Rejection {
+                    listener: entry.name.clone(),
+                    digest: Some(listener.digest().to_string()),
+                    error: format!(
+                        "no watch {:?} (watches: {})",
+                        watch.unwrap_or_default(),
+                        self.slots.keys().cloned().collect::<Vec<_>>().join(", ")
+                    ),
+                }),
+            }
+        }
+        let old = std::mem::take(&mut self.lock().running);
+        // Hand-over guards block calls to the new reference instances until their state is in.
+        let pairs: Vec<(Arc<Listener>, Arc<Listener>)> = next
+            .values()
+            .filter_map(|(_, new)| {
+                let (_, previous) = old.get(&**new.name())?;
+                (!Arc::ptr_eq(previous, new) && new.mode() == crate::runtime::Mode::Reference)
+                    .then(|| (previous.clone(), new.clone()))
+            })
+            .collect();
+        let guards: Vec<_> = pairs.iter().map(|(_, new)| new.begin_handover()).collect();
+        for (watch, listeners) in chains {
+            if let Some(slot) = self.slots.get(&watch) {
+                slot.set(Chain::new(listeners));
+            }
+        }
+        for (guard, (previous, new)) in guards.into_iter().zip(&pairs) {
+            if guard.restore_from(previous) {
+                tracing::info!(listener = %new.name(), from = %previous.digest(), to = %new.digest(), "swapped; state carried over");
+            } else {
+                tracing::info!(listener = %new.name(), from = %previous.digest(), to = %new.digest(), "swapped; the reference instance starts fresh (no state hand-over)");
+            }
+        }
+        for (name, (entry, listener)) in &next {
+            let changed = old
+                .get(name)
+                .is_none_or(|(_, prev)| !Arc::ptr_eq(prev, listener));
+            if changed {
+                tracing::info!(listener = %name, digest = %listener.digest(), mode = listener.mode().as_str(), "listener loaded from the modules ConfigMap");
+                self.metrics
+                    .reloads
+                    .get_or_create(&labels([("listener", name), ("outcome", "applied")]))
+                    .inc();
+                self.metrics
+                    .listener_info
+                    .get_or_create(&labels([
+                        ("listener", name),
+                        ("mode", listener.mode().as_str()),
+                        ("digest", listener.digest()),
+                    ]))
+                    .set(1);
+            }
+            if let Some(cluster) = &self.cluster {
+                cluster.set_capabilities(name, entry.capabilities.clone());
+            }
+        }
+        let mut state = self.lock();
+        state.running = next;
+        if rejections.iter().all(|r| r.listener != "*") {
+            state.rejected.remove("*");
+        }
+    }
+
+    async fn reject(&self, rejection: &Rejection) {
+        tracing::error!(listener = %rejection.listener, digest = ?rejection.digest, error = %rejection.error, "module update rejected; the running version keeps serving");
+        self.metrics
+            .reloads
+            .get_or_create(&labels([
+                ("listener", &rejection.listener),
+                ("outcome", "rejected"),
+            ]))
+            .inc();
+        self.lock()
+            .rejected
+            .insert(rejection.listener.clone(), rejection.clone());
+        let about = ObjectRef {
+            api_version: "v1".into(),
+            kind: "ConfigMap".into(),
+            namespace: Some(self.source.namespace.clone()),
+            name: self.source.name.clone(),
+        };
+        let reason = if rejection.listener == "*" {
+            "ListenersRejected"
+        } else {
+            "ModuleRejected"
+        };
+        let note = format!("listener {}: {}", rejection.listener, rejection.error);
+        if let Err(err) = self
+            .recorder
+            .publish(
+                "kubelisten",
+                &about,
+                Some(&self.source.namespace),
+                true,
+                reason,
+                &note,
+            )
+            .await
+        {
+            tracing::warn!(error = %err, "cannot record the rejection Event on the modules ConfigMap");
+        }
+    }
+
+    /// Per watch, the listeners running (digest, mode) and each one's last rejected update.
+    pub fn statuses(&self) -> BTreeMap<String, Vec<ListenerStatus>> {
+        let state = self.lock();
+        let mut out: BTreeMap<String, Vec<ListenerStatus>> = BTreeMap::new();
+        for chain_watch in self.slots.keys() {
+            let chain = self.slots[chain_watch].get();
+            let statuses = chain
+                .listeners()
+                .iter()
+                .map(|l| ListenerStatus {
+                    name: l.name().to_string(),
+                    mode: l.mode().as_str().into(),
+                    digest: l.digest().into(),
+                    rejected: state.rejected.get(&**l.name()).map(rejection_json),
+                })
+                .collect();
+            out.insert(chain_watch.clone(), statuses);
+        }
+        out
+    }
+
+    /// Every rejection still on record (listener → rejection).
+    pub fn rejected(&self) -> BTreeMap<String, Rejection> {
+        self.lock().rejected.clone()
+    }
+}
+
+fn rejection_json(r: &Rejection) -> serde_json::Value {
+    serde_json::json!({"digest": r.digest, "error": r.error})
+}
+
+fn content_digest(text: Option<&str>, binary: &BTreeMap<String, Vec<u8>>) -> String {
+    let mut hasher = Sha256::new();
+    hasher.update(text.unwrap_or("").as_bytes());
+    for (key, value) in binary {
+        hasher.update(key.as_bytes());
+        hasher.update(value);
+    }
+    hex::encode(hasher.finalize())
+}

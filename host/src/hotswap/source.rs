@@ -1,0 +1,188 @@
+//! The modules ConfigMap: `listeners.yaml` (the listener set) plus the modules as `binaryData`
+//! (`NAME.wasm`, `NAME.wasm.gz`, `NAME.wasm.zst`) or file paths (modules shipped in a volume).
+//!
+//! ```yaml
+//! listeners:
+//!   - name: superpod          # unique
+//!     watch: superpods        # the watch it belongs to (optional when there is one watch)
+//!     module: superpod.wasm   # a binaryData key of the ConfigMap, or an absolute file path
+//!     mode: classname         # or reference
+//!     limits: {call-timeout: 500}
+//!     capabilities: {grants: [...], rateLimit: {qps: 10, burst: 20}}
+//! ```
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::path::Path;
+
+use serde::Deserialize;
+
+use crate::capabilities::policy::Capabilities;
+use crate::runtime::{Limits, Mode};
+
+/// Why (part of) an update was rejected.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Error {
+    /// The ConfigMap has no `listeners.yaml` key.
+    #[error("the ConfigMap has no listeners.yaml data key")]
+    MissingListeners,
+    /// `listeners.yaml` is not valid.
+    #[error("listeners.yaml: {0}")]
+    BadListeners(String),
+    /// A module could not be found or decoded.
+    #[error("listener {listener}: module {module}: {problem}")]
+    BadModule {
+        /// The listener.
+        listener: String,
+        /// The module reference.
+        module: String,
+        /// What is wrong.
+        problem: String,
+    },
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct File {
+    listeners: Vec<Entry>,
+}
+
+/// One listener of the set.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Entry {
+    /// Unique name.
+    pub name: String,
+    /// The watch it belongs to.
+    #[serde(default)]
+    pub watch: Option<String>,
+    /// A `binaryData` key or an absolute file path.
+    pub module: String,
+    /// Instance lifetime.
+    #[serde(default)]
+    pub mode: Mode,
+    /// Limits.
+    #[serde(default)]
+    pub limits: Limits,
+    /// Kubernetes API access.
+    #[serde(default)]
+    pub capabilities: Capabilities,
+}
+
+/// Parses `listeners.yaml`.
+///
+/// # Errors
+/// [`Error::BadListeners`] with the position and problem.
+pub fn parse(text: &str) -> Result<Vec<Entry>, Error> {
+    let file: File =
+        serde_saphyr::from_str(text).map_err(|e| Error::BadListeners(e.to_string()))?;
+    let mut seen = std::collections::HashSet::new();
+    for entry in &file.listeners {
+        if entry.name.trim().is_empty() {
+            return Err(Error::BadListeners("a listener has an empty name".into()));
+        }
+        if !seen.insert(entry.name.clone()) {
+            return Err(Error::BadListeners(format!(
+                "listener name {:?} appears twice",
+                entry.name
+            )));
+        }
+    }
+    Ok(file.listeners)
+}
+
+/// The module bytes of `entry`: from `binary` (the ConfigMap's binaryData) by key, decompressed
+/// by suffix (`.gz`, `.zst`), or read from an absolute path.
+///
+/// # Errors
+/// [`Error::BadModule`] naming the listener, the module and the problem.
+pub fn module_bytes(entry: &Entry, binary: &BTreeMap<String, Vec<u8>>) -> Result<Vec<u8>, Error> {
+    let fail = |problem: String| Error::BadModule {
+        listener: entry.name.clone(),
+        module: entry.module.clone(),
+        problem,
+    };
+    let raw = if let Some(bytes) = binary.get(&entry.module) {
+        bytes.clone()
+    } else if Path::new(&entry.module).is_absolute() {
+        std::fs::read(&entry.module).map_err(|e| fail(format!("cannot read the file: {e}")))?
+    } else {
+        return Err(fail(
+            "no such binaryData key (and not an absolute file path)".into(),
+        ));
+    };
+    if entry.module.ends_with(".gz") {
+        let mut out = Vec::new();
+        flate2::read::GzDecoder::new(&raw[..])
+            .read_to_end(&mut out)
+            .map_err(|e| fail(format!("gzip: {e}")))?;
+        Ok(out)
+    } else if entry.module.ends_with(".zst") {
+        let mut decoder = ruzstd::decoding::StreamingDecoder::new(&raw[..])
+            .map_err(|e| fail(format!("zstd: {e}")))?;
+        let mut out = Vec::new();
+        decoder
+            .read_to_end(&mut out)
+            .map_err(|e| fail(format!("zstd: {e}")))?;
+        Ok(out)
+    } else {
+        Ok(raw)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    #[test]
+    fn parses_and_rejects() {
+        let entries = parse("listeners:\n  - name: a\n    module: a.wasm\n    mode: reference\n  - {name: b, watch: w, module: /x/b.wasm}\n").unwrap();
+        assert_eq!(entries.len(), 2);
+        assert_eq!(
+            (entries[0].mode, entries[1].watch.as_deref()),
+            (Mode::Reference, Some("w"))
+        );
+        assert!(
+            matches!(parse("listeners:\n  - name: a\n    modul: a.wasm\n"), Err(Error::BadListeners(m)) if m.contains("modul"))
+        );
+        assert!(
+            matches!(parse("listeners: [{name: a, module: x}, {name: a, module: y}]"), Err(Error::BadListeners(m)) if m.contains("twice"))
+        );
+        assert!(parse("listeners: {").is_err());
+    }
+
+    #[test]
+    fn decodes_plain_gzip_and_reports_bad_data() {
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        gz.write_all(b"\0asm-bytes").unwrap();
+        let binary = BTreeMap::from([
+            ("a.wasm".to_string(), b"\0asm".to_vec()),
+            ("b.wasm.gz".to_string(), gz.finish().unwrap()),
+            ("c.wasm.gz".to_string(), b"not gzip".to_vec()),
+            ("d.wasm.zst".to_string(), b"not zstd".to_vec()),
+        ]);
+        let entry = |module: &str| Entry {
+            name: "l".into(),
+            watch: None,
+            module: module.into(),
+            mode: Mode::Classname,
+            limits: Limits::default(),
+            capabilities: Capabilities::default(),
+        };
+        assert_eq!(module_bytes(&entry("a.wasm"), &binary).unwrap(), b"\0asm");
+        assert_eq!(
+            module_bytes(&entry("b.wasm.gz"), &binary).unwrap(),
+            b"\0asm-bytes"
+        );
+        assert!(
+            matches!(module_bytes(&entry("c.wasm.gz"), &binary), Err(Error::BadModule { problem, .. }) if problem.starts_with("gzip"))
+        );
+        assert!(
+            matches!(module_bytes(&entry("d.wasm.zst"), &binary), Err(Error::BadModule { problem, .. }) if problem.starts_with("zstd"))
+        );
+        assert!(
+            matches!(module_bytes(&entry("missing.wasm"), &binary), Err(Error::BadModule { problem, .. }) if problem.contains("no such"))
+        );
+    }
+}

@@ -1,0 +1,347 @@
+//! Hot swap of listener modules from a ConfigMap, against the local control plane.
+
+mod common;
+mod harness;
+mod support;
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::Write;
+use std::sync::Arc;
+use std::time::Duration;
+
+use harness::{crd_watch, create_thing, resource, write_crd, TestHost, GROUP, KIND, PLURAL};
+use k8s_openapi::api::core::v1::ConfigMap;
+use k8s_openapi::ByteString;
+use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
+use kubelisten::hotswap::ModulesConfigMap;
+use serde_json::json;
+use support::Capture;
+
+fn guest_bytes(name: &str) -> Vec<u8> {
+    std::fs::read(harness::listener(name, kubelisten::runtime::Mode::Reference).path).unwrap()
+}
+
+const LISTENERS: &str =
+    "listeners:\n  - name: counter\n    module: counter.wasm\n    mode: reference\n";
+
+fn configmap(name: &str, listeners: &str, modules: &[(&str, Vec<u8>)]) -> ConfigMap {
+    ConfigMap {
+        metadata: kube::api::ObjectMeta {
+            name: Some(name.into()),
+            ..Default::default()
+        },
+        data: Some(BTreeMap::from([(
+            "listeners.yaml".to_string(),
+            listeners.to_string(),
+        )])),
+        binary_data: Some(
+            modules
+                .iter()
+                .map(|(k, v)| (k.to_string(), ByteString(v.clone())))
+                .collect(),
+        ),
+        ..Default::default()
+    }
+}
+
+/// `versioned` log lines: (version, object name, rv, count).
+fn lines(capture: &Capture) -> Vec<(String, String, u64, u64)> {
+    capture
+        .messages_of("counter")
+        .iter()
+        .filter_map(|m| {
+            let mut parts = m.strip_prefix("versioned ")?.split(' ');
+            let version = parts.next()?.to_string();
+            let object = parts.next()?.rsplit('/').next()?.to_string();
+            let rv = parts.next()?.strip_prefix("rv=")?.parse().ok()?;
+            let count = parts.next()?.strip_prefix("count=")?.parse().ok()?;
+            Some((version, object, rv, count))
+        })
+        .collect()
+}
+
+async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    for _ in 0..600 {
+        if check() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+struct Setup {
+    client: kube::Client,
+    ns: common::TestNamespace,
+    host: TestHost,
+    capture: Arc<Capture>,
+    cms: Api<ConfigMap>,
+    things: Api<DynamicObject>,
+    ar: kube::core::ApiResource,
+    _dir: tempfile::TempDir,
+}
+
+async fn setup(first: Vec<u8>) -> Setup {
+    let client = common::client().await;
+    let ns = common::TestNamespace::new(&client).await;
+    let dir = tempfile::tempdir().unwrap();
+    let crd = write_crd(dir.path(), GROUP, KIND, PLURAL);
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), ns.name());
+    cms.create(
+        &PostParams::default(),
+        &configmap("modules", LISTENERS, &[("counter.wasm", first)]),
+    )
+    .await
+    .unwrap();
+    let config = crd_watch(&crd, ns.name(), vec![]);
+    let capture = Arc::new(Capture::default());
+    let runtime = harness::runtime_with_cluster(&client, &config, capture.clone());
+    let mut settings = harness::settings(4);
+    settings.modules = Some(ModulesConfigMap {
+        namespace: ns.name().into(),
+        name: "modules".into(),
+    });
+    let host = TestHost::start(client.clone(), &runtime, &config, &settings).await;
+    host.wait_synced().await;
+    let ar = resource(GROUP, KIND, PLURAL);
+    let things = Api::namespaced_with(client.clone(), ns.name(), &ar);
+    Setup {
+        client,
+        ns,
+        host,
+        capture,
+        cms,
+        things,
+        ar,
+        _dir: dir,
+    }
+}
+
+async fn push(cms: &Api<ConfigMap>, listeners: &str, modules: &[(&str, Vec<u8>)]) {
+    let cm = configmap("modules", listeners, modules);
+    cms.patch(
+        "modules",
+        &PatchParams::apply("test").force(),
+        &Patch::Apply(&cm),
+    )
+    .await
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn swaps_under_load_process_every_event_exactly_once_and_keep_state() {
+    let s = setup(guest_bytes("versioned-v1")).await;
+    for i in 0..8 {
+        create_thing(&s.things, &s.ar, &format!("obj-{i}"), json!({"n": 0}), &[]).await;
+    }
+    let writer = {
+        let things = s.things.clone();
+        tokio::spawn(async move {
+            let mut last = HashMap::new();
+            for n in 1..=60 {
+                for i in 0..8 {
+                    let name = format!("obj-{i}");
+                    let o = things
+                        .patch(
+                            &name,
+                            &PatchParams::default(),
+                            &Patch::Merge(json!({"spec": {"n": n}})),
+                        )
+                        .await
+                        .unwrap();
+                    last.insert(
+                        name,
+                        o.metadata.resource_version.unwrap().parse::<u64>().unwrap(),
+                    );
+                }
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
+            last
+        })
+    };
+    for version in ["versioned-v2", "versioned-v1", "versioned-v2"] {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        push(&s.cms, LISTENERS, &[("counter.wasm", guest_bytes(version))]).await;
+        let want = version.trim_start_matches("versioned-").to_string();
+        let capture = s.capture.clone();
+        let before = lines(&capture).len();
+        eventually(&format!("{version} to serve"), || {
+            lines(&capture)[before..].iter().any(|l| l.0 == want)
+        })
+        .await;
+    }
+    let last = writer.await.unwrap();
+    let capture = s.capture.clone();
+    eventually("every final state", || {
+        let seen = lines(&capture);
+        last.iter()
+            .all(|(name, rv)| seen.iter().any(|l| &l.1 == name && l.2 == *rv))
+    })
+    .await;
+    let seen = lines(&s.capture);
+    // Exactly once: no (object, rv) twice; and every object's rvs arrive in increasing order.
+    let mut per_object: HashMap<&str, Vec<u64>> = HashMap::new();
+    for (_, object, rv, _) in &seen {
+        per_object.entry(object).or_default().push(*rv);
+    }
+    assert_eq!(per_object.len(), 8);
+    for (object, rvs) in &per_object {
+        assert!(
+            rvs.windows(2).all(|w| w[0] < w[1]),
+            "{object}: out of order or twice: {rvs:?}"
+        );
+        assert_eq!(
+            rvs.len(),
+            61,
+            "{object}: create + 60 updates, each exactly once"
+        );
+    }
+    // Both versions served, and the count went on across every swap (state hand-over).
+    let versions: std::collections::BTreeSet<&str> = seen.iter().map(|l| l.0.as_str()).collect();
+    assert_eq!(versions, ["v1", "v2"].into());
+    let counts: Vec<u64> = seen.iter().map(|l| l.3).collect();
+    assert_eq!(
+        counts,
+        (1..=counts.len() as u64).collect::<Vec<_>>(),
+        "the counter never restarted"
+    );
+    s.host.stop().await;
+    s.ns.delete().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn without_hand_over_the_counter_restarts_and_compressed_modules_load() {
+    let s = setup(guest_bytes("versioned-v1")).await;
+    create_thing(&s.things, &s.ar, "a", json!({}), &[]).await;
+    create_thing(&s.things, &s.ar, "b", json!({}), &[]).await;
+    let capture = s.capture.clone();
+    eventually("two counts", || lines(&capture).len() >= 2).await;
+    // v3 has no snapshot/restore: the state does not survive. Shipped gzip-compressed.
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    gz.write_all(&guest_bytes("versioned-v3")).unwrap();
+    push(
+        &s.cms,
+        &LISTENERS.replace("counter.wasm", "counter.wasm.gz"),
+        &[("counter.wasm.gz", gz.finish().unwrap())],
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    create_thing(&s.things, &s.ar, "c", json!({}), &[]).await;
+    eventually("v3 to serve", || {
+        lines(&capture).iter().any(|l| l.0 == "v3")
+    })
+    .await;
+    let v3 = lines(&capture).into_iter().find(|l| l.0 == "v3").unwrap();
+    assert_eq!(v3.3, 1, "no hand-over: the count starts from zero again");
+    // zstd-compressed v1 is accepted too.
+    let zst = ruzstd::encoding::compress_to_vec(
+        &guest_bytes("versioned-v1")[..],
+        ruzstd::encoding::CompressionLevel::Fastest,
+    );
+    push(
+        &s.cms,
+        &LISTENERS.replace("counter.wasm", "counter.wasm.zst"),
+        &[("counter.wasm.zst", zst)],
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    create_thing(&s.things, &s.ar, "d", json!({}), &[]).await;
+    eventually("zstd v1 to serve", || {
+        lines(&capture).iter().any(|l| l.0 == "v1" && l.1 == "d")
+    })
+    .await;
+    s.host.stop().await;
+    s.ns.delete().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_updates_are_rejected_with_an_event_and_the_running_version_keeps_serving() {
+    let s = setup(guest_bytes("versioned-v1")).await;
+    let core_module = wat::parse_str("(module (func (export \"create\")))").unwrap();
+    let other_world = wat::parse_str(
+        r#"(component (core module $m (func (export "f"))) (core instance $i (instantiate $m))
+             (func (export "hello") (canon lift (core func $i "f"))))"#,
+    )
+    .unwrap();
+    let cases: Vec<(&str, String, Vec<u8>, &str)> = vec![
+        (
+            "corrupt",
+            LISTENERS.into(),
+            b"\0asm\x0d\0\x01\0garbage".to_vec(),
+            "ModuleRejected",
+        ),
+        (
+            "core module",
+            LISTENERS.into(),
+            core_module,
+            "ModuleRejected",
+        ),
+        (
+            "wrong world",
+            LISTENERS.into(),
+            other_world,
+            "ModuleRejected",
+        ),
+        (
+            "broken listeners.yaml",
+            "listeners:\n  - name: counter\n    modul: counter.wasm\n".into(),
+            guest_bytes("versioned-v2"),
+            "ListenersRejected",
+        ),
+    ];
+    let events: Api<k8s_openapi::api::events::v1::Event> =
+        Api::namespaced(s.client.clone(), s.ns.name());
+    for (i, (what, listeners, module, reason)) in cases.into_iter().enumerate() {
+        push(&s.cms, &listeners, &[("counter.wasm", module)]).await;
+        eventually(&format!("a {reason} Event for the {what} update"), || {
+            let events = events.clone();
+            let reason = reason.to_string();
+            let count = tokio::task::block_in_place(|| {
+                tokio::runtime::Handle::current().block_on(async move {
+                    events
+                        .list(&Default::default())
+                        .await
+                        .map(|l| {
+                            l.items
+                                .iter()
+                                .filter(|e| e.reason.as_deref() == Some(&reason))
+                                .count()
+                        })
+                        .unwrap_or(0)
+                })
+            });
+            count > 0
+        })
+        .await;
+        // The previous version keeps serving.
+        let name = format!("after-{i}");
+        create_thing(&s.things, &s.ar, &name, json!({}), &[]).await;
+        let capture = s.capture.clone();
+        eventually(&format!("v1 to serve after the {what} update"), || {
+            lines(&capture).iter().any(|l| l.1 == name && l.0 == "v1")
+        })
+        .await;
+    }
+    // /status shows the running digest and the last rejected update.
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+    let response = kubelisten::server::router(s.host.server.clone())
+        .oneshot(
+            axum::http::Request::get("/status")
+                .body(axum::body::Body::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    let status: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    let counter = &status["watches"][0]["listeners"][0];
+    assert_eq!(counter["name"], "counter", "{status}");
+    assert!(
+        counter["digest"].as_str().unwrap().starts_with("sha256:"),
+        "{status}"
+    );
+    assert!(counter["rejected"]["error"].as_str().is_some(), "{status}");
+    s.host.stop().await;
+    s.ns.delete().await;
+}
