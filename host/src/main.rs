@@ -135,7 +135,7 @@ fn run_config(args: &RunArgs) -> anyhow::Result<Config> {
         return config::load(path).map_err(anyhow::Error::new);
     }
     let Some(crd) = &args.crd else {
-        anyhow::bail!("nothing to watch: give --config FILE, or --crd FILE with --listener MODULE");
+        anyhow::bail!("nothing to watch: give --config FILE, --crd FILE with --listener MODULE, or --modules-configmap with a listeners.yaml that lists the watches");
     };
     if args.listeners.is_empty() && args.modules_configmap.is_none() {
         anyhow::bail!("--crd needs --listener MODULE (or --modules-configmap NAMESPACE/NAME)");
@@ -158,7 +158,16 @@ fn run_config(args: &RunArgs) -> anyhow::Result<Config> {
 }
 
 fn run_cluster(runtime_config: RuntimeConfig, args: RunArgs) -> anyhow::Result<ExitCode> {
-    let config = run_config(&args)?;
+    let tokio = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    // Only a modules ConfigMap: its listeners.yaml (the --config format) names the watches.
+    let from_configmap = args.config.is_none() && args.crd.is_none();
+    let config = match &args.modules_configmap {
+        Some(source) if from_configmap => tokio.block_on(config_from_configmap(source))?,
+        _ => run_config(&args)?,
+    };
     // Bad CRD files are startup errors even before the cluster is reachable.
     for watch in &config.watches {
         if let TargetConfig::Crd { path } = &watch.target {
@@ -183,10 +192,6 @@ fn run_cluster(runtime_config: RuntimeConfig, args: RunArgs) -> anyhow::Result<E
         leader: leader_config(&args)?,
         modules: args.modules_configmap.clone(),
     };
-    let tokio = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
     tokio.block_on(async {
         let client = kube::Client::try_default().await.context(
             "connecting to Kubernetes (in-cluster config, else KUBECONFIG or ~/.kube/config)",
@@ -243,6 +248,40 @@ fn leader_config(args: &RunArgs) -> anyhow::Result<Option<LeaderConfig>> {
         renew_deadline: renew,
         retry_period: retry,
     }))
+}
+
+/// The watches of a modules ConfigMap whose `listeners.yaml` is in the `--config` format.
+async fn config_from_configmap(
+    source: &kubelisten::hotswap::ModulesConfigMap,
+) -> anyhow::Result<Config> {
+    let client = kube::Client::try_default().await.context(
+        "connecting to Kubernetes (in-cluster config, else KUBECONFIG or ~/.kube/config)",
+    )?;
+    let api: kube::Api<k8s_openapi::api::core::v1::ConfigMap> =
+        kube::Api::namespaced(client, &source.namespace);
+    let cm = api.get(&source.name).await.with_context(|| {
+        format!(
+            "reading the modules ConfigMap {}/{}",
+            source.namespace, source.name
+        )
+    })?;
+    let text = cm
+        .data
+        .as_ref()
+        .and_then(|d| d.get("listeners.yaml"))
+        .with_context(|| {
+            format!(
+                "ConfigMap {}/{} has no listeners.yaml",
+                source.namespace, source.name
+            )
+        })?;
+    anyhow::ensure!(
+        kubelisten::hotswap::source::is_config_format(text),
+        "the listeners.yaml of {}/{} lists no watches: give --config or --crd too",
+        source.namespace,
+        source.name
+    );
+    Ok(kubelisten::hotswap::source::parse_config(text)?)
 }
 
 /// Resolves on SIGTERM or SIGINT.

@@ -884,6 +884,19 @@ async fn runs_with_nothing_but_its_service_account_token() {
             )
             .await
             .unwrap();
+        // The swap is applied once /status shows the new listener.
+        if let Some(port) = features.health {
+            let mut swapped = false;
+            for _ in 0..300 {
+                if http_get(port, "/status").is_ok_and(|(_, body)| body.contains("\"superpod-v2\""))
+                {
+                    swapped = true;
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            assert!(swapped, "the renamed listener never showed in /status");
+        }
         let pid = kubelisten.child.id();
         superpod_flow(
             &client,

@@ -1,6 +1,10 @@
 //! The modules ConfigMap: `listeners.yaml` (the listener set) plus the modules as `binaryData`
 //! (`NAME.wasm`, `NAME.wasm.gz`, `NAME.wasm.zst`) or file paths (modules shipped in a volume).
 //!
+//! `listeners.yaml` is either the `kubelisten run --config` format (watches with their
+//! listeners; module paths are binaryData keys) — then the ConfigMap alone configures kubelisten —
+//! or just the listener set, for watches given by `--config`/`--crd`:
+//!
 //! ```yaml
 //! listeners:
 //!   - name: superpod          # unique
@@ -69,11 +73,43 @@ pub struct Entry {
     pub capabilities: Capabilities,
 }
 
-/// Parses `listeners.yaml`.
+/// Whether `text` is in the `--config` format (a top-level `watches:` key).
+pub fn is_config_format(text: &str) -> bool {
+    text.lines().any(|l| l.starts_with("watches:"))
+}
+
+/// Parses a `listeners.yaml` in the `--config` format: the watches (targets) and listeners.
+///
+/// # Errors
+/// [`Error::BadListeners`] with the position and problem.
+pub fn parse_config(text: &str) -> Result<crate::config::Config, Error> {
+    crate::config::parse(text, Path::new("listeners.yaml"))
+        .map_err(|e| Error::BadListeners(e.to_string()))
+}
+
+/// Parses `listeners.yaml` (either format) into the listener set.
 ///
 /// # Errors
 /// [`Error::BadListeners`] with the position and problem.
 pub fn parse(text: &str) -> Result<Vec<Entry>, Error> {
+    if is_config_format(text) {
+        let config = parse_config(text)?;
+        return Ok(config
+            .watches
+            .into_iter()
+            .flat_map(|w| {
+                let watch = w.name.clone();
+                w.listeners.into_iter().map(move |l| Entry {
+                    name: l.name,
+                    watch: Some(watch.clone()),
+                    module: l.path.to_string_lossy().into_owned(),
+                    mode: l.mode,
+                    limits: l.limits,
+                    capabilities: l.capabilities,
+                })
+            })
+            .collect());
+    }
     let file: File =
         serde_saphyr::from_str(text).map_err(|e| Error::BadListeners(e.to_string()))?;
     let mut seen = std::collections::HashSet::new();
@@ -150,6 +186,19 @@ mod tests {
             matches!(parse("listeners: [{name: a, module: x}, {name: a, module: y}]"), Err(Error::BadListeners(m)) if m.contains("twice"))
         );
         assert!(parse("listeners: {").is_err());
+        let entries = parse("watches:\n  - name: w\n    apiVersion: v1\n    kind: ConfigMap\n    listeners:\n      - {name: a, module: a.wasm, mode: reference}\n").unwrap();
+        assert_eq!(
+            (
+                entries[0].name.as_str(),
+                entries[0].watch.as_deref(),
+                entries[0].module.as_str()
+            ),
+            ("a", Some("w"), "a.wasm")
+        );
+        assert!(matches!(
+            parse("watches:\n  - name: w\n    kind: X\n"),
+            Err(Error::BadListeners(_))
+        ));
     }
 
     #[test]
