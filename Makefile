@@ -5,7 +5,7 @@ GUESTS := rust-metrics rust-logger faulty noop json-parse superpod probe
 # The listeners of issue 9, one per language (each installs its toolchain from the registries).
 POLYGLOT_GUESTS := rust-listener python-listener js-listener c-listener go-listener
 
-.PHONY: help demo test test-unit guests versioned-guests host fmt clippy bench cluster-up cluster-down cluster-status
+.PHONY: help demo demo-replay test test-unit guests versioned-guests host fmt clippy bench cluster-up cluster-down cluster-status
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
@@ -33,8 +33,11 @@ versioned-guests: ## build the hot-swap test guest in three versions (v1, v2 wit
 host: ## build the kubelisten binary (release)
 	cargo build --release -p kubelisten
 
-demo: guests host ## run the demo
-	./demo/run.sh
+demo: guests host ## run the demo against the local control plane
+	deploy/demo/run.sh
+
+demo-replay: guests host ## the offline demo: replay recorded events, no cluster
+	deploy/demo/replay.sh
 
 test: guests guests-polyglot versioned-guests ## run every test (builds the guests, brings up the local control plane)
 	deploy/local/with-cluster.sh cargo test --workspace --all-targets
