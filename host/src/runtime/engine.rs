@@ -74,6 +74,8 @@ struct Inner {
     allocator: AllocatorKind,
     config: RuntimeConfig,
     stop_ticker: Arc<AtomicBool>,
+    /// Modules loaded from the disk or memory cache instead of being compiled.
+    cache_hits: std::sync::atomic::AtomicU64,
     /// Compiled components by digest, so loading a module again (a swap back) is immediate.
     compiled: std::sync::Mutex<std::collections::HashMap<String, Component>>,
 }
@@ -112,6 +114,7 @@ impl Runtime {
             config,
             stop_ticker,
             compiled: std::sync::Mutex::default(),
+            cache_hits: std::sync::atomic::AtomicU64::new(0),
         })))
     }
 
@@ -151,6 +154,7 @@ impl Runtime {
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
         };
         if let Some(component) = memory().get(&digest) {
+            self.0.cache_hits.fetch_add(1, Ordering::Relaxed);
             return Ok((component.clone(), digest));
         }
         let component = self.compile_uncached(bytes, &digest)?;
@@ -168,6 +172,7 @@ impl Runtime {
             // same compatibility hash (part of the file name), in a directory this process owns.
             match unsafe { Component::deserialize_file(&self.0.engine, &path) } {
                 Ok(component) => {
+                    self.0.cache_hits.fetch_add(1, Ordering::Relaxed);
                     tracing::debug!(%digest, path = %path.display(), "compiled code loaded from cache");
                     return Ok(component);
                 }
@@ -182,6 +187,11 @@ impl Runtime {
         }
         // SAFETY: `compiled` was produced just now by this engine.
         unsafe { Component::deserialize(&self.0.engine, &compiled) }
+    }
+
+    /// How many modules were loaded from the compiled-code cache (disk or memory) so far.
+    pub fn cache_hits(&self) -> u64 {
+        self.0.cache_hits.load(Ordering::Relaxed)
     }
 
     fn engine_hash(&self) -> String {
