@@ -40,7 +40,7 @@ demo-replay: guests host ## the offline demo: replay recorded events, no cluster
 	deploy/demo/replay.sh
 
 test: guests guests-polyglot versioned-guests ## run every test (builds the guests, brings up the local control plane)
-	deploy/local/with-cluster.sh cargo test --workspace --all-targets
+	deploy/local/with-cluster.sh cargo test --workspace --all-targets --no-fail-fast
 
 fmt: ## check formatting
 	cargo fmt --all -- --check
