@@ -1,11 +1,11 @@
 # kubelisten: one entry point for building, testing and running. `make help` lists the targets.
 SHELL := /bin/bash
 GUEST_TARGET_DIR ?= $(CURDIR)/target/guests-build
-GUESTS := rust-metrics rust-logger faulty noop json-parse superpod probe
+GUESTS := rust-metrics rust-logger faulty noop json-parse superpod probe bench-listener
 # The listeners of issue 9, one per language (each installs its toolchain from the registries).
 POLYGLOT_GUESTS := rust-listener python-listener js-listener c-listener go-listener
 
-.PHONY: help demo demo-replay test test-unit guests versioned-guests host fmt clippy bench cluster-up cluster-down cluster-status
+.PHONY: help bench-e2e reliability demo demo-replay test test-unit guests versioned-guests host fmt clippy bench cluster-up cluster-down cluster-status
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
@@ -52,6 +52,12 @@ clippy: ## lint the host and the guests
 
 bench: guests ## run the dispatch benchmark
 	cargo bench -p kubelisten --bench dispatch
+
+bench-e2e: ## end-to-end benchmark vs a native kube-runtime listener and kopf (own control plane)
+	bench/e2e.sh
+
+reliability: ## fault injection + bounded soak (own control plane)
+	bench/reliability.sh
 
 cluster-up: ## start the local kube-apiserver + etcd
 	deploy/local/cluster.sh up
