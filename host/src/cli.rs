@@ -47,6 +47,8 @@ pub enum Command {
     Run(Box<RunArgs>),
     /// Show, or wait for, the kstatus status of objects (live from the cluster, or --offline).
     Status(Box<kubelisten::status_cli::StatusArgs>),
+    /// Create a buildable listener folder (WIT, sample handler, sample events, build.sh) in rust|python|js|c|go.
+    New(kubelisten::scaffold::NewArgs),
     /// Check that a file is a component implementing the kubelisten listener world (exit 0/1).
     Check {
         /// The component file(s).

@@ -13,6 +13,7 @@ pub mod hotswap;
 pub mod metrics;
 pub mod replay;
 pub mod runtime;
+pub mod scaffold;
 pub mod server;
 pub mod status;
 pub mod status_cli;
