@@ -24,6 +24,9 @@ use serde::Deserialize;
 use crate::capabilities::policy::Capabilities;
 use crate::runtime::{Limits, Mode};
 
+/// Largest module a compressed entry may expand to (a decompression bomb is rejected).
+pub const MAX_MODULE_BYTES: u64 = 256 << 20;
+
 /// Why (part of) an update was rejected.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Error {
@@ -147,20 +150,26 @@ pub fn module_bytes(entry: &Entry, binary: &BTreeMap<String, Vec<u8>>) -> Result
             "no such binaryData key (and not an absolute file path)".into(),
         ));
     };
-    if entry.module.ends_with(".gz") {
+    let bounded = |reader: &mut dyn Read, what: &str| -> Result<Vec<u8>, Error> {
         let mut out = Vec::new();
-        flate2::read::GzDecoder::new(&raw[..])
+        reader
+            .take(MAX_MODULE_BYTES + 1)
             .read_to_end(&mut out)
-            .map_err(|e| fail(format!("gzip: {e}")))?;
+            .map_err(|e| fail(format!("{what}: {e}")))?;
+        if out.len() as u64 > MAX_MODULE_BYTES {
+            return Err(fail(format!(
+                "{what}: decompresses to more than {} MiB",
+                MAX_MODULE_BYTES >> 20
+            )));
+        }
         Ok(out)
+    };
+    if entry.module.ends_with(".gz") {
+        bounded(&mut flate2::read::GzDecoder::new(&raw[..]), "gzip")
     } else if entry.module.ends_with(".zst") {
         let mut decoder = ruzstd::decoding::StreamingDecoder::new(&raw[..])
             .map_err(|e| fail(format!("zstd: {e}")))?;
-        let mut out = Vec::new();
-        decoder
-            .read_to_end(&mut out)
-            .map_err(|e| fail(format!("zstd: {e}")))?;
-        Ok(out)
+        bounded(&mut decoder, "zstd")
     } else {
         Ok(raw)
     }
@@ -199,6 +208,29 @@ mod tests {
             parse("watches:\n  - name: w\n    kind: X\n"),
             Err(Error::BadListeners(_))
         ));
+    }
+
+    #[test]
+    fn decompression_is_bounded() {
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        let zeros = vec![0u8; 1 << 20];
+        for _ in 0..=(MAX_MODULE_BYTES >> 20) {
+            gz.write_all(&zeros).unwrap();
+        }
+        let binary = BTreeMap::from([("bomb.wasm.gz".to_string(), gz.finish().unwrap())]);
+        let entry = Entry {
+            name: "l".into(),
+            watch: None,
+            module: "bomb.wasm.gz".into(),
+            mode: Mode::Classname,
+            limits: Limits::default(),
+            capabilities: Capabilities::default(),
+        };
+        let err = module_bytes(&entry, &binary).unwrap_err();
+        assert!(
+            matches!(&err, Error::BadModule { problem, .. } if problem.contains("more than 256 MiB")),
+            "{err}"
+        );
     }
 
     #[test]
