@@ -63,12 +63,16 @@ impl ChainSlot {
             .clone()
     }
 
-    /// Replaces the chain; calls in flight keep the old one.
-    pub fn set(&self, chain: Chain) {
-        *self
-            .0
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(chain);
+    /// Replaces the chain and returns the old one; calls in flight keep the old one (they hold
+    /// their own reference to it, so its strong count tells when they are done).
+    pub fn set(&self, chain: Chain) -> Arc<Chain> {
+        std::mem::replace(
+            &mut *self
+                .0
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+            Arc::new(chain),
+        )
     }
 }
 

@@ -217,7 +217,8 @@ impl HotSwap {
                 }
             }
         }
-        self.swap(&entries, next, &mut rejections);
+        // The swap may wait (blocking) for calls in flight on the old chains.
+        tokio::task::block_in_place(|| self.swap(&entries, next, &mut rejections));
         if rejections.is_empty() {
             self.lock().applied = Some(content);
         }
@@ -309,10 +310,16 @@ impl HotSwap {
             })
             .collect();
         let guards: Vec<_> = pairs.iter().map(|(_, new)| new.begin_handover()).collect();
+        let mut retired = Vec::new();
         for (watch, listeners) in chains {
             if let Some(slot) = self.slots.get(&watch) {
-                slot.set(Chain::new(listeners));
+                retired.push(slot.set(Chain::new(listeners)));
             }
+        }
+        if !pairs.is_empty() {
+            // An attempt that took the old chain before the swap may still call an old
+            // reference instance: take its state only once every such attempt is done.
+            wait_until_unused(&retired);
         }
         for (guard, (previous, new)) in guards.into_iter().zip(&pairs) {
             if guard.restore_from(previous) {
@@ -415,6 +422,18 @@ impl HotSwap {
     /// Every rejection still on record (listener → rejection).
     pub fn rejected(&self) -> BTreeMap<String, Rejection> {
         self.lock().rejected.clone()
+    }
+}
+
+/// Waits (at most a minute) until nobody but the caller holds the retired chains.
+fn wait_until_unused(retired: &[Arc<Chain>]) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while retired.iter().any(|c| Arc::strong_count(c) > 1) {
+        if std::time::Instant::now() > deadline {
+            tracing::warn!("calls on the old listener chain still running after 60 s; handing state over anyway");
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(1));
     }
 }
 
