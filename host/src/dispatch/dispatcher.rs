@@ -365,14 +365,15 @@ fn count(metrics: &Metrics, report: &ChainReport) {
 }
 
 fn log_report(watch: &str, event: &ResourceEvent, attempt: u32, report: &ChainReport) {
-    let object = event.meta.object_ref();
+    // Field values are only evaluated when the log level is enabled: no per-event allocation
+    // for the object reference when every call succeeded and debug logging is off.
     for call in &report.calls {
         let duration_us = u64::try_from(call.duration.as_micros()).unwrap_or(u64::MAX);
         if call.outcome.is_ok() {
-            tracing::debug!(watch, object, event.kind = event.kind.as_str(), listener = %call.listener, export = call.export.as_str(), duration_us, "listener call ok");
+            tracing::debug!(watch, object = %event.meta.object_ref(), event.kind = event.kind.as_str(), listener = %call.listener, export = call.export.as_str(), duration_us, "listener call ok");
         } else {
             tracing::warn!(
-                watch, object, event.kind = event.kind.as_str(), listener = %call.listener, export = call.export.as_str(),
+                watch, object = %event.meta.object_ref(), event.kind = event.kind.as_str(), listener = %call.listener, export = call.export.as_str(),
                 outcome = call.outcome.label(), trap = call.outcome.trap_kind().map(|k| k.as_str()), attempt,
                 error = call.outcome.message(), "listener call failed"
             );

@@ -99,7 +99,7 @@ pub(crate) fn prepare(runtime: &Runtime, bytes: &[u8]) -> Result<Checked, Proble
     let pre = match runtime.linker().instantiate_pre(&component) {
         Ok(pre) => Some(pre),
         Err(e) => {
-            problems.push(format!("unknown import: {}", root_message(&e)));
+            problems.push(format!("unknown import: {e:#}"));
             None
         }
     };
@@ -123,8 +123,4 @@ pub(crate) fn prepare(runtime: &Runtime, bytes: &[u8]) -> Result<Checked, Proble
             stateful,
         })
         .map_err(|e| fail(format!("wrong signature: {e:#}")))
-}
-
-fn root_message(err: &wasmtime::Error) -> String {
-    format!("{err:#}")
 }
