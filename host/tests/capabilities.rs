@@ -8,13 +8,10 @@ mod support;
 use std::sync::Arc;
 use std::time::Duration;
 
-use harness::{
-    crd_watch, create_thing, resource, settings, write_crd, TestHost, GROUP, KIND, PLURAL,
-};
+use harness::{crd_watch, resource, settings, TestHost, Things};
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, DeleteParams, DynamicObject, PostParams};
 use kubelisten::capabilities::policy::Capabilities;
-use kubelisten::config::{Config, TargetConfig, WatchConfig};
 use kubelisten::runtime::{ListenerSpec, Mode};
 use serde_json::{json, Value};
 use support::Capture;
@@ -100,20 +97,16 @@ async fn superpod_gets_a_pod_with_an_owner_reference_and_loses_it_on_delete() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn calls_outside_the_policy_are_refused_before_reaching_the_server() {
-    let client = common::client().await;
-    let ns = common::TestNamespace::new(&client).await;
-    let other = common::TestNamespace::new(&client).await;
-    let dir = tempfile::tempdir().unwrap();
-    let crd = write_crd(dir.path(), GROUP, KIND, PLURAL);
+    let t = Things::new().await;
+    let other = common::TestNamespace::new(&t.client).await;
     let probe = with_caps(
         harness::listener("probe", Mode::Classname),
         "grants:\n  - {apiGroups: [''], resources: [configmaps], verbs: [get]}\n  - {apiGroups: [watch.kubelisten.dev], resources: [things/status], verbs: [patch]}\n",
     );
-    let config = crd_watch(&crd, ns.name(), vec![probe]);
+    let config = t.watch(vec![probe]);
     let capture = Arc::new(Capture::default());
-    let runtime = harness::runtime_with_cluster(&client, &config, capture.clone());
-    let host = TestHost::start(client.clone(), &runtime, &config, &settings(2)).await;
-    host.wait_synced().await;
+    let runtime = harness::runtime_with_cluster(&t.client, &config, capture.clone());
+    let host = t.start_host(&runtime, &config, &settings(2)).await;
 
     let marker = format!("probe-target-{}", common::random_suffix());
     let calls = json!([
@@ -125,11 +118,7 @@ async fn calls_outside_the_policy_are_refused_before_reaching_the_server() {
         {"op": "patch-status", "body": "{\"status\":{\"probed\":true}}"},
         {"op": "patch", "body": "{\"spec\":{\"probed\":true}}"},
     ]);
-    let ar = resource(GROUP, KIND, PLURAL);
-    let things: Api<DynamicObject> = Api::namespaced_with(client.clone(), ns.name(), &ar);
-    create_thing(
-        &things,
-        &ar,
+    t.create(
         "prober",
         json!({}),
         &[("kubelisten.dev/probe", &calls.to_string())],
@@ -182,7 +171,7 @@ async fn calls_outside_the_policy_are_refused_before_reaching_the_server() {
     let uris: Vec<&str> = audited
         .iter()
         .filter_map(|e| e["requestURI"].as_str())
-        .filter(|u| u.contains(&marker) || u.contains(&format!("{}/things/prober", ns.name())))
+        .filter(|u| u.contains(&marker) || u.contains(&format!("{}/things/prober", t.ns.name())))
         .collect();
     assert_eq!(
         uris.len(),
@@ -192,7 +181,7 @@ async fn calls_outside_the_policy_are_refused_before_reaching_the_server() {
     assert!(
         uris.iter().any(|u| u.starts_with(&format!(
             "/api/v1/namespaces/{}/configmaps/{marker}",
-            ns.name()
+            t.ns.name()
         ))),
         "{uris:?}"
     );
@@ -200,53 +189,32 @@ async fn calls_outside_the_policy_are_refused_before_reaching_the_server() {
         uris.iter().any(|u| u.contains("/things/prober/status")),
         "{uris:?}"
     );
-    let thing = things.get("prober").await.unwrap();
+    let thing = t.api.get("prober").await.unwrap();
     assert_eq!(
         thing.data["status"]["probed"], true,
         "the status patch landed on the status subresource"
     );
     assert!(thing.data["spec"].get("probed").is_none());
-    ns.delete().await;
+    t.ns.delete().await;
     other.delete().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_tight_loop_of_calls_is_rate_limited_and_the_host_stays_responsive() {
-    let client = common::client().await;
-    let ns = common::TestNamespace::new(&client).await;
-    let dir = tempfile::tempdir().unwrap();
-    let crd = write_crd(dir.path(), GROUP, KIND, PLURAL);
+    let t = Things::new().await;
     let probe = with_caps(
         harness::listener("probe", Mode::Classname),
         "rateLimit: {qps: 4, burst: 2}\ngrants:\n  - {apiGroups: [watch.kubelisten.dev], resources: [things], verbs: [get]}\n",
     );
-    let config = Config {
-        watches: vec![WatchConfig {
-            name: "things".into(),
-            target: TargetConfig::Crd { path: crd.clone() },
-            namespaces: vec![ns.name().to_string()],
-            label_selector: None,
-            field_selector: None,
-            listeners: vec![probe],
-        }],
-    };
+    let config = t.watch(vec![probe]);
     let capture = Arc::new(Capture::default());
-    let runtime = harness::runtime_with_cluster(&client, &config, capture.clone());
-    let mut host = TestHost::start(client.clone(), &runtime, &config, &settings(4)).await;
-    host.wait_synced().await;
-    let ar = resource(GROUP, KIND, PLURAL);
-    let things: Api<DynamicObject> = Api::namespaced_with(client.clone(), ns.name(), &ar);
+    let runtime = harness::runtime_with_cluster(&t.client, &config, capture.clone());
+    let mut host = t.start_host(&runtime, &config, &settings(4)).await;
     let calls = json!([{"op": "get", "repeat": 12}]).to_string();
-    create_thing(
-        &things,
-        &ar,
-        "hammer",
-        json!({}),
-        &[("kubelisten.dev/probe", &calls)],
-    )
-    .await;
+    t.create("hammer", json!({}), &[("kubelisten.dev/probe", &calls)])
+        .await;
     // While the hammer loops, another object's event is handled.
-    create_thing(&things, &ar, "bystander", json!({}), &[]).await;
+    t.create("bystander", json!({}), &[]).await;
     host.wait_for(Duration::from_secs(60), "both events", |seen| {
         seen.len() >= 2
     })
@@ -270,7 +238,7 @@ async fn a_tight_loop_of_calls_is_rate_limited_and_the_host_stays_responsive() {
         .filter(|e| {
             e["requestURI"]
                 .as_str()
-                .is_some_and(|u| u.contains(&format!("{}/things/hammer", ns.name())))
+                .is_some_and(|u| u.contains(&format!("{}/things/hammer", t.ns.name())))
         })
         .map(|e| chrono_like::parse(e["requestReceivedTimestamp"].as_str().unwrap()))
         .collect();
@@ -283,7 +251,7 @@ async fn a_tight_loop_of_calls_is_rate_limited_and_the_host_stays_responsive() {
             .count();
         assert!(in_window <= 2 + 4, "{in_window} requests within one second");
     }
-    ns.delete().await;
+    t.ns.delete().await;
 }
 
 /// Just enough RFC 3339 parsing for audit timestamps (`2026-11-21T23:59:01.123456Z`).
@@ -303,28 +271,12 @@ mod chrono_like {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn listener_failures_are_recorded_as_warning_events_rate_limited_per_object() {
-    let client = common::client().await;
-    let ns = common::TestNamespace::new(&client).await;
-    let dir = tempfile::tempdir().unwrap();
-    let crd = write_crd(dir.path(), GROUP, KIND, PLURAL);
-    let config = crd_watch(
-        &crd,
-        ns.name(),
-        vec![harness::listener("faulty", Mode::Classname)],
-    );
-    let runtime = harness::runtime_with_cluster(&client, &config, Arc::new(Capture::default()));
-    let mut host = TestHost::start(client.clone(), &runtime, &config, &settings(2)).await;
-    host.wait_synced().await;
-    let ar = resource(GROUP, KIND, PLURAL);
-    let things: Api<DynamicObject> = Api::namespaced_with(client.clone(), ns.name(), &ar);
-    create_thing(
-        &things,
-        &ar,
-        "crasher",
-        json!({}),
-        &[("kubelisten.dev/fault", "panic")],
-    )
-    .await;
+    let t = Things::new().await;
+    let config = t.watch(vec![harness::listener("faulty", Mode::Classname)]);
+    let runtime = harness::runtime_with_cluster(&t.client, &config, Arc::new(Capture::default()));
+    let mut host = t.start_host(&runtime, &config, &settings(2)).await;
+    t.create("crasher", json!({}), &[("kubelisten.dev/fault", "panic")])
+        .await;
     host.wait_for(Duration::from_secs(60), "three trapped attempts", |seen| {
         seen.len() >= 3
     })
@@ -332,7 +284,7 @@ async fn listener_failures_are_recorded_as_warning_events_rate_limited_per_objec
     host.stop().await;
 
     let events: Api<k8s_openapi::api::events::v1::Event> =
-        Api::namespaced(client.clone(), ns.name());
+        Api::namespaced(t.client.clone(), t.ns.name());
     let recorded = eventually("the Warning event", async || {
         let list = events.list(&Default::default()).await.unwrap();
         let ours: Vec<_> = list
@@ -357,5 +309,5 @@ async fn listener_failures_are_recorded_as_warning_events_rate_limited_per_objec
         event.note
     );
     assert!(event.series.is_none(), "published once, not as a series");
-    ns.delete().await;
+    t.ns.delete().await;
 }

@@ -7,12 +7,8 @@ mod harness;
 use std::collections::HashMap;
 use std::time::Duration;
 
-use harness::{
-    crd_watch, create_thing, delete, listener, patch_spec, resource, settings, write_crd, TestHost,
-    GROUP, KIND, PLURAL,
-};
+use harness::{delete, listener, patch_spec, settings, TestHost, Things};
 use http_body_util::BodyExt;
-use kube::api::{Api, DynamicObject};
 use kubelisten::runtime::Mode;
 use serde_json::json;
 use tower::ServiceExt;
@@ -55,21 +51,13 @@ fn parse_metrics(text: &str) -> HashMap<String, f64> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn health_readiness_and_metrics_match_what_happened() {
-    let client = common::client().await;
-    let ns = common::TestNamespace::new(&client).await;
-    let dir = tempfile::tempdir().unwrap();
-    let crd = write_crd(dir.path(), GROUP, KIND, PLURAL);
-    let config = crd_watch(
-        &crd,
-        ns.name(),
-        vec![
-            listener("rust-logger", Mode::Classname),
-            listener("faulty", Mode::Reference),
-        ],
-    );
+    let t = Things::new().await;
+    let config = t.watch(vec![
+        listener("rust-logger", Mode::Classname),
+        listener("faulty", Mode::Reference),
+    ]);
     let runtime = harness::runtime();
-    let mut host = TestHost::start(client.clone(), &runtime, &config, &settings(4)).await;
-    host.wait_synced().await;
+    let mut host = t.start_host(&runtime, &config, &settings(4)).await;
     for _ in 0..100 {
         if get(&host, "/readyz").await.0 == 200 {
             break;
@@ -82,16 +70,12 @@ async fn health_readiness_and_metrics_match_what_happened() {
     );
     assert_eq!(get(&host, "/healthz").await, (200, "ok\n".to_string()));
 
-    let ar = resource(GROUP, KIND, PLURAL);
-    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), ns.name(), &ar);
     for name in ["a", "b", "c"] {
-        create_thing(&api, &ar, name, json!({}), &[]).await;
+        t.create(name, json!({}), &[]).await;
     }
-    patch_spec(&api, "a", json!({"v": 2})).await;
-    delete(&api, "b").await;
-    create_thing(
-        &api,
-        &ar,
+    patch_spec(&t.api, "a", json!({"v": 2})).await;
+    delete(&t.api, "b").await;
+    t.create(
         "boom",
         json!({}),
         &[("kubelisten.dev/fault", "unreachable")],
@@ -167,11 +151,11 @@ async fn health_readiness_and_metrics_match_what_happened() {
     let status: serde_json::Value = serde_json::from_str(&status).unwrap();
     let objects = &status["watches"][0]["objects"];
     assert!(
-        objects.get(format!("{}/a", ns.name())).is_some(),
+        objects.get(format!("{}/a", t.ns.name())).is_some(),
         "{status}"
     );
     assert!(
-        objects.get(format!("{}/b", ns.name())).is_none(),
+        objects.get(format!("{}/b", t.ns.name())).is_none(),
         "deleted objects are forgotten: {status}"
     );
 
@@ -182,5 +166,5 @@ async fn health_readiness_and_metrics_match_what_happened() {
     assert_eq!(code, 503, "{body}");
     assert!(body.contains("watch tasks died"), "{body}");
     host.stop().await;
-    ns.delete().await;
+    t.ns.delete().await;
 }

@@ -9,10 +9,10 @@ use std::io::Write;
 use std::sync::Arc;
 use std::time::Duration;
 
-use harness::{crd_watch, create_thing, resource, write_crd, TestHost, GROUP, KIND, PLURAL};
+use harness::{TestHost, Things};
 use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::ByteString;
-use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
+use kube::api::{Api, Patch, PatchParams, PostParams};
 use kubelisten::hotswap::ModulesConfigMap;
 use serde_json::json;
 use support::Capture;
@@ -71,49 +71,35 @@ async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
 }
 
 struct Setup {
-    client: kube::Client,
-    ns: common::TestNamespace,
+    t: Things,
     host: TestHost,
     capture: Arc<Capture>,
     cms: Api<ConfigMap>,
-    things: Api<DynamicObject>,
-    ar: kube::core::ApiResource,
-    _dir: tempfile::TempDir,
 }
 
 async fn setup(first: Vec<u8>) -> Setup {
-    let client = common::client().await;
-    let ns = common::TestNamespace::new(&client).await;
-    let dir = tempfile::tempdir().unwrap();
-    let crd = write_crd(dir.path(), GROUP, KIND, PLURAL);
-    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), ns.name());
+    let t = Things::new().await;
+    let cms: Api<ConfigMap> = Api::namespaced(t.client.clone(), t.ns.name());
     cms.create(
         &PostParams::default(),
         &configmap("modules", LISTENERS, &[("counter.wasm", first)]),
     )
     .await
     .unwrap();
-    let config = crd_watch(&crd, ns.name(), vec![]);
+    let config = t.watch(vec![]);
     let capture = Arc::new(Capture::default());
-    let runtime = harness::runtime_with_cluster(&client, &config, capture.clone());
+    let runtime = harness::runtime_with_cluster(&t.client, &config, capture.clone());
     let mut settings = harness::settings(4);
     settings.modules = Some(ModulesConfigMap {
-        namespace: ns.name().into(),
+        namespace: t.ns.name().into(),
         name: "modules".into(),
     });
-    let host = TestHost::start(client.clone(), &runtime, &config, &settings).await;
-    host.wait_synced().await;
-    let ar = resource(GROUP, KIND, PLURAL);
-    let things = Api::namespaced_with(client.clone(), ns.name(), &ar);
+    let host = t.start_host(&runtime, &config, &settings).await;
     Setup {
-        client,
-        ns,
+        t,
         host,
         capture,
         cms,
-        things,
-        ar,
-        _dir: dir,
     }
 }
 
@@ -132,10 +118,10 @@ async fn push(cms: &Api<ConfigMap>, listeners: &str, modules: &[(&str, Vec<u8>)]
 async fn swaps_under_load_process_every_event_exactly_once_and_keep_state() {
     let s = setup(guest_bytes("versioned-v1")).await;
     for i in 0..8 {
-        create_thing(&s.things, &s.ar, &format!("obj-{i}"), json!({"n": 0}), &[]).await;
+        s.t.create(&format!("obj-{i}"), json!({"n": 0}), &[]).await;
     }
     let writer = {
-        let things = s.things.clone();
+        let things = s.t.api.clone();
         tokio::spawn(async move {
             let mut last = HashMap::new();
             for n in 1..=60 {
@@ -206,14 +192,14 @@ async fn swaps_under_load_process_every_event_exactly_once_and_keep_state() {
         "the counter never restarted"
     );
     s.host.stop().await;
-    s.ns.delete().await;
+    s.t.ns.delete().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn without_hand_over_the_counter_restarts_and_compressed_modules_load() {
     let s = setup(guest_bytes("versioned-v1")).await;
-    create_thing(&s.things, &s.ar, "a", json!({}), &[]).await;
-    create_thing(&s.things, &s.ar, "b", json!({}), &[]).await;
+    s.t.create("a", json!({}), &[]).await;
+    s.t.create("b", json!({}), &[]).await;
     let capture = s.capture.clone();
     eventually("two counts", || lines(&capture).len() >= 2).await;
     // v3 has no snapshot/restore: the state does not survive. Shipped gzip-compressed.
@@ -226,7 +212,7 @@ async fn without_hand_over_the_counter_restarts_and_compressed_modules_load() {
     )
     .await;
     tokio::time::sleep(Duration::from_secs(1)).await;
-    create_thing(&s.things, &s.ar, "c", json!({}), &[]).await;
+    s.t.create("c", json!({}), &[]).await;
     eventually("v3 to serve", || {
         lines(&capture).iter().any(|l| l.0 == "v3")
     })
@@ -245,13 +231,13 @@ async fn without_hand_over_the_counter_restarts_and_compressed_modules_load() {
     )
     .await;
     tokio::time::sleep(Duration::from_secs(1)).await;
-    create_thing(&s.things, &s.ar, "d", json!({}), &[]).await;
+    s.t.create("d", json!({}), &[]).await;
     eventually("zstd v1 to serve", || {
         lines(&capture).iter().any(|l| l.0 == "v1" && l.1 == "d")
     })
     .await;
     s.host.stop().await;
-    s.ns.delete().await;
+    s.t.ns.delete().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -290,7 +276,7 @@ async fn bad_updates_are_rejected_with_an_event_and_the_running_version_keeps_se
         ),
     ];
     let events: Api<k8s_openapi::api::events::v1::Event> =
-        Api::namespaced(s.client.clone(), s.ns.name());
+        Api::namespaced(s.t.client.clone(), s.t.ns.name());
     for (i, (what, listeners, module, reason)) in cases.into_iter().enumerate() {
         push(&s.cms, &listeners, &[("counter.wasm", module)]).await;
         eventually(&format!("a {reason} Event for the {what} update"), || {
@@ -315,7 +301,7 @@ async fn bad_updates_are_rejected_with_an_event_and_the_running_version_keeps_se
         .await;
         // The previous version keeps serving.
         let name = format!("after-{i}");
-        create_thing(&s.things, &s.ar, &name, json!({}), &[]).await;
+        s.t.create(&name, json!({}), &[]).await;
         let capture = s.capture.clone();
         eventually(&format!("v1 to serve after the {what} update"), || {
             lines(&capture).iter().any(|l| l.1 == name && l.0 == "v1")
@@ -343,5 +329,5 @@ async fn bad_updates_are_rejected_with_an_event_and_the_running_version_keeps_se
     );
     assert!(counter["rejected"]["error"].as_str().is_some(), "{status}");
     s.host.stop().await;
-    s.ns.delete().await;
+    s.t.ns.delete().await;
 }

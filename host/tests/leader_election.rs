@@ -11,8 +11,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use harness::{create_thing, patch_spec, resource, write_crd, GROUP, KIND, PLURAL};
-use kube::api::{Api, DynamicObject};
+use harness::{patch_spec, Things, GROUP, KIND, PLURAL};
 use serde_json::{json, Value};
 
 const LEASE: f64 = 3.0;
@@ -154,24 +153,19 @@ async fn leader_of(replicas: &[Replica], within: Duration) -> usize {
 }
 
 async fn failovers(lock: &str) {
-    let client = common::client().await;
-    let ns = common::TestNamespace::new(&client).await;
-    let dir = tempfile::tempdir().unwrap();
-    let crd = write_crd(dir.path(), GROUP, KIND, PLURAL);
-    common::apply_crd_yaml(&client, &harness::crd_yaml(GROUP, KIND, PLURAL)).await;
+    let t = Things::new().await;
+    common::apply_crd_yaml(&t.client, &harness::crd_yaml(GROUP, KIND, PLURAL)).await;
     let spans: Arc<Mutex<Vec<Span>>> = Arc::default();
     let mut replicas = vec![
-        spawn(0, &crd, ns.name(), lock, spans.clone()),
-        spawn(1, &crd, ns.name(), lock, spans.clone()),
+        spawn(0, &t.crd, t.ns.name(), lock, spans.clone()),
+        spawn(1, &t.crd, t.ns.name(), lock, spans.clone()),
     ];
     let mut next_id = 2;
 
     // A steady stream of updates while leaders change.
-    let ar = resource(GROUP, KIND, PLURAL);
-    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), ns.name(), &ar);
-    create_thing(&api, &ar, "ticker", json!({"n": 0}), &[]).await;
+    t.create("ticker", json!({"n": 0}), &[]).await;
     let writer = {
-        let api = api.clone();
+        let api = t.api.clone();
         tokio::spawn(async move {
             for n in 1.. {
                 let _ = api
@@ -208,7 +202,7 @@ async fn failovers(lock: &str) {
             "{lock}: round {round}: replica {} took over {takeover:?} after the kill",
             replicas[new_leader].id
         );
-        replicas.push(spawn(next_id, &crd, ns.name(), lock, spans.clone()));
+        replicas.push(spawn(next_id, &t.crd, t.ns.name(), lock, spans.clone()));
         next_id += 1;
         leader = new_leader;
     }
@@ -233,7 +227,7 @@ async fn failovers(lock: &str) {
     );
 
     // Let the new leader dispatch something, then stop everything.
-    patch_spec(&api, "ticker", json!({"final": true})).await;
+    patch_spec(&t.api, "ticker", json!({"final": true})).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     writer.abort();
     for mut r in replicas {
@@ -259,7 +253,7 @@ async fn failovers(lock: &str) {
             }
         }
     }
-    ns.delete().await;
+    t.ns.delete().await;
 }
 
 fn nix_term(child: &Child) {

@@ -9,10 +9,7 @@ mod harness;
 
 use std::time::Duration;
 
-use harness::{
-    crd_watch, create_thing, delete, patch_spec, resource, settings, write_crd, TestHost, GROUP,
-    KIND, PLURAL,
-};
+use harness::{delete, patch_spec, settings, Things};
 use kube::api::{Api, DynamicObject};
 use kubelisten::event::EventKind;
 use kubelisten::runtime::{Mode, Runtime, RuntimeConfig};
@@ -40,60 +37,43 @@ async fn handled_by(api: &Api<DynamicObject>, name: &str, generation: i64) -> se
 
 #[tokio::test(flavor = "multi_thread")]
 async fn every_language_in_both_modes_against_the_api_server() {
-    let client = common::client().await;
-    let dir = tempfile::tempdir().unwrap();
-    let crd = write_crd(dir.path(), GROUP, KIND, PLURAL);
     let cache = tempfile::tempdir().unwrap();
     for (guest, lang) in GUESTS {
         for mode in [Mode::Classname, Mode::Reference] {
-            let ns = common::TestNamespace::new(&client).await;
+            let t = Things::new().await;
             let mut spec = harness::listener(guest, mode);
             spec.limits.call_timeout = Duration::from_secs(5);
             spec.capabilities = serde_saphyr::from_str(
                 "grants:\n  - {apiGroups: [watch.kubelisten.dev], resources: [things/status], verbs: [patch]}\n",
             )
             .unwrap();
-            let config = crd_watch(&crd, ns.name(), vec![spec]);
+            let config = t.watch(vec![spec]);
             let runtime = Runtime::new(RuntimeConfig {
-                cluster: kubelisten::app::cluster_access(&client, &config),
+                cluster: kubelisten::app::cluster_access(&t.client, &config),
                 cache_dir: Some(cache.path().to_path_buf()),
                 ..RuntimeConfig::default()
             })
             .unwrap();
-            let mut host = TestHost::start(client.clone(), &runtime, &config, &settings(2)).await;
-            host.wait_synced().await;
-            let ar = resource(GROUP, KIND, PLURAL);
-            let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), ns.name(), &ar);
+            let mut host = t.start_host(&runtime, &config, &settings(2)).await;
+            let api = &t.api;
 
-            create_thing(&api, &ar, "ok", json!({"v": 1}), &[]).await;
-            let status = handled_by(&api, "ok", 1).await;
+            t.create("ok", json!({"v": 1}), &[]).await;
+            let status = handled_by(api, "ok", 1).await;
             assert_eq!(status["handledBy"], lang, "{guest} {mode:?}");
-            patch_spec(&api, "ok", json!({"v": 2})).await;
-            let status = handled_by(&api, "ok", 2).await;
+            patch_spec(api, "ok", json!({"v": 2})).await;
+            let status = handled_by(api, "ok", 2).await;
             assert_eq!(
                 status["handledBy"], lang,
                 "{guest} {mode:?} after the update"
             );
-            delete(&api, "ok").await;
+            delete(api, "ok").await;
 
-            create_thing(
-                &api,
-                &ar,
-                "refuses",
-                json!({}),
-                &[("kubelisten.dev/fault", "error")],
-            )
-            .await;
-            create_thing(
-                &api,
-                &ar,
-                "boom",
-                json!({}),
-                &[("kubelisten.dev/fault", "trap")],
-            )
-            .await;
-            create_thing(&api, &ar, "after", json!({}), &[]).await;
-            handled_by(&api, "after", 1).await;
+            t.create("refuses", json!({}), &[("kubelisten.dev/fault", "error")])
+                .await;
+            t.create("boom", json!({}), &[("kubelisten.dev/fault", "trap")])
+                .await;
+            t.create("after", json!({}), &[]).await;
+            handled_by(api, "after", 1).await;
             host.wait_for(
                 Duration::from_secs(120),
                 "the delete and the faults",
@@ -134,7 +114,7 @@ async fn every_language_in_both_modes_against_the_api_server() {
                 .find(|d| d.event.kind == EventKind::Delete)
                 .unwrap();
             assert!(deleted.report.succeeded(), "{guest} {mode:?}: delete");
-            ns.delete().await;
+            t.ns.delete().await;
         }
     }
 }

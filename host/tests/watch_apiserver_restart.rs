@@ -8,8 +8,8 @@ mod harness;
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
-use harness::{crd_watch, listener, resource, settings, write_crd, TestHost};
-use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams};
+use harness::{listener, settings, Things};
+use kube::api::{DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams};
 use kubelisten::event::EventKind;
 use kubelisten::runtime::Mode;
 use serde_json::json;
@@ -36,23 +36,13 @@ async fn retry<T, F: std::future::Future<Output = Result<T, kube::Error>>>(
 
 #[tokio::test(flavor = "multi_thread")]
 async fn apiserver_restart_loses_and_duplicates_nothing() {
-    let client = common::client().await;
-    let ns = common::TestNamespace::new(&client).await;
-    let dir = tempfile::tempdir().unwrap();
-    let crd = write_crd(dir.path(), GROUP, KIND, PLURAL);
-    let config = crd_watch(
-        &crd,
-        ns.name(),
-        vec![listener("rust-logger", Mode::Classname)],
-    );
+    let t = Things::for_crd(GROUP, KIND, PLURAL).await;
+    let config = t.watch(vec![listener("rust-logger", Mode::Classname)]);
     let runtime = harness::runtime();
-    let mut host = TestHost::start(client.clone(), &runtime, &config, &settings(4)).await;
-    host.wait_synced().await;
+    let mut host = t.start_host(&runtime, &config, &settings(4)).await;
 
-    let ar = resource(GROUP, KIND, PLURAL);
-    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), ns.name(), &ar);
     let writer = {
-        let (api, ar) = (api.clone(), ar.clone());
+        let (api, ar) = (t.api.clone(), t.ar.clone());
         tokio::spawn(async move {
             let mut deleted = HashSet::new();
             for round in 0..4 {
@@ -101,7 +91,8 @@ async fn apiserver_restart_loses_and_duplicates_nothing() {
     .unwrap();
     let deleted = writer.await.unwrap();
 
-    let finals: HashMap<String, String> = api
+    let finals: HashMap<String, String> = t
+        .api
         .list(&ListParams::default())
         .await
         .unwrap()
@@ -151,5 +142,5 @@ async fn apiserver_restart_loses_and_duplicates_nothing() {
             "{key:?} delivered twice:\n{log}"
         );
     }
-    ns.delete().await;
+    t.ns.delete().await;
 }

@@ -7,12 +7,9 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use futures::{stream, StreamExt};
-use harness::{
-    crd_watch, create_thing, delete, listener, patch_spec, resource, settings, write_crd, TestHost,
-    GROUP, KIND, PLURAL,
-};
+use harness::{delete, listener, patch_spec, settings, TestHost, Things, GROUP, KIND, PLURAL};
 use k8s_openapi::api::core::v1::ConfigMap;
-use kube::api::{Api, DynamicObject, PostParams};
+use kube::api::{Api, PostParams};
 use kubelisten::config::{Config, TargetConfig, WatchConfig};
 use kubelisten::event::EventKind;
 use kubelisten::runtime::Mode;
@@ -22,27 +19,17 @@ const WAIT: Duration = Duration::from_secs(90);
 
 #[tokio::test(flavor = "multi_thread")]
 async fn create_update_delete_reach_every_listener_in_both_modes() {
-    let client = common::client().await;
-    let ns = common::TestNamespace::new(&client).await;
-    let dir = tempfile::tempdir().unwrap();
-    let crd = write_crd(dir.path(), GROUP, KIND, PLURAL);
-    let config = crd_watch(
-        &crd,
-        ns.name(),
-        vec![
-            listener("rust-logger", Mode::Classname),
-            listener("rust-metrics", Mode::Reference),
-        ],
-    );
+    let t = Things::new().await;
+    let config = t.watch(vec![
+        listener("rust-logger", Mode::Classname),
+        listener("rust-metrics", Mode::Reference),
+    ]);
     let runtime = harness::runtime();
-    let mut host = TestHost::start(client.clone(), &runtime, &config, &settings(4)).await;
-    host.wait_synced().await;
+    let mut host = t.start_host(&runtime, &config, &settings(4)).await;
 
-    let ar = resource(GROUP, KIND, PLURAL);
-    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), ns.name(), &ar);
-    let created = create_thing(&api, &ar, "one", json!({"size": 1}), &[]).await;
-    let updated = patch_spec(&api, "one", json!({"size": 2})).await;
-    delete(&api, "one").await;
+    let created = t.create("one", json!({"size": 1}), &[]).await;
+    let updated = patch_spec(&t.api, "one", json!({"size": 2})).await;
+    delete(&t.api, "one").await;
     host.wait_for(WAIT, "create, update and delete of one", |seen| {
         seen.iter().any(|d| d.event.kind == EventKind::Delete)
     })
@@ -64,7 +51,7 @@ async fn create_update_delete_reach_every_listener_in_both_modes() {
         let m = &d.event.meta;
         assert_eq!(
             (m.name.as_str(), m.namespace.as_deref()),
-            ("one", Some(ns.name()))
+            ("one", Some(t.ns.name()))
         );
         assert_eq!(
             (m.api_version.as_str(), m.kind.as_str()),
@@ -99,29 +86,20 @@ async fn create_update_delete_reach_every_listener_in_both_modes() {
     );
     let new: serde_json::Value = serde_json::from_str(&update.object).unwrap();
     assert_eq!(new["spec"]["size"], 2);
-    ns.delete().await;
+    t.ns.delete().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn existing_objects_arrive_as_initial_creates_at_every_start() {
-    let client = common::client().await;
-    let ns = common::TestNamespace::new(&client).await;
-    let dir = tempfile::tempdir().unwrap();
-    let crd = write_crd(dir.path(), GROUP, KIND, PLURAL);
-    common::apply_crd_yaml(&client, &harness::crd_yaml(GROUP, KIND, PLURAL)).await;
-    let ar = resource(GROUP, KIND, PLURAL);
-    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), ns.name(), &ar);
+    let t = Things::new().await;
+    common::apply_crd_yaml(&t.client, &harness::crd_yaml(GROUP, KIND, PLURAL)).await;
     for name in ["a", "b", "c"] {
-        create_thing(&api, &ar, name, json!({"n": name}), &[]).await;
+        t.create(name, json!({"n": name}), &[]).await;
     }
-    let config = crd_watch(
-        &crd,
-        ns.name(),
-        vec![listener("rust-logger", Mode::Classname)],
-    );
+    let config = t.watch(vec![listener("rust-logger", Mode::Classname)]);
     let runtime = harness::runtime();
     for round in 0..2 {
-        let mut host = TestHost::start(client.clone(), &runtime, &config, &settings(4)).await;
+        let mut host = TestHost::start(t.client.clone(), &runtime, &config, &settings(4)).await;
         host.wait_for(WAIT, "three initial creates", |seen| seen.len() >= 3)
             .await;
         host.wait_synced().await;
@@ -141,39 +119,29 @@ async fn existing_objects_arrive_as_initial_creates_at_every_start() {
             harness::describe(&seen)
         );
     }
-    ns.delete().await;
+    t.ns.delete().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn per_object_order_is_kept_while_objects_run_in_parallel() {
     const OBJECTS: usize = 200;
     const UPDATES: usize = 5;
-    let client = common::client().await;
-    let ns = common::TestNamespace::new(&client).await;
-    let dir = tempfile::tempdir().unwrap();
-    let crd = write_crd(dir.path(), GROUP, KIND, PLURAL);
-    let config = crd_watch(
-        &crd,
-        ns.name(),
-        vec![
-            listener("json-parse", Mode::Classname),
-            listener("rust-metrics", Mode::Reference),
-        ],
-    );
+    let t = Things::new().await;
+    let config = t.watch(vec![
+        listener("json-parse", Mode::Classname),
+        listener("rust-metrics", Mode::Reference),
+    ]);
     let runtime = harness::runtime();
-    let mut host = TestHost::start(client.clone(), &runtime, &config, &settings(8)).await;
-    host.wait_synced().await;
+    let mut host = t.start_host(&runtime, &config, &settings(8)).await;
 
-    let ar = resource(GROUP, KIND, PLURAL);
-    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), ns.name(), &ar);
     stream::iter(0..OBJECTS)
         .for_each_concurrent(16, |i| {
-            let (api, ar) = (api.clone(), ar.clone());
+            let t = &t;
             async move {
                 let name = format!("obj-{i}");
-                create_thing(&api, &ar, &name, json!({"step": 0}), &[]).await;
+                t.create(&name, json!({"step": 0}), &[]).await;
                 for step in 1..=UPDATES {
-                    patch_spec(&api, &name, json!({"step": step})).await;
+                    patch_spec(&t.api, &name, json!({"step": step})).await;
                 }
             }
         })
@@ -214,45 +182,23 @@ async fn per_object_order_is_kept_while_objects_run_in_parallel() {
         overlapping > 0,
         "no two events were handled at the same time"
     );
-    ns.delete().await;
+    t.ns.delete().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_failing_listener_rolls_back_earlier_ones_and_retries_succeed() {
-    let client = common::client().await;
-    let ns = common::TestNamespace::new(&client).await;
-    let dir = tempfile::tempdir().unwrap();
-    let crd = write_crd(dir.path(), GROUP, KIND, PLURAL);
-    let config = crd_watch(
-        &crd,
-        ns.name(),
-        vec![
-            listener("rust-logger", Mode::Classname),
-            listener("rust-metrics", Mode::Reference),
-            listener("faulty", Mode::Reference),
-        ],
-    );
+    let t = Things::new().await;
+    let config = t.watch(vec![
+        listener("rust-logger", Mode::Classname),
+        listener("rust-metrics", Mode::Reference),
+        listener("faulty", Mode::Reference),
+    ]);
     let runtime = harness::runtime();
-    let mut host = TestHost::start(client.clone(), &runtime, &config, &settings(4)).await;
-    host.wait_synced().await;
-    let ar = resource(GROUP, KIND, PLURAL);
-    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), ns.name(), &ar);
-    create_thing(
-        &api,
-        &ar,
-        "refuses",
-        json!({}),
-        &[("kubelisten.dev/fault", "error")],
-    )
-    .await;
-    create_thing(
-        &api,
-        &ar,
-        "flaky",
-        json!({}),
-        &[("kubelisten.dev/fault", "flaky")],
-    )
-    .await;
+    let mut host = t.start_host(&runtime, &config, &settings(4)).await;
+    t.create("refuses", json!({}), &[("kubelisten.dev/fault", "error")])
+        .await;
+    t.create("flaky", json!({}), &[("kubelisten.dev/fault", "flaky")])
+        .await;
     host.wait_for(WAIT, "3 attempts on refuses and 2 on flaky", |seen| {
         seen.iter()
             .filter(|d| d.event.meta.name == "refuses")
@@ -302,7 +248,7 @@ async fn a_failing_listener_rolls_back_earlier_ones_and_retries_succeed() {
             .collect::<Vec<_>>(),
         [(1, false), (2, true)]
     );
-    ns.delete().await;
+    t.ns.delete().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

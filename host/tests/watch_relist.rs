@@ -12,11 +12,7 @@ mod harness;
 
 use std::time::Duration;
 
-use harness::{
-    crd_watch, create_thing, delete, listener, patch_spec, resource, settings, write_crd, Proxy,
-    TestHost,
-};
-use kube::api::{Api, DynamicObject};
+use harness::{delete, listener, patch_spec, settings, Proxy, TestHost, Things};
 use kubelisten::event::EventKind;
 use kubelisten::runtime::Mode;
 use serde_json::json;
@@ -27,17 +23,12 @@ const PLURAL: &str = "gaps";
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_gap_with_an_expired_resource_version_is_healed_by_a_relist() {
-    let client = common::client().await;
-    let ns = common::TestNamespace::new(&client).await;
-    let dir = tempfile::tempdir().unwrap();
-    let crd = write_crd(dir.path(), GROUP, KIND, PLURAL);
-    common::apply_crd_yaml(&client, &harness::crd_yaml(GROUP, KIND, PLURAL)).await;
-    let ar = resource(GROUP, KIND, PLURAL);
-    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), ns.name(), &ar);
+    let t = Things::for_crd(GROUP, KIND, PLURAL).await;
+    common::apply_crd_yaml(&t.client, &harness::crd_yaml(GROUP, KIND, PLURAL)).await;
     for name in [
         "keep-1", "keep-2", "change-1", "change-2", "delete-1", "delete-2",
     ] {
-        create_thing(&api, &ar, name, json!({"v": 0}), &[]).await;
+        t.create(name, json!({"v": 0}), &[]).await;
     }
 
     // The host talks to the API server only through the proxy.
@@ -50,11 +41,7 @@ async fn a_gap_with_an_expired_resource_version_is_healed_by_a_relist() {
     let proxy = Proxy::start(upstream).await;
     host_config.cluster_url = proxy.url.parse().unwrap();
     let host_client = kube::Client::try_from(host_config).unwrap();
-    let config = crd_watch(
-        &crd,
-        ns.name(),
-        vec![listener("rust-logger", Mode::Classname)],
-    );
+    let config = t.watch(vec![listener("rust-logger", Mode::Classname)]);
     let runtime = harness::runtime();
     let mut host = TestHost::start(host_client, &runtime, &config, &settings(4)).await;
     host.wait_for(Duration::from_secs(60), "six initial creates", |seen| {
@@ -65,13 +52,13 @@ async fn a_gap_with_an_expired_resource_version_is_healed_by_a_relist() {
 
     proxy.cut();
     for name in ["change-1", "change-2"] {
-        patch_spec(&api, name, json!({"v": 1})).await;
+        patch_spec(&t.api, name, json!({"v": 1})).await;
     }
     for name in ["delete-1", "delete-2"] {
-        delete(&api, name).await;
+        delete(&t.api, name).await;
     }
     for name in ["new-1", "new-2"] {
-        create_thing(&api, &ar, name, json!({"v": 0}), &[]).await;
+        t.create(name, json!({"v": 0}), &[]).await;
     }
     let revision = harness::compact_etcd();
     eprintln!("etcd compacted at revision {revision}");
@@ -82,7 +69,7 @@ async fn a_gap_with_an_expired_resource_version_is_healed_by_a_relist() {
     })
     .await;
     // A later live change proves the watch is past the relist; nothing else may arrive before it.
-    create_thing(&api, &ar, "sentinel", json!({}), &[]).await;
+    t.create("sentinel", json!({}), &[]).await;
     host.wait_for(Duration::from_secs(60), "the sentinel", |seen| {
         seen.iter().any(|d| d.event.meta.name == "sentinel")
     })
@@ -134,5 +121,5 @@ async fn a_gap_with_an_expired_resource_version_is_healed_by_a_relist() {
             _ => {}
         }
     }
-    ns.delete().await;
+    t.ns.delete().await;
 }

@@ -101,6 +101,74 @@ pub fn crd_watch(crd: &Path, namespace: &str, listeners: Vec<ListenerSpec>) -> C
     }
 }
 
+/// One test's world: a fresh namespace, the test CRD written to a temporary file, and an API
+/// for its objects in that namespace. Most cluster tests start from this.
+pub struct Things {
+    /// The admin client.
+    pub client: kube::Client,
+    /// The test's namespace (delete it with `things.ns.delete().await` at the end).
+    pub ns: crate::common::TestNamespace,
+    /// The CRD file.
+    pub crd: PathBuf,
+    /// The CRD's resource.
+    pub ar: ApiResource,
+    /// The CRD's objects in the test namespace.
+    pub api: Api<DynamicObject>,
+    _dir: tempfile::TempDir,
+}
+
+impl Things {
+    /// Creates the namespace and writes the test CRD file (the host registers the CRD).
+    pub async fn new() -> Self {
+        Self::for_crd(GROUP, KIND, PLURAL).await
+    }
+
+    /// [`Things::new`] for another CRD (`crd_yaml(group, kind, plural)`).
+    pub async fn for_crd(group: &str, kind: &str, plural: &str) -> Self {
+        let client = crate::common::client().await;
+        let ns = crate::common::TestNamespace::new(&client).await;
+        let dir = tempfile::tempdir().unwrap();
+        let crd = write_crd(dir.path(), group, kind, plural);
+        let ar = resource(group, kind, plural);
+        let api = Api::namespaced_with(client.clone(), ns.name(), &ar);
+        Self {
+            client,
+            ns,
+            crd,
+            ar,
+            api,
+            _dir: dir,
+        }
+    }
+
+    /// One watch of the CRD in the test namespace with these listeners.
+    pub fn watch(&self, listeners: Vec<ListenerSpec>) -> Config {
+        crd_watch(&self.crd, self.ns.name(), listeners)
+    }
+
+    /// Creates `name` with `spec` and `annotations`.
+    pub async fn create(
+        &self,
+        name: &str,
+        spec: serde_json::Value,
+        annotations: &[(&str, &str)],
+    ) -> DynamicObject {
+        create_thing(&self.api, &self.ar, name, spec, annotations).await
+    }
+
+    /// Starts the host for `config` with `settings` and waits until its watches have synced.
+    pub async fn start_host(
+        &self,
+        runtime: &Runtime,
+        config: &Config,
+        settings: &RunSettings,
+    ) -> TestHost {
+        let host = TestHost::start(self.client.clone(), runtime, config, settings).await;
+        host.wait_synced().await;
+        host
+    }
+}
+
 /// Settings with quick retries.
 pub fn settings(workers: usize) -> RunSettings {
     RunSettings {
