@@ -207,11 +207,24 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// # Errors
 /// [`Error::ReadFailed`] if the file cannot be read, else as [`parse`].
 pub fn load(path: &Path) -> Result<Config> {
-    let text = std::fs::read_to_string(path).map_err(|source| Error::ReadFailed {
+    parse(&read(path)?, path)
+}
+
+/// Reads the configuration at `path` for a host whose listeners come from a modules ConfigMap
+/// (`--modules-configmap`): the same rules as [`load`], except that a watch may list no
+/// listeners, since the ConfigMap's `listeners.yaml` supplies every chain.
+///
+/// # Errors
+/// As [`load`].
+pub fn load_watches(path: &Path) -> Result<Config> {
+    validate(&read(path)?, path, Listeners::Optional)
+}
+
+fn read(path: &Path) -> Result<String> {
+    std::fs::read_to_string(path).map_err(|source| Error::ReadFailed {
         path: path.to_path_buf(),
         source,
-    })?;
-    parse(&text, path)
+    })
 }
 
 /// Parses and validates configuration `text` read from `origin`: errors name `origin`, and
@@ -221,6 +234,17 @@ pub fn load(path: &Path) -> Result<Config> {
 /// [`Error::ParseFailed`] for YAML that is malformed or has the wrong shape,
 /// [`Error::ValidationFailed`] for a rule broken; both say where.
 pub fn parse(text: &str, origin: &Path) -> Result<Config> {
+    validate(text, origin, Listeners::Required)
+}
+
+/// Whether every watch must list at least one listener.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Listeners {
+    Required,
+    Optional,
+}
+
+fn validate(text: &str, origin: &Path, listeners: Listeners) -> Result<Config> {
     let doc = Document::new(text, origin, 0);
     if doc.is_empty() {
         return Err(Error::ValidationFailed(doc.problem(
@@ -230,9 +254,13 @@ pub fn parse(text: &str, origin: &Path) -> Result<Config> {
     }
     let raw: RawConfig = doc.deserialize().map_err(Error::ParseFailed)?;
     let base = origin.parent().unwrap_or_else(|| Path::new(""));
-    Validator { doc: &doc, base }
-        .config(raw)
-        .map_err(Error::ValidationFailed)
+    Validator {
+        doc: &doc,
+        base,
+        listeners,
+    }
+    .config(raw)
+    .map_err(Error::ValidationFailed)
 }
 
 #[derive(Deserialize)]
@@ -283,6 +311,7 @@ struct RawListener {
 struct Validator<'a> {
     doc: &'a Document<'a>,
     base: &'a Path,
+    listeners: Listeners,
 }
 
 type Checked<T> = std::result::Result<T, Problem>;
@@ -334,7 +363,7 @@ impl Validator<'_> {
         }
         let selector = |s: Option<String>| s.filter(|s| !s.trim().is_empty());
         let listeners_at = at.key("listeners");
-        if raw.listeners.is_empty() {
+        if raw.listeners.is_empty() && self.listeners == Listeners::Required {
             return self.fail(
                 &listeners_at,
                 format!("watch {name:?} needs at least one listener"),
@@ -973,6 +1002,31 @@ watches:
         let err = load(&missing).unwrap_err();
         assert!(matches!(err, Error::ReadFailed { .. }));
         assert!(err.to_string().contains("nope.yaml"), "{err}");
+    }
+
+    #[test]
+    fn watches_without_listeners_only_when_a_configmap_supplies_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kubelisten.yaml");
+        std::fs::write(
+            &path,
+            "watches:\n  - name: a\n    crd: c.yaml\n  - name: b\n    apiVersion: v1\n    kind: ConfigMap\n    listeners: []\n",
+        )
+        .unwrap();
+        let err = load(&path).unwrap_err().to_string();
+        assert!(err.contains("at least one listener"), "{err}");
+        let config = load_watches(&path).unwrap();
+        let names: Vec<&str> = config.watches.iter().map(|w| w.name.as_str()).collect();
+        assert_eq!(names, ["a", "b"]);
+        assert!(config.watches.iter().all(|w| w.listeners.is_empty()));
+        // Every other rule still applies.
+        std::fs::write(
+            &path,
+            "watches:\n  - name: a\n  - name: a\n    crd: c.yaml\n",
+        )
+        .unwrap();
+        let err = load_watches(&path).unwrap_err().to_string();
+        assert!(err.contains("kubelisten.yaml:2:5"), "{err}");
     }
 
     #[test]

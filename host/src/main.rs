@@ -133,7 +133,19 @@ fn listener_specs(
 /// The watches of `run`: the config file, or the single CRD given by flags.
 fn run_config(args: &RunArgs) -> anyhow::Result<Config> {
     if let Some(path) = &args.config {
-        return config::load(path).map_err(anyhow::Error::new);
+        if args.modules_configmap.is_none() {
+            return config::load(path).map_err(anyhow::Error::new);
+        }
+        // The ConfigMap's listeners.yaml supplies every chain: the file only names the watches.
+        let config = config::load_watches(path)?;
+        for watch in config.watches.iter().filter(|w| !w.listeners.is_empty()) {
+            tracing::warn!(
+                watch = %watch.name,
+                listeners = watch.listeners.len(),
+                "the config file's listeners for this watch are ignored: with --modules-configmap the ConfigMap's listeners.yaml supplies them"
+            );
+        }
+        return Ok(config);
     }
     let Some(crd) = &args.crd else {
         anyhow::bail!("nothing to watch: give --config FILE, --crd FILE with --listener MODULE, or --modules-configmap with a listeners.yaml that lists the watches");

@@ -331,3 +331,82 @@ async fn bad_updates_are_rejected_with_an_event_and_the_running_version_keeps_se
     s.host.stop().await;
     s.t.ns.delete().await;
 }
+
+/// `kubelisten run --config F --modules-configmap NS/NAME`: the file names the watches (here with
+/// no listeners at all) and the ConfigMap supplies the chains.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_config_file_names_the_watches_and_the_configmap_supplies_the_listeners() {
+    let t = Things::new().await;
+    let cms: Api<ConfigMap> = Api::namespaced(t.client.clone(), t.ns.name());
+    cms.create(
+        &PostParams::default(),
+        &configmap(
+            "modules",
+            LISTENERS,
+            &[("counter.wasm", guest_bytes("versioned-v1"))],
+        ),
+    )
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("kubelisten.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "watches:\n  - name: things\n    crd: {}\n    namespaces: [{}]\n",
+            t.crd.display(),
+            t.ns.name()
+        ),
+    )
+    .unwrap();
+    let log = dir.path().join("kubelisten.log");
+    let log_file = std::fs::File::create(&log).unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_kubelisten"))
+        .args([
+            "run",
+            "--health-port",
+            "0",
+            "--log-format",
+            "json",
+            "--config",
+        ])
+        .arg(&config)
+        .args(["--modules-configmap", &format!("{}/modules", t.ns.name())])
+        .env("KUBECONFIG", common::kubeconfig_path())
+        .env("KUBELISTEN_CACHE_DIR", dir.path().join("cache"))
+        .env("RUST_LOG", "info")
+        .stdout(log_file.try_clone().unwrap())
+        .stderr(log_file)
+        .spawn()
+        .unwrap();
+    // Created before or after the host's initial list: either way it reaches the listener.
+    common::apply_crd_yaml(
+        &t.client,
+        &harness::crd_yaml(harness::GROUP, harness::KIND, harness::PLURAL),
+    )
+    .await;
+    t.create("seen", json!({}), &[]).await;
+    let wanted = format!("versioned v1 {}/seen", t.ns.name());
+    let mut found = false;
+    for _ in 0..600 {
+        if std::fs::read_to_string(&log).unwrap().contains(&wanted) {
+            found = true;
+            break;
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!(
+                "kubelisten exited ({status}):\n{}",
+                std::fs::read_to_string(&log).unwrap()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        found,
+        "the ConfigMap's listener never handled the object; kubelisten's log:\n{}",
+        std::fs::read_to_string(&log).unwrap()
+    );
+    t.ns.delete().await;
+}
