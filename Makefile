@@ -5,7 +5,7 @@ GUESTS := rust-metrics rust-logger faulty noop json-parse superpod probe bench-l
 # The listeners of issue 9, one per language (each installs its toolchain from the registries).
 POLYGLOT_GUESTS := rust-listener python-listener js-listener c-listener go-listener
 
-.PHONY: help bench-e2e reliability demo demo-replay test test-unit guests versioned-guests host fmt clippy bench cluster-up cluster-down cluster-status
+.PHONY: help bench-e2e reliability reliability-ci demo demo-replay test test-unit guests versioned-guests host fmt clippy bench cluster-up cluster-down cluster-status
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
@@ -58,6 +58,10 @@ bench-e2e: ## end-to-end benchmark vs a native kube-runtime listener and kopf (o
 
 reliability: ## fault injection + bounded soak (own control plane)
 	bench/reliability.sh
+
+reliability-ci: ## short fault-injection run on the debug binary (needs `make guests`); fails on loss, duplicates, a dead host
+	cargo build -p kubelisten
+	BENCH_SKIP_BUILD=1 REL_KL=target/debug/kubelisten REL_DURATION=10 REL_SOAK=60 bench/reliability.sh
 
 cluster-up: ## start the local kube-apiserver + etcd
 	deploy/local/cluster.sh up

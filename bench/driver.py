@@ -2,7 +2,8 @@
 """End-to-end benchmark driver (run by bench/e2e.sh; needs only the standard library + PyYAML).
 
 For every contender (a listener process that prints one line per event,
-`BENCH <kind> <namespace>/<name> <resourceVersion> <unix-time-ns>`), on the same API server:
+`BENCH <kind> <namespace>/<name> <resourceVersion> <unix-time-ns>`, optionally followed by
+` uid=<uid>` and ` initial` for an event from an initial list or relist), on the same API server:
 
   latency   start the contender on an empty namespace, wait until it is ready (it has seen a
             sentinel object), then create N objects, update each once, delete each, at a fixed
@@ -42,7 +43,9 @@ import time
 import yaml
 
 GROUP, VERSION, PLURAL, KIND = "bench.kubelisten.dev", "v1", "benchitems", "BenchItem"
-LINE = re.compile(rb"BENCH (\w+) (\S+)/(\S+) (\d*) (\d+)")
+# The optional trailing fields (bench-listener only): the object's uid, and ` initial` for an event
+# from an initial list or a relist. The native baseline and kopf do not print them.
+LINE = re.compile(rb"BENCH (\w+) (\S+)/(\S+) (\d*) (\d+)(?: uid=([0-9A-Za-z-]+))?( initial)?")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 USER_AGENT = "kubelisten-bench-driver"
 
@@ -197,7 +200,7 @@ class Contender:
         self.proc = subprocess.Popen(cmd, stdout=open(self.out_path, "wb"), stderr=open(self.err_path, "wb"),
                                      env=env, start_new_session=True)
         self._seen_pos = {}
-        self.events = {}  # (ns, name) -> list of (t, kind, rv)
+        self.events = {}  # (ns, name) -> list of (t, kind, rv, initial, uid or "")
         self._offsets = {self.out_path: 0, self.err_path: 0}
         return self
 
@@ -210,9 +213,9 @@ class Contender:
             cut = data.rfind(b"\n") + 1
             self._offsets[p] += cut
             for m in LINE.finditer(data[:cut]):
-                kind, ns, name, rv, t = m.groups()
+                kind, ns, name, rv, t, uid, initial = m.groups()
                 self.events.setdefault((ns.decode(), name.decode()), []).append(
-                    (int(t), kind.decode(), int(rv or 0)))
+                    (int(t), kind.decode(), int(rv or 0), initial is not None, (uid or b"").decode()))
 
     def alive(self):
         return self.proc.poll() is None

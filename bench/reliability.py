@@ -1,45 +1,87 @@
 #!/usr/bin/env python3
-"""Fault-injection reliability runs (issue 11, partial; run by bench/reliability.sh).
+"""Fault-injection reliability runs (issue 11; run by bench/reliability.sh).
 
 Each scenario starts `kubelisten run` with the bench-listener guest (it logs one BENCH line per
-event it sees), drives a steady stream of creates/updates/deletes over a pool of objects, injects
-one fault a third of the way in, stops the stream, and checks what the listener saw against the
-API server's final state (read back with GETs after the stream):
+event it sees, with ` initial` appended for events from an initial list or relist), drives a
+steady stream of creates/updates/deletes over a pool of objects, injects one fault a third of the
+way in, stops the stream, and checks what the listener saw against the API server's final state
+(read back with GETs after the stream). The events of every kubelisten process of a scenario are
+merged per object in the order the listener saw them (its wall-clock timestamp).
 
   sent        changes the API server accepted (2xx answers)
-  delivered   distinct (object, kind, resourceVersion) events the listener saw
-  lost        objects whose final state (last resourceVersion, or its deletion) never reached the
-              listener as the object's last event
-  duplicated  events seen more than once (same object, kind and resourceVersion)
+An object is a uid: a re-created object of the same name is another object (the host orders
+events per uid, as kopf does).
 
-Faults: kube-apiserver killed and restarted; etcd killed and restarted; guest faults (the
-`faulty` guest after bench-listener in the chain, 1 in 10 changes annotated with a fault class:
-panic, unreachable, oob, stack-overflow, error). Then a bounded soak with RSS sampled every 5 s.
+  delivered   distinct (object, kind, resourceVersion) events the listener saw, without replays
+  replayed    initial `create` events of a process that took over from another (leader-kill):
+              a new leader lists every object and delivers it as an initial create, by design.
+              They are counted here and not as duplicates.
+  lost        names whose objects' final states did not reach the listener as each object's last
+              event: the last resourceVersion of the object that exists, a `delete` for every
+              object of that name that is gone. Exception (leader-kill only, counted on its own
+              as "unseen deletes"): an object that the new leader never saw and whose deletion
+              is older than the new leader's first live event was not in its list, so no process
+              could deliver its delete (a new leader knows only what it lists).
+  duplicated  one process delivering the same (object, kind, resourceVersion) twice, or a later
+              process delivering a live (not initial) event that an earlier one delivered. In the
+              guest-faults scenario the retries of the versions written with a fault are expected
+              and not counted.
+
+Faults: none; kube-apiserver stopped and restarted; etcd killed and restarted; the leader of two
+replicas SIGKILLed; the module hot-swapped to bad versions (not wasm, a core module) and back,
+then to a different good build; guest faults (the `faulty` guest after bench-listener in the
+chain, 1 in 10 changes annotated with a fault class: panic, unreachable, oob, stack-overflow,
+loop, memory, error). Then a bounded soak with RSS sampled every 5 s.
+
+Exits 1 when any check fails (a scenario lost events, had duplicates, errored, its host died, a
+bad module was not rejected, the soak's RSS trends up); the table's last line says why.
 """
 import argparse
+import base64
+import hashlib
 import json
 import os
 import random
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
+import urllib.error
+import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import driver  # noqa: E402
 
-FAULTS = ["panic", "unreachable", "oob", "stack-overflow", "error"]
+FAULTS = ["panic", "unreachable", "oob", "stack-overflow", "loop", "memory", "error"]
+# leader-kill: short lease timings (host/tests/leader_election.rs uses 3/2/0.5 s), so the
+# takeover happens within the stream.
+LEASE, RENEW, RETRY = 4, 3, 0.5
+
+
+def free_port():
+    with socket.socket() as so:
+        so.bind(("127.0.0.1", 0))
+        return so.getsockname()[1]
 
 
 def kl_env():
     """kubelisten's environment: its health/metrics server on a free loopback port, so runs never
-    collide with another kubelisten on the default 0.0.0.0:8080."""
-    import socket
-    with socket.socket() as so:
-        so.bind(("127.0.0.1", 0))
-        port = so.getsockname()[1]
-    return {"RUST_LOG": "info", "KUBELISTEN_HEALTH_BIND": "127.0.0.1", "KUBELISTEN_HEALTH_PORT": str(port)}
+    collide with another kubelisten on the default 0.0.0.0:8080. Returns (env, port)."""
+    port = free_port()
+    return {"RUST_LOG": "info", "KUBELISTEN_HEALTH_BIND": "127.0.0.1", "KUBELISTEN_HEALTH_PORT": str(port)}, port
+
+
+def health(port, path):
+    """(HTTP status, body) of the health server, or (None, error) when it does not answer."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+    except OSError as e:
+        return None, str(e)
 
 
 def env_file(run_dir):
@@ -86,6 +128,12 @@ class Stream:
         self.noop = 0
         self.names = set()
         self.faulted = set()  # objects that were given a fault annotation at least once
+        self.fault_versions = set()  # (name, resourceVersion) of the versions written with a fault annotation
+        # (name, uid) -> resourceVersion of the next accepted create/update after the object's
+        # deletion: an upper bound of the deletion's resourceVersion. Exact for comparisons with any
+        # other version in the namespace, since every write there comes from this one thread.
+        self.deleted_before = {}
+        self._deletes = []  # deletions waiting for the next write's resourceVersion
         self.stop = threading.Event()
         self.rng = random.Random(7)
         self.i = 0
@@ -102,26 +150,36 @@ class Stream:
         k = self.kube
         try:
             if op < 0.15:
-                st, _, _, _ = k.request("DELETE", k.path(self.ns, name))
+                st, resp, _, _ = k.request("DELETE", k.path(self.ns, name))
                 if st == 404:  # already gone: nothing changed
                     self.noop += 1
                     return
                 if st >= 300:
                     raise RuntimeError(st)
+                # A custom resource's DELETE answers a Status whose details carry the uid.
+                resp = resp or {}
+                uid = (resp.get("details") or {}).get("uid") or (resp.get("metadata") or {}).get("uid")
+                self._deletes.append((name, uid))
             else:
                 ann = self._annot()
                 if ann:
                     self.faulted.add(name)
                 body = {"metadata": {"annotations": ann or {"kubelisten.dev/fault": None}},
                         "spec": {"count": self.i}}
-                st, _, _, _ = k.request("PATCH", k.path(self.ns, name), body, "application/merge-patch+json")
+                st, resp, _, _ = k.request("PATCH", k.path(self.ns, name), body, "application/merge-patch+json")
                 if st == 404:
                     obj = {"apiVersion": f"{driver.GROUP}/{driver.VERSION}", "kind": driver.KIND,
                            "metadata": {"name": name, "namespace": self.ns, "annotations": ann},
                            "spec": {"message": "r", "count": self.i}}
-                    st, _, _, _ = k.request("POST", k.path(self.ns), obj)
+                    st, resp, _, _ = k.request("POST", k.path(self.ns), obj)
                 if st >= 300:
                     raise RuntimeError(st)
+                rv = int(resp["metadata"]["resourceVersion"])
+                if ann:
+                    self.fault_versions.add((name, rv))
+                for key in self._deletes:
+                    self.deleted_before[key] = rv
+                self._deletes.clear()
             self.sent += 1
             self.names.add(name)
         except Exception:
@@ -141,7 +199,7 @@ class Stream:
 
 
 def final_state(kube, ns, names):
-    """name -> resourceVersion (int) or None when the object no longer exists."""
+    """name -> (uid, resourceVersion as int), or None when no object of that name exists."""
     out = {}
     for nm in names:
         for _ in range(50):
@@ -150,85 +208,373 @@ def final_state(kube, ns, names):
                 break
             except Exception:
                 time.sleep(0.2)
-        out[nm] = int(body["metadata"]["resourceVersion"]) if st == 200 else None
+        out[nm] = (body["metadata"]["uid"], int(body["metadata"]["resourceVersion"])) if st == 200 else None
     return out
 
 
-def check(c, ns, final, fault_names=()):
-    seen = {}
-    dup = 0
-    delivered = 0
-    for (ens, nm), evs in c.events.items():
-        if ens != ns or nm == "ready-sentinel":
+def merged(contenders, ns):
+    """name -> [(t, kind, rv, initial, process, uid)], in the order the listener saw them (wall
+    clock). `process` is the index in `contenders`, which is in the order the processes led."""
+    out = {}
+    for i, c in enumerate(contenders):
+        c.poll_lines()
+        for (ens, nm), evs in c.events.items():
+            if ens != ns or nm == "ready-sentinel":
+                continue
+            out.setdefault(nm, []).extend((t, k, rv, init, i, uid) for t, k, rv, init, uid in evs)
+    for evs in out.values():
+        evs.sort(key=lambda e: e[0])  # stable: one process's events of one object keep their order
+    return out
+
+
+def check(seen, final, fault_versions=(), stream=None):
+    """Lost / duplicated / replayed per the module docstring, per object: an object is a uid (a
+    re-created object of the same name is another object, as the host orders events per uid).
+
+    `fault_versions` (guest faults): (name, resourceVersion) of the versions written with a fault
+    annotation. Their events fail and are retried by design, so bench-listener (first in the
+    chain) sees them once per attempt: those repeats, and those of the delete of an object whose
+    last version had a fault, are expected and not counted as duplicates. Every other version of
+    the same objects must still arrive exactly once.
+    `stream` (leader-kill) classifies objects deleted while no replica led and never seen by the
+    new leader."""
+    dup = delivered = replayed = replay_repeats = retried = late = 0
+    for nm, evs in seen.items():
+        earlier = {}  # (kind, rv) -> processes that delivered it
+        prev_rv = {}  # uid -> the version before a delete: the state the delete event carries
+        # Objects of one name in creation order: all versions of an object precede its successor's.
+        gen = {uid: i for i, uid in enumerate(sorted({e[5] for e in evs}, key=lambda u: min(e[2] for e in evs if e[5] == u)))}
+        newest = -1
+        for _, k, rv, initial, proc, uid in evs:
+            procs = earlier.setdefault((k, rv), set())
+            faulted = (nm, prev_rv.get(uid) if k == "delete" else rv) in fault_versions
+            if initial and proc > 0:
+                # A process that took over lists every object: a replay by design.
+                replayed += 1
+                replay_repeats += bool(procs - {proc})
+                if proc in procs:
+                    retried += faulted
+                    dup += not faulted
+            else:
+                if not procs:
+                    delivered += 1
+                elif faulted:
+                    retried += 1
+                else:
+                    dup += 1
+            procs.add(proc)
+            if k != "delete":
+                prev_rv[uid] = rv
+            # An event of an object after an event of its same-named successor.
+            late += gen[uid] < newest
+            newest = max(newest, gen[uid])
+    # The first live (not listed) version the process that took over delivered: its list was older.
+    first_live = min((e[2] for evs in seen.values() for e in evs if e[4] > 0 and not e[3]), default=None)
+    lost, unseen_deletes = set(), set()
+    for nm, fin in final.items():
+        by_uid = {}
+        for e in seen.get(nm, []):
+            by_uid.setdefault(e[5], []).append(e)
+        if fin and fin[0] not in by_uid:
+            lost.add(nm)  # the object that exists was never seen
+        for uid, evs in by_uid.items():
+            last = evs[-1]
+            if fin and uid == fin[0]:
+                if last[1] == "delete" or last[2] != fin[1]:
+                    lost.add(nm)
+            elif last[1] != "delete":
+                # This object is gone, but its delete never arrived.
+                before = stream.deleted_before.get((nm, uid)) if stream else None
+                if first_live is not None and all(e[4] == 0 for e in evs) and before and before <= first_live:
+                    # Deleted after the old leader's last event for it, the new leader never saw it,
+                    # and the deletion is older than the new leader's first live event: it was not
+                    # in the new leader's list, so no process could deliver that delete.
+                    unseen_deletes.add(f"{nm}@{uid[:8]}")
+                else:
+                    lost.add(nm)
+    return {"delivered": delivered, "lost": sorted(lost), "duplicated": dup, "replayed": replayed,
+            "retried": retried, "replay_repeats": replay_repeats, "unseen_deletes": sorted(unseen_deletes),
+            "late_after_successor": late}
+
+
+def settle(contenders, ns, final, fault_versions, stream, timeout=120):
+    """Waits until the listener has caught up with the final state (or `timeout`); returns check()."""
+    deadline = time.monotonic() + timeout
+    while True:
+        r = check(merged(contenders, ns), final, fault_versions, stream)
+        if not r["lost"] or time.monotonic() > deadline:
+            return r
+        time.sleep(0.5)
+
+
+def base_cmd(args, listeners=True):
+    cmd = [args.kl, "run", "--log-format", "json", "--cache-dir", args.cache, "--crd", args.crd, "-n", "{NS}"]
+    if listeners:
+        cmd += ["-l", f"{args.guests}/bench-listener.wasm:classname"]
+    return cmd
+
+
+def run_stream(args, kube, ns, fault_every, inject):
+    """Streams for args.duration; calls inject() a third of the way in (the stream goes on; if the
+    injection takes longer than the rest of the duration, the stream runs until it is done).
+    Returns (stream, seconds the injection took, final state)."""
+    s = Stream(kube, ns, args.rate, args.pool, fault_every)
+    th = threading.Thread(target=s.run)
+    th.start()
+    try:
+        t0 = time.monotonic()
+        time.sleep(args.duration / 3)
+        t_fault = time.monotonic()
+        inject()
+        fault_s = round(time.monotonic() - t_fault, 2)
+        time.sleep(max(0.0, args.duration - (time.monotonic() - t0)))
+    finally:
+        s.stop.set()
+        th.join()
+    return s, fault_s, final_state(kube, ns, sorted(s.names))
+
+
+def log_lines(path):
+    """The JSON log lines of a kubelisten process."""
+    for line in open(path, errors="replace"):
+        try:
+            yield json.loads(line)
+        except ValueError:
             continue
-        keys = [(k, rv) for _, k, rv in evs]
-        delivered += len(set(keys))
-        if nm not in fault_names:
-            dup += len(keys) - len(set(keys))
-        seen[nm] = evs
-    lost = []
-    for nm, rv in final.items():
-        evs = seen.get(nm, [])
-        if rv is None:
-            if evs and evs[-1][1] != "delete":
-                lost.append(nm)
-        else:
-            if not evs or evs[-1][1] == "delete" or evs[-1][2] != rv:
-                lost.append(nm)
-    return delivered, lost, dup
 
 
 def scenario(name, args, kube, fault=None, chain_extra=(), fault_every=0, extra_flags=()):
     ns = f"rel-{name}-{int(time.time()) % 100000}"
     kube.ensure_namespace(ns)
-    cmd = [args.kl, "run", "--log-format", "json", "--cache-dir", args.cache, "--crd", args.crd,
-           "-l", f"{args.guests}/bench-listener.wasm:classname", *chain_extra, "-n", "{NS}", *extra_flags]
-    c = driver.Contender(name, cmd, kl_env(), args.logdir).start("rel", ns)
+    env, _ = kl_env()
+    cmd = base_cmd(args) + [*chain_extra, *extra_flags]
+    c = driver.Contender(name, cmd, env, args.logdir).start("rel", ns)
     res = {"fault": name}
     try:
         driver.ready(c, kube, ns)
-        s = Stream(kube, ns, args.rate, args.pool, fault_every)
-        th = threading.Thread(target=s.run)
-        th.start()
-        time.sleep(args.duration / 3)
-        t_fault = time.time()
-        if fault:
-            fault(args)
-        res["fault_s"] = round(time.time() - t_fault, 2)
-        time.sleep(args.duration * 2 / 3)
-        s.stop.set()
-        th.join()
-        final = final_state(kube, ns, sorted(s.names))
-        # Wait until the listener has caught up with the final state (or give up after 120 s).
-        faulty = set()
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            c.poll_lines()
-            _, lost, _ = check(c, ns, final)
-            if not lost:
-                break
-            time.sleep(0.5)
-        c.poll_lines()
+        s, res["fault_s"], final = run_stream(args, kube, ns, fault_every, lambda: fault and fault(args))
+        r = settle([c], ns, final, s.fault_versions, None)
+        res.update(sent=s.sent, failed_requests=s.failed, noop_deletes=s.noop, delivered=r["delivered"],
+                   replayed=r["replayed"], lost=len(r["lost"]), lost_names=r["lost"][:10],
+                   late_after_successor=r["late_after_successor"],
+                   duplicated=r["duplicated"], objects=len(final), host_alive=c.alive())
         if fault_every:
-            # Events of objects annotated with a fault are retried by design: repeats are expected.
-            faulty = s.faulted
-        delivered, lost, dup = check(c, ns, final, faulty)
-        res.update(sent=s.sent, failed_requests=s.failed, noop_deletes=s.noop, delivered=delivered, lost=len(lost),
-                   lost_names=lost[:10], duplicated=dup, objects=len(final), host_alive=c.alive())
-        if fault_every:
-            res["objects_with_retried_faults"] = len(faulty)
-            res["traps_logged"] = sum(1 for line in open(c.err_path, errors="replace") if "listener trapped" in line)
+            res["objects_with_retried_faults"] = len(s.faulted)
+            res["fault_versions"] = len(s.fault_versions)
+            res["retried_deliveries"] = r["retried"]
+            traps = {}
+            backoffs = 0
+            for v in log_lines(c.err_path):
+                f = v.get("fields", {})
+                if f.get("message") == "listener trapped":
+                    traps[f.get("trap", "?")] = traps.get(f.get("trap", "?"), 0) + 1
+                elif str(f.get("message", "")).startswith("listener in crash loop"):
+                    backoffs += 1
+            res["traps_logged"] = sum(traps.values())
+            res["traps_by_class"] = traps
+            res["crash_loop_backoffs"] = backoffs
     finally:
         c.stop()
     return res
 
 
+# --- leader-kill ---------------------------------------------------------------------------------
+
+
+def lease_holder(kube, ns, name):
+    try:
+        st, body, _, _ = kube.request("GET", f"/apis/coordination.k8s.io/v1/namespaces/{ns}/leases/{name}")
+    except Exception:
+        return None
+    return (body or {}).get("spec", {}).get("holderIdentity") if st == 200 else None
+
+
+def find_leader(kube, ns, replicas, timeout, exclude=()):
+    """The replica that leads: the Lease's holderIdentity, confirmed by that replica's /readyz
+    (`ok: leader`) while every other live replica says standby. Returns its index."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        holder = lease_holder(kube, ns, "rel-leader")
+        says = {i: health(r["port"], "/readyz")[1] for i, r in enumerate(replicas)
+                if i not in exclude and r["c"].alive()}
+        leaders = [i for i, b in says.items() if "leader" in b and "standby" not in b]
+        if len(leaders) == 1 and replicas[leaders[0]]["id"] == holder:
+            return leaders[0]
+        time.sleep(0.1)
+    raise RuntimeError(f"no single leader within {timeout} s (lease holder {lease_holder(kube, ns, 'rel-leader')!r})")
+
+
+def leader_kill(args, kube):
+    name = "leader-kill"
+    ns = f"rel-{name}-{int(time.time()) % 100000}"
+    kube.ensure_namespace(ns)
+    replicas = []
+    res = {"fault": name}
+    try:
+        for rid in ("replica-a", "replica-b"):
+            env, port = kl_env()
+            cmd = base_cmd(args) + [
+                "--leader-election-namespace", ns, "--leader-election-name", "rel-leader",
+                "--leader-election-identity", rid, "--lease-duration", str(LEASE),
+                "--renew-deadline", str(RENEW), "--retry-period", str(RETRY), "--shutdown-grace", "5"]
+            c = driver.Contender(f"{name}-{rid}", cmd, env, args.logdir).start("rel", ns)
+            replicas.append({"id": rid, "c": c, "port": port})
+        first = find_leader(kube, ns, replicas, 180)
+        driver.ready(replicas[first]["c"], kube, ns)
+        killed = {}
+
+        def kill_leader():
+            i = find_leader(kube, ns, replicas, 30)
+            c = replicas[i]["c"]
+            os.killpg(c.proc.pid, signal.SIGKILL)
+            c.proc.wait()
+            t_kill = time.monotonic()
+            j = find_leader(kube, ns, replicas, 120, exclude={i})
+            killed.update(index=i, takeover_s=round(time.monotonic() - t_kill, 2), new=j)
+
+        s, res["fault_s"], final = run_stream(args, kube, ns, 0, kill_leader)
+        order = [replicas[killed["index"]]["c"], replicas[killed["new"]]["c"]]
+        r = settle(order, ns, final, (), s)
+        survivor = replicas[killed["new"]]["c"]
+        res.update(sent=s.sent, failed_requests=s.failed, noop_deletes=s.noop, delivered=r["delivered"],
+                   replayed=r["replayed"], replay_repeats=r["replay_repeats"], lost=len(r["lost"]),
+                   late_after_successor=r["late_after_successor"],
+                   lost_names=r["lost"][:10], duplicated=r["duplicated"], objects=len(final),
+                   unseen_deletes=len(r["unseen_deletes"]), unseen_delete_names=r["unseen_deletes"][:10],
+                   host_alive=survivor.alive(), killed=replicas[killed["index"]]["id"],
+                   new_leader=replicas[killed["new"]]["id"], first_leader=replicas[first]["id"],
+                   takeover_s=killed["takeover_s"],
+                   events_by_process={x.name: sum(len(v) for k, v in x.events.items() if k[0] == ns) for x in order})
+    finally:
+        for r in replicas:
+            r["c"].stop()
+    return res
+
+
+# --- bad-hot-swap --------------------------------------------------------------------------------
+
+LISTENERS_YAML = "listeners:\n  - name: bench\n    module: bench.wasm\n    mode: classname\n"
+NOT_WASM = b"this is not a wasm module\n"
+CORE_MODULE = b"\0asm\x01\0\0\0"  # a valid, empty core module: not a component of the listener world
+
+
+def with_custom_section(component, name, payload):
+    """The component with a custom section appended: same code, another digest."""
+    def leb(n):
+        out = bytearray()
+        while True:
+            b, n = n & 0x7F, n >> 7
+            out.append(b | (0x80 if n else 0))
+            if not n:
+                return bytes(out)
+    body = leb(len(name)) + name + payload
+    return component + b"\0" + leb(len(body)) + body
+
+
+def digest(b):
+    return "sha256:" + hashlib.sha256(b).hexdigest()
+
+
+def bad_hot_swap(args, kube):
+    name = "bad-hot-swap"
+    ns = f"rel-{name}-{int(time.time()) % 100000}"
+    kube.ensure_namespace(ns)
+    good = open(f"{args.guests}/bench-listener.wasm", "rb").read()
+    other = with_custom_section(good, b"kubelisten-reliability", b"another build of bench-listener")
+    cm_path = f"/api/v1/namespaces/{ns}/configmaps"
+    st, body, _, _ = kube.request("POST", cm_path, {
+        "apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "modules", "namespace": ns},
+        "data": {"listeners.yaml": LISTENERS_YAML}, "binaryData": {"bench.wasm": base64.b64encode(good).decode()}})
+    if st != 201:
+        raise RuntimeError(f"ConfigMap: {st} {body}")
+    env, port = kl_env()
+    cmd = base_cmd(args, listeners=False) + ["--modules-configmap", f"{ns}/modules"]
+    c = driver.Contender(name, cmd, env, args.logdir).start("rel", ns)
+    res = {"fault": name}
+    steps = []
+
+    def listener_status():
+        st, body = health(port, "/status")
+        try:
+            return json.loads(body)["watches"][0]["listeners"][0] if st == 200 else {}
+        except (ValueError, LookupError):
+            return {}
+
+    def push(module):
+        st, body, _, _ = kube.request("PATCH", f"{cm_path}/modules",
+                                      {"binaryData": {"bench.wasm": base64.b64encode(module).decode()}},
+                                      "application/merge-patch+json")
+        if st != 200:
+            raise RuntimeError(f"ConfigMap patch: {st} {body}")
+
+    def wait_status(pred, timeout=120):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            ls = listener_status()
+            if ls.get("digest") and pred(ls):
+                return ls
+            time.sleep(0.2)
+        return listener_status()
+
+    def swaps():
+        # Bad updates: each must be rejected, with the running digest unchanged.
+        for what, module in (("not wasm", NOT_WASM), ("core module", CORE_MODULE)):
+            t = time.monotonic()
+            push(module)
+            ls = wait_status(lambda x: (x.get("rejected") or {}).get("digest") == digest(module))
+            rejected = (ls.get("rejected") or {}).get("digest") == digest(module)
+            steps.append({"push": what, "digest": digest(module), "rejected": rejected,
+                          "error": (ls.get("rejected") or {}).get("error"), "running": ls.get("digest"),
+                          "running_unchanged": ls.get("digest") == digest(good), "s": round(time.monotonic() - t, 2)})
+        # The good module again: the same digest as the running one, so nothing to swap.
+        t = time.monotonic()
+        push(good)
+        time.sleep(2)
+        ls = listener_status()
+        steps.append({"push": "good again (same digest)", "digest": digest(good), "running": ls.get("digest"),
+                      "running_unchanged": ls.get("digest") == digest(good), "s": round(time.monotonic() - t, 2)})
+        # A different good build (a custom section added): a real swap.
+        t = time.monotonic()
+        push(other)
+        ls = wait_status(lambda x: x["digest"] == digest(other))
+        steps.append({"push": "other good build", "digest": digest(other), "running": ls.get("digest"),
+                      "swapped": ls.get("digest") == digest(other), "s": round(time.monotonic() - t, 2)})
+
+    try:
+        driver.ready(c, kube, ns)
+        ls = listener_status()
+        if ls.get("digest") != digest(good):
+            raise RuntimeError(f"the good module is not running: {ls}")
+        s, res["fault_s"], final = run_stream(args, kube, ns, 0, swaps)
+        r = settle([c], ns, final, (), None)
+        st, evs, _, _ = kube.request("GET", f"/apis/events.k8s.io/v1/namespaces/{ns}/events")
+        rejected_events = [e for e in (evs or {}).get("items", []) if e.get("reason") == "ModuleRejected"
+                           and e.get("regarding", {}).get("name") == "modules"]
+        bad = [x for x in steps if "rejected" in x]
+        res.update(sent=s.sent, failed_requests=s.failed, noop_deletes=s.noop, delivered=r["delivered"],
+                   replayed=r["replayed"], lost=len(r["lost"]), lost_names=r["lost"][:10],
+                   late_after_successor=r["late_after_successor"],
+                   duplicated=r["duplicated"], objects=len(final), host_alive=c.alive(), steps=steps,
+                   rejection_events=len(rejected_events),
+                   # The Event recorder folds repeats of one reason on one object into a series.
+                   rejection_event_count=sum((e.get("series") or {}).get("count", 1) for e in rejected_events),
+                   rejection_event_notes=[e.get("note") for e in rejected_events][:3],
+                   rejected=bool(bad) and all(x["rejected"] and x["running_unchanged"] for x in bad)
+                   and bool(rejected_events),
+                   good_again_noop=steps[2]["running_unchanged"], swapped_to_other=steps[3]["swapped"])
+    finally:
+        c.stop()
+    return res
+
+
+# --- soak ----------------------------------------------------------------------------------------
+
+
 def soak(args, kube):
     ns = f"rel-soak-{int(time.time()) % 100000}"
     kube.ensure_namespace(ns)
-    cmd = [args.kl, "run", "--log-format", "json", "--cache-dir", args.cache, "--crd", args.crd,
-           "-l", f"{args.guests}/bench-listener.wasm:classname", "-n", "{NS}"]
-    c = driver.Contender("soak", cmd, kl_env(), args.logdir).start("soak", ns)
+    env, _ = kl_env()
+    c = driver.Contender("soak", base_cmd(args), env, args.logdir).start("soak", ns)
     try:
         driver.ready(c, kube, ns)
         s = Stream(kube, ns, args.rate, args.pool)
@@ -236,20 +582,90 @@ def soak(args, kube):
         th.start()
         samples = []
         t0 = time.monotonic()
-        while time.monotonic() - t0 < args.soak:
-            time.sleep(5)
-            samples.append((round(time.monotonic() - t0), c.mem_kib()["VmRSS"] / 1024))
-        s.stop.set()
-        th.join()
+        try:
+            while time.monotonic() - t0 < args.soak:
+                time.sleep(5)
+                if not c.alive():
+                    break
+                samples.append((round(time.monotonic() - t0), c.mem_kib()["VmRSS"] / 1024))
+        finally:
+            s.stop.set()
+            th.join()
         rss = [x for _, x in samples]
         half = len(rss) // 2
         first_half = sum(rss[:half]) / max(half, 1)
         second_half = sum(rss[half:]) / max(len(rss) - half, 1)
+        alive = c.alive()
         return {"seconds": args.soak, "sent": s.sent, "samples": samples, "first": rss[0], "last": rss[-1],
                 "max": max(rss), "mean_first_half": first_half, "mean_second_half": second_half,
-                "trend_up": second_half > first_half * 1.10, "cpu_s": c.cpu_s(), "host_alive": c.alive()}
+                "trend_up": second_half > first_half * 1.10, "cpu_s": c.cpu_s() if alive else None,
+                "host_alive": alive}
     finally:
         c.stop()
+
+
+# --- verdict and table ---------------------------------------------------------------------------
+
+
+def failures(results):
+    """Why the run failed (empty: it passed)."""
+    out = []
+    for r in results["scenarios"]:
+        f = r["fault"]
+        if "error" in r:
+            out.append(f"{f}: error {r['error']}")
+            continue
+        if r["lost"]:
+            out.append(f"{f}: {r['lost']} objects lost")
+        if r["duplicated"]:
+            out.append(f"{f}: {r['duplicated']} duplicated events")
+        if not r["host_alive"]:
+            out.append(f"{f}: the host died")
+        if f == "bad-hot-swap":
+            if not r["rejected"]:
+                out.append(f"{f}: a bad module was not rejected (or the running module changed)")
+            if not r["swapped_to_other"]:
+                out.append(f"{f}: the swap to another good build did not happen")
+        if f == "leader-kill" and r.get("new_leader") == r.get("killed"):
+            out.append(f"{f}: no takeover")
+    s = results.get("soak")
+    if s:
+        if "error" in s:
+            out.append(f"soak: error {s['error']}")
+        else:
+            if s["trend_up"]:
+                out.append("soak: RSS trends up")
+            if not s["host_alive"]:
+                out.append("soak: the host died")
+    return out
+
+
+def notes_of(r):
+    notes = [] if r["fault"] in ("none", "guest-faults-1-in-10") else [f"fault took {r['fault_s']} s"]
+    if "objects_with_retried_faults" in r:
+        classes = ", ".join(f"{k} {v}" for k, v in sorted(r["traps_by_class"].items()))
+        notes.append(f"{r['fault_versions']} versions of {r['objects_with_retried_faults']} objects carried a fault; "
+                     f"their {r['retried_deliveries']} repeated deliveries are the retries (by design, not counted "
+                     f"as duplicates); {r['traps_logged']} traps logged ({classes}); "
+                     f"{r['crash_loop_backoffs']} crash-loop backoffs")
+    if r["fault"] == "leader-kill":
+        notes.append(f"{r['killed']} (leader) SIGKILLed, {r['new_leader']} led {r['takeover_s']} s later; "
+                     f"{r['replay_repeats']} of the replays repeat a version the old leader had delivered; "
+                     f"{r['unseen_deletes']} objects deleted after the old leader's last event for them and before the new "
+                     f"leader's list got no delete event (by design)")
+    if r["fault"] == "bad-hot-swap":
+        st = r["steps"]
+        notes.append(f"rejected={'yes' if r['rejected'] else 'NO'} (not wasm, core module; running digest unchanged; "
+                     f"{r['rejection_events']} ModuleRejected Event(s), "
+                     f"count {r['rejection_event_count']}); good module again: "
+                     f"{'no-op (same digest)' if r['good_again_noop'] else 'CHANGED'}; other good build: "
+                     f"{'swapped in ' + str(st[3]['s']) + ' s' if r['swapped_to_other'] else 'NOT swapped'}")
+    if r.get("late_after_successor"):
+        notes.append(f"{r['late_after_successor']} events of an object came after the first event of its re-created "
+                     f"same-named successor (ordering is per uid, by design)")
+    if r["lost"]:
+        notes.append(f"lost: {', '.join(r['lost_names'])}")
+    return "; ".join(notes)
 
 
 def main():
@@ -271,49 +687,56 @@ def main():
     args = ap.parse_args()
     os.makedirs(args.logdir, exist_ok=True)
     kube = driver.Kube(os.environ["KUBECONFIG"])
+    guest_faults = dict(chain_extra=("-l", f"{args.guests}/faulty.wasm:classname"), fault_every=10,
+                        extra_flags=("--retry-attempts", "2", "--retry-base-ms", "10",
+                                     "--call-timeout-ms", "200", "--memory-mib", "64"))
     plan = [
-        ("none", dict()),
-        ("apiserver-restart", dict(fault=restart_apiserver)),
-        ("etcd-restart", dict(fault=restart_etcd)),
-        ("guest-faults-1-in-10", dict(chain_extra=("-l", f"{args.guests}/faulty.wasm:classname"), fault_every=10,
-                                      extra_flags=("--retry-attempts", "2", "--retry-base-ms", "10"))),
+        ("none", lambda: scenario("none", args, kube)),
+        ("apiserver-restart", lambda: scenario("apiserver-restart", args, kube, fault=restart_apiserver)),
+        ("etcd-restart", lambda: scenario("etcd-restart", args, kube, fault=restart_etcd)),
+        ("leader-kill", lambda: leader_kill(args, kube)),
+        ("bad-hot-swap", lambda: bad_hot_swap(args, kube)),
+        ("guest-faults-1-in-10", lambda: scenario("guest-faults-1-in-10", args, kube, **guest_faults)),
     ]
     only = [x for x in args.only.split(",") if x]
-    results = {"scenarios": [], "args": vars(args)}
-    for name, kw in plan:
+    results = {"scenarios": [], "args": vars(args), "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+               "load_before": driver.loadavg()}
+    for name, run in plan:
         if only and name not in only:
             continue
         print(f"# reliability: {name} (load {' '.join(driver.loadavg())})", file=sys.stderr)
         try:
-            r = scenario(name, args, kube, **kw)
+            r = run()
         except Exception as e:
             r = {"fault": name, "error": repr(e)}
+        r["load_after"] = driver.loadavg()
         print(f"#   {json.dumps(r)}", file=sys.stderr)
         results["scenarios"].append(r)
         json.dump(results, open(args.out, "w"), indent=1)
     if args.soak > 0 and (not only or "soak" in only):
-        print(f"# soak {args.soak:.0f} s", file=sys.stderr)
+        print(f"# soak {args.soak:.0f} s (load {' '.join(driver.loadavg())})", file=sys.stderr)
         try:
             results["soak"] = soak(args, kube)
         except Exception as e:
             results["soak"] = {"error": repr(e)}
         print(f"#   {json.dumps(results['soak'])}", file=sys.stderr)
+    results["finished"] = time.strftime("%Y-%m-%d %H:%M:%S %Z")
+    results["load_after"] = driver.loadavg()
+    results["failures"] = failures(results)
     json.dump(results, open(args.out, "w"), indent=1)
 
-    print("| fault | changes accepted | requests failed (outage) | deletes of absent objects | objects | events delivered | lost | duplicated | host alive | notes |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print(f"Run {results['started']} to {results['finished']}; load average before "
+          f"{' '.join(results['load_before'])}, after {' '.join(results['load_after'])}\n")
+    print("| fault | changes accepted | requests failed (outage) | deletes of absent objects | objects | events delivered "
+          "| replayed at takeover | lost | duplicated | host alive | notes |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in results["scenarios"]:
         if "error" in r:
             print(f"| {r['fault']} | error: {r['error']} |")
             continue
-        notes = f"fault took {r['fault_s']} s"
-        if "objects_with_retried_faults" in r:
-            notes += (f"; {r['objects_with_retried_faults']} objects hit an injected fault (retried by design, their "
-                      f"repeats not counted as duplicates); {r['traps_logged']} traps logged")
-        if r["lost"]:
-            notes += f"; lost: {', '.join(r['lost_names'])}"
-        print(f"| {r['fault']} | {r['sent']} | {r['failed_requests']} | {r.get('noop_deletes', '-')} | {r['objects']} | {r['delivered']} | {r['lost']} "
-              f"| {r['duplicated']} | {r['host_alive']} | {notes} |")
+        print(f"| {r['fault']} | {r['sent']} | {r['failed_requests']} | {r['noop_deletes']} | {r['objects']} "
+              f"| {r['delivered']} | {r['replayed']} | {r['lost']} | {r['duplicated']} "
+              f"| {'yes' if r['host_alive'] else 'NO'} | {notes_of(r)} |")
     s = results.get("soak")
     if s and "error" not in s:
         print(f"\nSoak: {s['seconds']:.0f} s, {s['sent']} changes; RSS MiB first {s['first']:.1f}, last {s['last']:.1f}, "
@@ -321,6 +744,10 @@ def main():
               f"upward trend (> 10%): {s['trend_up']}; host alive: {s['host_alive']}")
     elif s:
         print(f"\nSoak: error {s['error']}")
+    if results["failures"]:
+        print(f"\nFAIL: {'; '.join(results['failures'])}")
+        sys.exit(1)
+    print("\nPASS: nothing lost or duplicated, every host alive" + (", no RSS trend" if s else ""))
 
 
 if __name__ == "__main__":

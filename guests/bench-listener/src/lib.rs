@@ -1,10 +1,13 @@
 //! The end-to-end benchmark's listener (bench/e2e.sh): for every event it logs one line
 //!
-//! `BENCH <kind> <namespace>/<name> <resourceVersion> <unix-time-ns>`
+//! `BENCH <kind> <namespace>/<name> <resourceVersion> <unix-time-ns> uid=<uid>[ initial]`
 //!
 //! with the wall-clock time (WASI `wall-clock`, i.e. the host's CLOCK_REALTIME) at which the
-//! listener saw the event. The native baseline and the kopf handler print the same line.
-//! Works in classname and reference mode (it keeps no state).
+//! listener saw the event. The trailing fields are for bench/reliability.py: the object's uid
+//! (a re-created object of the same name is another object), and ` initial` when the event came
+//! from an initial list or a relist (the event's `initial` flag), which tells a new leader's
+//! replays from duplicates. The native baseline and the kopf handler print the line without
+//! them; bench/driver.py reads both. Works in classname and reference mode (it keeps no state).
 
 wit_bindgen::generate!({ path: "../../wit", world: "listener" });
 
@@ -22,13 +25,15 @@ fn seen(ev: &Event) -> Result<(), String> {
         EventKind::Delete => "delete",
     };
     let m = &ev.meta;
+    let initial = if ev.initial { " initial" } else { "" };
     log(
         Level::Info,
         &format!(
-            "BENCH {kind} {}/{} {} {now}",
+            "BENCH {kind} {}/{} {} {now} uid={}{initial}",
             m.namespace.as_deref().unwrap_or("-"),
             m.name,
-            m.resource_version
+            m.resource_version,
+            m.uid
         ),
     );
     Ok(())
