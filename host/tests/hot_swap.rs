@@ -327,7 +327,28 @@ async fn bad_updates_are_rejected_with_an_event_and_the_running_version_keeps_se
         counter["digest"].as_str().unwrap().starts_with("sha256:"),
         "{status}"
     );
-    assert!(counter["rejected"]["error"].as_str().is_some(), "{status}");
+    let error = counter["rejected"]["error"].as_str().unwrap_or_default();
+    assert!(
+        !error.is_empty() && !error.starts_with("listener "),
+        "the error says what is wrong, without repeating the listener's name: {status}"
+    );
+    let notes: Vec<String> = events
+        .list(&Default::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|e| e.reason.as_deref() == Some("ModuleRejected"))
+        .filter_map(|e| e.note)
+        .collect();
+    assert!(!notes.is_empty());
+    for note in &notes {
+        assert_eq!(
+            note.matches("listener counter:").count(),
+            1,
+            "the note names the listener once: {note}"
+        );
+    }
     s.host.stop().await;
     s.t.ns.delete().await;
 }

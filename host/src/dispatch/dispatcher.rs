@@ -158,12 +158,12 @@ impl Queues {
     }
 }
 
+/// The queue an event waits in: its `namespace/name`. Keying by name rather than uid keeps a
+/// delete of an object ahead of the create of a new object with the same name (as
+/// controller-runtime and kube-runtime's `Controller` do), so a listener that keeps state or
+/// owns child objects by name never sees the new object before the old one is gone.
 fn object_key(event: &ResourceEvent) -> String {
-    if event.meta.uid.is_empty() {
-        event.meta.object_ref()
-    } else {
-        event.meta.uid.clone()
-    }
+    event.meta.object_ref()
 }
 
 impl Dispatcher {
@@ -386,12 +386,16 @@ mod tests {
     use super::*;
     use crate::event::{EventKind, ObjectMeta};
 
-    fn ev(uid: &str, rv: &str) -> Arc<ResourceEvent> {
+    fn ev(name: &str, rv: &str) -> Arc<ResourceEvent> {
+        event(EventKind::Create, name, &format!("uid-{name}"), rv)
+    }
+
+    fn event(kind: EventKind, name: &str, uid: &str, rv: &str) -> Arc<ResourceEvent> {
         let raw = format!(
-            r#"{{"apiVersion":"v1","kind":"X","metadata":{{"name":"{uid}","uid":"{uid}","resourceVersion":"{rv}"}}}}"#
+            r#"{{"apiVersion":"v1","kind":"X","metadata":{{"name":"{name}","namespace":"ns","uid":"{uid}","resourceVersion":"{rv}"}}}}"#
         );
         Arc::new(ResourceEvent {
-            kind: EventKind::Create,
+            kind,
             meta: ObjectMeta::from_json(&raw).unwrap(),
             object: Arc::from(raw),
             old_object: None,
@@ -407,14 +411,39 @@ mod tests {
         q.push(ev("a", "2"));
         q.push(ev("b", "3"));
         let (ka, e1) = q.next().unwrap();
-        assert_eq!((ka.as_str(), e1.meta.resource_version.as_str()), ("a", "1"));
+        assert_eq!(
+            (ka.as_str(), e1.meta.resource_version.as_str()),
+            ("ns/a", "1")
+        );
         let (kb, _) = q.next().unwrap();
-        assert_eq!(kb, "b");
+        assert_eq!(kb, "ns/b");
         assert!(q.next().is_none(), "a is busy, b has nothing more");
         q.done(ka);
         let (_, e2) = q.next().unwrap();
         assert_eq!(e2.meta.resource_version, "2");
         assert_eq!(q.queued, 0);
+    }
+
+    #[test]
+    fn a_recreated_name_waits_for_the_old_objects_delete() {
+        let mut q = Queues::default();
+        q.push(event(EventKind::Delete, "a", "old", "5"));
+        q.push(event(EventKind::Create, "a", "new", "6"));
+        let (key, first) = q.next().unwrap();
+        assert_eq!(
+            (first.kind, first.meta.uid.as_str()),
+            (EventKind::Delete, "old")
+        );
+        assert!(
+            q.next().is_none(),
+            "the new object's create waits until the old one's delete is done"
+        );
+        q.done(key);
+        let (_, second) = q.next().unwrap();
+        assert_eq!(
+            (second.kind, second.meta.uid.as_str()),
+            (EventKind::Create, "new")
+        );
     }
 
     #[test]

@@ -260,6 +260,10 @@ impl HotSwap {
                 .await;
         match built {
             Ok(Ok(listener)) => Ok(Some(Arc::new(listener))),
+            // The rejection names the listener already: keep only what is wrong.
+            Ok(Err(crate::runtime::Error::CheckFailed { problems, .. })) => {
+                Err(reject(Some(digest), problems.to_string()))
+            }
             Ok(Err(err)) => Err(reject(Some(digest), err.to_string())),
             Err(err) => Err(reject(
                 Some(digest),

@@ -182,8 +182,12 @@ impl Elector {
                 renew_time: now,
                 leader_transitions: 0,
             };
-            self.put(&record, None).await?;
-            return Ok(true);
+            return match self.put(&record, None).await {
+                Ok(()) => Ok(true),
+                // Another replica created the lock first: it leads, we stand by.
+                Err(kube::Error::Api(s)) if s.code == 409 => Ok(false),
+                Err(err) => Err(err),
+            };
         };
         // Track when the record last changed, by our own clock.
         let changed = self
