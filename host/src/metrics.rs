@@ -119,6 +119,11 @@ impl Metrics {
             "Loaded listeners with their module digest and mode",
             listener_info.clone(),
         );
+        registry.register(
+            "listener_reloads",
+            "Hot swaps of listener modules per listener and outcome (applied or rejected)",
+            reloads.clone(),
+        );
         Self {
             registry: Mutex::new(registry),
             events,
@@ -179,5 +184,43 @@ mod tests {
         );
         assert!(text.contains("kubelisten_leader 1"), "{text}");
         assert!(text.ends_with("# EOF\n"));
+    }
+
+    #[test]
+    fn every_family_is_exposed() {
+        let m = Metrics::new();
+        let one = labels([("x", "y")]);
+        for family in [
+            &m.events,
+            &m.calls,
+            &m.traps,
+            &m.rebuilds,
+            &m.watch_restarts,
+            &m.watch_relists,
+            &m.reloads,
+        ] {
+            family.get_or_create(&one).inc();
+        }
+        m.call_duration.get_or_create(&one).observe(0.001);
+        m.queue_depth.get_or_create(&one).set(1);
+        m.listener_info.get_or_create(&one).set(1);
+        let text = m.encode();
+        for name in [
+            "kubelisten_events_total",
+            "kubelisten_listener_calls_total",
+            "kubelisten_listener_traps_total",
+            "kubelisten_instance_rebuilds_total",
+            "kubelisten_watch_restarts_total",
+            "kubelisten_watch_relists_total",
+            "kubelisten_listener_reloads_total",
+            "kubelisten_listener_call_duration_seconds_count",
+            "kubelisten_queue_depth",
+            "kubelisten_listener_info",
+        ] {
+            assert!(
+                text.contains(&format!("{name}{{x=\"y\"}}")),
+                "{name} missing:\n{text}"
+            );
+        }
     }
 }

@@ -342,6 +342,29 @@ async fn bad_updates_are_rejected_with_an_event_and_the_running_version_keeps_se
         .filter_map(|e| e.note)
         .collect();
     assert!(!notes.is_empty());
+    // ... and the rejections are counted.
+    let response = kubelisten::server::router(s.host.server.clone())
+        .oneshot(
+            axum::http::Request::get("/metrics")
+                .body(axum::body::Body::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    let metrics = String::from_utf8_lossy(&body);
+    let rejected: f64 = metrics
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(
+                "kubelisten_listener_reloads_total{listener=\"counter\",outcome=\"rejected\"} ",
+            )
+        })
+        .unwrap_or_else(|| panic!("no rejected reloads counted:\n{metrics}"))
+        .parse()
+        .unwrap();
+    // At least corrupt, core module and wrong world (a re-read of the same update counts again).
+    assert!(rejected >= 3.0, "{rejected} rejections counted");
     for note in &notes {
         assert_eq!(
             note.matches("listener counter:").count(),
