@@ -195,6 +195,9 @@ pub async fn start(
     metrics: Arc<Metrics>,
     cluster: Option<Arc<KubeCluster>>,
 ) -> anyhow::Result<Running> {
+    if let Some(cluster) = &cluster {
+        cluster.count_into(metrics.clone());
+    }
     let mut prepared = Vec::new();
     for watch in &config.watches {
         let target = target::resolve(&client, watch)

@@ -37,6 +37,8 @@ pub struct Metrics {
     pub listener_info: Family<Labels, Gauge>,
     /// `kubelisten_listener_reloads_total{listener,outcome}`: hot swaps applied or rejected.
     pub reloads: Family<Labels, Counter>,
+    /// `kubelisten_cluster_calls_denied_total{listener}`: cluster calls refused by the policy.
+    pub cluster_denials: Family<Labels, Counter>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -68,6 +70,7 @@ impl Metrics {
         let leader = Gauge::default();
         let listener_info = Family::<Labels, Gauge>::default();
         let reloads = Family::<Labels, Counter>::default();
+        let cluster_denials = Family::<Labels, Counter>::default();
         registry.register(
             "events",
             "Events received per watch and kind",
@@ -124,6 +127,11 @@ impl Metrics {
             "Hot swaps of listener modules per listener and outcome (applied or rejected)",
             reloads.clone(),
         );
+        registry.register(
+            "cluster_calls_denied",
+            "Cluster calls of listeners refused by their capability policy",
+            cluster_denials.clone(),
+        );
         Self {
             registry: Mutex::new(registry),
             events,
@@ -137,6 +145,7 @@ impl Metrics {
             leader,
             listener_info,
             reloads,
+            cluster_denials,
         }
     }
 
@@ -198,6 +207,7 @@ mod tests {
             &m.watch_restarts,
             &m.watch_relists,
             &m.reloads,
+            &m.cluster_denials,
         ] {
             family.get_or_create(&one).inc();
         }
@@ -213,6 +223,7 @@ mod tests {
             "kubelisten_watch_restarts_total",
             "kubelisten_watch_relists_total",
             "kubelisten_listener_reloads_total",
+            "kubelisten_cluster_calls_denied_total",
             "kubelisten_listener_call_duration_seconds_count",
             "kubelisten_queue_depth",
             "kubelisten_listener_info",

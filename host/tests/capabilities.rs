@@ -105,8 +105,16 @@ async fn calls_outside_the_policy_are_refused_before_reaching_the_server() {
     );
     let config = t.watch(vec![probe]);
     let capture = Arc::new(Capture::default());
-    let runtime = harness::runtime_with_cluster(&t.client, &config, capture.clone());
-    let host = t.start_host(&runtime, &config, &settings(2)).await;
+    let (runtime, cluster) = harness::cluster_runtime(&t.client, &config, capture.clone());
+    let host = TestHost::start_with_cluster(
+        t.client.clone(),
+        &runtime,
+        &config,
+        &settings(2),
+        Some(cluster),
+    )
+    .await;
+    host.wait_synced().await;
 
     let marker = format!("probe-target-{}", common::random_suffix());
     let calls = json!([
@@ -162,6 +170,26 @@ async fn calls_outside_the_policy_are_refused_before_reaching_the_server() {
             .unwrap()
             .contains("configmaps"),
         "the message names the missing grant: {result}"
+    );
+
+    // Every denial is counted.
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+    let response = kubelisten::server::router(host.server.clone())
+        .oneshot(
+            axum::http::Request::get("/metrics")
+                .body(axum::body::Body::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    let metrics = response.into_body().collect().await.unwrap().to_bytes();
+    let metrics = String::from_utf8_lossy(&metrics);
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == "kubelisten_cluster_calls_denied_total{listener=\"probe\"} 5"),
+        "five calls denied by policy:\n{metrics}"
     );
 
     // The guest carried on (its event succeeded), and only granted calls reached the server.

@@ -8,7 +8,7 @@ pub mod rate;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
 use kube::core::params::{DeleteParams, GetParams, ListParams, Patch, PatchParams, PostParams};
@@ -17,6 +17,7 @@ use kube::Client;
 
 use self::policy::{Access, Capabilities, Verb};
 use self::rate::TokenBucket;
+use crate::metrics::{labels, Metrics};
 use crate::runtime::bindings::kubelisten::listener::cluster::{
     ApiError, EventType, ObjectRef, PatchType,
 };
@@ -59,6 +60,7 @@ pub struct KubeCluster {
     discovered: Mutex<HashMap<(String, String), (ApiResource, bool)>>,
     timeout: Duration,
     recorder: events::EventRecorder,
+    metrics: OnceLock<Arc<Metrics>>,
 }
 
 impl KubeCluster {
@@ -91,7 +93,14 @@ impl KubeCluster {
             listeners: std::sync::RwLock::new(map),
             discovered: Mutex::new(HashMap::new()),
             timeout,
+            metrics: OnceLock::new(),
         }
+    }
+
+    /// Counts policy denials into `metrics` (`kubelisten_cluster_calls_denied_total{listener}`)
+    /// from now on; the first call wins.
+    pub fn count_into(&self, metrics: Arc<Metrics>) {
+        let _ = self.metrics.set(metrics);
     }
 
     /// Sets (or replaces, after a hot swap) the capabilities of `listener`; its rate limit
@@ -124,6 +133,12 @@ impl KubeCluster {
         message: String,
     ) -> ApiError {
         access.denied.fetch_add(1, Ordering::Relaxed);
+        if let Some(metrics) = self.metrics.get() {
+            metrics
+                .cluster_denials
+                .get_or_create(&labels([("listener", &caller.listener)]))
+                .inc();
+        }
         tracing::warn!(listener = %caller.listener, request = what, error = %message, "cluster call denied by policy");
         ApiError::ForbiddenByPolicy(message)
     }

@@ -9,6 +9,7 @@ use std::time::Duration;
 use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
 use kube::core::{ApiResource, GroupVersionKind};
 use kubelisten::app::{self, RunSettings, Running};
+use kubelisten::capabilities::KubeCluster;
 use kubelisten::config::{Config, TargetConfig, WatchConfig};
 use kubelisten::dispatch::dispatcher::{Dispatched, DispatcherConfig, RetryPolicy};
 use kubelisten::runtime::{Limits, ListenerSpec, Mode, Runtime, RuntimeConfig};
@@ -212,6 +213,18 @@ impl TestHost {
         config: &Config,
         settings: &RunSettings,
     ) -> Self {
+        Self::start_with_cluster(client, runtime, config, settings, None).await
+    }
+
+    /// Starts the host with the cluster access its `runtime` serves (see [`cluster_runtime`]),
+    /// as `kubelisten run` does: policy denials are counted in its metrics.
+    pub async fn start_with_cluster(
+        client: kube::Client,
+        runtime: &Runtime,
+        config: &Config,
+        settings: &RunSettings,
+        cluster: Option<Arc<KubeCluster>>,
+    ) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
         let metrics = Arc::new(kubelisten::metrics::Metrics::new());
         let running = app::start(
@@ -221,7 +234,7 @@ impl TestHost {
             settings,
             Some(tx),
             metrics.clone(),
-            None,
+            cluster,
         )
         .await
         .expect("host starts");
@@ -484,12 +497,23 @@ pub fn runtime_with_cluster(
     config: &Config,
     sink: Arc<dyn kubelisten::runtime::GuestLogSink>,
 ) -> Runtime {
-    Runtime::new(RuntimeConfig {
-        cluster: app::cluster_access(client, config),
+    cluster_runtime(client, config, sink).0
+}
+
+/// [`runtime_with_cluster`], also returning the cluster access it serves.
+pub fn cluster_runtime(
+    client: &kube::Client,
+    config: &Config,
+    sink: Arc<dyn kubelisten::runtime::GuestLogSink>,
+) -> (Runtime, Arc<KubeCluster>) {
+    let cluster = app::cluster_access(client, config);
+    let runtime = Runtime::new(RuntimeConfig {
+        cluster: cluster.clone(),
         sink,
         ..RuntimeConfig::default()
     })
-    .unwrap()
+    .unwrap();
+    (runtime, cluster)
 }
 
 /// Audit log entries (JSON) of requests made with this user agent.
