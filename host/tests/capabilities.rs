@@ -173,18 +173,7 @@ async fn calls_outside_the_policy_are_refused_before_reaching_the_server() {
     );
 
     // Every denial is counted.
-    use http_body_util::BodyExt;
-    use tower::ServiceExt;
-    let response = kubelisten::server::router(host.server.clone())
-        .oneshot(
-            axum::http::Request::get("/metrics")
-                .body(axum::body::Body::empty())
-                .unwrap(),
-        )
-        .await
-        .unwrap();
-    let metrics = response.into_body().collect().await.unwrap().to_bytes();
-    let metrics = String::from_utf8_lossy(&metrics);
+    let (_, metrics) = host.get("/metrics").await;
     assert!(
         metrics
             .lines()

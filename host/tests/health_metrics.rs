@@ -8,23 +8,11 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use harness::{delete, listener, patch_spec, settings, TestHost, Things};
-use http_body_util::BodyExt;
 use kubelisten::runtime::Mode;
 use serde_json::json;
-use tower::ServiceExt;
 
 async fn get(host: &TestHost, path: &str) -> (u16, String) {
-    let response = kubelisten::server::router(host.server.clone())
-        .oneshot(
-            axum::http::Request::get(path)
-                .body(axum::body::Body::empty())
-                .unwrap(),
-        )
-        .await
-        .unwrap();
-    let status = response.status().as_u16();
-    let body = response.into_body().collect().await.unwrap().to_bytes();
-    (status, String::from_utf8_lossy(&body).into_owned())
+    host.get(path).await
 }
 
 /// Parses Prometheus text exposition: `name{labels} value` per sample; panics on a bad line.

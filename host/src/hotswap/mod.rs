@@ -355,6 +355,21 @@ impl HotSwap {
                 cluster.set_capabilities(name, entry.capabilities.clone());
             }
         }
+        // Retire the info series of versions no longer running (replaced or removed), so
+        // `kubelisten_listener_info` shows exactly what runs.
+        for (name, (_, previous)) in &old {
+            // Same labels when only limits or capabilities changed: that series stays.
+            let still_running = next.get(name).is_some_and(|(_, current)| {
+                current.digest() == previous.digest() && current.mode() == previous.mode()
+            });
+            if !still_running {
+                self.metrics.listener_info.remove(&labels([
+                    ("listener", name),
+                    ("mode", previous.mode().as_str()),
+                    ("digest", previous.digest()),
+                ]));
+            }
+        }
         let mut state = self.lock();
         state.running = next;
         if rejections.iter().all(|r| r.listener != "*") {

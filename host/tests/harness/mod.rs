@@ -252,6 +252,23 @@ impl TestHost {
         }
     }
 
+    /// GETs `path` from the host's health/metrics router: (status, body).
+    pub async fn get(&self, path: &str) -> (u16, String) {
+        use http_body_util::BodyExt;
+        use tower::ServiceExt;
+        let response = kubelisten::server::router(self.server.clone())
+            .oneshot(
+                axum::http::Request::get(path)
+                    .body(axum::body::Body::empty())
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        (status, String::from_utf8_lossy(&body).into_owned())
+    }
+
     /// Collects attempts until `done(seen)` holds; panics after `timeout` showing what was seen.
     pub async fn wait_for(
         &mut self,
