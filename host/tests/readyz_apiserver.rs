@@ -7,27 +7,11 @@ mod harness;
 use std::time::Duration;
 
 use harness::{crd_watch, listener, settings, write_crd, TestHost, GROUP, KIND, PLURAL};
-use http_body_util::BodyExt;
 use kubelisten::runtime::Mode;
-use tower::ServiceExt;
-
-async fn readyz(host: &TestHost) -> (u16, String) {
-    let response = kubelisten::server::router(host.server.clone())
-        .oneshot(
-            axum::http::Request::get("/readyz")
-                .body(axum::body::Body::empty())
-                .unwrap(),
-        )
-        .await
-        .unwrap();
-    let code = response.status().as_u16();
-    let body = response.into_body().collect().await.unwrap().to_bytes();
-    (code, String::from_utf8_lossy(&body).into_owned())
-}
 
 async fn until(host: &TestHost, code: u16, what: &str) -> String {
     for _ in 0..600 {
-        let (got, body) = readyz(host).await;
+        let (got, body) = host.get("/readyz").await;
         if got == code {
             return body;
         }
