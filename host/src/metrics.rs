@@ -1,7 +1,8 @@
 //! Prometheus metrics (`prometheus-client`), all prefixed `kubelisten_`. Object names never
 //! become labels.
 
-use std::sync::Mutex;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
@@ -11,6 +12,9 @@ use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::{Registry, Unit};
 
 type Labels = Vec<(&'static str, String)>;
+
+/// (listener, export, outcome): one `listener_calls_total` series.
+type CallKey = (Arc<str>, &'static str, &'static str);
 
 /// Every metric of the process.
 pub struct Metrics {
@@ -39,6 +43,10 @@ pub struct Metrics {
     pub reloads: Family<Labels, Counter>,
     /// `kubelisten_cluster_calls_denied_total{listener}`: cluster calls refused by the policy.
     pub cluster_denials: Family<Labels, Counter>,
+    /// Handles of `calls` series already used, by (listener, export, outcome).
+    call_counters: RwLock<HashMap<CallKey, Counter>>,
+    /// Handles of `call_duration` series already used, by listener.
+    call_histograms: RwLock<HashMap<Arc<str>, Histogram>>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -146,7 +154,62 @@ impl Metrics {
             listener_info,
             reloads,
             cluster_denials,
+            call_counters: RwLock::default(),
+            call_histograms: RwLock::default(),
         }
+    }
+
+    /// Counts one finished listener call in `listener_calls_total` and
+    /// `listener_call_duration_seconds`. Each series' handle is kept after its first use (a
+    /// handle shares its value with the family's series), so counting a call allocates nothing.
+    pub fn count_call(
+        &self,
+        listener: &Arc<str>,
+        export: &'static str,
+        outcome: &'static str,
+        seconds: f64,
+    ) {
+        let key = (listener.clone(), export, outcome);
+        let counter = self
+            .call_counters
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&key)
+            .cloned();
+        let counter = counter.unwrap_or_else(|| {
+            let counter = self
+                .calls
+                .get_or_create(&labels([
+                    ("listener", listener),
+                    ("export", export),
+                    ("outcome", outcome),
+                ]))
+                .clone();
+            self.call_counters
+                .write()
+                .unwrap_or_else(PoisonError::into_inner)
+                .insert(key, counter.clone());
+            counter
+        });
+        counter.inc();
+        let histogram = self
+            .call_histograms
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(listener)
+            .cloned();
+        let histogram = histogram.unwrap_or_else(|| {
+            let histogram = self
+                .call_duration
+                .get_or_create(&labels([("listener", listener)]))
+                .clone();
+            self.call_histograms
+                .write()
+                .unwrap_or_else(PoisonError::into_inner)
+                .insert(listener.clone(), histogram.clone());
+            histogram
+        });
+        histogram.observe(seconds);
     }
 
     /// The Prometheus text exposition of every metric.
@@ -193,6 +256,33 @@ mod tests {
         );
         assert!(text.contains("kubelisten_leader 1"), "{text}");
         assert!(text.ends_with("# EOF\n"));
+    }
+
+    #[test]
+    fn counted_calls_land_in_the_family_series() {
+        let m = Metrics::new();
+        let listener: Arc<str> = Arc::from("l");
+        for _ in 0..3 {
+            m.count_call(&listener, "create", "ok", 0.001);
+        }
+        m.count_call(&listener, "create", "error", 0.002);
+        let text = m.encode();
+        assert!(
+            text.contains(
+                "kubelisten_listener_calls_total{listener=\"l\",export=\"create\",outcome=\"ok\"} 3"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "kubelisten_listener_calls_total{listener=\"l\",export=\"create\",outcome=\"error\"} 1"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("kubelisten_listener_call_duration_seconds_count{listener=\"l\"} 4"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{ChainReport, ChainSlot};
 use crate::capabilities::events::FailureReporter;
-use crate::event::ResourceEvent;
+use crate::event::{EventKind, ResourceEvent};
 use crate::metrics::{labels, Metrics};
 use crate::runtime::bindings::kubelisten::listener::cluster::ObjectRef;
 use crate::runtime::Mode;
@@ -185,6 +185,19 @@ impl Dispatcher {
             .queue_depth
             .get_or_create(&labels([("watch", &self.watch)]))
             .clone();
+        // The watch's event counters, looked up once.
+        let received = |kind: &str| {
+            self.metrics
+                .events
+                .get_or_create(&labels([("watch", &self.watch), ("kind", kind)]))
+                .clone()
+        };
+        let (creates, updates, deletes, errors) = (
+            received(EventKind::Create.as_str()),
+            received(EventKind::Update.as_str()),
+            received(EventKind::Delete.as_str()),
+            received("error"),
+        );
         loop {
             while tasks.len() < workers {
                 let Some((key, event)) = queues.next() else {
@@ -208,11 +221,15 @@ impl Dispatcher {
                     Some(WatchOutput::Event(event)) => {
                         self.state.events.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         self.state.track(&event);
-                        self.metrics.events.get_or_create(&labels([("watch", &self.watch), ("kind", event.kind.as_str())])).inc();
+                        match event.kind {
+                            EventKind::Create => creates.inc(),
+                            EventKind::Update => updates.inc(),
+                            EventKind::Delete => deletes.inc(),
+                        };
                         queues.push(event);
                     }
                     Some(WatchOutput::Error(error)) => {
-                        self.metrics.events.get_or_create(&labels([("watch", &self.watch), ("kind", "error")])).inc();
+                        errors.inc();
                         let chain = self.chain.get();
                         let watch = self.watch.clone();
                         tasks.spawn(async move {
@@ -336,19 +353,14 @@ async fn report_failures(
 
 fn count(metrics: &Metrics, report: &ChainReport) {
     for call in &report.calls {
+        metrics.count_call(
+            &call.listener,
+            call.export.as_str(),
+            call.outcome.label(),
+            call.duration.as_secs_f64(),
+        );
         let listener = &*call.listener;
-        metrics
-            .calls
-            .get_or_create(&labels([
-                ("listener", listener),
-                ("export", call.export.as_str()),
-                ("outcome", call.outcome.label()),
-            ]))
-            .inc();
-        metrics
-            .call_duration
-            .get_or_create(&labels([("listener", listener)]))
-            .observe(call.duration.as_secs_f64());
+        // Traps are rare: their series are looked up by label.
         if let Some(kind) = call.outcome.trap_kind() {
             metrics
                 .traps
