@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""End-to-end benchmark driver (run by bench/e2e.sh; needs only the standard library + PyYAML).
+"""End-to-end benchmark driver (run by bench/e2e.sh; needs only the standard library and kubectl).
 
 For every contender (a listener process that prints one line per event,
 `BENCH <kind> <namespace>/<name> <resourceVersion> <unix-time-ns>`, optionally followed by
@@ -33,14 +33,12 @@ import os
 import re
 import signal
 import ssl
-import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
 
-import yaml
 
 GROUP, VERSION, PLURAL, KIND = "bench.kubelisten.dev", "v1", "benchitems", "BenchItem"
 # The optional trailing fields (bench-listener only): the object's uid, and ` initial` for an event
@@ -54,16 +52,20 @@ USER_AGENT = "kubelisten-bench-driver"
 
 
 class Kube:
-    def __init__(self, kubeconfig):
-        cfg = yaml.safe_load(open(kubeconfig))
-        ctx_name = cfg["current-context"]
-        ctx = next(c["context"] for c in cfg["contexts"] if c["name"] == ctx_name)
-        cluster = next(c["cluster"] for c in cfg["clusters"] if c["name"] == ctx["cluster"])
-        user = next(u["user"] for u in cfg["users"] if u["name"] == ctx["user"])
+    """A minimal API client for the admin kubeconfig, one keep-alive connection per thread.
+    The kubeconfig is read through `kubectl config view` (JSON), so no YAML library is needed."""
+
+    def __init__(self, kubeconfig=None, user_agent=USER_AGENT):
+        cmd = ["kubectl", "config", "view", "--raw", "--minify", "-o", "json"]
+        if kubeconfig:
+            cmd += ["--kubeconfig", kubeconfig]
+        cfg = json.loads(subprocess.run(cmd, check=True, capture_output=True).stdout)
+        cluster = cfg["clusters"][0]["cluster"]
+        user = cfg["users"][0]["user"]
+        self.user_agent = user_agent
         server = cluster["server"]
-        assert server.startswith("https://")
-        hostport = server[len("https://"):].rstrip("/")
-        self.host, port = hostport.rsplit(":", 1)
+        assert server.startswith("https://"), server
+        self.host, port = server[len("https://"):].rstrip("/").rsplit(":", 1)
         self.port = int(port)
         self.tmp = tempfile.mkdtemp(prefix="kl-bench-")
 
@@ -89,10 +91,11 @@ class Kube:
             self.local.c = c
         return c
 
-    def request(self, method, path, body=None, ctype="application/json"):
-        """Returns (status, parsed body, t_sent_ns, t_response_ns)."""
+    def request(self, method, path, body=None, ctype="application/json", ua=None):
+        """Returns (status, parsed body, t_sent_ns, t_response_ns); `ua` overrides the client's
+        User-Agent for this request."""
         data = json.dumps(body).encode() if body is not None else None
-        headers = {"Accept": "application/json", "User-Agent": USER_AGENT}
+        headers = {"Accept": "application/json", "User-Agent": ua or self.user_agent}
         if data is not None:
             headers["Content-Type"] = ctype
         for attempt in range(3):
@@ -110,6 +113,13 @@ class Kube:
                 if attempt == 2:
                     raise
         raise AssertionError("unreachable")
+
+    def ok(self, what, expect, *args, **kw):
+        """`request`, raising unless the status is in `expect`; returns (body, t_sent, t_response)."""
+        st, body, t0, t1 = self.request(*args, **kw)
+        if st not in expect:
+            raise RuntimeError(f"{what}: HTTP {st}: {body}")
+        return body, t0, t1
 
     def path(self, ns, name=None):
         p = f"/apis/{GROUP}/{VERSION}/namespaces/{ns}/{PLURAL}"

@@ -29,13 +29,11 @@ writer's achieved interval and the machine load.
 import argparse
 import base64
 import datetime
-import http.client
 import json
 import os
 import random
 import re
 import signal
-import ssl
 import subprocess
 import sys
 import tempfile
@@ -44,6 +42,8 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
+sys.path.insert(0, HERE)
+from driver import Kube  # noqa: E402
 GROUP, VERSION, PLURAL, KIND = "bench.kubelisten.dev", "v1", "benchitems", "BenchItem"
 UA_PREFIX = "kubelisten-swapbench"
 LISTENERS = "listeners:\n  - name: counter\n    module: counter.wasm\n    mode: reference\n"
@@ -96,66 +96,6 @@ def ms(ns):
 
 
 # --- API client ---------------------------------------------------------------------------------
-
-
-class Kube:
-    def __init__(self):
-        raw = subprocess.run(["kubectl", "config", "view", "--raw", "--minify", "-o", "json"],
-                             check=True, capture_output=True).stdout
-        cfg = json.loads(raw)
-        cluster = cfg["clusters"][0]["cluster"]
-        user = cfg["users"][0]["user"]
-        server = cluster["server"]
-        assert server.startswith("https://"), server
-        self.host, port = server[len("https://"):].rstrip("/").rsplit(":", 1)
-        self.port = int(port)
-        self.tmp = tempfile.mkdtemp(prefix="kl-swapbench-")
-
-        def dump(name, data_key, file_key, src):
-            if data_key in src:
-                p = os.path.join(self.tmp, name)
-                with open(p, "wb") as f:
-                    f.write(base64.b64decode(src[data_key]))
-                return p
-            return src[file_key]
-
-        ca = dump("ca.crt", "certificate-authority-data", "certificate-authority", cluster)
-        cert = dump("client.crt", "client-certificate-data", "client-certificate", user)
-        key = dump("client.key", "client-key-data", "client-key", user)
-        self.ctx = ssl.create_default_context(cafile=ca)
-        self.ctx.load_cert_chain(cert, key)
-        self.local = threading.local()
-
-    def request(self, method, path, body=None, ctype="application/json", ua=UA_PREFIX):
-        """Returns (status, parsed body, t_sent_ns, t_response_ns)."""
-        data = json.dumps(body).encode() if body is not None else None
-        headers = {"Accept": "application/json", "User-Agent": ua}
-        if data is not None:
-            headers["Content-Type"] = ctype
-        for attempt in range(3):
-            c = getattr(self.local, "c", None)
-            if c is None:
-                c = self.local.c = http.client.HTTPSConnection(self.host, self.port,
-                                                               context=self.ctx, timeout=60)
-            try:
-                t0 = time.time_ns()
-                c.request(method, path, body=data, headers=headers)
-                r = c.getresponse()
-                raw = r.read()
-                t1 = time.time_ns()
-                return r.status, (json.loads(raw) if raw else None), t0, t1
-            except (http.client.HTTPException, OSError):
-                c.close()
-                self.local.c = None
-                if attempt == 2:
-                    raise
-        raise AssertionError("unreachable")
-
-    def ok(self, what, expect, *args, **kw):
-        st, body, t0, t1 = self.request(*args, **kw)
-        if st not in expect:
-            raise RuntimeError(f"{what}: HTTP {st}: {body}")
-        return body, t0, t1
 
 
 # --- kubelisten's log ---------------------------------------------------------------------------
@@ -312,7 +252,7 @@ def main():
     modules = {"v1": open(args.v1, "rb").read(), "v2": open(args.v2, "rb").read()}
     b64 = {v: base64.b64encode(b).decode() for v, b in modules.items()}
 
-    kube = Kube()
+    kube = Kube(user_agent=UA_PREFIX)
     kube.ok("namespace", (201, 409), "POST", "/api/v1/namespaces",
             {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})
     subprocess.run(["kubectl", "apply", "-f", args.crd], check=True, stdout=sys.stderr)

@@ -21,7 +21,6 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 export KUBELISTEN_RUN_DIR="${KUBELISTEN_RUN_DIR:-$HOME/.cache/kubelisten/run-reliability}"
-VENV="${KUBELISTEN_BENCH_VENV:-$HOME/.cache/kubelisten/bench-venv}"
 KL="$(realpath -m "${REL_KL:-target/release/kubelisten}")"
 GUESTS="$(realpath -m "${REL_GUESTS:-target/guests}")"
 OUT="$ROOT/target/bench-reliability/$(date +%Y%m%d-%H%M%S)"
@@ -40,16 +39,8 @@ done
 # The checks need the uid and ` initial` fields of bench-listener's BENCH line.
 grep -q ' initial' "$GUESTS/bench-listener.wasm" && grep -q 'uid=' "$GUESTS/bench-listener.wasm" || {
   echo "reliability.sh: $GUESTS/bench-listener.wasm predates the uid and initial fields of its BENCH line: run \`make guests\`" >&2; exit 2; }
-# The suite needs only the standard library and PyYAML (no kopf): use python3 if it has PyYAML,
-# else a virtualenv with just PyYAML (pip's cache makes that work offline after the first time).
+# The suite needs only the standard library and kubectl.
 PY=python3
-if ! python3 -c 'import yaml' 2>/dev/null; then
-  if [[ ! -x "$VENV/bin/python" ]] || ! "$VENV/bin/python" -c 'import yaml' 2>/dev/null; then
-    python3 -m venv "$VENV"
-    "$VENV/bin/pip" install -q "$(grep -i '^pyyaml==' bench/kopf/requirements.txt)"
-  fi
-  PY="$VENV/bin/python"
-fi
 rc=0
 deploy/local/with-cluster.sh bash -c '
   set -euo pipefail
