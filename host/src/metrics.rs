@@ -169,47 +169,26 @@ impl Metrics {
         outcome: &'static str,
         seconds: f64,
     ) {
-        let key = (listener.clone(), export, outcome);
-        let counter = self
-            .call_counters
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(&key)
-            .cloned();
-        let counter = counter.unwrap_or_else(|| {
-            let counter = self
-                .calls
-                .get_or_create(&labels([
-                    ("listener", listener),
-                    ("export", export),
-                    ("outcome", outcome),
-                ]))
-                .clone();
-            self.call_counters
-                .write()
-                .unwrap_or_else(PoisonError::into_inner)
-                .insert(key, counter.clone());
-            counter
-        });
-        counter.inc();
-        let histogram = self
-            .call_histograms
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(listener)
-            .cloned();
-        let histogram = histogram.unwrap_or_else(|| {
-            let histogram = self
-                .call_duration
+        cached(
+            &self.call_counters,
+            (listener.clone(), export, outcome),
+            || {
+                self.calls
+                    .get_or_create(&labels([
+                        ("listener", listener),
+                        ("export", export),
+                        ("outcome", outcome),
+                    ]))
+                    .clone()
+            },
+        )
+        .inc();
+        cached(&self.call_histograms, listener.clone(), || {
+            self.call_duration
                 .get_or_create(&labels([("listener", listener)]))
-                .clone();
-            self.call_histograms
-                .write()
-                .unwrap_or_else(PoisonError::into_inner)
-                .insert(listener.clone(), histogram.clone());
-            histogram
-        });
-        histogram.observe(seconds);
+                .clone()
+        })
+        .observe(seconds);
     }
 
     /// The Prometheus text exposition of every metric.
@@ -224,6 +203,27 @@ impl Metrics {
         }
         out
     }
+}
+
+/// The handle under `key` in `map`, made by `make` and kept on first use. A handle is a clone
+/// that shares its value with the family's series.
+fn cached<K: std::hash::Hash + Eq, V: Clone>(
+    map: &RwLock<HashMap<K, V>>,
+    key: K,
+    make: impl FnOnce() -> V,
+) -> V {
+    let hit = map
+        .read()
+        .unwrap_or_else(PoisonError::into_inner)
+        .get(&key)
+        .cloned();
+    hit.unwrap_or_else(|| {
+        let value = make();
+        map.write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(key, value.clone());
+        value
+    })
 }
 
 /// A label set.

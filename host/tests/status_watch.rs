@@ -4,6 +4,7 @@
 //! status subresource (`Api::patch_status`), and Pods stay Pending.
 
 mod common;
+mod harness;
 
 use std::io::Write as _;
 use std::process::ExitCode;
@@ -119,34 +120,6 @@ where
     .unwrap_or_else(|e| panic!("patching the status of {name}: {e}"));
 }
 
-fn crd_yaml(group: &str, kind: &str, plural: &str) -> String {
-    format!(
-        r#"apiVersion: apiextensions.k8s.io/v1
-kind: CustomResourceDefinition
-metadata:
-  name: {plural}.{group}
-spec:
-  group: {group}
-  scope: Namespaced
-  names:
-    kind: {kind}
-    plural: {plural}
-    singular: {singular}
-  versions:
-    - name: v1
-      served: true
-      storage: true
-      subresources:
-        status: {{}}
-      schema:
-        openAPIV3Schema:
-          type: object
-          x-kubernetes-preserve-unknown-fields: true
-"#,
-        singular = kind.to_lowercase()
-    )
-}
-
 fn custom_api(
     client: &Client,
     group: &str,
@@ -239,7 +212,7 @@ async fn custom_resource_ready_condition_and_observed_generation() {
     let ns = common::TestNamespace::new(&client).await;
     let group = format!("st{}.kubelisten.test", common::random_suffix());
     let (kind, plural) = ("Widget", "widgets");
-    common::apply_crd_yaml(&client, &crd_yaml(&group, kind, plural)).await;
+    common::apply_crd_yaml(&client, &harness::crd_yaml(&group, kind, plural)).await;
     let api = custom_api(&client, &group, kind, plural, ns.name());
     let id = identity(&group, kind, ns.name(), "w");
 
@@ -323,7 +296,7 @@ async fn kind_without_crd_is_parked_started_when_installed_and_stopped_when_dele
     expect_sync(&mut stream).await;
 
     for round in 1..=2 {
-        common::apply_crd_yaml(&client, &crd_yaml(&group, kind, plural)).await;
+        common::apply_crd_yaml(&client, &harness::crd_yaml(&group, kind, plural)).await;
         let api = custom_api(&client, &group, kind, plural, ns.name());
         // Discovery may lag a moment behind Established.
         let started = Instant::now();

@@ -7,7 +7,6 @@ pub mod policy;
 pub mod rate;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -23,11 +22,10 @@ use crate::runtime::bindings::kubelisten::listener::cluster::{
 };
 use crate::runtime::{Caller, ClusterAccess, ClusterRequest};
 
-/// One listener's policy, limiter and counters.
+/// One listener's policy and limiter.
 struct ListenerAccess {
     capabilities: Capabilities,
     bucket: Mutex<TokenBucket>,
-    denied: AtomicU64,
 }
 
 impl ListenerAccess {
@@ -40,16 +38,8 @@ impl ListenerAccess {
         Self {
             capabilities,
             bucket: Mutex::new(bucket),
-            denied: AtomicU64::new(0),
         }
     }
-}
-
-/// Counters of a listener's cluster calls, for metrics and tests.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct AccessStats {
-    /// Calls refused by the policy.
-    pub denied: u64,
 }
 
 /// Serves guests' cluster calls against a real API server.
@@ -113,26 +103,7 @@ impl KubeCluster {
             .insert(listener.to_string(), access);
     }
 
-    /// Counters of `listener`.
-    pub fn stats(&self, listener: &str) -> AccessStats {
-        self.listeners
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(listener)
-            .map(|a| AccessStats {
-                denied: a.denied.load(Ordering::Relaxed),
-            })
-            .unwrap_or_default()
-    }
-
-    fn deny(
-        &self,
-        caller: &Caller,
-        access: &ListenerAccess,
-        what: &str,
-        message: String,
-    ) -> ApiError {
-        access.denied.fetch_add(1, Ordering::Relaxed);
+    fn deny(&self, caller: &Caller, what: &str, message: String) -> ApiError {
         if let Some(metrics) = self.metrics.get() {
             metrics
                 .cluster_denials
@@ -221,7 +192,7 @@ impl KubeCluster {
                 .check(&named, caller.event_namespace.as_deref())
                 .err()
                 .unwrap_or_default();
-            return Err(self.deny(caller, access, what, message));
+            return Err(self.deny(caller, what, message));
         }
         let (ar, namespaced) = self.discover(&target.api_version, &target.kind).await?;
         let namespace = if namespaced {
@@ -250,7 +221,7 @@ impl KubeCluster {
             .capabilities
             .check(&full, caller.event_namespace.as_deref())
         {
-            return Err(self.deny(caller, access, what, message));
+            return Err(self.deny(caller, what, message));
         }
         // ...then the rate limit (waiting at most the request timeout)...
         let reserved = access
