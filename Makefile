@@ -50,7 +50,7 @@ clippy: ## lint the host and the guests
 	cargo clippy --all-targets -- -D warnings
 	cd guests && CARGO_TARGET_DIR=$(GUEST_TARGET_DIR) cargo clippy --release --target wasm32-wasip2 -- -D warnings
 
-bench: guests ## run the dispatch benchmark
+bench: guests guests-polyglot ## run the dispatch benchmark (Rust guests and the five polyglot listeners)
 	cargo bench -p kubelisten --bench dispatch
 
 bench-e2e: ## end-to-end benchmark vs a native kube-runtime listener and kopf (own control plane)

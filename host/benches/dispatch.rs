@@ -1,6 +1,13 @@
-//! Per-event dispatch cost: a no-op guest (pure overhead) and a guest parsing a ~2 KiB object,
-//! each in classname (fresh instance per event) and reference (persistent instance) mode, beside
-//! a native Rust function doing the same JSON work. Run with `make bench` (guests built first).
+//! Per-event dispatch cost, each guest in classname (fresh instance per event) and reference
+//! (persistent instance) mode, beside a native Rust function doing the same work:
+//!
+//! - group `dispatch`: a no-op guest (pure overhead) and a Rust guest parsing a ~2 KiB object;
+//! - group `polyglot`: the five `*-listener` guests (Rust, C, Go, JavaScript, Python; see
+//!   `guests/README.md`) handling the same update of that object, whose status already records
+//!   the guest's language: each logs the event, checks the status and logs that it is up to date
+//!   (no cluster call). A polyglot guest that is not built is skipped with a message.
+//!
+//! Run with `make bench` (guests built first).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -62,15 +69,80 @@ fn native_parse(object: &str) -> Result<(), String> {
     Ok(())
 }
 
-fn guest(name: &str) -> PathBuf {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+/// The polyglot reference behaviour natively (`guests/rust-listener` without the sandbox), on the
+/// path the `polyglot` group exercises: log the event, find the status up to date, log that.
+fn native_reference(event: &ResourceEvent, lang: &str, sink: &mut Vec<String>) {
+    let meta = &event.meta;
+    if let Some((_, fault)) = meta
+        .annotations
+        .iter()
+        .find(|(k, _)| k == "kubelisten.dev/fault")
+    {
+        sink.push(format!("{lang}: fault {fault}"));
+        return;
+    }
+    let name = match &meta.namespace {
+        Some(ns) => format!("{ns}/{}", meta.name),
+        None => meta.name.clone(),
+    };
+    sink.push(format!(
+        "{lang}: {} {} {name} rv={}",
+        event.kind.as_str(),
+        meta.kind,
+        meta.resource_version
+    ));
+    let up_to_date = meta.generation.is_some_and(|generation| {
+        serde_json::from_str::<serde_json::Value>(&event.object).is_ok_and(|object| {
+            object["status"]["handledBy"].as_str() == Some(lang)
+                && object["status"]["observedGeneration"].as_i64() == Some(generation)
+        })
+    });
+    if up_to_date {
+        sink.push(format!("{lang}: status already up to date"));
+    } else {
+        sink.push(format!("{lang}: would patch the status"));
+    }
+}
+
+fn guest_path(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("../target/guests")
-        .join(format!("{name}.wasm"));
+        .join(format!("{name}.wasm"))
+}
+
+fn guest(name: &str) -> PathBuf {
+    let path = guest_path(name);
     assert!(
         path.exists(),
         "guest {name} is not built: run `make guests`"
     );
     path
+}
+
+/// A one-listener chain of the guest at `path`.
+fn chain(runtime: &Runtime, name: &str, path: PathBuf, mode: Mode) -> Chain {
+    let spec = ListenerSpec {
+        name: name.into(),
+        path,
+        mode,
+        limits: Limits::default(),
+        capabilities: Default::default(),
+    };
+    Chain::new(vec![Arc::new(
+        Listener::load(runtime, &spec).expect("listener"),
+    )])
+}
+
+/// An update event carrying `raw`.
+fn update_event(raw: &str) -> ResourceEvent {
+    ResourceEvent {
+        kind: EventKind::Update,
+        meta: ObjectMeta::from_json(raw).expect("object"),
+        object: Arc::from(raw),
+        old_object: None,
+        initial: false,
+        status: Default::default(),
+    }
 }
 
 fn bench(c: &mut Criterion) {
@@ -82,28 +154,12 @@ fn bench(c: &mut Criterion) {
     eprintln!("allocator: {:?}", runtime.allocator());
     let raw = object();
     eprintln!("object size: {} bytes", raw.len());
-    let event = ResourceEvent {
-        kind: EventKind::Update,
-        meta: ObjectMeta::from_json(&raw).expect("object"),
-        object: Arc::from(raw.as_str()),
-        old_object: None,
-        initial: false,
-        status: Default::default(),
-    };
+    let event = update_event(&raw);
 
     let mut group = c.benchmark_group("dispatch");
     for guest_name in ["noop", "json-parse"] {
         for mode in [Mode::Classname, Mode::Reference] {
-            let spec = ListenerSpec {
-                name: guest_name.into(),
-                path: guest(guest_name),
-                mode,
-                limits: Limits::default(),
-                capabilities: Default::default(),
-            };
-            let chain = Chain::new(vec![Arc::new(
-                Listener::load(&runtime, &spec).expect("listener"),
-            )]);
+            let chain = chain(&runtime, guest_name, guest(guest_name), mode);
             assert!(chain.dispatch(&event).succeeded());
             group.bench_with_input(
                 BenchmarkId::new(guest_name, mode.as_str()),
@@ -116,6 +172,51 @@ fn bench(c: &mut Criterion) {
         b.iter(|| native_parse(std::hint::black_box(&raw)))
     });
     group.finish();
+
+    let mut group = c.benchmark_group("polyglot");
+    group.sample_size(20);
+    let mut native_done = false;
+    for (lang, guest_name) in [
+        ("rust", "rust-listener"),
+        ("c", "c-listener"),
+        ("go", "go-listener"),
+        ("js", "js-listener"),
+        ("python", "python-listener"),
+    ] {
+        let path = guest_path(guest_name);
+        if !path.exists() {
+            eprintln!("polyglot: {guest_name} is not built (`make guests-polyglot`): skipped");
+            continue;
+        }
+        let event = update_event(&polyglot_object(lang));
+        for mode in [Mode::Classname, Mode::Reference] {
+            let chain = chain(&runtime, guest_name, path.clone(), mode);
+            assert!(chain.dispatch(&event).succeeded(), "{guest_name} failed");
+            group.bench_with_input(BenchmarkId::new(lang, mode.as_str()), &event, |b, ev| {
+                b.iter(|| chain.dispatch(ev))
+            });
+        }
+        if !native_done {
+            // The native work is the same for every language; measure it once.
+            native_done = true;
+            let mut sink = Vec::with_capacity(2);
+            group.bench_with_input(BenchmarkId::new("native", lang), &event, |b, ev| {
+                b.iter(|| {
+                    native_reference(std::hint::black_box(ev), lang, &mut sink);
+                    sink.clear();
+                })
+            });
+        }
+    }
+    group.finish();
+}
+
+/// [`object`] with a status that already records `lang` for the object's generation, so a
+/// polyglot listener handles its update without a cluster call.
+fn polyglot_object(lang: &str) -> String {
+    let mut value: serde_json::Value = serde_json::from_str(&object()).expect("object");
+    value["status"]["handledBy"] = lang.into();
+    value.to_string()
 }
 
 criterion_group! {
