@@ -14,6 +14,9 @@
 #   BENCH_SCALE [1000,10000]   existing-object counts of the scale test ('' skips it)
 #   BENCH_ONLY                 comma-separated contender names
 #   BENCH_SKIP_BUILD=1         use the binaries already built
+#   BENCH_KL_BASELINE          another kubelisten binary (say, a build of the previous commit): adds
+#                              the contenders baseline-classname and baseline-reference, run
+#                              interleaved with the others, for an A/B of a host change
 #   KUBELISTEN_RUN_DIR [~/.cache/kubelisten/run-bench]  control-plane run dir (not the default one)
 #   KUBELISTEN_BENCH_VENV [~/.cache/kubelisten/bench-venv]  virtualenv with kopf + PyYAML
 set -euo pipefail
@@ -61,9 +64,19 @@ CACHE="$HOME/.cache/kubelisten/bench-compiled"
 # with another kubelisten on the default 0.0.0.0:8080 (the contenders run one at a time).
 HEALTH_PORT="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
 KLENV="\"RUST_LOG\": \"info\", \"KUBELISTEN_HEALTH_BIND\": \"127.0.0.1\", \"KUBELISTEN_HEALTH_PORT\": \"$HEALTH_PORT\""
+BASELINE=""
+if [[ -n "${BENCH_KL_BASELINE:-}" ]]; then
+  [[ -x "$BENCH_KL_BASELINE" ]] || { log "BENCH_KL_BASELINE=$BENCH_KL_BASELINE is not an executable"; exit 1; }
+  for mode in classname reference; do
+    BASELINE+=" {\"name\": \"baseline-$mode\", \"env\": {$KLENV},
+  \"cmd\": [\"$BENCH_KL_BASELINE\", \"run\", \"--log-format\", \"json\", \"--cache-dir\", \"$CACHE\", \"--crd\", \"$ROOT/bench/crd.yaml\",
+          \"-l\", \"$G/bench-listener.wasm:$mode\", \"-n\", \"{NS}\"]},
+"
+  done
+fi
 cat >"$OUT/contenders.json" <<EOF
 [
- {"name": "kubelisten-classname", "env": {$KLENV},
+$BASELINE {"name": "kubelisten-classname", "env": {$KLENV},
   "cmd": ["$KL", "run", "--log-format", "json", "--cache-dir", "$CACHE", "--crd", "$ROOT/bench/crd.yaml",
           "-l", "$G/bench-listener.wasm:classname", "-n", "{NS}"]},
  {"name": "kubelisten-reference", "env": {$KLENV},
