@@ -52,6 +52,7 @@ clippy: ## lint the host and the guests
 
 bench: guests guests-polyglot ## run the dispatch benchmark (Rust guests and the five polyglot listeners)
 	cargo bench -p kubelisten --bench dispatch
+	cargo bench -p kubelisten --bench idle_dispatch
 
 bench-e2e: ## end-to-end benchmark vs a native kube-runtime listener and kopf (own control plane)
 	bench/e2e.sh
