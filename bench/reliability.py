@@ -626,6 +626,9 @@ def failures(results):
                 out.append(f"{f}: a bad module was not rejected (or the running module changed)")
             if not r["swapped_to_other"]:
                 out.append(f"{f}: the swap to another good build did not happen")
+        if r.get("late_after_successor"):
+            # The host orders events per namespace/name, across relists too.
+            out.append(f"{f}: {r['late_after_successor']} events of an object came after its re-created successor's")
         if f == "leader-kill" and r.get("new_leader") == r.get("killed"):
             out.append(f"{f}: no takeover")
     s = results.get("soak")
@@ -662,7 +665,7 @@ def notes_of(r):
                      f"{'swapped in ' + str(st[3]['s']) + ' s' if r['swapped_to_other'] else 'NOT swapped'}")
     if r.get("late_after_successor"):
         notes.append(f"{r['late_after_successor']} events of an object came after the first event of its re-created "
-                     f"same-named successor (ordering is per uid, by design)")
+                     f"same-named successor (a failure: the host orders events per namespace/name)")
     if r["lost"]:
         notes.append(f"lost: {', '.join(r['lost_names'])}")
     return "; ".join(notes)

@@ -272,14 +272,22 @@ pub enum WatchType {
 /// an `ADDED` for a known object into an update, and drops a delivery whose resourceVersion was
 /// already seen for that object.
 ///
-/// A (re)list is bracketed by [`Tracker::begin_relist`] and [`Tracker::finish_relist`]: listed
-/// objects become creates (new), updates (changed) or nothing (unchanged), all `initial`; objects
-/// known before but absent from the list become deletes carrying their last known state. So no
-/// event is lost or invented across a gap in the watch.
+/// A (re)list goes through [`Tracker::relist`]: objects known before but absent from the list
+/// become deletes carrying their last known state, then listed objects become creates (new),
+/// updates (changed) or nothing (unchanged), all `initial`. So no event is lost or invented
+/// across a gap in the watch.
 #[derive(Debug, Default)]
 pub struct Tracker {
     seen: HashMap<String, (String, Arc<str>)>,
-    relist: Option<HashSet<String>>,
+}
+
+/// The tracker's key of an object: its uid, else `namespace/name`.
+fn key_of(meta: &ObjectMeta) -> String {
+    if meta.uid.is_empty() {
+        meta.object_ref()
+    } else {
+        meta.uid.clone()
+    }
 }
 
 impl Tracker {
@@ -292,14 +300,7 @@ impl Tracker {
         status: ObjectStatus,
         initial: bool,
     ) -> Option<ResourceEvent> {
-        let key = if meta.uid.is_empty() {
-            meta.object_ref()
-        } else {
-            meta.uid.clone()
-        };
-        if let Some(listed) = self.relist.as_mut() {
-            listed.insert(key.clone());
-        }
+        let key = key_of(&meta);
         let previous = self.seen.get(&key);
         if let Some((rv, _)) = previous {
             if !rv.is_empty() && *rv == meta.resource_version {
@@ -336,24 +337,27 @@ impl Tracker {
         })
     }
 
-    /// Starts a (re)list: objects applied until [`Tracker::finish_relist`] count as present.
-    pub fn begin_relist(&mut self) {
-        self.relist = Some(HashSet::new());
-    }
-
-    /// Ends a (re)list: every object known before and not listed since `begin_relist` was deleted
-    /// meanwhile; returns those deletes (with the last known state, `initial` set).
-    pub fn finish_relist(&mut self) -> Vec<ResourceEvent> {
-        let Some(listed) = self.relist.take() else {
-            return Vec::new();
-        };
+    /// Applies a complete (re)list and returns its events, all `initial`: first a delete for
+    /// every object known before and absent from the list (with its last known state), then a
+    /// create or update for every listed object that is new or changed.
+    ///
+    /// Deletes come first so that an object deleted and re-created under the same name during
+    /// the gap is delivered as the old object's delete, then the new object's create, the order
+    /// in which they happened. Dispatch queues are per `namespace/name`, so a listener that owns
+    /// children by name never sees the new object before the old one is gone.
+    pub fn relist(
+        &mut self,
+        listed: impl IntoIterator<Item = (Arc<str>, ObjectMeta, ObjectStatus)>,
+    ) -> Vec<ResourceEvent> {
+        let listed: Vec<_> = listed.into_iter().collect();
+        let present: HashSet<String> = listed.iter().map(|(_, meta, _)| key_of(meta)).collect();
         let gone: Vec<String> = self
             .seen
             .keys()
-            .filter(|k| !listed.contains(*k))
+            .filter(|k| !present.contains(*k))
             .cloned()
             .collect();
-        let mut deletes = Vec::with_capacity(gone.len());
+        let mut events = Vec::with_capacity(gone.len() + listed.len());
         for key in gone {
             let Some((_, object)) = self.seen.remove(&key) else {
                 continue;
@@ -362,7 +366,7 @@ impl Tracker {
                 .map_err(|e| EventError::NotJson(e.to_string()))
                 .and_then(|value| Ok((ObjectMeta::from_value(&value)?, ObjectStatus::of(&value))));
             match parsed {
-                Ok((meta, status)) => deletes.push(ResourceEvent {
+                Ok((meta, status)) => events.push(ResourceEvent {
                     kind: EventKind::Delete,
                     object,
                     old_object: None,
@@ -375,7 +379,10 @@ impl Tracker {
                 }
             }
         }
-        deletes
+        for (object, meta, status) in listed {
+            events.extend(self.apply(WatchType::Added, object, meta, status, true));
+        }
+        events
     }
 
     /// Number of objects currently known.
@@ -484,41 +491,60 @@ mod tests {
             let meta = ObjectMeta::from_json(&raw).unwrap();
             (Arc::<str>::from(raw), meta)
         };
-        t.begin_relist();
-        for (name, rv) in [("a", "1"), ("b", "2"), ("c", "3")] {
-            let (o, m) = mk(name, rv);
-            let e = t
-                .apply(WatchType::Added, o, m, ObjectStatus::default(), true)
-                .unwrap();
-            assert_eq!((e.kind, e.initial), (EventKind::Create, true));
-        }
-        assert!(t.finish_relist().is_empty());
+        let listed = |items: &[(&str, &str)]| -> Vec<_> {
+            items
+                .iter()
+                .map(|(name, rv)| {
+                    let (o, m) = mk(name, rv);
+                    (o, m, ObjectStatus::default())
+                })
+                .collect()
+        };
+        let first = t.relist(listed(&[("a", "1"), ("b", "2"), ("c", "3")]));
+        assert_eq!(first.len(), 3);
+        assert!(first
+            .iter()
+            .all(|e| (e.kind, e.initial) == (EventKind::Create, true)));
         // Gap: a unchanged, b changed, c deleted, d created.
-        t.begin_relist();
-        let (o, m) = mk("a", "1");
-        assert!(t
-            .apply(WatchType::Added, o, m, ObjectStatus::default(), true)
-            .is_none());
-        let (o, m) = mk("b", "5");
-        let e = t
-            .apply(WatchType::Added, o, m, ObjectStatus::default(), true)
-            .unwrap();
-        assert_eq!(e.kind, EventKind::Update);
-        assert!(e.old_object.unwrap().contains(r#""resourceVersion":"2""#));
-        let (o, m) = mk("d", "6");
+        let events = t.relist(listed(&[("a", "1"), ("b", "5"), ("d", "6")]));
+        let summary: Vec<_> = events
+            .iter()
+            .map(|e| (e.kind, e.meta.name.as_str(), e.initial))
+            .collect();
         assert_eq!(
-            t.apply(WatchType::Added, o, m, ObjectStatus::default(), true)
-                .unwrap()
-                .kind,
-            EventKind::Create
+            summary,
+            vec![
+                (EventKind::Delete, "c", true),
+                (EventKind::Update, "b", true),
+                (EventKind::Create, "d", true),
+            ]
         );
-        let deletes = t.finish_relist();
-        assert_eq!(deletes.len(), 1);
-        assert_eq!(
-            (deletes[0].kind, deletes[0].meta.name.as_str()),
-            (EventKind::Delete, "c")
-        );
-        assert!(deletes[0].object.contains(r#""resourceVersion":"3""#));
+        assert!(events[0].object.contains(r#""resourceVersion":"3""#));
+        let old = events[1].old_object.as_deref().unwrap();
+        assert!(old.contains(r#""resourceVersion":"2""#));
         assert_eq!(t.len(), 3);
+    }
+
+    #[test]
+    fn relist_delivers_a_recreated_names_delete_before_its_create() {
+        let mut t = Tracker::default();
+        let mk = |uid: &str, rv: &str| {
+            let raw = format!(
+                r#"{{"apiVersion":"v1","kind":"ConfigMap","metadata":{{"name":"x","namespace":"ns","uid":"{uid}","resourceVersion":"{rv}"}}}}"#
+            );
+            let meta = ObjectMeta::from_json(&raw).unwrap();
+            (Arc::<str>::from(raw), meta, ObjectStatus::default())
+        };
+        t.relist([mk("old", "1")]);
+        // Gap: ns/x deleted and created again (a new uid).
+        let events = t.relist([mk("new", "9")]);
+        let summary: Vec<_> = events
+            .iter()
+            .map(|e| (e.kind, e.meta.uid.as_str()))
+            .collect();
+        assert_eq!(
+            summary,
+            vec![(EventKind::Delete, "old"), (EventKind::Create, "new")]
+        );
     }
 }

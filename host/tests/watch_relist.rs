@@ -1,7 +1,8 @@
 //! A gap in the watch that forces a relist: only the host's connection is cut (through a TCP
 //! proxy), objects are created, changed and deleted meanwhile, etcd is compacted so the host's
 //! resourceVersion expires, then the connection is restored. The host must relist and deliver
-//! the missed creates, updates and deletes exactly once.
+//! the missed creates, updates and deletes exactly once, and an object deleted and created
+//! again under the same name as the old object's delete before the new object's create.
 //!
 //! The resource `gaps.relist.kubelisten.dev` has the API server's watch cache turned off
 //! (`--watch-cache-sizes` in deploy/local/cluster.sh), so an expired resourceVersion reaches the
@@ -26,7 +27,7 @@ async fn a_gap_with_an_expired_resource_version_is_healed_by_a_relist() {
     let t = Things::for_crd(GROUP, KIND, PLURAL).await;
     common::apply_crd_yaml(&t.client, &harness::crd_yaml(GROUP, KIND, PLURAL)).await;
     for name in [
-        "keep-1", "keep-2", "change-1", "change-2", "delete-1", "delete-2",
+        "keep-1", "keep-2", "change-1", "change-2", "delete-1", "delete-2", "recreate",
     ] {
         t.create(name, json!({"v": 0}), &[]).await;
     }
@@ -44,8 +45,8 @@ async fn a_gap_with_an_expired_resource_version_is_healed_by_a_relist() {
     let config = t.watch(vec![listener("rust-logger", Mode::Classname)]);
     let runtime = harness::runtime();
     let mut host = TestHost::start(host_client, &runtime, &config, &settings(4)).await;
-    host.wait_for(Duration::from_secs(60), "six initial creates", |seen| {
-        seen.len() >= 6
+    host.wait_for(Duration::from_secs(60), "seven initial creates", |seen| {
+        seen.len() >= 7
     })
     .await;
     host.wait_synced().await;
@@ -60,12 +61,15 @@ async fn a_gap_with_an_expired_resource_version_is_healed_by_a_relist() {
     for name in ["new-1", "new-2"] {
         t.create(name, json!({"v": 0}), &[]).await;
     }
+    // The same name, another object: no finalizers, so the delete is immediate.
+    delete(&t.api, "recreate").await;
+    t.create("recreate", json!({"v": 2}), &[]).await;
     let revision = harness::compact_etcd();
     eprintln!("etcd compacted at revision {revision}");
     proxy.restore();
 
     host.wait_for(Duration::from_secs(120), "the missed changes", |seen| {
-        seen.len() >= 12
+        seen.len() >= 15
     })
     .await;
     // A later live change proves the watch is past the relist; nothing else may arrive before it.
@@ -77,7 +81,7 @@ async fn a_gap_with_an_expired_resource_version_is_healed_by_a_relist() {
     let seen = host.stop().await;
     let log = harness::describe(&seen);
 
-    let after_gap: Vec<(EventKind, &str, bool)> = seen[6..]
+    let after_gap: Vec<(EventKind, &str, bool)> = seen[7..]
         .iter()
         .map(|d| (d.event.kind, d.event.meta.name.as_str(), d.event.initial))
         .collect();
@@ -88,8 +92,10 @@ async fn a_gap_with_an_expired_resource_version_is_healed_by_a_relist() {
         [
             (EventKind::Create, "new-1", true),
             (EventKind::Create, "new-2", true),
+            (EventKind::Create, "recreate", true),
             (EventKind::Delete, "delete-1", true),
             (EventKind::Delete, "delete-2", true),
+            (EventKind::Delete, "recreate", true),
             (EventKind::Update, "change-1", true),
             (EventKind::Update, "change-2", true),
         ],
@@ -99,6 +105,27 @@ async fn a_gap_with_an_expired_resource_version_is_healed_by_a_relist() {
         after_gap.last(),
         Some(&(EventKind::Create, "sentinel", false)),
         "{log}"
+    );
+    // The re-created name: the old object's delete first, then the new object's create.
+    let recreate: Vec<(EventKind, &str)> = seen
+        .iter()
+        .filter(|d| d.event.meta.name == "recreate")
+        .map(|d| (d.event.kind, d.event.meta.uid.as_str()))
+        .collect();
+    let old_uid = recreate[0].1;
+    let new_uid = recreate
+        .iter()
+        .map(|(_, uid)| *uid)
+        .find(|uid| *uid != old_uid)
+        .expect("an event of the new object");
+    assert_eq!(
+        recreate,
+        [
+            (EventKind::Create, old_uid),
+            (EventKind::Delete, old_uid),
+            (EventKind::Create, new_uid),
+        ],
+        "a re-created name: the old object's delete before the new object's create:\n{log}"
     );
     for d in &seen {
         match (d.event.kind, d.event.meta.name.as_str()) {

@@ -226,19 +226,11 @@ impl Reflector {
             }
         };
         tracing::debug!(watch = %self.spec.name, objects = items.len(), %resource_version, "listed");
-        self.tracker.begin_relist();
-        for item in items {
-            let Some((object, meta, status)) = self.object(item.get()) else {
-                continue;
-            };
-            if let Some(event) = self
-                .tracker
-                .apply(WatchType::Added, object, meta, status, true)
-            {
-                self.send(WatchOutput::Event(Arc::new(event))).await?;
-            }
-        }
-        for event in self.tracker.finish_relist() {
+        let listed: Vec<_> = items
+            .into_iter()
+            .filter_map(|item| self.object(item.get()))
+            .collect();
+        for event in self.tracker.relist(listed) {
             self.send(WatchOutput::Event(Arc::new(event))).await?;
         }
         self.resource_version = Some(resource_version);
