@@ -4,7 +4,10 @@
 //!
 //! For each guest and mode, 300 update events of a ~1.4 KiB object are dispatched one by one
 //! with `KUBELISTEN_IDLE_GAP_MS` (default 20) of sleep before each, the way `bench/e2e.sh`
-//! paces them at 50 operations/s; then the same number back to back. Prints p50/p90/p99 in µs.
+//! paces them at 50 operations/s; then the same number back to back. Prints p50/p90/p99 in µs
+//! of the listener call (what the event waits for: instantiation, unless a prewarmed instance
+//! was ready, and the call) and the p50 of the whole dispatch (which includes building the
+//! next spare instance in classname mode).
 //! Run with `cargo bench -p kubelisten --bench idle_dispatch` (guests built first).
 
 use std::path::PathBuf;
@@ -27,17 +30,20 @@ fn object() -> String {
     .to_string()
 }
 
-fn percentiles((mut samples, faults): (Vec<Duration>, f64)) -> String {
+/// The `q` quantile of `samples` (nearest rank), in µs.
+fn quantile(samples: &mut [Duration], q: f64) -> f64 {
     samples.sort();
-    let at = |q: f64| {
-        let i = ((samples.len() as f64 * q).ceil() as usize).clamp(1, samples.len()) - 1;
-        samples[i].as_secs_f64() * 1e6
-    };
+    let i = ((samples.len() as f64 * q).ceil() as usize).clamp(1, samples.len()) - 1;
+    samples[i].as_secs_f64() * 1e6
+}
+
+fn percentiles((mut calls, mut dispatches, faults): (Vec<Duration>, Vec<Duration>, f64)) -> String {
     format!(
-        "p50 {:8.1}  p90 {:8.1}  p99 {:8.1}   page faults/event {faults:.1}",
-        at(0.50),
-        at(0.90),
-        at(0.99)
+        "p50 {:8.1}  p90 {:8.1}  p99 {:8.1}   dispatch p50 {:8.1}   page faults/event {faults:.1}",
+        quantile(&mut calls, 0.50),
+        quantile(&mut calls, 0.90),
+        quantile(&mut calls, 0.99),
+        quantile(&mut dispatches, 0.50),
     )
 }
 
@@ -52,7 +58,6 @@ fn minor_faults() -> u64 {
         .unwrap_or(0)
 }
 
-/// Dispatch times of [`EVENTS`] events, and the minor page faults per event.
 /// Waits `gap`: sleeping (the thread parks and the CPU may go idle), or with
 /// `KUBELISTEN_IDLE_SPIN=1` spinning (the CPU stays busy on this thread).
 fn wait(gap: Duration) {
@@ -66,9 +71,11 @@ fn wait(gap: Duration) {
     }
 }
 
-fn run(chain: &Chain, event: &ResourceEvent, gap: Duration) -> (Vec<Duration>, f64) {
+/// Listener call times and whole-dispatch times of [`EVENTS`] events, and the minor page faults
+/// per event.
+fn run(chain: &Chain, event: &ResourceEvent, gap: Duration) -> (Vec<Duration>, Vec<Duration>, f64) {
     let faults = minor_faults();
-    let samples = (0..EVENTS)
+    let (calls, dispatches): (Vec<Duration>, Vec<Duration>) = (0..EVENTS)
         .map(|_| {
             if !gap.is_zero() {
                 wait(gap);
@@ -77,11 +84,11 @@ fn run(chain: &Chain, event: &ResourceEvent, gap: Duration) -> (Vec<Duration>, f
             let report = chain.dispatch(event);
             let took = started.elapsed();
             assert!(report.succeeded(), "dispatch failed");
-            took
+            (report.calls[0].duration, took)
         })
-        .collect();
+        .unzip();
     let per_event = minor_faults().saturating_sub(faults) as f64 / EVENTS as f64;
-    (samples, per_event)
+    (calls, dispatches, per_event)
 }
 
 fn main() {
@@ -98,6 +105,8 @@ fn main() {
     );
     // KUBELISTEN_IDLE_POOLING=0 compares the on-demand instance allocator.
     let pooling = std::env::var("KUBELISTEN_IDLE_POOLING").map_or(true, |v| v != "0");
+    // KUBELISTEN_IDLE_PREWARM=0 turns classname prewarming off.
+    let prewarm = std::env::var("KUBELISTEN_IDLE_PREWARM").map_or(true, |v| v != "0");
     let runtime = Runtime::new(RuntimeConfig {
         pooling,
         ..RuntimeConfig::default()
@@ -113,12 +122,12 @@ fn main() {
         status: Default::default(),
     };
     println!(
-        "idle_dispatch: {EVENTS} events per row, allocator {:?}, gap {} ms",
+        "idle_dispatch: {EVENTS} events per row, allocator {:?}, gap {} ms, prewarm {prewarm}",
         runtime.allocator(),
         gap.as_millis()
     );
     println!(
-        "{:<16} {:<10} {:<13} dispatch time (µs)",
+        "{:<16} {:<10} {:<13} listener call (µs)",
         "guest", "mode", "pacing"
     );
     // The native comparison: parse the object and format the line the bench listener logs.
@@ -136,7 +145,7 @@ fn main() {
     };
     for (pacing, g) in [("idle gaps", gap), ("back to back", Duration::ZERO)] {
         let faults = minor_faults();
-        let samples = (0..EVENTS)
+        let samples: Vec<Duration> = (0..EVENTS)
             .map(|_| {
                 if !g.is_zero() {
                     wait(g);
@@ -152,7 +161,7 @@ fn main() {
             "native",
             "-",
             pacing,
-            percentiles((samples, per_event))
+            percentiles((samples.clone(), samples, per_event))
         );
     }
     for name in ["noop", "bench-listener"] {
@@ -171,7 +180,10 @@ fn main() {
                 name: name.into(),
                 path: path.clone(),
                 mode,
-                limits: Limits::default(),
+                limits: Limits {
+                    prewarm,
+                    ..Limits::default()
+                },
                 capabilities: Default::default(),
             };
             let chain = Chain::new(vec![Arc::new(

@@ -16,6 +16,7 @@
 //!         limits:                        # optional; every key has a default
 //!           call-timeout: 500            # milliseconds
 //!           memory-bytes: 33554432
+//!           prewarm: true                # classname: build the next event's instance ahead
 //!         capabilities:                  # optional; default: no Kubernetes API access at all
 //!           rateLimit: {qps: 10, burst: 20}
 //!           grants:                      # RBAC-like; `namespaces: event` (the default) means
@@ -897,7 +898,7 @@ watches:
   - name: configmaps
     resource: {version: v1, kind: ConfigMap}
     listeners:
-      - {name: echo, module: echo.wasm, mode: classname}
+      - {name: echo, module: echo.wasm, mode: classname, limits: {prewarm: false}}
   - name: deployments
     apiVersion: apps/v1
     kind: Deployment
@@ -951,6 +952,8 @@ watches:
         assert_eq!(notify.path, PathBuf::from("/abs/notify.wasm"));
         assert_eq!(notify.mode, Mode::Classname);
         assert_eq!(notify.limits, Limits::default());
+        assert!(notify.limits.prewarm, "prewarm is on by default");
+        assert!(!config.watches[1].listeners[0].limits.prewarm);
 
         let cm = &config.watches[1];
         assert_eq!(

@@ -23,9 +23,14 @@ fn spec(name: &str, mode: Mode, limits: Limits) -> ListenerSpec {
 }
 
 fn load(rt: &kubelisten::Runtime, name: &str, mode: Mode) -> Arc<Listener> {
+    load_with(rt, name, mode, true)
+}
+
+fn load_with(rt: &kubelisten::Runtime, name: &str, mode: Mode, prewarm: bool) -> Arc<Listener> {
     let limits = Limits {
         call_timeout: Duration::from_millis(200),
         crash_loop_threshold: 1000,
+        prewarm,
         ..Limits::default()
     };
     Arc::new(Listener::load(rt, &spec(name, mode, limits)).unwrap())
@@ -42,9 +47,10 @@ fn totals(lines: &[String]) -> Vec<String> {
 #[test]
 fn reference_mode_keeps_state_and_classname_does_not() {
     let (rt, capture, _cache) = runtime();
-    for (mode, expected) in [
+    for (mode, prewarm, expected) in [
         (
             Mode::Reference,
+            true,
             [
                 "creates=1 updates=0",
                 "creates=2 updates=0",
@@ -53,6 +59,16 @@ fn reference_mode_keeps_state_and_classname_does_not() {
         ),
         (
             Mode::Classname,
+            true,
+            [
+                "creates=1 updates=0",
+                "creates=1 updates=0",
+                "creates=0 updates=1",
+            ],
+        ),
+        (
+            Mode::Classname,
+            false,
             [
                 "creates=1 updates=0",
                 "creates=1 updates=0",
@@ -61,7 +77,8 @@ fn reference_mode_keeps_state_and_classname_does_not() {
         ),
     ] {
         capture.0.lock().unwrap().clear();
-        let chain = Chain::new(vec![load(&rt, "rust-metrics", mode)]);
+        let listener = load_with(&rt, "rust-metrics", mode, prewarm);
+        let chain = Chain::new(vec![listener.clone()]);
         for ev in [
             event(EventKind::Create, "a", None),
             event(EventKind::Create, "b", None),
@@ -71,6 +88,17 @@ fn reference_mode_keeps_state_and_classname_does_not() {
         }
         let got = totals(&capture.messages_of("rust-metrics"));
         assert_eq!(got.len(), 3, "{mode:?}: {got:?}");
+        // Classname with prewarm: one instance per event plus the spare built after the last.
+        let instances = match (mode, prewarm) {
+            (Mode::Reference, _) => 1,
+            (Mode::Classname, true) => 4,
+            (Mode::Classname, false) => 3,
+        };
+        assert_eq!(
+            listener.stats().instances.load(Ordering::Relaxed),
+            instances,
+            "{mode:?} prewarm={prewarm}"
+        );
         for (line, want) in got.iter().zip(expected) {
             assert!(
                 line.contains(want),

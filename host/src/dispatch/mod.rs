@@ -94,7 +94,9 @@ impl Chain {
     }
 
     /// Runs `event` through the chain. Blocking: guest code runs on the calling thread (use
-    /// `spawn_blocking` from async code).
+    /// `spawn_blocking` from async code). After the calls, classname listeners build their
+    /// spare instance for the next event ([`Listener::prewarm`]); the report's call durations
+    /// do not include that.
     pub fn dispatch(&self, event: &ResourceEvent) -> ChainReport {
         let wit = convert::event(event);
         let export = match event.kind {
@@ -127,7 +129,16 @@ impl Chain {
                 report.calls.push(record);
             }
         }
+        self.prewarm();
         report
+    }
+
+    /// Builds the spare instances of classname listeners after an event's calls
+    /// ([`Listener::prewarm`]), so the next event does not wait for instantiation.
+    fn prewarm(&self) {
+        for listener in &self.listeners {
+            listener.prewarm();
+        }
     }
 
     /// Passes a watch error to every listener's `error` export; a failure of one does not stop
@@ -140,10 +151,13 @@ impl Chain {
             chain: ChainState::default(),
             namespace: None,
         };
-        self.listeners
+        let records = self
+            .listeners
             .iter()
             .map(|listener| timed(listener, Export::Error, || listener.call_error(&wit, &ctx)))
-            .collect()
+            .collect();
+        self.prewarm();
+        records
     }
 }
 

@@ -25,6 +25,10 @@ pub struct Limits {
     /// Longest crash-loop backoff.
     #[serde(with = "millis")]
     pub crash_loop_backoff_max: Duration,
+    /// Classname mode only: keep one fresh instance built ahead of the next event, so an event
+    /// pays only for its call (the instance is still used for exactly one event). `false`
+    /// saves that idle instance's memory, which matters for large guests (Python, JavaScript).
+    pub prewarm: bool,
 }
 
 impl Default for Limits {
@@ -37,6 +41,7 @@ impl Default for Limits {
             crash_loop_threshold: 5,
             crash_loop_backoff: Duration::from_secs(1),
             crash_loop_backoff_max: Duration::from_secs(300),
+            prewarm: true,
         }
     }
 }

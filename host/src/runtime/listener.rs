@@ -220,6 +220,9 @@ pub struct ListenerStats {
     pub rebuilds: AtomicU64,
     /// Calls skipped by crash-loop backoff.
     pub skipped: AtomicU64,
+    /// Instances built: one per classname event (plus the prewarmed spare), one per reference
+    /// instance (first use and every rebuild).
+    pub instances: AtomicU64,
 }
 
 /// A state hand-over in progress (see [`Listener::begin_handover`]).
@@ -282,6 +285,11 @@ pub struct Listener {
     pre: ListenerPre<HostState>,
     epoch_ticks: u64,
     persistent: Mutex<Option<Persistent>>,
+    /// Classname mode with `prewarm`: a fresh instance built after the previous event, taken
+    /// by the next one.
+    spare: Mutex<Option<(Store<HostState>, ListenerWorld)>>,
+    /// Whether a call is building the spare.
+    refilling: std::sync::atomic::AtomicBool,
     stateful: bool,
     crash_loop: Mutex<CrashLoop>,
     stats: ListenerStats,
@@ -335,6 +343,8 @@ impl Listener {
             pre: checked.pre,
             epoch_ticks: u64::try_from(ticks).unwrap_or(u64::MAX),
             persistent: Mutex::new(None),
+            spare: Mutex::new(None),
+            refilling: std::sync::atomic::AtomicBool::new(false),
             stateful: checked.stateful,
             crash_loop: Mutex::new(CrashLoop::new(CrashLoopConfig {
                 threshold: spec.limits.crash_loop_threshold,
@@ -415,13 +425,51 @@ impl Listener {
             &mut Store<HostState>,
         ) -> wasmtime::Result<std::result::Result<(), String>>,
     ) -> Outcome {
-        let (mut store, world) = match self.instantiate() {
+        let spare = self
+            .spare
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        let (mut store, world) = match spare.map_or_else(|| self.instantiate(), Ok) {
             Ok(pair) => pair,
             Err(outcome) => return outcome,
         };
         self.prepare(&mut store, ctx);
         let result = f(&world, &mut store);
         finish(&mut store, result)
+    }
+
+    /// Classname mode with `limits.prewarm`: builds the fresh instance that the next event will
+    /// take, unless one is ready or another thread is building it, so every instance built
+    /// serves one event (or is dropped with the listener). Call it off the event's critical
+    /// path: [`Chain`](crate::dispatch::Chain) does after all of an event's calls. A failure is
+    /// left to the next event, which then instantiates inline and reports it as its own outcome.
+    pub fn prewarm(&self) {
+        if self.mode != Mode::Classname || !self.limits.prewarm {
+            return;
+        }
+        if self
+            .spare
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_some()
+            || self.refilling.swap(true, Ordering::AcqRel)
+        {
+            return;
+        }
+        let built = self.instantiate();
+        self.refilling.store(false, Ordering::Release);
+        match built {
+            Ok(pair) => {
+                let mut slot = self.spare.lock().unwrap_or_else(PoisonError::into_inner);
+                if slot.is_none() {
+                    *slot = Some(pair);
+                }
+            }
+            Err(outcome) => {
+                tracing::debug!(listener = %self.name, outcome = %outcome.message(), "no spare instance; the next event instantiates its own");
+            }
+        }
     }
 
     fn call_persistent(
@@ -464,11 +512,14 @@ impl Listener {
             Err(err) => return Err(instantiation_failed(&mut store, &err)),
         };
         match ListenerWorld::new(&mut store, &instance) {
-            Ok(world) => Ok(Persistent {
-                store,
-                world,
-                instance,
-            }),
+            Ok(world) => {
+                self.stats.instances.fetch_add(1, Ordering::Relaxed);
+                Ok(Persistent {
+                    store,
+                    world,
+                    instance,
+                })
+            }
             Err(err) => Err(instantiation_failed(&mut store, &err)),
         }
     }
@@ -551,7 +602,10 @@ impl Listener {
     fn instantiate(&self) -> std::result::Result<(Store<HostState>, ListenerWorld), Outcome> {
         let mut store = self.new_store();
         match self.pre.instantiate(&mut store) {
-            Ok(world) => Ok((store, world)),
+            Ok(world) => {
+                self.stats.instances.fetch_add(1, Ordering::Relaxed);
+                Ok((store, world))
+            }
             Err(err) => Err(instantiation_failed(&mut store, &err)),
         }
     }
