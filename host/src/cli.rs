@@ -17,9 +17,31 @@ pub struct Cli {
     /// Disable the compiled-code cache.
     #[arg(long, global = true, env = "KUBELISTEN_NO_CACHE")]
     pub no_cache: bool,
+    /// Component instances the pooling allocator holds at once: classname instances in flight
+    /// (up to `--workers` per watch), one per reference listener and one prewarmed spare per
+    /// classname listener. Each takes about 8 GiB of address space (not memory).
+    #[arg(long, global = true, env = "KUBELISTEN_POOL_INSTANCES", default_value_t = 256,
+          value_parser = clap::value_parser!(u32).range(1..=4096))]
+    pub pool_instances: u32,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
+}
+
+impl Cli {
+    /// The wasm runtime settings these options ask for (cache directory, pool size).
+    pub fn runtime_config(&self) -> kubelisten::runtime::RuntimeConfig {
+        let mut config = kubelisten::runtime::RuntimeConfig {
+            pool_instances: self.pool_instances,
+            ..Default::default()
+        };
+        if self.no_cache {
+            config.cache_dir = None;
+        } else if let Some(dir) = &self.cache_dir {
+            config.cache_dir = Some(dir.clone());
+        }
+        config
+    }
 }
 
 /// Log output format.
@@ -181,4 +203,31 @@ pub struct RunArgs {
     /// Retry period in seconds (client-go default 2).
     #[arg(long, env = "KUBELISTEN_RETRY_PERIOD", default_value_t = 2.0)]
     pub retry_period: f64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(["kubelisten"].iter().chain(args))
+    }
+
+    #[test]
+    fn runtime_options_reach_the_runtime_config() {
+        let default = parse(&["check", "a.wasm"]).expect("defaults");
+        assert_eq!(default.runtime_config().pool_instances, 256);
+        let cli = parse(&["check", "--pool-instances", "64", "--no-cache", "a.wasm"])
+            .expect("options after the subcommand (global)");
+        let config = cli.runtime_config();
+        assert_eq!(config.pool_instances, 64);
+        assert_eq!(config.cache_dir, None);
+        let cli = parse(&["--cache-dir", "/tmp/c", "check", "a.wasm"]).expect("cache dir");
+        assert_eq!(
+            cli.runtime_config().cache_dir,
+            Some(PathBuf::from("/tmp/c"))
+        );
+        let err = parse(&["--pool-instances", "0", "check", "a.wasm"]).expect_err("0 instances");
+        assert!(err.to_string().contains("pool-instances"), "{err}");
+    }
 }

@@ -44,18 +44,8 @@ fn init_tracing(format: LogFormat) {
     }
 }
 
-fn runtime_config(cli: &Cli) -> RuntimeConfig {
-    let mut config = RuntimeConfig::default();
-    if cli.no_cache {
-        config.cache_dir = None;
-    } else if let Some(dir) = &cli.cache_dir {
-        config.cache_dir = Some(dir.clone());
-    }
-    config
-}
-
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    let runtime_config = runtime_config(&cli);
+    let runtime_config = cli.runtime_config();
     match cli.command {
         Command::Run(args) => return run_cluster(runtime_config, *args),
         Command::Status(args) => return kubelisten::status_cli::run_blocking(*args),
