@@ -9,16 +9,15 @@
 //!
 //! Run with `make bench` (guests built first).
 
-use std::path::PathBuf;
+mod support;
+
 use std::sync::Arc;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
-use kubelisten::dispatch::Chain;
-use kubelisten::event::{EventKind, ObjectMeta, ResourceEvent};
-use kubelisten::runtime::{
-    Limits, Listener, ListenerSpec, Mode, Runtime, RuntimeConfig, TracingSink,
-};
+use kubelisten::event::ResourceEvent;
+use kubelisten::runtime::{Limits, Mode, Runtime, RuntimeConfig, TracingSink};
+use support::{chain, guest, guest_path, update_event};
 
 /// A Deployment-like object of about 2 KiB.
 fn object() -> String {
@@ -104,47 +103,6 @@ fn native_reference(event: &ResourceEvent, lang: &str, sink: &mut Vec<String>) {
     }
 }
 
-fn guest_path(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../target/guests")
-        .join(format!("{name}.wasm"))
-}
-
-fn guest(name: &str) -> PathBuf {
-    let path = guest_path(name);
-    assert!(
-        path.exists(),
-        "guest {name} is not built: run `make guests`"
-    );
-    path
-}
-
-/// A one-listener chain of the guest at `path`.
-fn chain(runtime: &Runtime, name: &str, path: PathBuf, mode: Mode) -> Chain {
-    let spec = ListenerSpec {
-        name: name.into(),
-        path,
-        mode,
-        limits: Limits::default(),
-        capabilities: Default::default(),
-    };
-    Chain::new(vec![Arc::new(
-        Listener::load(runtime, &spec).expect("listener"),
-    )])
-}
-
-/// An update event carrying `raw`.
-fn update_event(raw: &str) -> ResourceEvent {
-    ResourceEvent {
-        kind: EventKind::Update,
-        meta: ObjectMeta::from_json(raw).expect("object"),
-        object: Arc::from(raw),
-        old_object: None,
-        initial: false,
-        status: Default::default(),
-    }
-}
-
 fn bench(c: &mut Criterion) {
     let runtime = Runtime::new(RuntimeConfig {
         sink: Arc::new(TracingSink),
@@ -159,7 +117,13 @@ fn bench(c: &mut Criterion) {
     let mut group = c.benchmark_group("dispatch");
     for guest_name in ["noop", "json-parse"] {
         for mode in [Mode::Classname, Mode::Reference] {
-            let chain = chain(&runtime, guest_name, guest(guest_name), mode);
+            let chain = chain(
+                &runtime,
+                guest_name,
+                guest(guest_name),
+                mode,
+                Limits::default(),
+            );
             assert!(chain.dispatch(&event).succeeded());
             group.bench_with_input(
                 BenchmarkId::new(guest_name, mode.as_str()),
@@ -190,7 +154,7 @@ fn bench(c: &mut Criterion) {
         }
         let event = update_event(&polyglot_object(lang));
         for mode in [Mode::Classname, Mode::Reference] {
-            let chain = chain(&runtime, guest_name, path.clone(), mode);
+            let chain = chain(&runtime, guest_name, path.clone(), mode, Limits::default());
             assert!(chain.dispatch(&event).succeeded(), "{guest_name} failed");
             group.bench_with_input(BenchmarkId::new(lang, mode.as_str()), &event, |b, ev| {
                 b.iter(|| chain.dispatch(ev))

@@ -10,13 +10,14 @@
 //! next spare instance in classname mode).
 //! Run with `cargo bench -p kubelisten --bench idle_dispatch` (guests built first).
 
-use std::path::PathBuf;
-use std::sync::Arc;
+mod support;
+
 use std::time::{Duration, Instant};
 
 use kubelisten::dispatch::Chain;
-use kubelisten::event::{EventKind, ObjectMeta, ResourceEvent};
-use kubelisten::runtime::{Limits, Listener, ListenerSpec, Mode, Runtime, RuntimeConfig};
+use kubelisten::event::ResourceEvent;
+use kubelisten::runtime::{Limits, Mode, Runtime, RuntimeConfig};
+use support::{chain, guest, update_event};
 
 const EVENTS: usize = 300;
 
@@ -113,14 +114,7 @@ fn main() {
     })
     .expect("runtime");
     let raw = object();
-    let event = ResourceEvent {
-        kind: EventKind::Update,
-        meta: ObjectMeta::from_json(&raw).expect("object"),
-        object: Arc::from(raw.as_str()),
-        old_object: None,
-        initial: false,
-        status: Default::default(),
-    };
+    let event = update_event(&raw);
     println!(
         "idle_dispatch: {EVENTS} events per row, allocator {:?}, gap {} ms, prewarm {prewarm}",
         runtime.allocator(),
@@ -168,27 +162,13 @@ fn main() {
         if !filter.is_empty() && !filter.iter().any(|f| name.contains(f.as_str())) {
             continue;
         }
-        let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-            .join("../target/guests")
-            .join(format!("{name}.wasm"));
-        assert!(
-            path.exists(),
-            "guest {name} is not built: run `make guests`"
-        );
+        let path = guest(name);
         for mode in [Mode::Classname, Mode::Reference] {
-            let spec = ListenerSpec {
-                name: name.into(),
-                path: path.clone(),
-                mode,
-                limits: Limits {
-                    prewarm,
-                    ..Limits::default()
-                },
-                capabilities: Default::default(),
+            let limits = Limits {
+                prewarm,
+                ..Limits::default()
             };
-            let chain = Chain::new(vec![Arc::new(
-                Listener::load(&runtime, &spec).expect("listener"),
-            )]);
+            let chain = chain(&runtime, name, path.clone(), mode, limits);
             // Warm up once, then measure idle-paced and back-to-back.
             let _ = run(&chain, &event, Duration::ZERO);
             for (pacing, g) in [("idle gaps", gap), ("back to back", Duration::ZERO)] {

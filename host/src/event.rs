@@ -347,9 +347,8 @@ impl Tracker {
     /// children by name never sees the new object before the old one is gone.
     pub fn relist(
         &mut self,
-        listed: impl IntoIterator<Item = (Arc<str>, ObjectMeta, ObjectStatus)>,
+        listed: Vec<(Arc<str>, ObjectMeta, ObjectStatus)>,
     ) -> Vec<ResourceEvent> {
-        let listed: Vec<_> = listed.into_iter().collect();
         let present: HashSet<String> = listed.iter().map(|(_, meta, _)| key_of(meta)).collect();
         let gone: Vec<String> = self
             .seen
@@ -535,9 +534,9 @@ mod tests {
             let meta = ObjectMeta::from_json(&raw).unwrap();
             (Arc::<str>::from(raw), meta, ObjectStatus::default())
         };
-        t.relist([mk("old", "1")]);
+        t.relist(vec![mk("old", "1")]);
         // Gap: ns/x deleted and created again (a new uid).
-        let events = t.relist([mk("new", "9")]);
+        let events = t.relist(vec![mk("new", "9")]);
         let summary: Vec<_> = events
             .iter()
             .map(|e| (e.kind, e.meta.uid.as_str()))
