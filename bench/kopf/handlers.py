@@ -11,8 +11,9 @@ BENCH_KOPF_MODE selects the handler style:
   handlers  @kopf.on.create/update/delete: kopf's idiomatic, state-keeping handlers (finalizers,
             last-handled-configuration annotation, progress patches, Events) -- what most kopf
             operators use, and much more API traffic per change.
-BENCH_KOPF_BATCH_WINDOW (seconds) overrides kopf's settings.batching.batch_window (default 0.1 s,
-which delays every event of an object by that long so bursts coalesce); unset = kopf's default.
+kopf runs with its default settings. (kopf 1.45 has no time-based batching any more: its worker takes
+each event as soon as it arrives, and `settings.batching.batch_window` is deprecated and affects
+nothing, so there is no knob for it here.)
 """
 import os
 import sys
@@ -36,9 +37,6 @@ def _seen(kind, body):
 
 @kopf.on.startup()
 def configure(settings: kopf.OperatorSettings, **_):
-    window = os.environ.get("BENCH_KOPF_BATCH_WINDOW")
-    if window:
-        settings.batching.batch_window = float(window)
     # Keep kopf's own per-handler log lines from dominating the cost of the trivial handler.
     settings.posting.enabled = MODE == "handlers"
 
