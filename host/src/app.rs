@@ -350,6 +350,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::new());
+    metrics.watch_runtime(runtime.clone());
     let server = Arc::new(ServerState::new(
         metrics.clone(),
         settings.leader.is_some(),

@@ -43,6 +43,16 @@ pub struct Metrics {
     pub reloads: Family<Labels, Counter>,
     /// `kubelisten_cluster_calls_denied_total{listener}`: cluster calls refused by the policy.
     pub cluster_denials: Family<Labels, Counter>,
+    /// `kubelisten_instance_pool_used`: component instances in the pooling allocator now
+    /// (events in flight, reference instances, prewarmed spares); sampled at each scrape.
+    pub pool_used: Gauge,
+    /// `kubelisten_instance_pool_capacity`: component instances the pool can hold
+    /// (`--pool-instances`); 0 with on-demand allocation, which has no fixed capacity.
+    pub pool_capacity: Gauge,
+    /// `kubelisten_spare_instances`: prewarmed classname instances waiting for an event.
+    pub spare_instances: Gauge,
+    /// The runtime sampled for the pool gauges at each scrape.
+    runtime: std::sync::OnceLock<crate::runtime::Runtime>,
     /// Handles of `calls` series already used, by (listener, export, outcome).
     call_counters: RwLock<HashMap<CallKey, Counter>>,
     /// Handles of `call_duration` series already used, by listener.
@@ -79,6 +89,8 @@ impl Metrics {
         let listener_info = Family::<Labels, Gauge>::default();
         let reloads = Family::<Labels, Counter>::default();
         let cluster_denials = Family::<Labels, Counter>::default();
+        let (pool_used, pool_capacity, spare_instances) =
+            (Gauge::default(), Gauge::default(), Gauge::default());
         registry.register(
             "events",
             "Events received per watch and kind",
@@ -140,6 +152,21 @@ impl Metrics {
             "Cluster calls of listeners refused by their capability policy",
             cluster_denials.clone(),
         );
+        registry.register(
+            "instance_pool_used",
+            "Component instances in the pooling allocator now (in flight, reference, spare)",
+            pool_used.clone(),
+        );
+        registry.register(
+            "instance_pool_capacity",
+            "Component instances the pool can hold (0 with on-demand allocation)",
+            pool_capacity.clone(),
+        );
+        registry.register(
+            "spare_instances",
+            "Prewarmed classname instances waiting for their event",
+            spare_instances.clone(),
+        );
         Self {
             registry: Mutex::new(registry),
             events,
@@ -154,6 +181,10 @@ impl Metrics {
             listener_info,
             reloads,
             cluster_denials,
+            pool_used,
+            pool_capacity,
+            spare_instances,
+            runtime: std::sync::OnceLock::new(),
             call_counters: RwLock::default(),
             call_histograms: RwLock::default(),
         }
@@ -191,8 +222,26 @@ impl Metrics {
         .observe(seconds);
     }
 
+    /// Samples `runtime`'s instance pool into the pool gauges at every scrape (the first
+    /// runtime given wins).
+    pub fn watch_runtime(&self, runtime: crate::runtime::Runtime) {
+        let _ = self.runtime.set(runtime);
+    }
+
+    fn sample_runtime(&self) {
+        let Some(runtime) = self.runtime.get() else {
+            return;
+        };
+        let (used, capacity) = runtime.pool_usage().unwrap_or((0, 0));
+        self.pool_used.set(i64::try_from(used).unwrap_or(i64::MAX));
+        self.pool_capacity.set(i64::from(capacity));
+        self.spare_instances
+            .set(i64::from(runtime.spare_instances()));
+    }
+
     /// The Prometheus text exposition of every metric.
     pub fn encode(&self) -> String {
+        self.sample_runtime();
         let mut out = String::new();
         let registry = self
             .registry
@@ -283,6 +332,27 @@ mod tests {
             text.contains("kubelisten_listener_call_duration_seconds_count{listener=\"l\"} 4"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn pool_gauges_sample_the_runtime_at_each_scrape() {
+        let m = Metrics::new();
+        assert!(m.encode().contains("kubelisten_instance_pool_capacity 0\n"));
+        let runtime = crate::runtime::Runtime::new(crate::runtime::RuntimeConfig {
+            cache_dir: None,
+            pool_instances: 8,
+            ..Default::default()
+        })
+        .unwrap();
+        m.watch_runtime(runtime.clone());
+        let text = m.encode();
+        let expected = match runtime.allocator() {
+            crate::runtime::AllocatorKind::Pooling => "kubelisten_instance_pool_capacity 8\n",
+            crate::runtime::AllocatorKind::OnDemand => "kubelisten_instance_pool_capacity 0\n",
+        };
+        assert!(text.contains(expected), "{text}");
+        assert!(text.contains("kubelisten_instance_pool_used 0\n"), "{text}");
+        assert!(text.contains("kubelisten_spare_instances 0\n"), "{text}");
     }
 
     #[test]

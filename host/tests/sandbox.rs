@@ -368,3 +368,79 @@ fn events_carry_the_computed_status_to_the_guest() {
         );
     }
 }
+
+/// The `noop` guest loaded under its own `name`.
+fn noop_named(rt: &kubelisten::Runtime, name: &str, mode: Mode) -> Arc<Listener> {
+    let spec = ListenerSpec {
+        name: name.into(),
+        ..spec("noop", mode, Limits::default())
+    };
+    Arc::new(Listener::load(rt, &spec).unwrap())
+}
+
+#[test]
+fn prewarmed_spares_keep_to_a_quarter_of_the_pool() {
+    let (rt, _cache) = support::runtime_with_pool(8);
+    assert_eq!(rt.allocator(), kubelisten::runtime::AllocatorKind::Pooling);
+    assert_eq!(rt.spare_budget(), 2);
+    let listeners: Vec<_> = (0..5)
+        .map(|i| noop_named(&rt, &format!("noop-{i}"), Mode::Classname))
+        .collect();
+    let chain = Chain::new(listeners.clone());
+    for i in 0..10 {
+        let report = chain.dispatch(&event(EventKind::Create, &format!("o{i}"), None));
+        assert!(report.succeeded(), "event {i}: {:?}", report.calls);
+        // Only two listeners hold a spare; the other three instantiate inline every time.
+        assert_eq!(rt.spare_instances(), 2, "after event {i}");
+        assert_eq!(rt.pool_usage().map(|(used, _)| used), Some(2));
+    }
+    let built: u64 = listeners
+        .iter()
+        .map(|l| l.stats().instances.load(Ordering::Relaxed))
+        .sum();
+    // 5 instances per event, plus the two spares alive now.
+    assert_eq!(built, 5 * 10 + 2);
+    drop(chain);
+    drop(listeners);
+    assert_eq!(
+        rt.spare_instances(),
+        0,
+        "dropping a listener releases its spare"
+    );
+    assert_eq!(rt.pool_usage(), Some((0, 8)));
+}
+
+#[test]
+fn a_full_pool_fails_the_event_with_a_clear_error_and_recovers() {
+    // A pool of 2 has no room for spares, and two reference instances fill it.
+    let (rt, _cache) = support::runtime_with_pool(2);
+    assert_eq!(rt.spare_budget(), 0);
+    let a = noop_named(&rt, "a", Mode::Reference);
+    let b = noop_named(&rt, "b", Mode::Reference);
+    let c = noop_named(&rt, "c", Mode::Reference);
+    let fresh = noop_named(&rt, "fresh", Mode::Classname);
+    let create = event(EventKind::Create, "o", None);
+    for l in [&a, &b] {
+        let report = Chain::new(vec![l.clone()]).dispatch(&create);
+        assert!(report.succeeded(), "{:?}", report.calls);
+    }
+    assert_eq!(rt.pool_usage(), Some((2, 2)));
+    for l in [&c, &fresh] {
+        let report = Chain::new(vec![l.clone()]).dispatch(&create);
+        assert_eq!(report.failed_at, Some(0));
+        let outcome = &report.calls[0].outcome;
+        assert_eq!(outcome.label(), "skipped", "{outcome:?}");
+        assert!(
+            outcome.message().contains("instance pool is full")
+                && outcome.message().contains("--pool-instances"),
+            "{outcome:?}"
+        );
+    }
+    // The host is unharmed: the instances that live keep serving, and a freed slot is used.
+    assert!(Chain::new(vec![a.clone()]).dispatch(&create).succeeded());
+    drop(b);
+    assert!(Chain::new(vec![c.clone()]).dispatch(&create).succeeded());
+    drop(a);
+    let report = Chain::new(vec![fresh.clone()]).dispatch(&create);
+    assert!(report.succeeded(), "{:?}", report.calls);
+}

@@ -4,7 +4,7 @@
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -78,6 +78,10 @@ struct Inner {
     cache_hits: std::sync::atomic::AtomicU64,
     /// Compiled components by digest, so loading a module again (a swap back) is immediate.
     compiled: std::sync::Mutex<std::collections::HashMap<String, Component>>,
+    /// Prewarmed spare instances alive now (see [`Runtime::reserve_spare`]).
+    spares: AtomicU32,
+    /// How many spares may be alive at once.
+    spare_budget: u32,
 }
 
 impl Drop for Inner {
@@ -107,6 +111,7 @@ impl Runtime {
             .map_err(|e| Error::EngineFailed(e.into()))?;
         let stop_ticker = Arc::new(AtomicBool::new(false));
         spawn_ticker(engine.clone(), stop_ticker.clone());
+        let spare_budget = spare_budget(allocator, config.pool_instances);
         Ok(Self(Arc::new(Inner {
             engine,
             linker,
@@ -115,7 +120,41 @@ impl Runtime {
             stop_ticker,
             compiled: std::sync::Mutex::default(),
             cache_hits: std::sync::atomic::AtomicU64::new(0),
+            spares: AtomicU32::new(0),
+            spare_budget,
         })))
+    }
+
+    /// Reserves room for one prewarmed spare instance, or `None` when spares already hold their
+    /// share of the instance pool (a quarter of `pool_instances`; no cap with on-demand
+    /// allocation). Idle spares must never take the slots that events in flight and reference
+    /// instances need: with more classname listeners than that share, the ones past it simply
+    /// instantiate inline. The reservation ends when the ticket is dropped.
+    pub(crate) fn reserve_spare(&self) -> Option<SpareTicket> {
+        self.0
+            .spares
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < self.0.spare_budget).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| SpareTicket(self.clone()))
+    }
+
+    /// Prewarmed spare instances alive now.
+    pub fn spare_instances(&self) -> u32 {
+        self.0.spares.load(Ordering::Acquire)
+    }
+
+    /// How many prewarmed spares may be alive at once.
+    pub fn spare_budget(&self) -> u32 {
+        self.0.spare_budget
+    }
+
+    /// Component instances the pool holds now and its capacity (`None` with on-demand
+    /// allocation, which has no fixed capacity).
+    pub fn pool_usage(&self) -> Option<(u64, u32)> {
+        let metrics = self.0.engine.pooling_allocator_metrics()?;
+        Some((metrics.component_instances(), self.0.config.pool_instances))
     }
 
     /// The engine.
@@ -201,6 +240,24 @@ impl Runtime {
             .precompile_compatibility_hash()
             .hash(&mut hasher);
         format!("{:016x}", hasher.finish())
+    }
+}
+
+/// Room for one prewarmed spare instance, held while the spare exists
+/// ([`Runtime::reserve_spare`]).
+pub(crate) struct SpareTicket(Runtime);
+
+impl Drop for SpareTicket {
+    fn drop(&mut self) {
+        self.0 .0.spares.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Spares may hold a quarter of the pool (none in a pool of 1–3); on-demand has no cap.
+fn spare_budget(allocator: AllocatorKind, pool_instances: u32) -> u32 {
+    match allocator {
+        AllocatorKind::Pooling => pool_instances / 4,
+        AllocatorKind::OnDemand => u32::MAX,
     }
 }
 

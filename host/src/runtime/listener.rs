@@ -14,7 +14,7 @@ use wasmtime::Store;
 use super::backoff::{CrashLoop, CrashLoopConfig};
 use super::bindings::{Event, Listener as ListenerWorld, ListenerPre, WatchError};
 use super::check;
-use super::engine::{Runtime, EPOCH_TICK};
+use super::engine::{Runtime, SpareTicket, EPOCH_TICK};
 use super::host::ChainState;
 use super::limits::Limits;
 use super::state::HostState;
@@ -286,8 +286,8 @@ pub struct Listener {
     epoch_ticks: u64,
     persistent: Mutex<Option<Persistent>>,
     /// Classname mode with `prewarm`: a fresh instance built after the previous event, taken
-    /// by the next one.
-    spare: Mutex<Option<(Store<HostState>, ListenerWorld)>>,
+    /// by the next one, with its reservation of room in the pool.
+    spare: Mutex<Option<(Store<HostState>, ListenerWorld, SpareTicket)>>,
     /// Whether a call is building the spare.
     refilling: std::sync::atomic::AtomicBool,
     stateful: bool,
@@ -430,6 +430,8 @@ impl Listener {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .take();
+        // The spare's ticket is dropped here: from now on its instance is one in flight.
+        let spare = spare.map(|(store, world, _ticket)| (store, world));
         let (mut store, world) = match spare.map_or_else(|| self.instantiate(), Ok) {
             Ok(pair) => pair,
             Err(outcome) => return outcome,
@@ -444,6 +446,8 @@ impl Listener {
     /// serves one event (or is dropped with the listener). Call it off the event's critical
     /// path: [`Chain`](crate::dispatch::Chain) does after all of an event's calls. A failure is
     /// left to the next event, which then instantiates inline and reports it as its own outcome.
+    /// Spares of all listeners together hold at most a quarter of the instance pool
+    /// ([`Runtime::spare_budget`]); past that, no spare is built and events instantiate inline.
     pub fn prewarm(&self) {
         if self.mode != Mode::Classname || !self.limits.prewarm {
             return;
@@ -457,13 +461,17 @@ impl Listener {
         {
             return;
         }
+        let Some(ticket) = self.runtime.reserve_spare() else {
+            self.refilling.store(false, Ordering::Release);
+            return;
+        };
         let built = self.instantiate();
         self.refilling.store(false, Ordering::Release);
         match built {
-            Ok(pair) => {
+            Ok((store, world)) => {
                 let mut slot = self.spare.lock().unwrap_or_else(PoisonError::into_inner);
                 if slot.is_none() {
-                    *slot = Some(pair);
+                    *slot = Some((store, world, ticket));
                 }
             }
             Err(outcome) => {
@@ -666,6 +674,12 @@ fn instantiation_failed(store: &mut Store<HostState>, err: &wasmtime::Error) -> 
             kind,
             message: format!("during instantiation: {message}"),
         }
+    } else if err.is::<wasmtime::PoolConcurrencyLimitError>() {
+        Outcome::Skipped(format!(
+            "cannot instantiate: the instance pool is full ({err}); instances in flight and \
+             reference instances need more room than --pool-instances \
+             (KUBELISTEN_POOL_INSTANCES) gives"
+        ))
     } else {
         Outcome::Skipped(format!("cannot instantiate: {err:#}"))
     }

@@ -73,6 +73,19 @@ pub fn runtime() -> (Runtime, Arc<Capture>, tempfile::TempDir) {
     (runtime, capture, cache)
 }
 
+/// Like [`runtime`] with an instance pool of `pool_instances` component instances.
+pub fn runtime_with_pool(pool_instances: u32) -> (Runtime, tempfile::TempDir) {
+    let cache = tempfile::tempdir().unwrap();
+    let runtime = Runtime::new(RuntimeConfig {
+        cache_dir: Some(cache.path().to_path_buf()),
+        sink: Arc::new(Capture::default()),
+        pool_instances,
+        ..RuntimeConfig::default()
+    })
+    .unwrap();
+    (runtime, cache)
+}
+
 /// A `create` event for `name` with an optional `kubelisten.dev/fault` annotation.
 pub fn event(kind: EventKind, name: &str, fault: Option<&str>) -> ResourceEvent {
     let annotations = fault.map_or_else(String::new, |f| {
