@@ -107,15 +107,18 @@ fn standard_conditions(conditions: &[ObjectCondition]) -> Option<StatusResult> {
     })
 }
 
-/// The first `Ready` condition: True → Current, False/Unknown → InProgress carrying its
-/// reason and message; any other status does not answer.
+/// The first `Ready` condition with a True, False or Unknown status: True → Current,
+/// False/Unknown → InProgress carrying its reason and message. A `Ready` entry with any other
+/// status is passed over, as the library's `checkReadyCondition` loop does.
 fn ready_condition(conditions: &[ObjectCondition]) -> Option<StatusResult> {
-    let ready = conditions.iter().find(|c| c.r#type == "Ready")?;
-    match ready.status.as_str() {
-        "True" => Some(StatusResult::current("Resource is Ready")),
-        "False" | "Unknown" => Some(StatusResult::in_progress(&ready.reason, &ready.message)),
-        _ => None,
-    }
+    conditions
+        .iter()
+        .filter(|c| c.r#type == "Ready")
+        .find_map(|ready| match ready.status.as_str() {
+            "True" => Some(StatusResult::current("Resource is Ready")),
+            "False" | "Unknown" => Some(StatusResult::in_progress(&ready.reason, &ready.message)),
+            _ => None,
+        })
 }
 
 #[cfg(test)]
@@ -331,6 +334,22 @@ mod tests {
         assert_eq!(
             compute(&o).unwrap(),
             StatusResult::current("Resource is current")
+        );
+    }
+
+    #[test]
+    fn a_ready_entry_with_another_status_is_passed_over() {
+        let o = json!({"kind": "Widget", "status": {"conditions": [
+            {"type": "Ready"},
+            {"type": "Ready", "status": "False", "reason": "Waiting", "message": "m"}]}});
+        let r = compute(&o).unwrap();
+        assert_eq!(r.status, Status::InProgress);
+        assert_eq!(r.conditions, reconciling("Waiting", "m"));
+        let o = json!({"kind": "Widget", "status": {"conditions": [
+            {"type": "Ready", "status": ""}, {"type": "Ready", "status": "True"}]}});
+        assert_eq!(
+            compute(&o).unwrap(),
+            StatusResult::current("Resource is Ready")
         );
     }
 
