@@ -11,9 +11,9 @@ pub struct Limits {
     /// Wall-clock time one call may run before the epoch deadline interrupts it.
     #[serde(with = "millis")]
     pub call_timeout: Duration,
-    /// Largest total linear memory of one instance, in bytes.
+    /// Largest total linear memory of one instance, in bytes: the sum over all of its memories.
     pub memory_bytes: usize,
-    /// Largest number of elements of any one table.
+    /// Largest total number of table elements of one instance (the sum over all of its tables).
     pub table_elements: usize,
     /// Largest number of core instances, tables and memories one component may create.
     pub instances: usize,
@@ -68,13 +68,21 @@ pub struct LimitExceeded {
     pub limit: usize,
 }
 
-/// Enforces [`Limits`] on one store; growth past a limit traps instead of failing quietly, so a
-/// memory blow-up is classified as such rather than as the guest's own abort.
+/// Enforces [`Limits`] on one store (one component instance); growth past a limit traps instead
+/// of failing quietly, so a memory blow-up is classified as such rather than as the guest's own
+/// abort. The limits are totals over every memory and table of the instance: wasmtime asks once
+/// per memory (its initial size included), so a component of many core modules cannot multiply
+/// its share. A growth granted here but then refused by the allocator (past a memory's declared
+/// maximum) stays counted, erring on the safe side.
 #[derive(Debug)]
 pub(crate) struct Limiter {
     memory_bytes: usize,
     table_elements: usize,
     instances: usize,
+    /// Bytes of all the store's memories granted so far (wasm memories never shrink).
+    memory_used: usize,
+    /// Elements of all the store's tables granted so far.
+    table_used: usize,
     /// Set when a growth was refused; read by the trap classifier.
     pub(crate) exceeded: Option<&'static str>,
 }
@@ -85,46 +93,68 @@ impl Limiter {
             memory_bytes: limits.memory_bytes,
             table_elements: limits.table_elements,
             instances: limits.instances,
+            memory_used: 0,
+            table_used: 0,
             exceeded: None,
         }
     }
 }
 
+/// Grants growing one memory or table from `current` to `desired` if the store's `used` total
+/// stays within `limit`, and counts it; else records and returns the refusal.
+fn grow(
+    what: &'static str,
+    used: &mut usize,
+    limit: usize,
+    current: usize,
+    desired: usize,
+    exceeded: &mut Option<&'static str>,
+) -> wasmtime::Result<bool> {
+    let total = used.saturating_add(desired.saturating_sub(current));
+    if total > limit {
+        *exceeded = Some(what);
+        return Err(LimitExceeded {
+            what,
+            desired: total,
+            limit,
+        }
+        .into());
+    }
+    *used = total;
+    Ok(true)
+}
+
 impl wasmtime::ResourceLimiter for Limiter {
     fn memory_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        if desired > self.memory_bytes {
-            self.exceeded = Some("memory");
-            return Err(LimitExceeded {
-                what: "memory",
-                desired,
-                limit: self.memory_bytes,
-            }
-            .into());
-        }
-        Ok(true)
+        grow(
+            "memory",
+            &mut self.memory_used,
+            self.memory_bytes,
+            current,
+            desired,
+            &mut self.exceeded,
+        )
     }
 
     fn table_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        if desired > self.table_elements {
-            self.exceeded = Some("table");
-            return Err(LimitExceeded {
-                what: "table",
-                desired,
-                limit: self.table_elements,
-            }
-            .into());
-        }
-        Ok(true)
+        grow(
+            "table",
+            &mut self.table_used,
+            self.table_elements,
+            current,
+            desired,
+            &mut self.exceeded,
+        )
     }
 
     fn instances(&self) -> usize {
@@ -137,5 +167,46 @@ impl wasmtime::ResourceLimiter for Limiter {
 
     fn memories(&self) -> usize {
         self.instances
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use wasmtime::ResourceLimiter;
+
+    use super::*;
+
+    fn limiter(mib: usize) -> Limiter {
+        Limiter::new(&Limits {
+            memory_bytes: mib << 20,
+            table_elements: 1000,
+            ..Limits::default()
+        })
+    }
+
+    #[test]
+    fn memory_limit_counts_every_memory_of_the_instance() {
+        let mut l = limiter(64);
+        // Two memories of 40 MiB each: the second takes the total past 64 MiB.
+        assert!(l.memory_growing(0, 40 << 20, None).unwrap());
+        assert!(l.memory_growing(0, 40 << 20, None).is_err());
+        assert_eq!(l.exceeded, Some("memory"));
+    }
+
+    #[test]
+    fn growth_counts_only_the_added_bytes() {
+        let mut l = limiter(64);
+        assert!(l.memory_growing(0, 16 << 20, None).unwrap());
+        assert!(l.memory_growing(16 << 20, 48 << 20, None).unwrap());
+        assert!(l.memory_growing(0, 16 << 20, None).unwrap());
+        assert!(l.memory_growing(16 << 20, (16 << 20) + 1, None).is_err());
+    }
+
+    #[test]
+    fn table_limit_counts_every_table_of_the_instance() {
+        let mut l = limiter(64);
+        assert!(l.table_growing(0, 600, None).unwrap());
+        assert!(l.table_growing(0, 600, None).is_err());
+        assert_eq!(l.exceeded, Some("table"));
     }
 }
