@@ -15,6 +15,7 @@
 //!         mode: reference                # reference | classname (the default)
 //!         limits:                        # optional; every key has a default
 //!           call-timeout: 500            # milliseconds
+//!           call-wall-timeout: 30000     # ms, host calls included (default 30 s)
 //!           memory-bytes: 33554432
 //!           prewarm: true                # classname: build the next event's instance ahead
 //!         capabilities:                  # optional; default: no Kubernetes API access at all

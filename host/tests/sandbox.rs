@@ -444,3 +444,80 @@ fn a_full_pool_fails_the_event_with_a_clear_error_and_recovers() {
     let report = Chain::new(vec![fresh.clone()]).dispatch(&create);
     assert!(report.succeeded(), "{:?}", report.calls);
 }
+
+#[test]
+fn a_sleeping_guest_is_stopped_at_its_time_limit() {
+    let (rt, _capture, _cache) = runtime();
+    for mode in [Mode::Classname, Mode::Reference] {
+        // call_timeout 200 ms; the guest sleeps a year in wasi:io/poll, where no epoch check
+        // runs. The watchdog only tells "never returns" apart from "returns" (it is 300 times
+        // the limit); it does not measure speed.
+        let faulty = load(&rt, "faulty", mode);
+        let chain = Chain::new(vec![faulty.clone()]);
+        let (tx, rx) = std::sync::mpsc::channel();
+        let sleeper = chain.clone();
+        std::thread::spawn(move || {
+            let report = sleeper.dispatch(&event(EventKind::Create, "sleeper", Some("sleep")));
+            let _ = tx.send(report);
+        });
+        let report = rx
+            .recv_timeout(Duration::from_secs(60))
+            .unwrap_or_else(|_| panic!("{mode:?}: a sleeping guest held its call past any limit"));
+        let outcome = &report.calls[0].outcome;
+        assert_eq!(
+            outcome.trap_kind(),
+            Some(TrapKind::Deadline),
+            "{mode:?}: {outcome:?}"
+        );
+        // A short sleep inside the limit is fine, and the listener keeps serving.
+        let report = chain.dispatch(&event(EventKind::Create, "napper", Some("nap")));
+        assert!(report.succeeded(), "{mode:?}: {:?}", report.calls);
+    }
+}
+
+/// A cluster whose every request takes 20 ms and fails with a timeout.
+struct SlowCluster;
+
+impl kubelisten::runtime::ClusterAccess for SlowCluster {
+    fn call(
+        &self,
+        _caller: &kubelisten::runtime::Caller,
+        _request: kubelisten::runtime::ClusterRequest,
+    ) -> Result<String, kubelisten::runtime::bindings::kubelisten::listener::cluster::ApiError>
+    {
+        std::thread::sleep(Duration::from_millis(20));
+        Err(
+            kubelisten::runtime::bindings::kubelisten::listener::cluster::ApiError::Timeout(
+                "slow".into(),
+            ),
+        )
+    }
+}
+
+#[test]
+fn cluster_time_is_given_back_only_up_to_the_wall_clock_cap() {
+    let cache = tempfile::tempdir().unwrap();
+    let rt = kubelisten::Runtime::new(kubelisten::RuntimeConfig {
+        cache_dir: Some(cache.path().to_path_buf()),
+        cluster: Arc::new(SlowCluster),
+        ..kubelisten::RuntimeConfig::default()
+    })
+    .unwrap();
+    let limits = Limits {
+        call_timeout: Duration::from_millis(200),
+        call_wall_timeout: Duration::from_millis(500),
+        ..Limits::default()
+    };
+    let probe = Arc::new(Listener::load(&rt, &spec("probe", Mode::Classname, limits)).unwrap());
+    // 1000 requests of 20 ms: 20 s of host time but almost no guest time.
+    let mut ev = event(EventKind::Create, "looper", None);
+    let raw = ev.object.replace(
+        r#""generation":1"#,
+        r#""generation":1,"annotations":{"kubelisten.dev/probe":"[{\"op\":\"get\",\"repeat\":1000}]"}"#,
+    );
+    ev.meta = kubelisten::ObjectMeta::from_json(&raw).unwrap();
+    ev.object = Arc::from(raw);
+    let report = Chain::new(vec![probe]).dispatch(&ev);
+    let outcome = &report.calls[0].outcome;
+    assert_eq!(outcome.trap_kind(), Some(TrapKind::Deadline), "{outcome:?}");
+}

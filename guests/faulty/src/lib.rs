@@ -1,7 +1,8 @@
 //! A listener that misbehaves on demand, for the keep-alive tests.
 //!
 //! The object's annotation `kubelisten.dev/fault` picks the fault: `panic`, `unreachable`, `oob`,
-//! `stack-overflow`, `loop`, `memory` or `error`; absent (or any other value) means behave.
+//! `stack-overflow`, `loop`, `memory`, `sleep` (sleeps a year in `wasi:io/poll`, then returns ok),
+//! `nap` (sleeps 20 ms, then returns ok) or `error`; absent (or any other value) means behave.
 //! `flaky` fails (error return) the first time it sees an object's resourceVersion and succeeds
 //! on the retry; it needs reference mode, which keeps what it has seen.
 //! The error message of `error` lists the chain-state keys it saw, so tests can observe the chain.
@@ -55,6 +56,14 @@ fn misbehave(ev: &Event) -> Result<(), String> {
             loop {
                 hoard.push(black_box(vec![1u8; 1 << 20]));
             }
+        }
+        Some("sleep") => {
+            std::thread::sleep(std::time::Duration::from_secs(365 * 24 * 3600));
+            Ok(())
+        }
+        Some("nap") => {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            Ok(())
         }
         Some("flaky") => {
             let key = format!("{}@{}", ev.meta.uid, ev.meta.resource_version);

@@ -107,6 +107,7 @@ impl Runtime {
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
             .map_err(|e| Error::EngineFailed(e.into()))?;
+        super::poll::shadow_wasi_poll(&mut linker).map_err(|e| Error::EngineFailed(e.into()))?;
         ListenerWorld::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)
             .map_err(|e| Error::EngineFailed(e.into()))?;
         let stop_ticker = Arc::new(AtomicBool::new(false));

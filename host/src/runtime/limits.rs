@@ -11,6 +11,11 @@ pub struct Limits {
     /// Wall-clock time one call may run before the epoch deadline interrupts it.
     #[serde(with = "millis")]
     pub call_timeout: Duration,
+    /// Wall-clock cap of one call, time blocked in host calls (Kubernetes requests, rate-limit
+    /// waits) included: `call_timeout` does not count host time, so this bounds a guest that
+    /// loops on cluster calls. At least `call_timeout` (a smaller value is raised to it).
+    #[serde(with = "millis")]
+    pub call_wall_timeout: Duration,
     /// Largest total linear memory of one instance, in bytes: the sum over all of its memories.
     pub memory_bytes: usize,
     /// Largest total number of table elements of one instance (the sum over all of its tables).
@@ -35,6 +40,7 @@ impl Default for Limits {
     fn default() -> Self {
         Self {
             call_timeout: Duration::from_secs(1),
+            call_wall_timeout: Duration::from_secs(30),
             memory_bytes: 64 << 20,
             table_elements: 100_000,
             instances: 100,

@@ -251,7 +251,7 @@ impl Handover<'_> {
             }
         };
         p.store.set_epoch_deadline(new.epoch_ticks);
-        p.store.data_mut().call_started = std::time::Instant::now();
+        p.store.data_mut().start_call();
         let restored = p
             .instance
             .get_typed_func::<(Vec<u8>,), ()>(&mut p.store, "restore")
@@ -550,7 +550,7 @@ impl Listener {
             .unwrap_or_else(PoisonError::into_inner);
         let p = slot.as_mut()?;
         p.store.set_epoch_deadline(self.epoch_ticks);
-        p.store.data_mut().call_started = std::time::Instant::now();
+        p.store.data_mut().start_call();
         let result = p
             .instance
             .get_typed_func::<(), (Vec<u8>,)>(&mut p.store, "snapshot")
@@ -588,18 +588,14 @@ impl Listener {
         store.limiter(|s| &mut s.limiter);
         store.set_epoch_deadline(self.epoch_ticks);
         // The deadline counts the guest's own time: time spent blocked in host calls (cluster
-        // requests) is given back when the epoch deadline is reached.
-        let budget = self.limits.call_timeout;
+        // requests) is given back when the epoch deadline is reached, up to the call's
+        // wall-clock cap. Waits in `wasi:io/poll` are bounded by the same budget (runtime/poll.rs).
         store.epoch_deadline_callback(move |ctx| {
-            let state = ctx.data();
-            let guest_time = state.call_started.elapsed().saturating_sub(state.host_time);
-            if guest_time >= budget {
+            let left = ctx.data().time_left();
+            if left.is_zero() {
                 return Ok(wasmtime::UpdateDeadline::Interrupt);
             }
-            let left = (budget - guest_time)
-                .as_millis()
-                .div_ceil(EPOCH_TICK.as_millis())
-                .max(1);
+            let left = left.as_millis().div_ceil(EPOCH_TICK.as_millis()).max(1);
             Ok(wasmtime::UpdateDeadline::Continue(
                 u64::try_from(left).unwrap_or(u64::MAX),
             ))
@@ -626,8 +622,7 @@ impl Listener {
         state.log.event_kind = ctx.event_kind;
         state.chain = ctx.chain.clone();
         state.caller.event_namespace = ctx.namespace.clone();
-        state.call_started = std::time::Instant::now();
-        state.host_time = Duration::ZERO;
+        state.start_call();
     }
 
     fn record(&self, outcome: &Outcome) {

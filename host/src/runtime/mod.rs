@@ -10,6 +10,7 @@ mod engine;
 mod host;
 mod limits;
 mod listener;
+mod poll;
 mod state;
 mod trap;
 

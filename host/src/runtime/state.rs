@@ -31,6 +31,10 @@ pub(crate) struct HostState {
     pub(crate) call_started: Instant,
     /// Time the current call spent in host calls (not charged to the guest's deadline).
     pub(crate) host_time: Duration,
+    /// The guest's own time a call may take (`limits.call-timeout`).
+    pub(crate) call_budget: Duration,
+    /// The wall-clock time a call may take, host calls included (`limits.call-wall-timeout`).
+    pub(crate) wall_budget: Duration,
 }
 
 impl HostState {
@@ -62,6 +66,8 @@ impl HostState {
             cluster,
             call_started: Instant::now(),
             host_time: Duration::ZERO,
+            call_budget: limits.call_timeout,
+            wall_budget: limits.call_wall_timeout.max(limits.call_timeout),
             log: CallLog {
                 sink,
                 listener,
@@ -73,6 +79,27 @@ impl HostState {
             stdout,
             stderr,
         }
+    }
+
+    /// Starts the clock of a call (a listener export, `snapshot` or `restore`).
+    pub(crate) fn start_call(&mut self) {
+        self.call_started = Instant::now();
+        self.host_time = Duration::ZERO;
+    }
+
+    /// How long the current call may still run: the smaller of what is left of the guest's own
+    /// time (wall time minus host calls) and of the wall-clock cap. Zero once either is spent.
+    pub(crate) fn time_left(&self) -> Duration {
+        let elapsed = self.call_started.elapsed();
+        let guest = elapsed.saturating_sub(self.host_time);
+        self.call_budget
+            .saturating_sub(guest)
+            .min(self.wall_budget.saturating_sub(elapsed))
+    }
+
+    /// The resource table (for the bounded `wasi:io/poll`).
+    pub(crate) fn table_mut(&mut self) -> &mut ResourceTable {
+        &mut self.table
     }
 
     /// Emits what the guest wrote to stdout (info) and stderr (warn) during the call, within the
