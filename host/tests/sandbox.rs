@@ -521,3 +521,114 @@ fn cluster_time_is_given_back_only_up_to_the_wall_clock_cap() {
     let outcome = &report.calls[0].outcome;
     assert_eq!(outcome.trap_kind(), Some(TrapKind::Deadline), "{outcome:?}");
 }
+
+/// Runs `events` through a dispatcher over `chain` (events in order, then the channel closes)
+/// and returns every attempt it made.
+fn run_dispatcher(
+    chain: Chain,
+    retry: kubelisten::dispatch::dispatcher::RetryPolicy,
+    events: Vec<kubelisten::ResourceEvent>,
+) -> Vec<kubelisten::dispatch::dispatcher::Dispatched> {
+    use kubelisten::dispatch::dispatcher::{Dispatcher, DispatcherConfig};
+    use kubelisten::watch::watcher::WatchOutput;
+    let tokio = tokio::runtime::Runtime::new().unwrap();
+    tokio.block_on(async move {
+        let (observer, mut attempts) = tokio::sync::mpsc::unbounded_channel();
+        let dispatcher = Dispatcher {
+            watch: Arc::from("w"),
+            chain: Arc::new(kubelisten::dispatch::ChainSlot::new(chain)),
+            config: DispatcherConfig {
+                retry,
+                ..DispatcherConfig::default()
+            },
+            observer: Some(observer),
+            state: Arc::default(),
+            failures: None,
+            metrics: Arc::default(),
+        };
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        for event in events {
+            tx.send(WatchOutput::Event(Arc::new(event))).await.unwrap();
+        }
+        drop(tx);
+        dispatcher
+            .run(rx, tokio_util::sync::CancellationToken::new())
+            .await;
+        let mut seen = Vec::new();
+        while let Ok(attempt) = attempts.try_recv() {
+            seen.push(attempt);
+        }
+        seen
+    })
+}
+
+#[test]
+fn a_crash_looping_listener_does_not_use_up_other_objects_retries() {
+    let (rt, _capture, _cache) = runtime();
+    // Every trap backs the listener off for 300 ms; retries come after 10 ms, so without care
+    // every attempt of another object's event would be skipped and the event dropped.
+    let limits = Limits {
+        call_timeout: Duration::from_millis(200),
+        crash_loop_threshold: 1,
+        crash_loop_backoff: Duration::from_millis(300),
+        crash_loop_backoff_max: Duration::from_millis(300),
+        ..Limits::default()
+    };
+    let faulty = Arc::new(Listener::load(&rt, &spec("faulty", Mode::Classname, limits)).unwrap());
+    let retry = kubelisten::dispatch::dispatcher::RetryPolicy {
+        attempts: 2,
+        base: Duration::from_millis(10),
+        max: Duration::from_millis(10),
+    };
+    let attempts = run_dispatcher(
+        Chain::new(vec![faulty]),
+        retry,
+        vec![
+            event(EventKind::Create, "poison", Some("panic")),
+            event(EventKind::Delete, "innocent", None),
+        ],
+    );
+    let of = |name: &str| -> Vec<_> {
+        attempts
+            .iter()
+            .filter(|a| a.event.meta.name == name)
+            .collect()
+    };
+    let innocent = of("innocent");
+    assert!(
+        innocent.last().is_some_and(|a| a.report.succeeded()),
+        "the delete of an object the listener handles fine must be delivered: {:?}",
+        innocent.iter().map(|a| &a.report.calls).collect::<Vec<_>>()
+    );
+    // The poisoned event still gets exactly its two real attempts, then is given up.
+    let called = of("poison")
+        .iter()
+        .filter(|a| a.report.calls[0].outcome.trap_kind().is_some())
+        .count();
+    assert_eq!(called, 2);
+}
+
+#[test]
+fn a_backed_off_listener_builds_no_spare_instances() {
+    let (rt, _capture, _cache) = runtime();
+    let limits = Limits {
+        call_timeout: Duration::from_millis(200),
+        crash_loop_threshold: 1,
+        crash_loop_backoff: Duration::from_secs(60),
+        ..Limits::default()
+    };
+    let faulty = Arc::new(Listener::load(&rt, &spec("faulty", Mode::Classname, limits)).unwrap());
+    let chain = Chain::new(vec![faulty.clone()]);
+    let report = chain.dispatch(&event(EventKind::Create, "p", Some("panic")));
+    assert_eq!(report.calls[0].outcome.trap_kind(), Some(TrapKind::Panic));
+    assert!(faulty.backoff_remaining().is_some(), "the trap started the backoff");
+    let report = chain.dispatch(&event(EventKind::Create, "q", None));
+    assert_eq!(report.calls[0].outcome.label(), "skipped");
+    assert!(report.backed_off.is_some());
+    let stats = faulty.stats();
+    // Only the instance of the trapping call: no spare after it, none while backed off.
+    assert_eq!(stats.instances.load(Ordering::Relaxed), 1);
+    assert_eq!(stats.calls.load(Ordering::Relaxed), 1);
+    assert_eq!(stats.skipped.load(Ordering::Relaxed), 1);
+    assert_eq!(rt.spare_instances(), 0);
+}

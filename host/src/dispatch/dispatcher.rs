@@ -267,7 +267,10 @@ impl Dispatcher {
         let failures = self.failures.clone();
         let metrics = self.metrics.clone();
         async move {
-            for attempt in 1..=retry.attempts.max(1) {
+            // Attempts that called the chain (those skipped by crash-loop backoff do not count).
+            let mut attempts_made = 0;
+            loop {
+                let attempt = attempts_made + 1;
                 let started = Instant::now();
                 let (chain_, event_) = (chain.get(), event.clone());
                 let report = match tokio::task::spawn_blocking(move || chain_.dispatch(&event_))
@@ -283,7 +286,14 @@ impl Dispatcher {
                 log_report(&watch, &event, attempt, &report);
                 count(&metrics, &report);
                 let succeeded = report.succeeded();
-                let last = attempt == retry.attempts.max(1);
+                // A listener in crash-loop backoff was not called: that attempt does not count
+                // (other objects' traps must not use up this event's retries); wait the backoff
+                // out and try again.
+                let backed_off = report.backed_off.filter(|_| !succeeded);
+                if backed_off.is_none() {
+                    attempts_made += 1;
+                }
+                let last = backed_off.is_none() && attempt >= retry.attempts.max(1);
                 if let Some(failures) = &failures {
                     report_failures(failures, &event, &report, last).await;
                 }
@@ -304,7 +314,10 @@ impl Dispatcher {
                     tracing::error!(watch = %watch, object = %event.meta.object_ref(), event.kind = event.kind.as_str(), attempts = attempt, "event failed after every attempt; moving on");
                     break;
                 }
-                tokio::time::sleep(retry.delay(attempt)).await;
+                match backed_off {
+                    Some(wait) => tokio::time::sleep(wait.max(Duration::from_millis(1))).await,
+                    None => tokio::time::sleep(retry.delay(attempt)).await,
+                }
             }
             key
         }
@@ -366,7 +379,7 @@ fn count(metrics: &Metrics, report: &ChainReport) {
                 .traps
                 .get_or_create(&labels([("listener", listener), ("trap", kind.as_str())]))
                 .inc();
-            if call.mode == Mode::Reference {
+            if call.mode == Mode::Reference && !call.outcome.trapped_in_instantiation() {
                 metrics
                     .rebuilds
                     .get_or_create(&labels([("listener", listener)]))

@@ -35,6 +35,10 @@ pub struct ChainReport {
     pub calls: Vec<CallRecord>,
     /// Index in the chain of the listener that failed, if one did.
     pub failed_at: Option<usize>,
+    /// When the failing listener was not called because it is in crash-loop backoff: how long
+    /// the backoff still lasts. Such an attempt says nothing about this event, so the
+    /// dispatcher waits it out instead of spending one of the event's retries.
+    pub backed_off: Option<Duration>,
 }
 
 impl ChainReport {
@@ -117,6 +121,9 @@ impl Chain {
             report.calls.push(record);
             if !ok {
                 report.failed_at = Some(index);
+                if let Some(Outcome::Skipped(_)) = report.calls.last().map(|c| &c.outcome) {
+                    report.backed_off = listener.backoff_remaining();
+                }
                 break;
             }
         }

@@ -192,6 +192,12 @@ impl Outcome {
             _ => None,
         }
     }
+
+    /// Whether the trap happened while building the instance (its start code), before any
+    /// export ran: a reference-mode listener then had no instance to drop and rebuild.
+    pub fn trapped_in_instantiation(&self) -> bool {
+        matches!(self, Outcome::Trap { message, .. } if message.starts_with(INSTANTIATION_TRAP))
+    }
 }
 
 /// Context of one call: what the log lines are tagged with and the chain state to expose.
@@ -218,7 +224,7 @@ pub struct ListenerStats {
     pub traps: AtomicU64,
     /// Reference-mode instances rebuilt after a trap.
     pub rebuilds: AtomicU64,
-    /// Calls skipped by crash-loop backoff.
+    /// Calls skipped: by crash-loop backoff, or because no instance could be built.
     pub skipped: AtomicU64,
     /// Instances built: one per classname event (plus the prewarmed spare), one per reference
     /// instance (first use and every rebuild).
@@ -408,11 +414,16 @@ impl Listener {
                 until.saturating_duration_since(now)
             ));
         }
-        self.stats.calls.fetch_add(1, Ordering::Relaxed);
         let outcome = match self.mode {
             Mode::Classname => self.call_fresh(ctx, f),
             Mode::Reference => self.call_persistent(ctx, f),
         };
+        // An instance that could not be built (pool full) was never called.
+        let counter = match outcome {
+            Outcome::Skipped(_) => &self.stats.skipped,
+            _ => &self.stats.calls,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
         self.record(&outcome);
         outcome
     }
@@ -450,6 +461,11 @@ impl Listener {
     /// ([`Runtime::spare_budget`]); past that, no spare is built and events instantiate inline.
     pub fn prewarm(&self) {
         if self.mode != Mode::Classname || !self.limits.prewarm {
+            return;
+        }
+        // In crash-loop backoff no event will take the spare soon, and a guest whose start
+        // code traps would burn a full time limit here for nothing.
+        if self.backoff_remaining().is_some() {
             return;
         }
         if self
@@ -660,6 +676,9 @@ impl Listener {
     }
 }
 
+/// Prefix of the message of a trap raised while instantiating.
+const INSTANTIATION_TRAP: &str = "during instantiation: ";
+
 /// The outcome of a failed instantiation: it runs guest start code, so it can trap like a call.
 fn instantiation_failed(store: &mut Store<HostState>, err: &wasmtime::Error) -> Outcome {
     let stderr = store.data_mut().flush_output();
@@ -667,7 +686,7 @@ fn instantiation_failed(store: &mut Store<HostState>, err: &wasmtime::Error) -> 
     if err.downcast_ref::<wasmtime::Trap>().is_some() || kind == TrapKind::Memory {
         Outcome::Trap {
             kind,
-            message: format!("during instantiation: {message}"),
+            message: format!("{INSTANTIATION_TRAP}{message}"),
         }
     } else if err.is::<wasmtime::PoolConcurrencyLimitError>() {
         Outcome::Skipped(format!(
@@ -680,6 +699,25 @@ fn instantiation_failed(store: &mut Store<HostState>, err: &wasmtime::Error) -> 
     }
 }
 
+/// Longest error message of a guest kept (logs, `/status`, Events), in bytes.
+const MAX_MESSAGE: usize = 4096;
+
+/// Cuts a guest's error message to [`MAX_MESSAGE`] bytes at a character boundary, saying how
+/// much was cut: a guest must not write megabytes into every log line of every retry.
+fn truncate_message(mut message: String) -> String {
+    if message.len() <= MAX_MESSAGE {
+        return message;
+    }
+    let mut end = MAX_MESSAGE;
+    while !message.is_char_boundary(end) {
+        end -= 1;
+    }
+    let cut = message.len() - end;
+    message.truncate(end);
+    message.push_str(&format!("… ({cut} more bytes cut)"));
+    message
+}
+
 /// Turns the raw result of a call into an [`Outcome`], flushing the captured output first (its
 /// stderr tells a panic from a bare `unreachable`).
 fn finish(
@@ -689,7 +727,7 @@ fn finish(
     let stderr = store.data_mut().flush_output();
     match result {
         Ok(Ok(())) => Outcome::Ok,
-        Ok(Err(message)) => Outcome::Error(message),
+        Ok(Err(message)) => Outcome::Error(truncate_message(message)),
         Err(err) => {
             let (kind, message) =
                 TrapKind::classify(&err, store.data().limiter.exceeded.is_some(), &stderr);
@@ -701,6 +739,15 @@ fn finish(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn long_error_messages_are_cut_at_a_char_boundary() {
+        assert_eq!(truncate_message("short".into()), "short");
+        let long = "é".repeat(3000); // 6000 bytes
+        let cut = truncate_message(long);
+        assert!(cut.starts_with(&"é".repeat(2048)), "{}", &cut[..20]);
+        assert!(cut.ends_with("… (1904 more bytes cut)"), "{}", &cut[4000..]);
+    }
 
     #[test]
     fn parses_specs() {
