@@ -105,6 +105,17 @@ impl RunningWatch {
     }
 }
 
+/// How [`Running::stop_unless`] ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stopped {
+    /// Every in-flight event finished.
+    Drained,
+    /// The grace period ran out with events still in flight (they were dropped).
+    GraceOver,
+    /// The abort signal came first: in-flight events were aborted.
+    Aborted,
+}
+
 /// Everything started by [`start`]; [`Running::stop`] shuts it down.
 pub struct Running {
     /// The metrics of this run.
@@ -120,21 +131,38 @@ pub struct Running {
 impl Running {
     /// Stops the watches, lets in-flight events finish within the grace period and returns.
     /// Returns false when the grace period ran out with events still in flight.
-    pub async fn stop(mut self) -> bool {
+    pub async fn stop(self) -> bool {
+        self.stop_unless(std::future::pending()).await == Stopped::Drained
+    }
+
+    /// [`Running::stop`], except that in-flight events are aborted as soon as `abort` resolves
+    /// (the leadership was lost while they drain).
+    pub async fn stop_unless(mut self, abort: impl Future<Output = ()>) -> Stopped {
         self.cancel.cancel();
         self.watchers.shutdown().await;
-        let drained = tokio::time::timeout(self.grace, async {
+        let drain = tokio::time::timeout(self.grace, async {
             while self.dispatchers.join_next().await.is_some() {}
-        })
-        .await
-        .is_ok();
-        if !drained {
-            tracing::warn!(
-                grace_ms = self.grace.as_millis() as u64,
-                "shutdown grace period over with events still in flight"
-            );
+        });
+        tokio::select! {
+            drained = drain => {
+                if drained.is_ok() {
+                    return Stopped::Drained;
+                }
+                tracing::warn!(
+                    grace_ms = u64::try_from(self.grace.as_millis()).unwrap_or(u64::MAX),
+                    "shutdown grace period over with events still in flight"
+                );
+                Stopped::GraceOver
+            }
+            () = abort => {
+                tracing::warn!(
+                    in_flight = self.dispatchers.len(),
+                    "stopping in-flight events at once during shutdown"
+                );
+                self.dispatchers.shutdown().await;
+                Stopped::Aborted
+            }
         }
-        drained
     }
 
     /// Stops at once, without waiting for in-flight events (leadership lost).
@@ -333,6 +361,28 @@ pub async fn start(
     })
 }
 
+/// Stops `running` gracefully. With leader election (`leader`), the drain still follows the
+/// leadership: when it is lost, in-flight events stop at once (a standby may be dispatching
+/// already) and this returns an error.
+async fn shut_down(
+    running: Running,
+    leader: Option<tokio::sync::watch::Receiver<bool>>,
+) -> anyhow::Result<()> {
+    let lost = async {
+        match leader {
+            // An error: the election ended without saying so, and nothing renews the lock.
+            Some(mut leader) => drop(leader.wait_for(|leader| !*leader).await),
+            None => std::future::pending().await,
+        }
+    };
+    match running.stop_unless(lost).await {
+        Stopped::Aborted => Err(anyhow::anyhow!(
+            "lost the leadership while shutting down; stopped dispatching"
+        )),
+        Stopped::Drained | Stopped::GraceOver => Ok(()),
+    }
+}
+
 /// Runs until `shutdown` resolves, then stops gracefully (releasing the leader lock).
 ///
 /// With leader election, the process waits as a standby until it leads, and returns an error
@@ -340,7 +390,8 @@ pub async fn start(
 /// process exits non-zero and is restarted.
 ///
 /// # Errors
-/// Startup failures (see [`start`]), a watch or dispatcher that died, lost leadership.
+/// Startup failures (see [`start`]), a watch or dispatcher that died, lost leadership (also
+/// while in-flight events drain at shutdown).
 pub async fn run(
     client: kube::Client,
     runtime: &Runtime,
@@ -416,11 +467,15 @@ pub async fn run(
         Err(err) => Err(err),
         Ok(mut running) => {
             server.set_watches(running.entries());
+            let drain_leader = elector.is_some().then(|| leader_rx.clone());
             tokio::select! {
                 () = &mut shutdown => {
                     tracing::info!("shutting down");
-                    running.stop().await;
-                    Ok(())
+                    let result = shut_down(running, drain_leader).await;
+                    if result.is_err() {
+                        server.set_leader(false);
+                    }
+                    result
                 }
                 lost = leader_rx.wait_for(|leader| !*leader), if elector.is_some() => {
                     drop(lost);
@@ -440,4 +495,75 @@ pub async fn run(
         let _ = elector.await;
     }
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use super::*;
+
+    /// Sets its flag when dropped (its task was aborted).
+    struct DropFlag(Arc<AtomicBool>);
+
+    impl Drop for DropFlag {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::SeqCst);
+        }
+    }
+
+    /// A [`Running`] whose one dispatcher handles an event that never ends.
+    fn running_with_a_stuck_event(grace: Duration) -> (Running, Arc<AtomicBool>) {
+        let aborted = Arc::new(AtomicBool::new(false));
+        let flag = DropFlag(aborted.clone());
+        let mut dispatchers = tokio::task::JoinSet::new();
+        dispatchers.spawn(async move {
+            let _flag = flag;
+            std::future::pending::<()>().await;
+        });
+        let running = Running {
+            metrics: Arc::new(Metrics::new()),
+            watches: Vec::new(),
+            cancel: CancellationToken::new(),
+            watchers: tokio::task::JoinSet::new(),
+            dispatchers,
+            grace,
+        };
+        (running, aborted)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn leadership_lost_during_the_shutdown_drain_aborts_in_flight_events() {
+        let grace = Duration::from_secs(30);
+        let (running, aborted) = running_with_a_stuck_event(grace);
+        let (tx, rx) = tokio::sync::watch::channel(true);
+        let t0 = tokio::time::Instant::now();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            tx.send_replace(false);
+            // Kept open: only the value says the leadership is lost.
+            std::future::pending::<()>().await;
+        });
+        let err = shut_down(running, Some(rx)).await.expect_err("lost");
+        assert!(err.to_string().contains("lost the leadership"), "{err}");
+        assert_eq!(tokio::time::Instant::now() - t0, Duration::from_secs(1));
+        assert!(
+            aborted.load(Ordering::SeqCst),
+            "the in-flight event was aborted"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_leader_or_a_process_without_election_drains_for_the_grace_period() {
+        let grace = Duration::from_secs(30);
+        for leader in [true, false] {
+            let (running, _aborted) = running_with_a_stuck_event(grace);
+            let (_tx, rx) = tokio::sync::watch::channel(true);
+            let t0 = tokio::time::Instant::now();
+            shut_down(running, leader.then_some(rx))
+                .await
+                .expect("not an error");
+            assert_eq!(tokio::time::Instant::now() - t0, grace);
+        }
+    }
 }

@@ -114,27 +114,44 @@ pub struct RunArgs {
     /// One CRD file to watch (registered if the cluster lacks it); use with --listener.
     #[arg(long, env = "KUBELISTEN_CRD")]
     pub crd: Option<PathBuf>,
-    /// A listener `path[:reference|:classname]` for --crd; repeat for a chain.
+    /// A listener `path[:reference|:classname]` for --crd; repeat for a chain. Only with --crd:
+    /// an error with --config (the file lists the listeners) or --modules-configmap (the
+    /// ConfigMap supplies them).
     #[arg(
         long = "listener",
         short = 'l',
         env = "KUBELISTEN_LISTENERS",
-        value_delimiter = ','
+        value_delimiter = ',',
+        requires = "crd",
+        conflicts_with_all = ["config", "modules_configmap"]
     )]
     pub listeners: Vec<String>,
-    /// Namespaces to watch with --crd (default all).
+    /// Namespaces to watch with --crd (default all). Only with --crd: an error with --config
+    /// (the file lists each watch's namespaces).
     #[arg(
         long = "namespace",
         short = 'n',
         env = "KUBELISTEN_NAMESPACES",
-        value_delimiter = ','
+        value_delimiter = ',',
+        requires = "crd",
+        conflicts_with = "config"
     )]
     pub namespaces: Vec<String>,
-    /// Label selector with --crd.
-    #[arg(long, env = "KUBELISTEN_LABEL_SELECTOR")]
+    /// Label selector with --crd. Only with --crd: an error with --config.
+    #[arg(
+        long,
+        env = "KUBELISTEN_LABEL_SELECTOR",
+        requires = "crd",
+        conflicts_with = "config"
+    )]
     pub label_selector: Option<String>,
-    /// Field selector with --crd.
-    #[arg(long, env = "KUBELISTEN_FIELD_SELECTOR")]
+    /// Field selector with --crd. Only with --crd: an error with --config.
+    #[arg(
+        long,
+        env = "KUBELISTEN_FIELD_SELECTOR",
+        requires = "crd",
+        conflicts_with = "config"
+    )]
     pub field_selector: Option<String>,
     /// Objects handled in parallel per watch.
     #[arg(long, env = "KUBELISTEN_WORKERS", default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=1024))]
@@ -157,11 +174,25 @@ pub struct RunArgs {
     /// Seconds in-flight events may take to finish at shutdown.
     #[arg(long, env = "KUBELISTEN_SHUTDOWN_GRACE", default_value_t = 30)]
     pub shutdown_grace: u64,
-    /// Per-call time limit in milliseconds for listeners given with --listener.
-    #[arg(long, env = "KUBELISTEN_CALL_TIMEOUT_MS")]
+    /// Per-call time limit in milliseconds for listeners given with --listener. Only with
+    /// --listener: an error with --config or --modules-configmap (set `limits` per listener
+    /// there).
+    #[arg(
+        long,
+        env = "KUBELISTEN_CALL_TIMEOUT_MS",
+        requires = "listeners",
+        conflicts_with_all = ["config", "modules_configmap"]
+    )]
     pub call_timeout_ms: Option<u64>,
-    /// Per-instance memory limit in MiB for listeners given with --listener.
-    #[arg(long, env = "KUBELISTEN_MEMORY_MIB")]
+    /// Per-instance memory limit in MiB for listeners given with --listener. Only with
+    /// --listener: an error with --config or --modules-configmap (set `limits` per listener
+    /// there).
+    #[arg(
+        long,
+        env = "KUBELISTEN_MEMORY_MIB",
+        requires = "listeners",
+        conflicts_with_all = ["config", "modules_configmap"]
+    )]
     pub memory_mib: Option<usize>,
     /// Port of /healthz, /readyz, /metrics and /status (0 turns the server off).
     #[arg(long, env = "KUBELISTEN_HEALTH_PORT", default_value_t = 8080)]
@@ -229,5 +260,97 @@ mod tests {
         );
         let err = parse(&["--pool-instances", "0", "check", "a.wasm"]).expect_err("0 instances");
         assert!(err.to_string().contains("pool-instances"), "{err}");
+    }
+
+    #[test]
+    fn run_flags_that_would_be_ignored_are_errors() {
+        let config = ["run", "--config", "k.yaml"];
+        let crd_cm = ["run", "--crd", "c.yaml", "--modules-configmap", "ns/m"];
+        let cm = ["run", "--modules-configmap", "ns/m"];
+        let conflict = "cannot be used with";
+        let missing = "required arguments were not provided";
+        // (command line, extra flags, what the error names)
+        let cases: &[(&[&str], &[&str], [&str; 3])] = &[
+            (&config, &["-n", "a"], [conflict, "--namespace", "--config"]),
+            (
+                &config,
+                &["--label-selector", "a=b"],
+                [conflict, "--label-selector", "--config"],
+            ),
+            (
+                &config,
+                &["--field-selector", "a=b"],
+                [conflict, "--field-selector", "--config"],
+            ),
+            (
+                &config,
+                &["-l", "a.wasm"],
+                [conflict, "--listener", "--config"],
+            ),
+            (
+                &config,
+                &["--call-timeout-ms", "5"],
+                [conflict, "--call-timeout-ms", "--config"],
+            ),
+            (
+                &config,
+                &["--memory-mib", "5"],
+                [conflict, "--memory-mib", "--config"],
+            ),
+            (
+                &crd_cm,
+                &["-l", "a.wasm"],
+                [conflict, "--listener", "--modules-configmap"],
+            ),
+            (
+                &crd_cm,
+                &["--memory-mib", "5"],
+                [conflict, "--memory-mib", "--modules-configmap"],
+            ),
+            (&cm, &["-n", "a"], [missing, "--crd", ""]),
+            (&cm, &["--field-selector", "a=b"], [missing, "--crd", ""]),
+            (&["run"], &["-l", "a.wasm"], [missing, "--crd", ""]),
+            (
+                &["run", "--crd", "c.yaml"],
+                &["--call-timeout-ms", "5"],
+                [missing, "--listener", ""],
+            ),
+        ];
+        for (base, extra, wanted) in cases {
+            let args = [*base, *extra].concat();
+            let err = parse(&args).expect_err(&format!("{args:?}")).to_string();
+            assert!(wanted.iter().all(|w| err.contains(w)), "{args:?}: {err}");
+        }
+        for ok in [
+            &[
+                "run",
+                "--crd",
+                "c.yaml",
+                "-l",
+                "a.wasm",
+                "-n",
+                "a",
+                "--label-selector",
+                "a=b",
+                "--field-selector",
+                "a=b",
+                "--call-timeout-ms",
+                "5",
+                "--memory-mib",
+                "5",
+            ][..],
+            &[
+                "run",
+                "--crd",
+                "c.yaml",
+                "--modules-configmap",
+                "ns/m",
+                "-n",
+                "a",
+            ],
+            &["run", "--config", "k.yaml", "--modules-configmap", "ns/m"],
+        ] {
+            parse(ok).unwrap_or_else(|err| panic!("{ok:?}: {err}"));
+        }
     }
 }

@@ -152,12 +152,26 @@ fn run_config(args: &RunArgs) -> anyhow::Result<Config> {
         watches: vec![WatchConfig {
             name,
             target: TargetConfig::Crd { path: crd.clone() },
-            namespaces: args.namespaces.clone(),
+            namespaces: flag_namespaces(&args.namespaces)?,
             label_selector: args.label_selector.clone(),
             field_selector: args.field_selector.clone(),
             listeners: listener_specs(&args.listeners, args.call_timeout_ms, args.memory_mib)?,
         }],
     })
+}
+
+/// The namespaces of `--namespace` (or `KUBELISTEN_NAMESPACES`), checked as a config file's
+/// are: none empty, none repeated (each entry starts its own watch, so a repeated namespace
+/// would dispatch every event once per repeat).
+fn flag_namespaces(namespaces: &[String]) -> anyhow::Result<Vec<String>> {
+    for (i, ns) in namespaces.iter().enumerate() {
+        anyhow::ensure!(!ns.is_empty(), "--namespace: namespace must not be empty (leave --namespace out to watch all namespaces)");
+        anyhow::ensure!(
+            !namespaces[..i].contains(ns),
+            "--namespace: namespace {ns:?} is listed twice"
+        );
+    }
+    Ok(namespaces.to_vec())
 }
 
 fn run_cluster(runtime_config: RuntimeConfig, args: RunArgs) -> anyhow::Result<ExitCode> {
@@ -346,5 +360,45 @@ fn check_modules(runtime: &Runtime, modules: &[std::path::PathBuf]) -> ExitCode 
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The `run` arguments of `kubelisten run ARGS`.
+    fn run_args(args: &[&str]) -> RunArgs {
+        let cli = Cli::try_parse_from(["kubelisten", "run"].iter().chain(args)).expect("parses");
+        match cli.command {
+            Command::Run(args) => *args,
+            other => panic!("not run: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn flag_namespaces_are_checked_as_a_config_files_are() {
+        let crd = ["--crd", "things.yaml", "-l", "a.wasm"];
+        let ok = |extra: &[&str]| run_config(&run_args(&[&crd[..], extra].concat()));
+        let config = ok(&["-n", "a", "-n", "b"]).expect("two namespaces");
+        assert_eq!(config.watches[0].namespaces, ["a", "b"]);
+        assert!(ok(&[]).expect("all namespaces").watches[0]
+            .namespaces
+            .is_empty());
+        for (extra, wanted) in [
+            (
+                &["-n", "a", "-n", "a"][..],
+                "namespace \"a\" is listed twice",
+            ),
+            (&["-n", "a,b,a"], "namespace \"a\" is listed twice"),
+            (&["-n", "a,,b"], "namespace must not be empty"),
+            (&["-n", ""], "namespace must not be empty"),
+        ] {
+            let err = ok(extra).expect_err(&format!("{extra:?}")).to_string();
+            assert!(
+                err.contains("--namespace") && err.contains(wanted),
+                "{extra:?}: {err}"
+            );
+        }
     }
 }

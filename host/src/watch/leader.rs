@@ -5,7 +5,8 @@
 //! down when it could not renew within the renew deadline (before anyone else may take over),
 //! and releases the lock on a clean shutdown so a standby takes over at once.
 
-use std::time::{Duration, Instant};
+use std::future::Future;
+use std::time::Duration;
 
 use chrono_lite::now_rfc3339;
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
@@ -15,6 +16,7 @@ use kube::api::{Api, PostParams};
 use kube::Client;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 /// Which object holds the lock.
@@ -251,6 +253,29 @@ impl Elector {
     }
 }
 
+/// The lock operations the election loop needs: [`Elector`] against the API server, a script
+/// in tests.
+trait Lock {
+    /// Why an attempt failed.
+    type Error: std::fmt::Display;
+    /// One attempt to acquire or renew; whether this process holds the lock now.
+    fn try_acquire_or_renew(&mut self) -> impl Future<Output = Result<bool, Self::Error>> + Send;
+    /// Gives the lock up, if held, so a standby takes over at once.
+    fn release(&mut self) -> impl Future<Output = ()> + Send;
+}
+
+impl Lock for Elector {
+    type Error = kube::Error;
+
+    fn try_acquire_or_renew(&mut self) -> impl Future<Output = Result<bool, kube::Error>> + Send {
+        Elector::try_acquire_or_renew(self)
+    }
+
+    fn release(&mut self) -> impl Future<Output = ()> + Send {
+        Elector::release(self)
+    }
+}
+
 /// Runs the election until `cancel` (then releases the lock if held) or until leadership is
 /// lost (then returns at once). `leader` follows whether this process is the leader.
 pub async fn run(
@@ -259,55 +284,84 @@ pub async fn run(
     leader: watch::Sender<bool>,
     cancel: CancellationToken,
 ) {
-    let retry = config.retry_period;
-    let renew_deadline = config.renew_deadline;
     let mut elector = Elector {
-        config,
+        config: config.clone(),
         client,
         observed: None,
     };
-    let mut last_renewed: Option<Instant> = None;
+    elect(&mut elector, &config, &leader, &cancel).await;
+}
+
+/// The election loop of [`run`].
+///
+/// A leader must renew within `renew_deadline` of the start of its last successful attempt
+/// (the record's renew time is taken at that start, so a standby cannot see it earlier). Every
+/// attempt and every pause between attempts is cut at that instant, and the leader steps down
+/// as soon as it passes, whatever the attempt in flight is doing: it stops leading before the
+/// lease can expire for anyone else (`renew_deadline < lease_duration`).
+async fn elect<L: Lock>(
+    lock: &mut L,
+    config: &LeaderConfig,
+    leader: &watch::Sender<bool>,
+    cancel: &CancellationToken,
+) {
+    let identity = &config.identity;
+    let retry = config.retry_period;
+    // One attempt may not take longer than this, so that a hung request is retried.
+    let attempt_timeout = (retry.max(Duration::from_secs(1)) * 2).min(config.renew_deadline);
+    // While leading: the instant by which a renewal must have succeeded.
+    let mut renew_by: Option<Instant> = None;
     loop {
+        let started = Instant::now();
+        if let Some(by) = renew_by.filter(|by| started >= *by) {
+            tracing::error!(
+                identity = %identity,
+                late_ms = u64::try_from((started - by).as_millis()).unwrap_or(u64::MAX),
+                "lost the leadership: could not renew within the renew deadline"
+            );
+            leader.send_replace(false);
+            return;
+        }
+        let cutoff = renew_by.map_or(started + attempt_timeout, |by| {
+            by.min(started + attempt_timeout)
+        });
         let attempt = tokio::select! {
             () = cancel.cancelled() => break,
-            result = tokio::time::timeout(retry.max(Duration::from_secs(1)) * 2, elector.try_acquire_or_renew()) => result,
+            result = tokio::time::timeout_at(cutoff, lock.try_acquire_or_renew()) => result,
         };
-        // `Some(false)`: someone else holds the lock; `None`: the attempt itself failed.
-        let held = match attempt {
-            Ok(Ok(held)) => Some(held),
+        match attempt {
+            Ok(Ok(true)) => {
+                if renew_by.is_none() {
+                    tracing::info!(identity = %identity, lock = ?config.lock, "became the leader");
+                    leader.send_replace(true);
+                }
+                renew_by = Some(started + config.renew_deadline);
+            }
+            Ok(Ok(false)) if renew_by.is_some() => {
+                tracing::error!(identity = %identity, "lost the leadership: another process holds the lock");
+                leader.send_replace(false);
+                return;
+            }
+            Ok(Ok(false)) => {}
             Ok(Err(err)) => {
-                tracing::warn!(error = %err, "leader election attempt failed");
-                None
+                tracing::warn!(identity = %identity, error = %err, "leader election attempt failed");
             }
-            Err(_) => {
-                tracing::warn!("leader election attempt timed out");
-                None
-            }
-        };
-        let is_leader = *leader.borrow();
-        if is_leader && held == Some(false) {
-            tracing::error!(identity = %elector.config.identity, "lost the leadership: another process holds the lock");
-            leader.send_replace(false);
-            return;
+            Err(_) => tracing::warn!(
+                identity = %identity,
+                timeout_ms = u64::try_from((cutoff - started).as_millis()).unwrap_or(u64::MAX),
+                "leader election attempt timed out"
+            ),
         }
-        if held == Some(true) {
-            last_renewed = Some(Instant::now());
-            if !is_leader {
-                tracing::info!(identity = %elector.config.identity, lock = ?elector.config.lock, "became the leader");
-                leader.send_replace(true);
-            }
-        } else if is_leader && last_renewed.is_none_or(|at| at.elapsed() >= renew_deadline) {
-            tracing::error!(identity = %elector.config.identity, "lost the leadership: could not renew within the renew deadline");
-            leader.send_replace(false);
-            return;
-        }
+        // The next attempt after the retry period; a leader's deadline check comes no later.
+        let next = Instant::now() + retry;
+        let next = renew_by.map_or(next, |by| next.min(by));
         tokio::select! {
             () = cancel.cancelled() => break,
-            () = tokio::time::sleep(retry) => {}
+            () = tokio::time::sleep_until(next) => {}
         }
     }
-    if *leader.borrow() {
-        elector.release().await;
+    if renew_by.is_some() {
+        lock.release().await;
         leader.send_replace(false);
     }
 }
@@ -316,5 +370,148 @@ pub async fn run(
 mod chrono_lite {
     pub fn now_rfc3339() -> String {
         k8s_openapi::jiff::Timestamp::now().to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::VecDeque;
+
+    use super::*;
+
+    /// One scripted attempt of [`Script`].
+    enum Step {
+        /// Returns at once: whether the lock is held.
+        Held(bool),
+        /// Fails after this long.
+        FailAfter(Duration),
+        /// Never returns.
+        Hang,
+    }
+
+    /// A lock whose attempts follow a script (then hang).
+    struct Script {
+        steps: VecDeque<Step>,
+        attempts: usize,
+        released: bool,
+    }
+
+    impl Script {
+        fn new(steps: impl IntoIterator<Item = Step>) -> Self {
+            Self {
+                steps: steps.into_iter().collect(),
+                attempts: 0,
+                released: false,
+            }
+        }
+    }
+
+    impl Lock for Script {
+        type Error = String;
+
+        fn try_acquire_or_renew(&mut self) -> impl Future<Output = Result<bool, String>> + Send {
+            self.attempts += 1;
+            let step = self.steps.pop_front().unwrap_or(Step::Hang);
+            async move {
+                match step {
+                    Step::Held(held) => Ok(held),
+                    Step::FailAfter(after) => {
+                        tokio::time::sleep(after).await;
+                        Err("scripted failure".to_string())
+                    }
+                    Step::Hang => std::future::pending().await,
+                }
+            }
+        }
+
+        fn release(&mut self) -> impl Future<Output = ()> + Send {
+            self.released = true;
+            std::future::ready(())
+        }
+    }
+
+    /// client-go's timing: lease 15 s, renew deadline 10 s, retry 2 s.
+    fn config() -> LeaderConfig {
+        LeaderConfig {
+            namespace: "ns".into(),
+            name: "lock".into(),
+            identity: "me".into(),
+            lock: LockKind::Lease,
+            lease_duration: Duration::from_secs(15),
+            renew_deadline: Duration::from_secs(10),
+            retry_period: Duration::from_secs(2),
+        }
+    }
+
+    /// Runs [`elect`] on `script` in a task; returns the leader flag, the cancel token and the
+    /// task, which yields the script and the instant `elect` returned.
+    fn spawn(
+        script: Script,
+    ) -> (
+        watch::Receiver<bool>,
+        CancellationToken,
+        tokio::task::JoinHandle<(Script, Instant)>,
+    ) {
+        let (tx, rx) = watch::channel(false);
+        let cancel = CancellationToken::new();
+        let token = cancel.clone();
+        let task = tokio::spawn(async move {
+            let mut script = script;
+            elect(&mut script, &config(), &tx, &token).await;
+            (script, Instant::now())
+        });
+        (rx, cancel, task)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_leader_steps_down_by_its_renew_deadline_whatever_the_attempts_do() {
+        let t0 = Instant::now();
+        // Renewed at t0; then an attempt that hangs (cut after 4 s), one that fails after
+        // 1.9 s (at t0 + 9.9 s), then hangs again.
+        let (mut rx, _cancel, task) = spawn(Script::new([
+            Step::Held(true),
+            Step::Hang,
+            Step::FailAfter(Duration::from_millis(1900)),
+            Step::Hang,
+        ]));
+        rx.wait_for(|leader| *leader).await.expect("leads");
+        assert_eq!(Instant::now(), t0);
+        let (script, returned) = task.await.expect("election task");
+        assert!(!*rx.borrow(), "still the leader");
+        let renew_deadline = config().renew_deadline;
+        assert!(
+            returned <= t0 + renew_deadline,
+            "stepped down {:?} after the last renewal (renew deadline {renew_deadline:?})",
+            returned - t0
+        );
+        assert_eq!(script.attempts, 3);
+        assert!(!script.released, "a lost lock is not released");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_standby_retries_a_hung_attempt_and_a_leader_renews_until_cancelled() {
+        let t0 = Instant::now();
+        let steps = [Step::Hang, Step::Held(false), Step::Held(true)]
+            .into_iter()
+            .chain(std::iter::repeat_with(|| Step::Held(true)).take(100));
+        let (mut rx, cancel, task) = spawn(Script::new(steps));
+        rx.wait_for(|leader| *leader).await.expect("leads");
+        // Hung attempt cut at 4 s, retried 2 s later (held elsewhere), then 2 s later acquired.
+        assert_eq!(Instant::now() - t0, Duration::from_secs(8));
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        assert!(*rx.borrow(), "renewals keep the leadership");
+        cancel.cancel();
+        let (script, _) = task.await.expect("election task");
+        assert!(script.released, "the lock is released on cancel");
+        assert!(!*rx.borrow());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_leader_steps_down_at_once_when_another_holds_the_lock() {
+        let t0 = Instant::now();
+        let (_rx, _cancel, task) = spawn(Script::new([Step::Held(true), Step::Held(false)]));
+        let (script, returned) = task.await.expect("election task");
+        assert_eq!(returned - t0, config().retry_period);
+        assert!(!script.released);
     }
 }
