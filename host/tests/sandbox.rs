@@ -621,7 +621,10 @@ fn a_backed_off_listener_builds_no_spare_instances() {
     let chain = Chain::new(vec![faulty.clone()]);
     let report = chain.dispatch(&event(EventKind::Create, "p", Some("panic")));
     assert_eq!(report.calls[0].outcome.trap_kind(), Some(TrapKind::Panic));
-    assert!(faulty.backoff_remaining().is_some(), "the trap started the backoff");
+    assert!(
+        faulty.backoff_remaining().is_some(),
+        "the trap started the backoff"
+    );
     let report = chain.dispatch(&event(EventKind::Create, "q", None));
     assert_eq!(report.calls[0].outcome.label(), "skipped");
     assert!(report.backed_off.is_some());
@@ -631,4 +634,88 @@ fn a_backed_off_listener_builds_no_spare_instances() {
     assert_eq!(stats.calls.load(Ordering::Relaxed), 1);
     assert_eq!(stats.skipped.load(Ordering::Relaxed), 1);
     assert_eq!(rt.spare_instances(), 0);
+}
+
+#[test]
+fn events_taken_by_the_dispatcher_count_as_watch_activity() {
+    use kubelisten::dispatch::dispatcher::{Dispatcher, DispatcherConfig};
+    use kubelisten::watch::watcher::WatchOutput;
+    let tokio = tokio::runtime::Runtime::new().unwrap();
+    let state = Arc::new(kubelisten::watch::state::WatchState::default());
+    let dispatcher = Dispatcher {
+        watch: Arc::from("w"),
+        chain: Arc::new(kubelisten::dispatch::ChainSlot::new(Chain::default())),
+        config: DispatcherConfig::default(),
+        observer: None,
+        state: state.clone(),
+        failures: None,
+        metrics: Arc::default(),
+    };
+    tokio.block_on(async move {
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        tx.send(WatchOutput::Event(Arc::new(event(
+            EventKind::Create,
+            "a",
+            None,
+        ))))
+        .await
+        .unwrap();
+        drop(tx);
+        dispatcher
+            .run(rx, tokio_util::sync::CancellationToken::new())
+            .await;
+    });
+    // A watch blocked on back-pressure hears nothing from the API server; the dispatcher taking
+    // its events is what tells /healthz it progresses.
+    assert!(state
+        .problem(Duration::from_secs(60))
+        .is_none_or(|p| !p.contains("activity")));
+    assert!(state.last_activity_ms.load(Ordering::Relaxed) > 0);
+}
+
+#[test]
+fn a_graceful_stop_still_delivers_the_events_already_received() {
+    use kubelisten::dispatch::dispatcher::{Dispatcher, DispatcherConfig};
+    use kubelisten::watch::watcher::WatchOutput;
+    let (rt, capture, _cache) = runtime();
+    let logger = load(&rt, "rust-logger", Mode::Classname);
+    let tokio = tokio::runtime::Runtime::new().unwrap();
+    let (observer, mut attempts) = tokio::sync::mpsc::unbounded_channel();
+    let dispatcher = Dispatcher {
+        watch: Arc::from("w"),
+        chain: Arc::new(kubelisten::dispatch::ChainSlot::new(Chain::new(vec![
+            logger,
+        ]))),
+        config: DispatcherConfig::default(),
+        observer: Some(observer),
+        state: Arc::default(),
+        failures: None,
+        metrics: Arc::default(),
+    };
+    tokio.block_on(async move {
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        for (kind, name) in [
+            (EventKind::Update, "a"),
+            (EventKind::Delete, "a"),
+            (EventKind::Delete, "b"),
+        ] {
+            tx.send(WatchOutput::Event(Arc::new(event(kind, name, None))))
+                .await
+                .unwrap();
+        }
+        // The stop comes before the dispatcher has taken anything; the sender stays open, as
+        // a watch that is being shut down may still hold it.
+        let cancel = tokio_util::sync::CancellationToken::new();
+        cancel.cancel();
+        dispatcher.run(rx, cancel).await;
+        drop(tx);
+    });
+    let mut delivered = Vec::new();
+    while let Ok(a) = attempts.try_recv() {
+        assert!(a.report.succeeded(), "{:?}", a.report.calls);
+        delivered.push(format!("{} {}", a.event.kind.as_str(), a.event.meta.name));
+    }
+    delivered.sort();
+    assert_eq!(delivered, ["delete a", "delete b", "update a"]);
+    assert!(!capture.lines().is_empty());
 }

@@ -167,15 +167,18 @@ fn object_key(event: &ResourceEvent) -> String {
 }
 
 impl Dispatcher {
-    /// Runs until `rx` is closed and everything queued is handled, or until `cancel`: then no
-    /// new event starts, queued ones are dropped (they arrive again as `initial` creates at the
-    /// next start), and the events in flight finish.
+    /// Runs until `rx` is closed and everything queued is handled. On `cancel` (a graceful
+    /// stop) it closes `rx` and drains: the events already in the channel and the queues are
+    /// still handled, in order, because a queued delete would not come back at the next start
+    /// (the object is gone from the list). The caller bounds the drain with its grace period
+    /// and aborts the task when it runs out or when leadership is lost.
     pub async fn run(self, mut rx: mpsc::Receiver<WatchOutput>, cancel: CancellationToken) {
         let workers = self.config.workers.max(1);
         let capacity = self.config.queue_capacity.max(1);
         let mut queues = Queues::default();
         let mut tasks: JoinSet<String> = JoinSet::new();
         let mut rx_open = true;
+        let mut draining = false;
         self.state
             .dispatcher_alive
             .store(true, std::sync::atomic::Ordering::Relaxed);
@@ -211,7 +214,11 @@ impl Dispatcher {
             }
             tokio::select! {
                 biased;
-                _ = cancel.cancelled() => break,
+                _ = cancel.cancelled(), if !draining => {
+                    draining = true;
+                    rx.close();
+                    tracing::info!(watch = %self.watch, queued = queues.queued, in_flight = tasks.len(), "stopping: handling the events already received");
+                }
                 Some(done) = tasks.join_next(), if !tasks.is_empty() => match done {
                     Ok(key) => queues.done(key),
                     Err(err) => tracing::error!(watch = %self.watch, error = %err, "dispatch task failed"),
@@ -219,6 +226,9 @@ impl Dispatcher {
                 out = rx.recv(), if rx_open && queues.queued < capacity => match out {
                     None => rx_open = false,
                     Some(WatchOutput::Event(event)) => {
+                        // Progress: under back-pressure the watch reads nothing from the API
+                        // server while it waits for this queue, and must not look dead.
+                        self.state.activity();
                         self.state.events.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         self.state.track(&event);
                         match event.kind {
@@ -243,9 +253,6 @@ impl Dispatcher {
                     }
                 },
             }
-        }
-        if queues.queued > 0 {
-            tracing::info!(watch = %self.watch, dropped = queues.queued, "stopping: queued events dropped");
         }
         while let Some(done) = tasks.join_next().await {
             if let Err(err) = done {

@@ -24,7 +24,7 @@ pub struct WatchState {
     pub alive: AtomicUsize,
     /// Whether the dispatcher still runs.
     pub dispatcher_alive: AtomicBool,
-    /// Last time (ms since the epoch) a watch task heard from the API server.
+    /// Last time (ms since the epoch) the watch made progress (see [`WatchState::activity`]).
     pub last_activity_ms: AtomicU64,
     /// Events received.
     pub events: AtomicU64,
@@ -39,7 +39,10 @@ fn now_ms() -> u64 {
 }
 
 impl WatchState {
-    /// Records that the API server answered (an event, a bookmark, a list, a new watch).
+    /// Records progress: the API server answered (an event, a bookmark, a list, a new watch),
+    /// or the dispatcher took an event from the watch. The latter keeps a watch that waits on
+    /// back-pressure (a long initial sync behind slow listeners) from looking dead to
+    /// `/healthz`.
     pub fn activity(&self) {
         self.last_activity_ms.store(now_ms(), Ordering::Relaxed);
     }
