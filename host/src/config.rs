@@ -35,17 +35,19 @@
 //!     namespaces: [default]
 //!     labelSelector: kubelisten.dev/watch=true
 //!     listeners:
-//!       - {name: echo, module: guests/echo.wasm}
+//!       - {name: echo-configmaps, module: guests/echo.wasm}
 //!   - name: deployments
 //!     apiVersion: apps/v1                # short form of `resource`
 //!     kind: Deployment
 //!     listeners:
-//!       - {name: echo, module: guests/echo.wasm}
+//!       - {name: echo-deployments, module: guests/echo.wasm}  # names are unique in the file
 //! ```
 //!
 //! Rules: there is at least one watch and watch names are unique; each watch has exactly one
 //! target (`crd`, `resource`, or `apiVersion` + `kind`) and at least one listener; listener names
-//! are unique within a watch; kind and version are not empty. Unknown keys are errors. Every
+//! are unique in the whole file (a name identifies one listener in logs, metrics, capability
+//! grants and hot swaps; the same module may run under several names); kind and version are not
+//! empty. Unknown keys are errors. Every
 //! error names the file, the line and column, and the key path, e.g.
 //! `kubelisten.yaml:8:9: watches[0].listeners[1]: unknown field `modul`, expected one of ...`.
 
@@ -329,7 +331,9 @@ impl Validator<'_> {
             return self.fail(&path, "at least one watch is required");
         }
         let mut seen: HashMap<String, usize> = HashMap::new();
-        let mut watches = Vec::with_capacity(raw.watches.len());
+        // Listener name -> (watch index, listener index) of its first use.
+        let mut listener_names: HashMap<String, (usize, usize)> = HashMap::new();
+        let mut watches: Vec<WatchConfig> = Vec::with_capacity(raw.watches.len());
         for (i, raw) in raw.watches.into_iter().enumerate() {
             let at = path.index(i);
             let watch = self.watch(&at, raw)?;
@@ -340,6 +344,24 @@ impl Validator<'_> {
                     format!(
                         "duplicate watch name {:?} (also at line {first_line})",
                         watch.name
+                    ),
+                );
+            }
+            for (j, listener) in watch.listeners.iter().enumerate() {
+                let Some((fw, fl)) = listener_names.insert(listener.name.clone(), (i, j)) else {
+                    continue;
+                };
+                let first_line = self
+                    .doc
+                    .position(&path.index(fw).key("listeners").index(fl))
+                    .line;
+                return self.fail(
+                    &at.key("listeners").index(j),
+                    format!(
+                        "listener name {:?} is also used in watch {:?} (line {first_line}); a \
+                         name identifies one listener in logs, metrics, capabilities and hot \
+                         swaps, so give one of them a different `name`",
+                        listener.name, watches[fw].name
                     ),
                 );
             }
@@ -899,7 +921,7 @@ watches:
   - name: configmaps
     resource: {version: v1, kind: ConfigMap}
     listeners:
-      - {name: echo, module: echo.wasm, mode: classname, limits: {prewarm: false}}
+      - {name: echo-cm, module: echo.wasm, mode: classname, limits: {prewarm: false}}
   - name: deployments
     apiVersion: apps/v1
     kind: Deployment
@@ -1114,6 +1136,20 @@ watches:
         assert_err("watches: []\n", &[":1:10: watches: at least one watch"]);
         assert_err("# nothing\n", &["conf/kubelisten.yaml: the file is empty"]);
         assert_err("", &["the file is empty"]);
+    }
+
+    #[test]
+    fn listener_names_are_unique_across_watches() {
+        let text = "watches:\n  - name: a\n    crd: c.yaml\n    listeners: [{module: x.wasm}]\n  - name: b\n    crd: d.yaml\n    listeners:\n      - {name: y, module: y.wasm}\n      - {module: dir/x.wasm}\n";
+        assert_err(
+            text,
+            &[
+                ":9:9: watches[1].listeners[1]: listener name \"x\" is also used in watch \"a\" (line 4)",
+            ],
+        );
+        let ok = "watches:\n  - name: a\n    crd: c.yaml\n    listeners: [{module: x.wasm}]\n  - name: b\n    crd: d.yaml\n    listeners: [{name: x-b, module: x.wasm}]\n";
+        let config = parse(ok, Path::new("conf/kubelisten.yaml")).unwrap();
+        assert_eq!(config.watches[1].listeners[0].name, "x-b");
     }
 
     #[test]
