@@ -99,25 +99,33 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// Parses `path[:mode]` listener flags and applies the limit flags to each.
+/// Parses `path[:mode]` listener flags and applies the limit flags to each. Names (file stems)
+/// must differ, as in a config file: a name keys the listener's logs, metrics and output.
 fn listener_specs(
     listeners: &[String],
     call_timeout_ms: Option<u64>,
     memory_mib: Option<usize>,
 ) -> anyhow::Result<Vec<ListenerSpec>> {
-    listeners
-        .iter()
-        .map(|spec| {
-            let mut spec: ListenerSpec = spec.parse()?;
-            if let Some(ms) = call_timeout_ms {
-                spec.limits.call_timeout = Duration::from_millis(ms);
-            }
-            if let Some(mib) = memory_mib {
-                spec.limits.memory_bytes = mib << 20;
-            }
-            Ok(spec)
-        })
-        .collect()
+    let mut specs: Vec<ListenerSpec> = Vec::with_capacity(listeners.len());
+    for text in listeners {
+        let mut spec: ListenerSpec = text.parse()?;
+        if let Some(ms) = call_timeout_ms {
+            spec.limits.call_timeout = Duration::from_millis(ms);
+        }
+        if let Some(mib) = memory_mib {
+            spec.limits.memory_bytes = mib << 20;
+        }
+        if let Some(first) = specs.iter().position(|s| s.name == spec.name) {
+            anyhow::bail!(
+                "--listener {text}: listener name {:?} (the file stem) is also the name of \
+                 --listener {}; rename one file, or use --config to give each a `name`",
+                spec.name,
+                listeners[first]
+            );
+        }
+        specs.push(spec);
+    }
+    Ok(specs)
 }
 
 /// The watches of `run`: the config file, or the single CRD given by flags.
@@ -366,6 +374,24 @@ fn check_modules(runtime: &Runtime, modules: &[std::path::PathBuf]) -> ExitCode 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn listener_flags_need_distinct_names() {
+        let err = listener_specs(
+            &["a/x.wasm".into(), "b/x.wasm:reference".into()],
+            None,
+            None,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("listener name \"x\"") && err.contains("a/x.wasm"),
+            "{err}"
+        );
+        let specs = listener_specs(&["a/x.wasm".into(), "b/y.wasm".into()], Some(5), None).unwrap();
+        assert_eq!(specs.len(), 2);
+        assert_eq!(specs[1].limits.call_timeout, Duration::from_millis(5));
+    }
 
     /// The `run` arguments of `kubelisten run ARGS`.
     fn run_args(args: &[&str]) -> RunArgs {
