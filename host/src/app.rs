@@ -313,7 +313,12 @@ pub async fn start(
             state
                 .tasks
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            watchers.spawn(watcher::run(client.clone(), spec, tx.clone()));
+            watchers.spawn(watcher::run(
+                client.clone(),
+                spec,
+                tx.clone(),
+                Some(chain.catch_up()),
+            ));
         }
         tracing::info!(watch = %name, resource = %target.describe(), listeners = chain.get().listeners().len(), "watching");
         watches.push(RunningWatch {

@@ -183,6 +183,10 @@ pub struct ResourceEvent {
     pub initial: bool,
     /// The object's computed status (kstatus rules).
     pub status: ObjectStatus,
+    /// The names of the only listeners this event is for, `None` for the whole chain. Set on
+    /// the catch-up creates a listener added to a running chain gets for the objects that
+    /// already exist ([`Tracker::snapshot`]).
+    pub only: Option<Arc<[Arc<str>]>>,
 }
 
 /// The kstatus verdict on an object, as delivered with every event.
@@ -334,6 +338,7 @@ impl Tracker {
             meta,
             initial,
             status,
+            only: None,
         })
     }
 
@@ -372,6 +377,7 @@ impl Tracker {
                     meta,
                     initial: true,
                     status,
+                    only: None,
                 }),
                 Err(err) => {
                     tracing::warn!(object = key, error = %err, "cannot report the deletion of an unreadable object")
@@ -380,6 +386,33 @@ impl Tracker {
         }
         for (object, meta, status) in listed {
             events.extend(self.apply(WatchType::Added, object, meta, status, true));
+        }
+        events
+    }
+
+    /// A `create` (marked `initial`) of every object known now, for the listeners named in
+    /// `only`: what listeners added to a running chain get so that they learn of the objects
+    /// that existed before them, as if they had been there at the start.
+    pub fn snapshot(&self, only: &Arc<[Arc<str>]>) -> Vec<ResourceEvent> {
+        let mut events = Vec::with_capacity(self.seen.len());
+        for (key, (_, object)) in &self.seen {
+            let parsed = serde_json::from_str::<Value>(object)
+                .map_err(|e| EventError::NotJson(e.to_string()))
+                .and_then(|value| Ok((ObjectMeta::from_value(&value)?, ObjectStatus::of(&value))));
+            match parsed {
+                Ok((meta, status)) => events.push(ResourceEvent {
+                    kind: EventKind::Create,
+                    object: object.clone(),
+                    old_object: None,
+                    meta,
+                    initial: true,
+                    status,
+                    only: Some(only.clone()),
+                }),
+                Err(err) => {
+                    tracing::warn!(object = key, error = %err, "cannot replay an unreadable object to a new listener")
+                }
+            }
         }
         events
     }

@@ -47,5 +47,6 @@ pub fn update_event(raw: &str) -> ResourceEvent {
         old_object: None,
         initial: false,
         status: Default::default(),
+        only: None,
     }
 }

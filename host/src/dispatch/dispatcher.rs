@@ -433,6 +433,7 @@ mod tests {
             old_object: None,
             initial: false,
             status: Default::default(),
+            only: None,
         })
     }
 

@@ -48,35 +48,72 @@ impl ChainReport {
     }
 }
 
+/// Names of listeners that joined a running chain; see [`ChainSlot::catch_up`].
+pub type Joined = Arc<[Arc<str>]>;
+
 /// The current chain of a watch, replaced atomically by a hot swap: an event takes the chain
 /// that is current when its attempt starts and finishes on it.
 #[derive(Debug, Default)]
-pub struct ChainSlot(std::sync::RwLock<Arc<Chain>>);
+pub struct ChainSlot {
+    chain: std::sync::RwLock<Arc<Chain>>,
+    /// The watch tasks to tell when listeners join the chain.
+    joined: std::sync::Mutex<Vec<tokio::sync::mpsc::UnboundedSender<Joined>>>,
+}
 
 impl ChainSlot {
     /// A slot holding `chain`.
     pub fn new(chain: Chain) -> Self {
-        Self(std::sync::RwLock::new(Arc::new(chain)))
+        Self {
+            chain: std::sync::RwLock::new(Arc::new(chain)),
+            joined: std::sync::Mutex::default(),
+        }
     }
 
     /// The current chain.
     pub fn get(&self) -> Arc<Chain> {
-        self.0
+        self.chain
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clone()
     }
 
     /// Replaces the chain and returns the old one; calls in flight keep the old one (they hold
-    /// their own reference to it, so its strong count tells when they are done).
+    /// their own reference to it, so its strong count tells when they are done). Listeners whose
+    /// name was not in the old chain (added, or loaded after being rejected) are announced to
+    /// every [`ChainSlot::catch_up`] receiver, so that they get the objects that already exist.
     pub fn set(&self, chain: Chain) -> Arc<Chain> {
-        std::mem::replace(
+        let chain = Arc::new(chain);
+        let old = std::mem::replace(
             &mut *self
-                .0
+                .chain
                 .write()
                 .unwrap_or_else(std::sync::PoisonError::into_inner),
-            Arc::new(chain),
-        )
+            chain.clone(),
+        );
+        let joined: Joined = chain
+            .listeners
+            .iter()
+            .map(|l| l.name().clone())
+            .filter(|name| !old.listeners.iter().any(|o| o.name() == name))
+            .collect();
+        if !joined.is_empty() {
+            self.joined
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .retain(|tx| tx.send(joined.clone()).is_ok());
+        }
+        old
+    }
+
+    /// A receiver of the names of listeners that join the chain from now on: a watch task
+    /// answers each with a `create` of every object it knows, for those listeners only.
+    pub fn catch_up(&self) -> tokio::sync::mpsc::UnboundedReceiver<Joined> {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        self.joined
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(tx);
+        rx
     }
 }
 
@@ -97,11 +134,20 @@ impl Chain {
         &self.listeners
     }
 
-    /// Runs `event` through the chain. Blocking: guest code runs on the calling thread (use
+    /// Runs `event` through the chain (only through the listeners it names, if it names some:
+    /// [`ResourceEvent::only`]). Blocking: guest code runs on the calling thread (use
     /// `spawn_blocking` from async code). After the calls, classname listeners build their
     /// spare instance for the next event ([`Listener::prewarm`]); the report's call durations
     /// do not include that.
     pub fn dispatch(&self, event: &ResourceEvent) -> ChainReport {
+        let listeners: Vec<&Arc<Listener>> = match &event.only {
+            None => self.listeners.iter().collect(),
+            Some(names) => self
+                .listeners
+                .iter()
+                .filter(|l| names.contains(l.name()))
+                .collect(),
+        };
         let wit = convert::event(event);
         let export = match event.kind {
             EventKind::Create => Export::Create,
@@ -115,7 +161,7 @@ impl Chain {
             namespace: event.meta.namespace.clone(),
         };
         let mut report = ChainReport::default();
-        for (index, listener) in self.listeners.iter().enumerate() {
+        for (index, listener) in listeners.iter().enumerate() {
             let record = timed(listener, export, || listener.call_event(export, &wit, &ctx));
             let ok = record.outcome.is_ok();
             report.calls.push(record);
@@ -129,7 +175,7 @@ impl Chain {
         }
         if let Some(failed) = report.failed_at {
             ctx.event_kind = Export::Rollback.as_str();
-            for listener in self.listeners[..failed].iter().rev() {
+            for listener in listeners[..failed].iter().rev() {
                 let record = timed(listener, Export::Rollback, || {
                     listener.call_event(Export::Rollback, &wit, &ctx)
                 });

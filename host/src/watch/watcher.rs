@@ -16,6 +16,7 @@ use serde_json::value::RawValue;
 use tokio::sync::mpsc;
 
 use super::state::{AliveGuard, WatchState};
+use crate::dispatch::Joined;
 use crate::event::{ObjectMeta, ObjectStatus, ResourceEvent, Tracker, WatchErrorInfo, WatchType};
 use crate::metrics::{labels, Metrics};
 
@@ -112,7 +113,17 @@ struct WatchLine {
 
 /// Runs the list/watch loop until `tx` is closed, sending events, errors and sync marks.
 /// Transport failures are retried with exponential backoff (200 ms up to 30 s).
-pub async fn run(client: Client, spec: WatchSpec, tx: mpsc::Sender<WatchOutput>) {
+///
+/// `joined` ([`ChainSlot::catch_up`](crate::dispatch::ChainSlot::catch_up)) names listeners
+/// that joined the chain after the first list; each time, every object this task knows is sent
+/// as an `initial` create for those listeners only, in the stream's order, so that a listener
+/// added or repaired by a hot swap learns of the objects that existed before it.
+pub async fn run(
+    client: Client,
+    spec: WatchSpec,
+    tx: mpsc::Sender<WatchOutput>,
+    joined: Option<mpsc::UnboundedReceiver<Joined>>,
+) {
     let state = spec.state.clone();
     let _alive = AliveGuard::new(&state.alive);
     let mut reflector = Reflector {
@@ -127,6 +138,7 @@ pub async fn run(client: Client, spec: WatchSpec, tx: mpsc::Sender<WatchOutput>)
         resource_version: None,
         connected: false,
         lists: 0,
+        joined,
     };
     let mut delay = Duration::from_millis(200);
     loop {
@@ -173,6 +185,8 @@ struct Reflector {
     resource_version: Option<String>,
     connected: bool,
     lists: u64,
+    /// Listeners joining the chain (see [`run`]).
+    joined: Option<mpsc::UnboundedReceiver<Joined>>,
 }
 
 impl Drop for Reflector {
@@ -230,6 +244,13 @@ impl Reflector {
             .into_iter()
             .filter_map(|item| self.object(item.get()))
             .collect();
+        if self.lists == 0 {
+            // The first list reaches every listener of the chain as it is now, including any
+            // that joined before it: nothing to catch up on.
+            if let Some(joined) = self.joined.as_mut() {
+                while joined.try_recv().is_ok() {}
+            }
+        }
         for event in self.tracker.relist(listed) {
             self.send(WatchOutput::Event(Arc::new(event))).await?;
         }
@@ -282,7 +303,17 @@ impl Reflector {
             .get_or_create(&labels([("watch", &self.spec.name)]))
             .inc();
         let mut lines = reader.lines();
-        while let Some(line) = lines.next().await {
+        loop {
+            let line = tokio::select! {
+                line = lines.next() => line,
+                Some(joined) = recv_joined(&mut self.joined) => {
+                    self.catch_up(joined).await?;
+                    continue;
+                }
+            };
+            let Some(line) = line else {
+                break;
+            };
             let line = line.map_err(|e| Failure::Decode(format!("watch stream broke: {e}")))?;
             self.spec.state.activity();
             if line.trim().is_empty() {
@@ -334,6 +365,26 @@ impl Reflector {
                 self.send(WatchOutput::Event(Arc::new(event))).await?;
             }
             self.resource_version = Some(rv);
+        }
+        Ok(())
+    }
+
+    /// Sends every known object as an `initial` create for the listeners in `joined` (and in
+    /// any further announcements already waiting).
+    async fn catch_up(&mut self, joined: Joined) -> Result<(), Failure> {
+        let mut names: Vec<Arc<str>> = joined.to_vec();
+        if let Some(rx) = self.joined.as_mut() {
+            while let Ok(more) = rx.try_recv() {
+                names.extend(more.iter().cloned());
+            }
+        }
+        names.sort();
+        names.dedup();
+        let only: Joined = names.into();
+        let events = self.tracker.snapshot(&only);
+        tracing::info!(watch = %self.spec.name, listeners = ?only, objects = events.len(), "listeners joined the chain: sending them the existing objects");
+        for event in events {
+            self.send(WatchOutput::Event(Arc::new(event))).await?;
         }
         Ok(())
     }
@@ -404,5 +455,19 @@ mod tests {
             with_type_meta("{}", "v1", "X"),
             r#"{"apiVersion":"v1","kind":"X"}"#
         );
+    }
+}
+
+/// The next announcement of `joined`, or never when there is no receiver (or it is closed).
+async fn recv_joined(joined: &mut Option<mpsc::UnboundedReceiver<Joined>>) -> Option<Joined> {
+    match joined {
+        Some(rx) => match rx.recv().await {
+            Some(names) => Some(names),
+            None => {
+                *joined = None;
+                std::future::pending().await
+            }
+        },
+        None => std::future::pending().await,
     }
 }

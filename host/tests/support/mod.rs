@@ -102,5 +102,6 @@ pub fn event(kind: EventKind, name: &str, fault: Option<&str>) -> ResourceEvent 
         meta,
         initial: false,
         status: Default::default(),
+        only: None,
     }
 }
