@@ -340,7 +340,48 @@ struct Target {
 }
 
 impl Target {
+    /// What `request` is about, once every guest-supplied part of the URL it would build (name,
+    /// namespace, group and version) is a valid path segment.
     fn of(request: &ClusterRequest, caller: &Caller) -> Result<Self, ApiError> {
+        let target = Self::parse(request, caller)?;
+        target.validate(request)?;
+        Ok(target)
+    }
+
+    /// Refuses names and namespaces that would reach another URL than the one the policy checks
+    /// (`p/status`, `..`, `p?dryRun=All`), before the policy, discovery or any request.
+    fn validate(&self, request: &ClusterRequest) -> Result<(), ApiError> {
+        let (name, namespace, name_needed) = match request {
+            ClusterRequest::Get(_)
+            | ClusterRequest::Delete(_)
+            | ClusterRequest::Patch(..)
+            | ClusterRequest::PatchStatus(..) => ("ref.name", "ref.namespace", true),
+            ClusterRequest::List { .. } => ("", "namespace", false),
+            ClusterRequest::Create(_) => ("metadata.name", "metadata.namespace", false),
+            ClusterRequest::Apply(_) => ("metadata.name", "metadata.namespace", true),
+            ClusterRequest::RecordEvent { .. } => ("about.name", "about.namespace", false),
+        };
+        if name_needed || !self.name.is_empty() {
+            path_segment(name, &self.name)?;
+        }
+        if let ClusterRequest::RecordEvent { about, .. } = request {
+            // The Event's name is made from the object's name.
+            path_segment(name, &about.name)?;
+        }
+        if let Some(ns) = &self.namespace {
+            path_segment(namespace, ns)?;
+        }
+        let (group, version) = self
+            .api_version
+            .rsplit_once('/')
+            .unwrap_or(("", &self.api_version));
+        if !group.is_empty() {
+            path_segment("apiVersion (group)", group)?;
+        }
+        path_segment("apiVersion (version)", version)
+    }
+
+    fn parse(request: &ClusterRequest, caller: &Caller) -> Result<Self, ApiError> {
         let from_ref = |r: &ObjectRef, verb, status| Target {
             api_version: r.api_version.clone(),
             kind: r.kind.clone(),
@@ -405,6 +446,27 @@ impl Target {
     }
 }
 
+/// Checks that a guest-supplied `value` of `field` is one URL path segment: the rule of
+/// apimachinery's `IsValidPathSegmentName` (not empty, `.` or `..`; no `/` or `%`), plus no `?`
+/// or `#`, which kube-core would put into the URL unescaped.
+///
+/// # Errors
+/// [`ApiError::Invalid`] naming the field, the value and the problem.
+fn path_segment(field: &str, value: &str) -> Result<(), ApiError> {
+    let problem = match value {
+        "" => Some("may not be empty".to_string()),
+        "." | ".." => Some(format!("may not be {value:?}")),
+        _ => value
+            .chars()
+            .find(|c| matches!(c, '/' | '%' | '?' | '#'))
+            .map(|c| format!("may not contain {c:?}")),
+    };
+    match problem {
+        Some(problem) => Err(ApiError::Invalid(format!("{field} {value:?} {problem}"))),
+        None => Ok(()),
+    }
+}
+
 /// The object JSON with `metadata.namespace` set (when the kind is namespaced).
 fn with_namespace(object: &str, namespace: Option<&str>) -> Result<Vec<u8>, ApiError> {
     let mut value: serde_json::Value = serde_json::from_str(object)
@@ -442,5 +504,231 @@ fn api_error(err: kube::Error) -> ApiError {
             _ => ApiError::Other(format!("{} {}: {}", s.code, s.reason, s.message)),
         },
         other => ApiError::Other(other.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runtime::bindings::kubelisten::listener::cluster::ListOptions;
+
+    /// Every request the fake API server saw: `METHOD path?query`.
+    type Seen = Arc<Mutex<Vec<String>>>;
+
+    /// An API server that knows the core `v1` group (pods, namespaced) and answers any pod
+    /// request with a pod; everything else is 404.
+    fn fake_api(seen: Seen) -> Client {
+        let service = tower::service_fn(move |req: http::Request<kube::client::Body>| {
+            let seen = seen.clone();
+            async move {
+                let target = req
+                    .uri()
+                    .path_and_query()
+                    .map(ToString::to_string)
+                    .unwrap_or_default();
+                seen.lock()
+                    .unwrap()
+                    .push(format!("{} {target}", req.method()));
+                let path = req.uri().path();
+                let (status, body) = if path == "/api/v1" {
+                    (
+                        200,
+                        serde_json::json!({"kind": "APIResourceList", "groupVersion": "v1",
+                            "resources": [{"name": "pods", "singularName": "pod",
+                                "namespaced": true, "kind": "Pod",
+                                "verbs": ["get", "list", "create", "patch", "delete"]}]}),
+                    )
+                } else if path.starts_with("/api/v1/namespaces/") && path.contains("/pods") {
+                    (
+                        200,
+                        serde_json::json!({"apiVersion": "v1", "kind": "Pod",
+                            "metadata": {"name": "p", "namespace": "ns"}}),
+                    )
+                } else {
+                    (
+                        404,
+                        serde_json::json!({"kind": "Status", "apiVersion": "v1",
+                            "status": "Failure", "reason": "NotFound", "code": 404,
+                            "message": format!("{path} not found")}),
+                    )
+                };
+                Ok::<_, std::convert::Infallible>(
+                    http::Response::builder()
+                        .status(status)
+                        .header(http::header::CONTENT_TYPE, "application/json")
+                        .body(kube::client::Body::from(body.to_string().into_bytes()))
+                        .unwrap(),
+                )
+            }
+        });
+        Client::new(service, "default")
+    }
+
+    struct Fixture {
+        cluster: KubeCluster,
+        seen: Seen,
+        caller: Caller,
+        // Serves the requests; dropped last.
+        _tokio: tokio::runtime::Runtime,
+    }
+
+    /// A cluster access with one listener `l` granted `capabilities` (YAML), handling an event
+    /// in namespace `ns`; requests time out after `timeout`.
+    fn fixture(capabilities: &str, timeout: Duration) -> Fixture {
+        let tokio = tokio::runtime::Runtime::new().unwrap();
+        let seen = Seen::default();
+        let capabilities: Capabilities = serde_saphyr::from_str(capabilities).unwrap();
+        let cluster = tokio.block_on(async {
+            KubeCluster::new(
+                fake_api(seen.clone()),
+                tokio::runtime::Handle::current(),
+                [("l".to_string(), capabilities)],
+                timeout,
+            )
+        });
+        Fixture {
+            cluster,
+            seen,
+            caller: Caller {
+                listener: Arc::from("l"),
+                event_namespace: Some("ns".into()),
+            },
+            _tokio: tokio,
+        }
+    }
+
+    fn pod(name: &str) -> ObjectRef {
+        ObjectRef {
+            api_version: "v1".into(),
+            kind: "Pod".into(),
+            namespace: Some("ns".into()),
+            name: name.into(),
+        }
+    }
+
+    const PODS: &str = "grants:\n  - {apiGroups: [''], resources: [pods, events], verbs: ['*'], namespaces: '*'}\n  - {apiGroups: ['*'], resources: ['*'], verbs: [create], namespaces: '*'}\n";
+
+    #[test]
+    fn path_segments_are_checked_like_apimachinery() {
+        for good in ["p", "web-pod", "a.b", "...", "x:y"] {
+            assert!(path_segment("ref.name", good).is_ok(), "{good}");
+        }
+        for (bad, problem) in [
+            ("", "may not be empty"),
+            (".", "may not be \".\""),
+            ("..", "may not be \"..\""),
+            ("p/status", "may not contain '/'"),
+            ("p%2Fstatus", "may not contain '%'"),
+            ("p?dryRun=All", "may not contain '?'"),
+            ("p#x", "may not contain '#'"),
+        ] {
+            match path_segment("ref.name", bad) {
+                Err(ApiError::Invalid(m)) => {
+                    assert!(m.starts_with("ref.name ") && m.ends_with(problem), "{m}");
+                }
+                other => panic!("{bad:?}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn names_that_would_reach_another_url_are_refused_before_any_request() {
+        let f = fixture(PODS, Duration::from_secs(5));
+        let patch = || (PatchType::Merge, "{}".to_string());
+        let refused = [
+            ("ref.name", ClusterRequest::Get(pod("p/log"))),
+            ("ref.name", ClusterRequest::Get(pod(""))),
+            ("ref.name", ClusterRequest::Delete(pod(".."))),
+            (
+                "ref.name",
+                ClusterRequest::Patch(pod("p/status"), patch().0, patch().1),
+            ),
+            (
+                "ref.name",
+                ClusterRequest::PatchStatus(pod("p?dryRun=All"), patch().0, patch().1),
+            ),
+            (
+                "ref.namespace",
+                ClusterRequest::Get(ObjectRef {
+                    namespace: Some("ns/pods/p".into()),
+                    ..pod("p")
+                }),
+            ),
+            (
+                "namespace",
+                ClusterRequest::List {
+                    api_version: "v1".into(),
+                    kind: "Pod".into(),
+                    namespace: Some("..".into()),
+                    options: ListOptions {
+                        label_selector: None,
+                        field_selector: None,
+                        limit: None,
+                    },
+                },
+            ),
+            (
+                "metadata.name",
+                ClusterRequest::Apply(
+                    r#"{"apiVersion":"v1","kind":"Pod","metadata":{"name":"p/status"}}"#.into(),
+                ),
+            ),
+            (
+                "metadata.name",
+                ClusterRequest::Apply(r#"{"apiVersion":"v1","kind":"Pod","metadata":{}}"#.into()),
+            ),
+            (
+                "metadata.namespace",
+                ClusterRequest::Create(
+                    r#"{"apiVersion":"v1","kind":"Pod","metadata":{"name":"p","namespace":"a%2Fb"}}"#
+                        .into(),
+                ),
+            ),
+            (
+                "apiVersion (group)",
+                ClusterRequest::Get(ObjectRef {
+                    api_version: "../api/v1".into(),
+                    ..pod("p")
+                }),
+            ),
+            (
+                "about.namespace",
+                ClusterRequest::RecordEvent {
+                    about: ObjectRef {
+                        namespace: Some("ns/x".into()),
+                        ..pod("p")
+                    },
+                    kind: EventType::Normal,
+                    reason: "R".into(),
+                    message: "m".into(),
+                },
+            ),
+            (
+                "about.name",
+                ClusterRequest::RecordEvent {
+                    about: pod("p/status"),
+                    kind: EventType::Normal,
+                    reason: "R".into(),
+                    message: "m".into(),
+                },
+            ),
+        ];
+        for (field, request) in refused {
+            let what = format!("{request:?}");
+            match f.cluster.call(&f.caller, request) {
+                Err(ApiError::Invalid(m)) => assert!(m.starts_with(field), "{what}: {m}"),
+                other => panic!("{what}: {other:?}"),
+            }
+        }
+        assert!(f.seen.lock().unwrap().is_empty(), "{:?}", f.seen);
+
+        // A valid name goes through: discovery, then the pod itself.
+        f.cluster
+            .call(&f.caller, ClusterRequest::Get(pod("p")))
+            .unwrap();
+        assert_eq!(
+            *f.seen.lock().unwrap(),
+            ["GET /api/v1", "GET /api/v1/namespaces/ns/pods/p"]
+        );
     }
 }
