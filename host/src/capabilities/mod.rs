@@ -1,6 +1,7 @@
 //! Host capabilities backed by Kubernetes: [`KubeCluster`] serves the guests' `cluster` import
-//! (policy first, then rate limit, then the request with a timeout) and [`events`] records
-//! Kubernetes Events, for guests and for the host's own failure reports.
+//! (policy first, then rate limit, then the request with a timeout; a discovery request takes
+//! the call's token) and [`events`] records Kubernetes Events, for guests and for the host's own
+//! failure reports.
 
 pub mod events;
 pub mod policy;
@@ -114,21 +115,22 @@ impl KubeCluster {
         ApiError::ForbiddenByPolicy(message)
     }
 
-    /// Kind → resource and scope, through discovery (cached).
+    /// Kind → resource and scope, when discovery already found it.
+    fn discovered(&self, api_version: &str, kind: &str) -> Option<(ApiResource, bool)> {
+        self.discovered
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&(api_version.to_string(), kind.to_string()))
+            .cloned()
+    }
+
+    /// Kind → resource and scope, through discovery (one request; successes are cached).
     async fn discover(
         &self,
         api_version: &str,
         kind: &str,
     ) -> Result<(ApiResource, bool), ApiError> {
         let key = (api_version.to_string(), kind.to_string());
-        if let Some(hit) = self
-            .discovered
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(&key)
-        {
-            return Ok(hit.clone());
-        }
         let (group, version) = api_version.rsplit_once('/').unwrap_or(("", api_version));
         let gvk = GroupVersionKind::gvk(group, version, kind);
         let (ar, caps) = kube::discovery::pinned_kind(&self.client, &gvk)
@@ -148,6 +150,27 @@ impl KubeCluster {
             .unwrap_or_else(PoisonError::into_inner)
             .insert(key, (ar.clone(), namespaced));
         Ok((ar, namespaced))
+    }
+
+    /// Takes one token of the listener's rate limit, waiting at most the request timeout.
+    async fn take_token(&self, caller: &Caller, access: &ListenerAccess) -> Result<(), ApiError> {
+        let reserved = access
+            .bucket
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .reserve(Instant::now(), self.timeout);
+        match reserved {
+            None => Err(ApiError::Timeout(format!(
+                "rate limit of listener {} exceeded",
+                caller.listener
+            ))),
+            Some(wait) => {
+                if !wait.is_zero() {
+                    tokio::time::sleep(wait).await;
+                }
+                Ok(())
+            }
+        }
     }
 
     async fn perform(
@@ -194,7 +217,17 @@ impl KubeCluster {
                 .unwrap_or_default();
             return Err(self.deny(caller, what, message));
         }
-        let (ar, namespaced) = self.discover(&target.api_version, &target.kind).await?;
+        // ...then the rate limit, before anything reaches the API server: a discovery the cache
+        // cannot answer takes the call's token, so unknown kinds cannot flood discovery...
+        let mut paid = false;
+        let (ar, namespaced) = match self.discovered(&target.api_version, &target.kind) {
+            Some(hit) => hit,
+            None => {
+                self.take_token(caller, access).await?;
+                paid = true;
+                self.discover(&target.api_version, &target.kind).await?
+            }
+        };
         let namespace = if namespaced {
             target.namespace.clone()
         } else {
@@ -211,6 +244,7 @@ impl KubeCluster {
         } else {
             ar.plural.clone()
         };
+        // ...then the policy on the discovered resource...
         let full = Access {
             group,
             resource: Some(&resource),
@@ -223,21 +257,9 @@ impl KubeCluster {
         {
             return Err(self.deny(caller, what, message));
         }
-        // ...then the rate limit (waiting at most the request timeout)...
-        let reserved = access
-            .bucket
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .reserve(Instant::now(), self.timeout);
-        match reserved {
-            None => {
-                return Err(ApiError::Timeout(format!(
-                    "rate limit of listener {} exceeded",
-                    caller.listener
-                )))
-            }
-            Some(wait) if !wait.is_zero() => tokio::time::sleep(wait).await,
-            Some(_) => {}
+        // ...then the call's token, unless discovery took it (a call costs one token)...
+        if !paid {
+            self.take_token(caller, access).await?;
         }
         // ...then the request.
         let req = Request::new(DynamicObject::url_path(&ar, namespace.as_deref()));
@@ -730,5 +752,51 @@ mod tests {
             *f.seen.lock().unwrap(),
             ["GET /api/v1", "GET /api/v1/namespaces/ns/pods/p"]
         );
+    }
+
+    #[test]
+    fn discovery_of_unknown_kinds_takes_rate_limit_tokens() {
+        let f = fixture(
+            "rateLimit: {qps: 1, burst: 2}\ngrants:\n  - {apiGroups: ['*'], resources: ['*'], verbs: [get], namespaces: '*'}\n",
+            Duration::from_millis(200),
+        );
+        let mut limited = 0;
+        for i in 0..10 {
+            let request = ClusterRequest::Get(ObjectRef {
+                api_version: "nowhere.example/v1".into(),
+                kind: format!("Kind{i}"),
+                ..pod("p")
+            });
+            match f.cluster.call(&f.caller, request) {
+                Err(ApiError::NotFound(_)) => {}
+                Err(ApiError::Timeout(m)) if m.contains("rate limit") => limited += 1,
+                other => panic!("{other:?}"),
+            }
+        }
+        let seen = f.seen.lock().unwrap().clone();
+        assert!(
+            seen.len() <= 3 && limited >= 7,
+            "burst 2 at 1 qps: at most 3 discovery requests, the rest refused ({limited} refused): {seen:?}"
+        );
+    }
+
+    #[test]
+    fn a_call_that_needs_discovery_costs_one_token() {
+        let f = fixture(
+            "rateLimit: {qps: 1, burst: 2}\ngrants:\n  - {apiGroups: [''], resources: [pods], verbs: [get], namespaces: '*'}\n",
+            Duration::from_millis(200),
+        );
+        // Discovery and the get: one token; the second get (discovery cached): the other one.
+        for _ in 0..2 {
+            f.cluster
+                .call(&f.caller, ClusterRequest::Get(pod("p")))
+                .unwrap();
+        }
+        assert_eq!(f.seen.lock().unwrap().len(), 3, "{:?}", f.seen);
+        assert!(matches!(
+            f.cluster.call(&f.caller, ClusterRequest::Get(pod("p"))),
+            Err(ApiError::Timeout(m)) if m.contains("rate limit")
+        ));
+        assert_eq!(f.seen.lock().unwrap().len(), 3, "{:?}", f.seen);
     }
 }
