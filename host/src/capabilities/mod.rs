@@ -43,6 +43,17 @@ impl ListenerAccess {
     }
 }
 
+/// Why [`KubeCluster::new`] failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Error {
+    /// Two listeners have the same name: they would share grants and rate limit.
+    #[error(
+        "listener name {0:?} is used twice; listener names must be unique across all watches \
+         (capabilities are per listener name)"
+    )]
+    DuplicateListener(String),
+}
+
 /// Serves guests' cluster calls against a real API server.
 pub struct KubeCluster {
     client: Client,
@@ -55,29 +66,28 @@ pub struct KubeCluster {
 }
 
 impl KubeCluster {
-    /// Access for `listeners` (name → capabilities; the same name twice gets the union of its
-    /// grants and the first rate limit). Requests run on `handle` with `timeout` each.
+    /// Access for `listeners` (name → capabilities). Requests run on `handle` with `timeout`
+    /// each.
+    ///
+    /// # Errors
+    /// [`Error::DuplicateListener`] when a name appears twice (configurations are validated
+    /// before, so this should not happen; grants are never merged).
     pub fn new(
         client: Client,
         handle: tokio::runtime::Handle,
         listeners: impl IntoIterator<Item = (String, Capabilities)>,
         timeout: Duration,
-    ) -> Self {
+    ) -> Result<Self, Error> {
         let now = Instant::now();
-        let mut merged: HashMap<String, Capabilities> = HashMap::new();
+        let mut map = HashMap::new();
         for (name, caps) in listeners {
-            match merged.get_mut(&name) {
-                Some(existing) => existing.grants.extend(caps.grants),
-                None => {
-                    merged.insert(name, caps);
-                }
+            if map.contains_key(&name) {
+                return Err(Error::DuplicateListener(name));
             }
+            let access = Arc::new(ListenerAccess::new(caps, now));
+            map.insert(name, access);
         }
-        let map = merged
-            .into_iter()
-            .map(|(name, caps)| (name, Arc::new(ListenerAccess::new(caps, now))))
-            .collect();
-        Self {
+        Ok(Self {
             recorder: events::EventRecorder::new(client.clone()),
             client,
             handle,
@@ -85,7 +95,7 @@ impl KubeCluster {
             discovered: Mutex::new(HashMap::new()),
             timeout,
             metrics: OnceLock::new(),
-        }
+        })
     }
 
     /// Counts policy denials into `metrics` (`kubelisten_cluster_calls_denied_total{listener}`)
@@ -607,6 +617,7 @@ mod tests {
                 [("l".to_string(), capabilities)],
                 timeout,
             )
+            .unwrap()
         });
         Fixture {
             cluster,
@@ -798,5 +809,38 @@ mod tests {
             Err(ApiError::Timeout(m)) if m.contains("rate limit")
         ));
         assert_eq!(f.seen.lock().unwrap().len(), 3, "{:?}", f.seen);
+    }
+
+    #[test]
+    fn two_listeners_of_one_name_are_an_error_not_merged_grants() {
+        let tokio = tokio::runtime::Runtime::new().unwrap();
+        let grant = |resource: &str| -> Capabilities {
+            serde_saphyr::from_str(&format!(
+                "grants:\n  - {{apiGroups: [''], resources: [{resource}], verbs: [get]}}\n"
+            ))
+            .unwrap()
+        };
+        let made = tokio.block_on(async {
+            KubeCluster::new(
+                fake_api(Seen::default()),
+                tokio::runtime::Handle::current(),
+                [
+                    ("echo".to_string(), grant("pods")),
+                    ("other".to_string(), grant("pods")),
+                    ("echo".to_string(), grant("secrets")),
+                ],
+                Duration::from_secs(1),
+            )
+        });
+        match made {
+            Err(err) => {
+                assert_eq!(err, Error::DuplicateListener("echo".into()));
+                assert!(
+                    err.to_string().contains("unique across all watches"),
+                    "{err}"
+                );
+            }
+            Ok(_) => panic!("the grants of two listeners named echo were merged"),
+        }
     }
 }

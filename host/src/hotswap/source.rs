@@ -84,50 +84,79 @@ pub fn is_config_format(text: &str) -> bool {
 /// Parses a `listeners.yaml` in the `--config` format: the watches (targets) and listeners.
 ///
 /// # Errors
-/// [`Error::BadListeners`] with the position and problem.
+/// [`Error::BadListeners`] with the position and problem, or naming both entries of a listener
+/// name used twice (names are unique across all watches).
 pub fn parse_config(text: &str) -> Result<crate::config::Config, Error> {
-    crate::config::parse(text, Path::new("listeners.yaml"))
-        .map_err(|e| Error::BadListeners(e.to_string()))
+    let config = crate::config::parse(text, Path::new("listeners.yaml"))
+        .map_err(|e| Error::BadListeners(e.to_string()))?;
+    unique_names(&entries_of(&config), |_, e| {
+        format!(
+            "the one in watch {:?} (module {})",
+            e.watch.as_deref().unwrap_or_default(),
+            e.module
+        )
+    })?;
+    Ok(config)
+}
+
+/// The listeners of every watch of `config`, in order.
+fn entries_of(config: &crate::config::Config) -> Vec<Entry> {
+    config
+        .watches
+        .iter()
+        .flat_map(|w| {
+            w.listeners.iter().map(|l| Entry {
+                name: l.name.clone(),
+                watch: Some(w.name.clone()),
+                module: l.path.to_string_lossy().into_owned(),
+                mode: l.mode,
+                limits: l.limits.clone(),
+                capabilities: l.capabilities.clone(),
+            })
+        })
+        .collect()
 }
 
 /// Parses `listeners.yaml` (either format) into the listener set.
 ///
 /// # Errors
-/// [`Error::BadListeners`] with the position and problem.
+/// [`Error::BadListeners`] with the position and problem, or naming both entries of a listener
+/// name used twice.
 pub fn parse(text: &str) -> Result<Vec<Entry>, Error> {
     if is_config_format(text) {
-        let config = parse_config(text)?;
-        return Ok(config
-            .watches
-            .into_iter()
-            .flat_map(|w| {
-                let watch = w.name.clone();
-                w.listeners.into_iter().map(move |l| Entry {
-                    name: l.name,
-                    watch: Some(watch.clone()),
-                    module: l.path.to_string_lossy().into_owned(),
-                    mode: l.mode,
-                    limits: l.limits,
-                    capabilities: l.capabilities,
-                })
-            })
-            .collect());
+        return Ok(entries_of(&parse_config(text)?));
     }
     let file: File =
         serde_saphyr::from_str(text).map_err(|e| Error::BadListeners(e.to_string()))?;
-    let mut seen = std::collections::HashSet::new();
-    for entry in &file.listeners {
-        if entry.name.trim().is_empty() {
-            return Err(Error::BadListeners("a listener has an empty name".into()));
-        }
-        if !seen.insert(entry.name.clone()) {
+    if file.listeners.iter().any(|e| e.name.trim().is_empty()) {
+        return Err(Error::BadListeners("a listener has an empty name".into()));
+    }
+    unique_names(&file.listeners, |i, e| match &e.watch {
+        Some(watch) => format!("listeners[{i}] (watch {watch:?}, module {})", e.module),
+        None => format!("listeners[{i}] (module {})", e.module),
+    })?;
+    Ok(file.listeners)
+}
+
+/// Refuses two entries of one name, naming both (`describe` says where an entry is): listener
+/// names are unique across all watches, since capabilities, hot swap and metrics go by name.
+fn unique_names(
+    entries: &[Entry],
+    describe: impl Fn(usize, &Entry) -> String,
+) -> Result<(), Error> {
+    let mut seen = std::collections::HashMap::new();
+    for (i, entry) in entries.iter().enumerate() {
+        if let Some(first) = seen.insert(entry.name.as_str(), i) {
             return Err(Error::BadListeners(format!(
-                "listener name {:?} appears twice",
-                entry.name
+                "listener name {:?} appears twice: {} and {}; listener names must be unique \
+                 across all watches",
+                entry.name,
+                describe(first, &entries[first]),
+                describe(i, entry)
             )));
         }
     }
-    Ok(file.listeners)
+    Ok(())
 }
 
 /// The module bytes of `entry`: from `binary` (the ConfigMap's binaryData) by key, decompressed
@@ -208,6 +237,34 @@ mod tests {
             parse("watches:\n  - name: w\n    kind: X\n"),
             Err(Error::BadListeners(_))
         ));
+    }
+
+    #[test]
+    fn a_name_used_in_two_watches_rejects_the_whole_set_naming_both() {
+        let two_watches = "watches:\n  - name: first\n    apiVersion: v1\n    kind: ConfigMap\n    listeners:\n      - {name: echo, module: a.wasm}\n  - name: second\n    apiVersion: v1\n    kind: Secret\n    listeners:\n      - {name: echo, module: b.wasm}\n";
+        // Also at startup, when the ConfigMap alone configures kubelisten.
+        assert!(parse_config(two_watches).is_err());
+        let err = parse(two_watches).unwrap_err();
+        let Error::BadListeners(message) = &err else {
+            panic!("{err}")
+        };
+        assert!(
+            message.contains("\"echo\" appears twice")
+                && message.contains("watch \"first\" (module a.wasm)")
+                && message.contains("watch \"second\" (module b.wasm)")
+                && message.contains("unique across all watches"),
+            "{message}"
+        );
+        let err = parse(
+            "listeners:\n  - {name: echo, watch: first, module: a.wasm}\n  - {name: other, module: c.wasm}\n  - {name: echo, watch: second, module: b.wasm}\n",
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "listeners.yaml: listener name \"echo\" appears twice: listeners[0] (watch \"first\", \
+             module a.wasm) and listeners[2] (watch \"second\", module b.wasm); listener names \
+             must be unique across all watches"
+        );
     }
 
     #[test]
