@@ -237,7 +237,9 @@ impl HotSwap {
             digest,
             error,
         };
-        let bytes = source::module_bytes(entry, binary).map_err(|e| reject(None, e.to_string()))?;
+        // File reads and decompression block: not on an async worker.
+        let bytes = tokio::task::block_in_place(|| source::module_bytes(entry, binary))
+            .map_err(|e| reject(None, e.to_string()))?;
         let digest = format!("sha256:{}", hex::encode(Sha256::digest(&bytes)));
         if let Some((old_entry, old)) = self.lock().running.get(&entry.name) {
             if old.digest() == digest

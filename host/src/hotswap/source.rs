@@ -173,7 +173,7 @@ pub fn module_bytes(entry: &Entry, binary: &BTreeMap<String, Vec<u8>>) -> Result
     let raw = if let Some(bytes) = binary.get(&entry.module) {
         bytes.clone()
     } else if Path::new(&entry.module).is_absolute() {
-        std::fs::read(&entry.module).map_err(|e| fail(format!("cannot read the file: {e}")))?
+        read_module_file(Path::new(&entry.module)).map_err(fail)?
     } else {
         return Err(fail(
             "no such binaryData key (and not an absolute file path)".into(),
@@ -202,6 +202,47 @@ pub fn module_bytes(entry: &Entry, binary: &BTreeMap<String, Vec<u8>>) -> Result
     } else {
         Ok(raw)
     }
+}
+
+/// The content of the module file at `path`: a regular file of at most [`MAX_MODULE_BYTES`]
+/// (not `/dev/zero`, a FIFO or a directory).
+fn read_module_file(path: &Path) -> Result<Vec<u8>, String> {
+    let cannot = |e: std::io::Error| format!("cannot read the file: {e}");
+    let regular = |meta: &std::fs::Metadata| -> Result<(), String> {
+        if !meta.is_file() {
+            return Err("not a regular file".into());
+        }
+        if meta.len() > MAX_MODULE_BYTES {
+            return Err(format!(
+                "the file is larger than {} MiB",
+                MAX_MODULE_BYTES >> 20
+            ));
+        }
+        Ok(())
+    };
+    // Checked before opening (opening a FIFO would wait for a writer)...
+    regular(&std::fs::metadata(path).map_err(cannot)?)?;
+    let mut options = std::fs::OpenOptions::new();
+    options.read(true);
+    #[cfg(unix)]
+    {
+        // ...and after: a FIFO put there in between does not block the open either.
+        use std::os::unix::fs::OpenOptionsExt;
+        options.custom_flags(libc::O_NONBLOCK);
+    }
+    let file = options.open(path).map_err(cannot)?;
+    regular(&file.metadata().map_err(cannot)?)?;
+    let mut out = Vec::new();
+    file.take(MAX_MODULE_BYTES + 1)
+        .read_to_end(&mut out)
+        .map_err(cannot)?;
+    if out.len() as u64 > MAX_MODULE_BYTES {
+        return Err(format!(
+            "the file is larger than {} MiB",
+            MAX_MODULE_BYTES >> 20
+        ));
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -265,6 +306,44 @@ mod tests {
              module a.wasm) and listeners[2] (watch \"second\", module b.wasm); listener names \
              must be unique across all watches"
         );
+    }
+
+    #[test]
+    fn module_files_are_regular_files_of_at_most_256_mib() {
+        let dir = tempfile::tempdir().unwrap();
+        let entry = |path: &Path| Entry {
+            name: "l".into(),
+            watch: None,
+            module: path.to_string_lossy().into_owned(),
+            mode: Mode::Classname,
+            limits: Limits::default(),
+            capabilities: Capabilities::default(),
+        };
+        let problem = |path: &Path| match module_bytes(&entry(path), &BTreeMap::new()) {
+            Err(Error::BadModule { problem, .. }) => problem,
+            other => panic!("{}: {:?}", path.display(), other.map(|b| b.len())),
+        };
+        let small = dir.path().join("small.wasm");
+        std::fs::write(&small, b"\0asm").unwrap();
+        assert_eq!(
+            module_bytes(&entry(&small), &BTreeMap::new()).unwrap(),
+            b"\0asm"
+        );
+        // Sparse: no disk space taken.
+        let big = dir.path().join("big.wasm");
+        std::fs::File::create(&big)
+            .unwrap()
+            .set_len(MAX_MODULE_BYTES + 1)
+            .unwrap();
+        assert_eq!(problem(&big), "the file is larger than 256 MiB");
+        assert_eq!(problem(dir.path()), "not a regular file");
+        assert_eq!(problem(Path::new("/dev/zero")), "not a regular file");
+        let fifo = dir.path().join("fifo.wasm");
+        let made = std::process::Command::new("mkfifo").arg(&fifo).status();
+        if made.is_ok_and(|s| s.success()) {
+            assert_eq!(problem(&fifo), "not a regular file");
+        }
+        assert!(problem(&dir.path().join("missing.wasm")).starts_with("cannot read the file"));
     }
 
     #[test]
