@@ -196,18 +196,23 @@ pub const API_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The cluster access of every listener in `config`, for [`crate::runtime::RuntimeConfig::cluster`].
 /// Call it inside the tokio runtime that will serve the requests.
-pub fn cluster_access(client: &kube::Client, config: &Config) -> Arc<KubeCluster> {
+///
+/// # Errors
+/// Two listeners of `config` have the same name (see [`KubeCluster::new`]).
+pub fn cluster_access(client: &kube::Client, config: &Config) -> anyhow::Result<Arc<KubeCluster>> {
     let listeners = config.watches.iter().flat_map(|w| {
         w.listeners
             .iter()
             .map(|l| (l.name.clone(), l.capabilities.clone()))
     });
-    Arc::new(KubeCluster::new(
+    let cluster = KubeCluster::new(
         client.clone(),
         tokio::runtime::Handle::current(),
         listeners,
         API_TIMEOUT,
-    ))
+    )
+    .context("setting up the listeners' cluster access")?;
+    Ok(Arc::new(cluster))
 }
 
 /// Resolves the targets (registering CRDs), loads the listeners and starts watching.

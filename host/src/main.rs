@@ -221,7 +221,7 @@ fn run_cluster(runtime_config: RuntimeConfig, args: RunArgs) -> anyhow::Result<E
         let client = kube::Client::try_default().await.context(
             "connecting to Kubernetes (in-cluster config, else KUBECONFIG or ~/.kube/config)",
         )?;
-        let cluster = app::cluster_access(&client, &config);
+        let cluster = app::cluster_access(&client, &config)?;
         let runtime = Runtime::new(RuntimeConfig {
             cluster: cluster.clone(),
             ..runtime_config

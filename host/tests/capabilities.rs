@@ -101,7 +101,7 @@ async fn calls_outside_the_policy_are_refused_before_reaching_the_server() {
     let other = common::TestNamespace::new(&t.client).await;
     let probe = with_caps(
         harness::listener("probe", Mode::Classname),
-        "grants:\n  - {apiGroups: [''], resources: [configmaps], verbs: [get]}\n  - {apiGroups: [watch.kubelisten.dev], resources: [things/status], verbs: [patch]}\n",
+        "grants:\n  - {apiGroups: [''], resources: [configmaps], verbs: [get]}\n  - {apiGroups: [watch.kubelisten.dev], resources: [things/status], verbs: [patch]}\n  - {apiGroups: [watch.kubelisten.dev], resources: [things], verbs: [get]}\n",
     );
     let config = t.watch(vec![probe]);
     let capture = Arc::new(Capture::default());
@@ -125,6 +125,9 @@ async fn calls_outside_the_policy_are_refused_before_reaching_the_server() {
         {"op": "get", "ref": {"apiVersion": "v1", "kind": "ConfigMap", "name": marker}},
         {"op": "patch-status", "body": "{\"status\":{\"probed\":true}}"},
         {"op": "patch", "body": "{\"spec\":{\"probed\":true}}"},
+        // Granted `things` get, but the name would reach the status subresource.
+        {"op": "get", "ref": {"name": "prober/status"}},
+        {"op": "patch-status", "ref": {"name": ".."}, "body": "{}"},
     ]);
     t.create(
         "prober",
@@ -161,6 +164,8 @@ async fn calls_outside_the_policy_are_refused_before_reaching_the_server() {
             (0, Some("not-found")), // granted: reached the API server
             (1, None),              // status subresource granted
             (0, Some("forbidden-by-policy")), // the main resource is not
+            (0, Some("invalid")),   // a name with a '/'
+            (0, Some("invalid")),   // a name that is ".."
         ],
         "{result}"
     );
@@ -170,6 +175,13 @@ async fn calls_outside_the_policy_are_refused_before_reaching_the_server() {
             .unwrap()
             .contains("configmaps"),
         "the message names the missing grant: {result}"
+    );
+    assert!(
+        results[7]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("ref.name \"prober/status\""),
+        "the message names the field: {result}"
     );
 
     // Every denial is counted.
@@ -193,7 +205,7 @@ async fn calls_outside_the_policy_are_refused_before_reaching_the_server() {
     assert_eq!(
         uris.len(),
         2,
-        "only the granted get and status patch reached the server: {uris:?}"
+        "only the granted get and status patch reached the server (not the names with '/' or \"..\"): {uris:?}"
     );
     assert!(
         uris.iter().any(|u| u.starts_with(&format!(

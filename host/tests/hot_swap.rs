@@ -450,3 +450,114 @@ async fn a_config_file_names_the_watches_and_the_configmap_supplies_the_listener
     );
     t.ns.delete().await;
 }
+
+/// The `probe-result` of the probe listener for `object`.
+fn probe_result(capture: &Capture, object: &str) -> Option<serde_json::Value> {
+    capture.messages_of("probe").iter().rev().find_map(|m| {
+        let v: serde_json::Value = serde_json::from_str(m.strip_prefix("probe-result ")?).ok()?;
+        (v["object"] == object).then_some(v)
+    })
+}
+
+/// A ConfigMap update that changes only a listener's grants takes effect (the instance is kept),
+/// and an entry naming a watch that does not exist is rejected like any bad update.
+#[tokio::test(flavor = "multi_thread")]
+async fn grant_changes_apply_to_an_unchanged_module_and_unknown_watches_are_rejected() {
+    let t = Things::new().await;
+    let cms: Api<ConfigMap> = Api::namespaced(t.client.clone(), t.ns.name());
+    let probe = guest_bytes("probe");
+    let granted = "listeners:\n  - name: probe\n    module: probe.wasm\n    capabilities:\n      grants:\n        - {apiGroups: [watch.kubelisten.dev], resources: [things], verbs: [get]}\n";
+    cms.create(
+        &PostParams::default(),
+        &configmap("modules", granted, &[("probe.wasm", probe.clone())]),
+    )
+    .await
+    .unwrap();
+    let config = t.watch(vec![]);
+    let capture = Arc::new(Capture::default());
+    let (runtime, cluster) = harness::cluster_runtime(&t.client, &config, capture.clone());
+    let mut settings = harness::settings(2);
+    settings.modules = Some(ModulesConfigMap {
+        namespace: t.ns.name().into(),
+        name: "modules".into(),
+    });
+    let host = TestHost::start_with_cluster(
+        t.client.clone(),
+        &runtime,
+        &config,
+        &settings,
+        Some(cluster),
+    )
+    .await;
+    host.wait_synced().await;
+    let get_itself = json!([{"op": "get"}]).to_string();
+    let outcome = async |name: &str| {
+        t.create(name, json!({}), &[("kubelisten.dev/probe", &get_itself)])
+            .await;
+        let capture = capture.clone();
+        eventually(&format!("the probe result of {name}"), || {
+            probe_result(&capture, name).is_some()
+        })
+        .await;
+        let result = probe_result(&capture, name).unwrap();
+        let errors = result["results"][0]["errors"].as_object().unwrap().clone();
+        errors.keys().next().cloned().unwrap_or_else(|| "ok".into())
+    };
+    assert_eq!(outcome("granted").await, "ok");
+
+    // The same module without grants, plus an entry for a watch that does not exist.
+    push(
+        &cms,
+        "listeners:\n  - name: probe\n    module: probe.wasm\n  - {name: stray, watch: nope, module: probe.wasm}\n",
+        &[("probe.wasm", probe)],
+    )
+    .await;
+    let mut revoked = false;
+    for i in 0..60 {
+        if outcome(&format!("revoked-{i}")).await == "forbidden-by-policy" {
+            revoked = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert!(
+        revoked,
+        "the grant removed from the ConfigMap still applies"
+    );
+
+    let events: Api<k8s_openapi::api::events::v1::Event> =
+        Api::namespaced(t.client.clone(), t.ns.name());
+    let notes: Vec<String> = events
+        .list(&Default::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|e| e.reason.as_deref() == Some("ModuleRejected"))
+        .filter_map(|e| e.note)
+        .collect();
+    assert!(
+        notes
+            .iter()
+            .any(|n| n.starts_with("listener stray: no watch \"nope\"")),
+        "a Warning Event names the stray entry: {notes:?}"
+    );
+    let (_, metrics) = host.get("/metrics").await;
+    let reloads = |listener: &str, outcome: &str| {
+        metrics.lines().find_map(|l| {
+            l.strip_prefix(&format!(
+                "kubelisten_listener_reloads_total{{listener=\"{listener}\",outcome=\"{outcome}\"}} "
+            ))
+            .map(str::to_string)
+        })
+    };
+    assert!(reloads("stray", "rejected").is_some(), "{metrics}");
+    assert_eq!(reloads("stray", "applied"), None, "{metrics}");
+    assert_eq!(
+        reloads("probe", "applied").as_deref(),
+        Some("1"),
+        "a grant change keeps the instance: {metrics}"
+    );
+    host.stop().await;
+    t.ns.delete().await;
+}

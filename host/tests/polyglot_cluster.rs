@@ -49,7 +49,7 @@ async fn every_language_in_both_modes_against_the_api_server() {
             .unwrap();
             let config = t.watch(vec![spec]);
             let runtime = Runtime::new(RuntimeConfig {
-                cluster: kubelisten::app::cluster_access(&t.client, &config),
+                cluster: kubelisten::app::cluster_access(&t.client, &config).unwrap(),
                 cache_dir: Some(cache.path().to_path_buf()),
                 ..RuntimeConfig::default()
             })

@@ -11,6 +11,26 @@ use kube::Client;
 
 use crate::runtime::bindings::kubelisten::listener::cluster::ObjectRef;
 
+/// Longest Event `note` the API server accepts, in bytes.
+const MAX_NOTE_BYTES: usize = 1024;
+/// Longest Event `reason` the API server accepts, in bytes.
+const MAX_REASON_BYTES: usize = 128;
+/// Longest Event `action` the API server accepts, in bytes.
+const MAX_ACTION_BYTES: usize = 128;
+
+/// The longest prefix of `text` of at most `max` bytes that ends on a char boundary (the API
+/// server's Event limits count bytes, not characters).
+fn truncate(text: &str, max: usize) -> &str {
+    if text.len() <= max {
+        return text;
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
 /// Publishes Events with a reporting controller per caller (`kubelisten/<listener>`).
 pub struct EventRecorder {
     client: Client,
@@ -64,18 +84,24 @@ impl EventRecorder {
                 .or_else(|| about.namespace.clone()),
             ..ObjectReference::default()
         };
-        let event = Event {
-            type_: if warning {
-                EventType::Warning
-            } else {
-                EventType::Normal
-            },
-            reason: reason.chars().take(128).collect(),
-            note: Some(message.chars().take(1024).collect()),
-            action: "Reconcile".into(),
-            secondary: None,
-        };
-        recorder.publish(&event, &reference).await
+        recorder
+            .publish(&event(warning, reason, message), &reference)
+            .await
+    }
+}
+
+/// The Event to publish, its reason and note cut to the API server's limits.
+fn event(warning: bool, reason: &str, message: &str) -> Event {
+    Event {
+        type_: if warning {
+            EventType::Warning
+        } else {
+            EventType::Normal
+        },
+        reason: truncate(reason, MAX_REASON_BYTES).into(),
+        note: Some(truncate(message, MAX_NOTE_BYTES).into()),
+        action: truncate("Reconcile", MAX_ACTION_BYTES).into(),
+        secondary: None,
     }
 }
 
@@ -172,10 +198,38 @@ fn pascal(name: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    #[test]
+    fn limits_are_in_bytes_and_cuts_fall_on_char_boundaries() {
+        assert_eq!(truncate("short", MAX_NOTE_BYTES), "short");
+        let ascii = "a".repeat(2000);
+        assert_eq!(truncate(&ascii, MAX_NOTE_BYTES).len(), 1024);
+        // 'é' is 2 bytes, '€' 3 and '🦀' 4: 1024 bytes is not a multiple of any of them but 2.
+        for unit in ["é", "€", "🦀", "x€"] {
+            let text = unit.repeat(1000);
+            for max in [MAX_NOTE_BYTES, MAX_REASON_BYTES] {
+                let cut = truncate(&text, max);
+                assert!(cut.len() <= max, "{unit}: {} bytes", cut.len());
+                assert!(cut.len() > max - 4, "{unit}: only {} bytes kept", cut.len());
+                assert!(text.starts_with(cut));
+            }
+        }
+        assert_eq!(truncate("€", 2), "");
+    }
+
+    #[test]
+    fn multi_byte_reasons_and_notes_fit_the_api_servers_limits() {
+        let event = event(true, &"Ü".repeat(100), &"€".repeat(1000));
+        assert_eq!(event.reason, "Ü".repeat(64));
+        assert_eq!(event.note.as_deref(), Some("€".repeat(341).as_str()));
+        assert!(event.action.len() <= MAX_ACTION_BYTES);
+    }
+
     #[test]
     fn reasons_name_the_listener() {
-        assert_eq!(super::pascal("rust-logger"), "RustLogger");
-        assert_eq!(super::pascal("superpod"), "Superpod");
-        assert_eq!(super::pascal("a_b.c"), "ABC");
+        assert_eq!(pascal("rust-logger"), "RustLogger");
+        assert_eq!(pascal("superpod"), "Superpod");
+        assert_eq!(pascal("a_b.c"), "ABC");
     }
 }

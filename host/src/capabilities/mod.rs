@@ -1,6 +1,7 @@
 //! Host capabilities backed by Kubernetes: [`KubeCluster`] serves the guests' `cluster` import
-//! (policy first, then rate limit, then the request with a timeout) and [`events`] records
-//! Kubernetes Events, for guests and for the host's own failure reports.
+//! (policy first, then rate limit, then the request with a timeout; a discovery request takes
+//! the call's token) and [`events`] records Kubernetes Events, for guests and for the host's own
+//! failure reports.
 
 pub mod events;
 pub mod policy;
@@ -42,6 +43,17 @@ impl ListenerAccess {
     }
 }
 
+/// Why [`KubeCluster::new`] failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Error {
+    /// Two listeners have the same name: they would share grants and rate limit.
+    #[error(
+        "listener name {0:?} is used twice; listener names must be unique across all watches \
+         (capabilities are per listener name)"
+    )]
+    DuplicateListener(String),
+}
+
 /// Serves guests' cluster calls against a real API server.
 pub struct KubeCluster {
     client: Client,
@@ -54,29 +66,28 @@ pub struct KubeCluster {
 }
 
 impl KubeCluster {
-    /// Access for `listeners` (name → capabilities; the same name twice gets the union of its
-    /// grants and the first rate limit). Requests run on `handle` with `timeout` each.
+    /// Access for `listeners` (name → capabilities). Requests run on `handle` with `timeout`
+    /// each.
+    ///
+    /// # Errors
+    /// [`Error::DuplicateListener`] when a name appears twice (configurations are validated
+    /// before, so this should not happen; grants are never merged).
     pub fn new(
         client: Client,
         handle: tokio::runtime::Handle,
         listeners: impl IntoIterator<Item = (String, Capabilities)>,
         timeout: Duration,
-    ) -> Self {
+    ) -> Result<Self, Error> {
         let now = Instant::now();
-        let mut merged: HashMap<String, Capabilities> = HashMap::new();
+        let mut map = HashMap::new();
         for (name, caps) in listeners {
-            match merged.get_mut(&name) {
-                Some(existing) => existing.grants.extend(caps.grants),
-                None => {
-                    merged.insert(name, caps);
-                }
+            if map.contains_key(&name) {
+                return Err(Error::DuplicateListener(name));
             }
+            let access = Arc::new(ListenerAccess::new(caps, now));
+            map.insert(name, access);
         }
-        let map = merged
-            .into_iter()
-            .map(|(name, caps)| (name, Arc::new(ListenerAccess::new(caps, now))))
-            .collect();
-        Self {
+        Ok(Self {
             recorder: events::EventRecorder::new(client.clone()),
             client,
             handle,
@@ -84,7 +95,7 @@ impl KubeCluster {
             discovered: Mutex::new(HashMap::new()),
             timeout,
             metrics: OnceLock::new(),
-        }
+        })
     }
 
     /// Counts policy denials into `metrics` (`kubelisten_cluster_calls_denied_total{listener}`)
@@ -114,21 +125,22 @@ impl KubeCluster {
         ApiError::ForbiddenByPolicy(message)
     }
 
-    /// Kind → resource and scope, through discovery (cached).
+    /// Kind → resource and scope, when discovery already found it.
+    fn discovered(&self, api_version: &str, kind: &str) -> Option<(ApiResource, bool)> {
+        self.discovered
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&(api_version.to_string(), kind.to_string()))
+            .cloned()
+    }
+
+    /// Kind → resource and scope, through discovery (one request; successes are cached).
     async fn discover(
         &self,
         api_version: &str,
         kind: &str,
     ) -> Result<(ApiResource, bool), ApiError> {
         let key = (api_version.to_string(), kind.to_string());
-        if let Some(hit) = self
-            .discovered
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(&key)
-        {
-            return Ok(hit.clone());
-        }
         let (group, version) = api_version.rsplit_once('/').unwrap_or(("", api_version));
         let gvk = GroupVersionKind::gvk(group, version, kind);
         let (ar, caps) = kube::discovery::pinned_kind(&self.client, &gvk)
@@ -148,6 +160,27 @@ impl KubeCluster {
             .unwrap_or_else(PoisonError::into_inner)
             .insert(key, (ar.clone(), namespaced));
         Ok((ar, namespaced))
+    }
+
+    /// Takes one token of the listener's rate limit, waiting at most the request timeout.
+    async fn take_token(&self, caller: &Caller, access: &ListenerAccess) -> Result<(), ApiError> {
+        let reserved = access
+            .bucket
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .reserve(Instant::now(), self.timeout);
+        match reserved {
+            None => Err(ApiError::Timeout(format!(
+                "rate limit of listener {} exceeded",
+                caller.listener
+            ))),
+            Some(wait) => {
+                if !wait.is_zero() {
+                    tokio::time::sleep(wait).await;
+                }
+                Ok(())
+            }
+        }
     }
 
     async fn perform(
@@ -194,7 +227,17 @@ impl KubeCluster {
                 .unwrap_or_default();
             return Err(self.deny(caller, what, message));
         }
-        let (ar, namespaced) = self.discover(&target.api_version, &target.kind).await?;
+        // ...then the rate limit, before anything reaches the API server: a discovery the cache
+        // cannot answer takes the call's token, so unknown kinds cannot flood discovery...
+        let mut paid = false;
+        let (ar, namespaced) = match self.discovered(&target.api_version, &target.kind) {
+            Some(hit) => hit,
+            None => {
+                self.take_token(caller, access).await?;
+                paid = true;
+                self.discover(&target.api_version, &target.kind).await?
+            }
+        };
         let namespace = if namespaced {
             target.namespace.clone()
         } else {
@@ -211,6 +254,7 @@ impl KubeCluster {
         } else {
             ar.plural.clone()
         };
+        // ...then the policy on the discovered resource...
         let full = Access {
             group,
             resource: Some(&resource),
@@ -223,21 +267,9 @@ impl KubeCluster {
         {
             return Err(self.deny(caller, what, message));
         }
-        // ...then the rate limit (waiting at most the request timeout)...
-        let reserved = access
-            .bucket
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .reserve(Instant::now(), self.timeout);
-        match reserved {
-            None => {
-                return Err(ApiError::Timeout(format!(
-                    "rate limit of listener {} exceeded",
-                    caller.listener
-                )))
-            }
-            Some(wait) if !wait.is_zero() => tokio::time::sleep(wait).await,
-            Some(_) => {}
+        // ...then the call's token, unless discovery took it (a call costs one token)...
+        if !paid {
+            self.take_token(caller, access).await?;
         }
         // ...then the request.
         let req = Request::new(DynamicObject::url_path(&ar, namespace.as_deref()));
@@ -340,7 +372,48 @@ struct Target {
 }
 
 impl Target {
+    /// What `request` is about, once every guest-supplied part of the URL it would build (name,
+    /// namespace, group and version) is a valid path segment.
     fn of(request: &ClusterRequest, caller: &Caller) -> Result<Self, ApiError> {
+        let target = Self::parse(request, caller)?;
+        target.validate(request)?;
+        Ok(target)
+    }
+
+    /// Refuses names and namespaces that would reach another URL than the one the policy checks
+    /// (`p/status`, `..`, `p?dryRun=All`), before the policy, discovery or any request.
+    fn validate(&self, request: &ClusterRequest) -> Result<(), ApiError> {
+        let (name, namespace, name_needed) = match request {
+            ClusterRequest::Get(_)
+            | ClusterRequest::Delete(_)
+            | ClusterRequest::Patch(..)
+            | ClusterRequest::PatchStatus(..) => ("ref.name", "ref.namespace", true),
+            ClusterRequest::List { .. } => ("", "namespace", false),
+            ClusterRequest::Create(_) => ("metadata.name", "metadata.namespace", false),
+            ClusterRequest::Apply(_) => ("metadata.name", "metadata.namespace", true),
+            ClusterRequest::RecordEvent { .. } => ("about.name", "about.namespace", false),
+        };
+        if name_needed || !self.name.is_empty() {
+            path_segment(name, &self.name)?;
+        }
+        if let ClusterRequest::RecordEvent { about, .. } = request {
+            // The Event's name is made from the object's name.
+            path_segment(name, &about.name)?;
+        }
+        if let Some(ns) = &self.namespace {
+            path_segment(namespace, ns)?;
+        }
+        let (group, version) = self
+            .api_version
+            .rsplit_once('/')
+            .unwrap_or(("", &self.api_version));
+        if !group.is_empty() {
+            path_segment("apiVersion (group)", group)?;
+        }
+        path_segment("apiVersion (version)", version)
+    }
+
+    fn parse(request: &ClusterRequest, caller: &Caller) -> Result<Self, ApiError> {
         let from_ref = |r: &ObjectRef, verb, status| Target {
             api_version: r.api_version.clone(),
             kind: r.kind.clone(),
@@ -405,6 +478,27 @@ impl Target {
     }
 }
 
+/// Checks that a guest-supplied `value` of `field` is one URL path segment: the rule of
+/// apimachinery's `IsValidPathSegmentName` (not empty, `.` or `..`; no `/` or `%`), plus no `?`
+/// or `#`, which kube-core would put into the URL unescaped.
+///
+/// # Errors
+/// [`ApiError::Invalid`] naming the field, the value and the problem.
+fn path_segment(field: &str, value: &str) -> Result<(), ApiError> {
+    let problem = match value {
+        "" => Some("may not be empty".to_string()),
+        "." | ".." => Some(format!("may not be {value:?}")),
+        _ => value
+            .chars()
+            .find(|c| matches!(c, '/' | '%' | '?' | '#'))
+            .map(|c| format!("may not contain {c:?}")),
+    };
+    match problem {
+        Some(problem) => Err(ApiError::Invalid(format!("{field} {value:?} {problem}"))),
+        None => Ok(()),
+    }
+}
+
 /// The object JSON with `metadata.namespace` set (when the kind is namespaced).
 fn with_namespace(object: &str, namespace: Option<&str>) -> Result<Vec<u8>, ApiError> {
     let mut value: serde_json::Value = serde_json::from_str(object)
@@ -442,5 +536,311 @@ fn api_error(err: kube::Error) -> ApiError {
             _ => ApiError::Other(format!("{} {}: {}", s.code, s.reason, s.message)),
         },
         other => ApiError::Other(other.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runtime::bindings::kubelisten::listener::cluster::ListOptions;
+
+    /// Every request the fake API server saw: `METHOD path?query`.
+    type Seen = Arc<Mutex<Vec<String>>>;
+
+    /// An API server that knows the core `v1` group (pods, namespaced) and answers any pod
+    /// request with a pod; everything else is 404.
+    fn fake_api(seen: Seen) -> Client {
+        let service = tower::service_fn(move |req: http::Request<kube::client::Body>| {
+            let seen = seen.clone();
+            async move {
+                let target = req
+                    .uri()
+                    .path_and_query()
+                    .map(ToString::to_string)
+                    .unwrap_or_default();
+                seen.lock()
+                    .unwrap()
+                    .push(format!("{} {target}", req.method()));
+                let path = req.uri().path();
+                let (status, body) = if path == "/api/v1" {
+                    (
+                        200,
+                        serde_json::json!({"kind": "APIResourceList", "groupVersion": "v1",
+                            "resources": [{"name": "pods", "singularName": "pod",
+                                "namespaced": true, "kind": "Pod",
+                                "verbs": ["get", "list", "create", "patch", "delete"]}]}),
+                    )
+                } else if path.starts_with("/api/v1/namespaces/") && path.contains("/pods") {
+                    (
+                        200,
+                        serde_json::json!({"apiVersion": "v1", "kind": "Pod",
+                            "metadata": {"name": "p", "namespace": "ns"}}),
+                    )
+                } else {
+                    (
+                        404,
+                        serde_json::json!({"kind": "Status", "apiVersion": "v1",
+                            "status": "Failure", "reason": "NotFound", "code": 404,
+                            "message": format!("{path} not found")}),
+                    )
+                };
+                Ok::<_, std::convert::Infallible>(
+                    http::Response::builder()
+                        .status(status)
+                        .header(http::header::CONTENT_TYPE, "application/json")
+                        .body(kube::client::Body::from(body.to_string().into_bytes()))
+                        .unwrap(),
+                )
+            }
+        });
+        Client::new(service, "default")
+    }
+
+    struct Fixture {
+        cluster: KubeCluster,
+        seen: Seen,
+        caller: Caller,
+        // Serves the requests; dropped last.
+        _tokio: tokio::runtime::Runtime,
+    }
+
+    /// A cluster access with one listener `l` granted `capabilities` (YAML), handling an event
+    /// in namespace `ns`; requests time out after `timeout`.
+    fn fixture(capabilities: &str, timeout: Duration) -> Fixture {
+        let tokio = tokio::runtime::Runtime::new().unwrap();
+        let seen = Seen::default();
+        let capabilities: Capabilities = serde_saphyr::from_str(capabilities).unwrap();
+        let cluster = tokio.block_on(async {
+            KubeCluster::new(
+                fake_api(seen.clone()),
+                tokio::runtime::Handle::current(),
+                [("l".to_string(), capabilities)],
+                timeout,
+            )
+            .unwrap()
+        });
+        Fixture {
+            cluster,
+            seen,
+            caller: Caller {
+                listener: Arc::from("l"),
+                event_namespace: Some("ns".into()),
+            },
+            _tokio: tokio,
+        }
+    }
+
+    fn pod(name: &str) -> ObjectRef {
+        ObjectRef {
+            api_version: "v1".into(),
+            kind: "Pod".into(),
+            namespace: Some("ns".into()),
+            name: name.into(),
+        }
+    }
+
+    const PODS: &str = "grants:\n  - {apiGroups: [''], resources: [pods, events], verbs: ['*'], namespaces: '*'}\n  - {apiGroups: ['*'], resources: ['*'], verbs: [create], namespaces: '*'}\n";
+
+    #[test]
+    fn path_segments_are_checked_like_apimachinery() {
+        for good in ["p", "web-pod", "a.b", "...", "x:y"] {
+            assert!(path_segment("ref.name", good).is_ok(), "{good}");
+        }
+        for (bad, problem) in [
+            ("", "may not be empty"),
+            (".", "may not be \".\""),
+            ("..", "may not be \"..\""),
+            ("p/status", "may not contain '/'"),
+            ("p%2Fstatus", "may not contain '%'"),
+            ("p?dryRun=All", "may not contain '?'"),
+            ("p#x", "may not contain '#'"),
+        ] {
+            match path_segment("ref.name", bad) {
+                Err(ApiError::Invalid(m)) => {
+                    assert!(m.starts_with("ref.name ") && m.ends_with(problem), "{m}");
+                }
+                other => panic!("{bad:?}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn names_that_would_reach_another_url_are_refused_before_any_request() {
+        let f = fixture(PODS, Duration::from_secs(5));
+        let patch = || (PatchType::Merge, "{}".to_string());
+        let refused = [
+            ("ref.name", ClusterRequest::Get(pod("p/log"))),
+            ("ref.name", ClusterRequest::Get(pod(""))),
+            ("ref.name", ClusterRequest::Delete(pod(".."))),
+            (
+                "ref.name",
+                ClusterRequest::Patch(pod("p/status"), patch().0, patch().1),
+            ),
+            (
+                "ref.name",
+                ClusterRequest::PatchStatus(pod("p?dryRun=All"), patch().0, patch().1),
+            ),
+            (
+                "ref.namespace",
+                ClusterRequest::Get(ObjectRef {
+                    namespace: Some("ns/pods/p".into()),
+                    ..pod("p")
+                }),
+            ),
+            (
+                "namespace",
+                ClusterRequest::List {
+                    api_version: "v1".into(),
+                    kind: "Pod".into(),
+                    namespace: Some("..".into()),
+                    options: ListOptions {
+                        label_selector: None,
+                        field_selector: None,
+                        limit: None,
+                    },
+                },
+            ),
+            (
+                "metadata.name",
+                ClusterRequest::Apply(
+                    r#"{"apiVersion":"v1","kind":"Pod","metadata":{"name":"p/status"}}"#.into(),
+                ),
+            ),
+            (
+                "metadata.name",
+                ClusterRequest::Apply(r#"{"apiVersion":"v1","kind":"Pod","metadata":{}}"#.into()),
+            ),
+            (
+                "metadata.namespace",
+                ClusterRequest::Create(
+                    r#"{"apiVersion":"v1","kind":"Pod","metadata":{"name":"p","namespace":"a%2Fb"}}"#
+                        .into(),
+                ),
+            ),
+            (
+                "apiVersion (group)",
+                ClusterRequest::Get(ObjectRef {
+                    api_version: "../api/v1".into(),
+                    ..pod("p")
+                }),
+            ),
+            (
+                "about.namespace",
+                ClusterRequest::RecordEvent {
+                    about: ObjectRef {
+                        namespace: Some("ns/x".into()),
+                        ..pod("p")
+                    },
+                    kind: EventType::Normal,
+                    reason: "R".into(),
+                    message: "m".into(),
+                },
+            ),
+            (
+                "about.name",
+                ClusterRequest::RecordEvent {
+                    about: pod("p/status"),
+                    kind: EventType::Normal,
+                    reason: "R".into(),
+                    message: "m".into(),
+                },
+            ),
+        ];
+        for (field, request) in refused {
+            let what = format!("{request:?}");
+            match f.cluster.call(&f.caller, request) {
+                Err(ApiError::Invalid(m)) => assert!(m.starts_with(field), "{what}: {m}"),
+                other => panic!("{what}: {other:?}"),
+            }
+        }
+        assert!(f.seen.lock().unwrap().is_empty(), "{:?}", f.seen);
+
+        // A valid name goes through: discovery, then the pod itself.
+        f.cluster
+            .call(&f.caller, ClusterRequest::Get(pod("p")))
+            .unwrap();
+        assert_eq!(
+            *f.seen.lock().unwrap(),
+            ["GET /api/v1", "GET /api/v1/namespaces/ns/pods/p"]
+        );
+    }
+
+    #[test]
+    fn discovery_of_unknown_kinds_takes_rate_limit_tokens() {
+        let f = fixture(
+            "rateLimit: {qps: 1, burst: 2}\ngrants:\n  - {apiGroups: ['*'], resources: ['*'], verbs: [get], namespaces: '*'}\n",
+            Duration::from_millis(200),
+        );
+        let mut limited = 0;
+        for i in 0..10 {
+            let request = ClusterRequest::Get(ObjectRef {
+                api_version: "nowhere.example/v1".into(),
+                kind: format!("Kind{i}"),
+                ..pod("p")
+            });
+            match f.cluster.call(&f.caller, request) {
+                Err(ApiError::NotFound(_)) => {}
+                Err(ApiError::Timeout(m)) if m.contains("rate limit") => limited += 1,
+                other => panic!("{other:?}"),
+            }
+        }
+        let seen = f.seen.lock().unwrap().clone();
+        assert!(
+            seen.len() <= 3 && limited >= 7,
+            "burst 2 at 1 qps: at most 3 discovery requests, the rest refused ({limited} refused): {seen:?}"
+        );
+    }
+
+    #[test]
+    fn a_call_that_needs_discovery_costs_one_token() {
+        let f = fixture(
+            "rateLimit: {qps: 1, burst: 2}\ngrants:\n  - {apiGroups: [''], resources: [pods], verbs: [get], namespaces: '*'}\n",
+            Duration::from_millis(200),
+        );
+        // Discovery and the get: one token; the second get (discovery cached): the other one.
+        for _ in 0..2 {
+            f.cluster
+                .call(&f.caller, ClusterRequest::Get(pod("p")))
+                .unwrap();
+        }
+        assert_eq!(f.seen.lock().unwrap().len(), 3, "{:?}", f.seen);
+        assert!(matches!(
+            f.cluster.call(&f.caller, ClusterRequest::Get(pod("p"))),
+            Err(ApiError::Timeout(m)) if m.contains("rate limit")
+        ));
+        assert_eq!(f.seen.lock().unwrap().len(), 3, "{:?}", f.seen);
+    }
+
+    #[test]
+    fn two_listeners_of_one_name_are_an_error_not_merged_grants() {
+        let tokio = tokio::runtime::Runtime::new().unwrap();
+        let grant = |resource: &str| -> Capabilities {
+            serde_saphyr::from_str(&format!(
+                "grants:\n  - {{apiGroups: [''], resources: [{resource}], verbs: [get]}}\n"
+            ))
+            .unwrap()
+        };
+        let made = tokio.block_on(async {
+            KubeCluster::new(
+                fake_api(Seen::default()),
+                tokio::runtime::Handle::current(),
+                [
+                    ("echo".to_string(), grant("pods")),
+                    ("other".to_string(), grant("pods")),
+                    ("echo".to_string(), grant("secrets")),
+                ],
+                Duration::from_secs(1),
+            )
+        });
+        match made {
+            Err(err) => {
+                assert_eq!(err, Error::DuplicateListener("echo".into()));
+                assert!(
+                    err.to_string().contains("unique across all watches"),
+                    "{err}"
+                );
+            }
+            Ok(_) => panic!("the grants of two listeners named echo were merged"),
+        }
     }
 }

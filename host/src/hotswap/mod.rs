@@ -5,8 +5,10 @@
 //! back is immediate); then every watch's chain is replaced atomically. Events already in a call
 //! finish on the old version; later events use the new one. A reference-mode listener whose old
 //! and new modules both implement the `stateful-listener` world gets the old instance's state;
-//! otherwise it starts fresh, and the log says so. A bad update is rejected (Warning Event on the
-//! ConfigMap, log, metric, `/status`) and the running version keeps serving.
+//! otherwise it starts fresh, and the log says so. New capabilities are set before the new
+//! chains run; a listener whose module and settings did not change keeps its instance and gets
+//! the new grants. A bad update (a module that does not load, an unknown watch) is rejected
+//! (Warning Event on the ConfigMap, log, metric, `/status`) and the running version keeps serving.
 
 pub mod source;
 
@@ -197,19 +199,29 @@ impl HotSwap {
         let mut rejections = Vec::new();
         let mut next: HashMap<String, (Entry, Arc<Listener>)> = HashMap::new();
         for entry in &entries {
-            match self.build(entry, &binary).await {
+            let built = match self.watch_of(entry) {
+                Ok(_) => self.build(entry, &binary).await,
+                Err(error) => Err(Rejection {
+                    listener: entry.name.clone(),
+                    digest: None,
+                    error,
+                }),
+            };
+            match built {
                 Ok(Some(listener)) => {
                     next.insert(entry.name.clone(), (entry.clone(), listener));
                 }
-                // Unchanged: keep the running one.
+                // Same module and settings: keep the running instance, under the new entry (its
+                // capabilities and watch apply).
                 Ok(None) => {
-                    if let Some(kept) = self.lock().running.get(&entry.name).cloned() {
-                        next.insert(entry.name.clone(), kept);
+                    let kept = self.lock().running.get(&entry.name).map(|(_, l)| l.clone());
+                    if let Some(listener) = kept {
+                        next.insert(entry.name.clone(), (entry.clone(), listener));
                     }
                 }
                 Err(rejection) => {
                     self.reject(&rejection).await;
-                    // The running version (if any) keeps serving.
+                    // The running version (if any) keeps serving, as it was.
                     if let Some(kept) = self.lock().running.get(&entry.name).cloned() {
                         next.insert(entry.name.clone(), kept);
                     }
@@ -218,7 +230,7 @@ impl HotSwap {
             }
         }
         // The swap may wait (blocking) for calls in flight on the old chains.
-        tokio::task::block_in_place(|| self.swap(&entries, next, &mut rejections));
+        tokio::task::block_in_place(|| self.swap(&entries, next, &rejections));
         if rejections.is_empty() {
             self.lock().applied = Some(content);
         }
@@ -237,7 +249,9 @@ impl HotSwap {
             digest,
             error,
         };
-        let bytes = source::module_bytes(entry, binary).map_err(|e| reject(None, e.to_string()))?;
+        // File reads and decompression block: not on an async worker.
+        let bytes = tokio::task::block_in_place(|| source::module_bytes(entry, binary))
+            .map_err(|e| reject(None, e.to_string()))?;
         let digest = format!("sha256:{}", hex::encode(Sha256::digest(&bytes)));
         if let Some((old_entry, old)) = self.lock().running.get(&entry.name) {
             if old.digest() == digest
@@ -272,38 +286,67 @@ impl HotSwap {
         }
     }
 
-    /// Replaces every watch's chain with the listeners of `entries` (in order), handing state
-    /// over between reference-mode versions.
+    /// The watch `entry` belongs to: its `watch`, or the only one.
+    ///
+    /// # Errors
+    /// What is wrong, when there is no such watch or several to choose from.
+    fn watch_of(&self, entry: &Entry) -> Result<&str, String> {
+        let watches = || self.slots.keys().cloned().collect::<Vec<_>>().join(", ");
+        match &entry.watch {
+            Some(watch) => self
+                .slots
+                .get_key_value(watch)
+                .map(|(w, _)| w.as_str())
+                .ok_or_else(|| format!("no watch {watch:?} (watches: {})", watches())),
+            None if self.slots.len() == 1 => Ok(self.slots.keys().next().map_or("", |w| w)),
+            None => Err(format!(
+                "no `watch:` given, and there are several watches ({})",
+                watches()
+            )),
+        }
+    }
+
+    /// Replaces every watch's chain with the listeners of `entries` (in order; each goes to the
+    /// watch of the entry it runs under in `next`), handing state over between reference-mode
+    /// versions. The capabilities of `next` take effect before the new chains do.
     fn swap(
         &self,
         entries: &[Entry],
         next: HashMap<String, (Entry, Arc<Listener>)>,
-        rejections: &mut Vec<Rejection>,
+        rejections: &[Rejection],
     ) {
-        let only_watch = (self.slots.len() == 1)
-            .then(|| self.slots.keys().next().cloned())
-            .flatten();
         let mut chains: BTreeMap<String, Vec<Arc<Listener>>> =
             self.slots.keys().map(|w| (w.clone(), Vec::new())).collect();
         for entry in entries {
-            let Some((_, listener)) = next.get(&entry.name) else {
+            let Some((running_entry, listener)) = next.get(&entry.name) else {
                 continue;
             };
-            let watch = entry.watch.clone().or_else(|| only_watch.clone());
-            match watch.as_ref().and_then(|w| chains.get_mut(w)) {
+            // Checked in `apply` (the watches never change), so this always finds the chain.
+            match self
+                .watch_of(running_entry)
+                .ok()
+                .and_then(|w| chains.get_mut(w))
+            {
                 Some(chain) => chain.push(listener.clone()),
-                None => rejections.push(Rejection {
-                    listener: entry.name.clone(),
-                    digest: Some(listener.digest().to_string()),
-                    error: format!(
-                        "no watch {:?} (watches: {})",
-                        watch.unwrap_or_default(),
-                        self.slots.keys().cloned().collect::<Vec<_>>().join(", ")
-                    ),
-                }),
+                None => {
+                    tracing::error!(listener = %entry.name, watch = ?running_entry.watch, "no chain for the listener; it does not run")
+                }
             }
         }
         let old = std::mem::take(&mut self.lock().running);
+        // The new grants first: a new version never runs with the old ones (calls still in
+        // flight on the old version may see the new ones).
+        if let Some(cluster) = &self.cluster {
+            for (name, (entry, _)) in &next {
+                let changed = old
+                    .get(name)
+                    .is_none_or(|(prev, _)| prev.capabilities != entry.capabilities);
+                if changed {
+                    cluster.set_capabilities(name, entry.capabilities.clone());
+                    tracing::info!(listener = %name, grants = entry.capabilities.grants.len(), "capabilities set from the modules ConfigMap");
+                }
+            }
+        }
         // Hand-over guards block calls to the new reference instances until their state is in.
         let pairs: Vec<(Arc<Listener>, Arc<Listener>)> = next
             .values()
@@ -332,7 +375,7 @@ impl HotSwap {
                 tracing::info!(listener = %new.name(), from = %previous.digest(), to = %new.digest(), "swapped; the reference instance starts fresh (no state hand-over)");
             }
         }
-        for (name, (entry, listener)) in &next {
+        for (name, (_, listener)) in &next {
             let changed = old
                 .get(name)
                 .is_none_or(|(_, prev)| !Arc::ptr_eq(prev, listener));
@@ -350,9 +393,6 @@ impl HotSwap {
                         ("digest", listener.digest()),
                     ]))
                     .set(1);
-            }
-            if let Some(cluster) = &self.cluster {
-                cluster.set_capabilities(name, entry.capabilities.clone());
             }
         }
         // Retire the info series of versions no longer running (replaced or removed), so
@@ -468,4 +508,51 @@ fn content_digest(text: Option<&str>, binary: &BTreeMap<String, Vec<u8>>) -> Str
         hasher.update(value);
     }
     hex::encode(hasher.finalize())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runtime::RuntimeConfig;
+
+    fn entry(watch: Option<&str>) -> Entry {
+        source::parse("listeners: [{name: l, module: l.wasm}]")
+            .map(|mut entries| {
+                entries[0].watch = watch.map(str::to_string);
+                entries.remove(0)
+            })
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn an_entry_must_name_an_existing_watch_unless_there_is_only_one() {
+        let client =
+            Client::try_from(kube::Config::new("http://127.0.0.1:9".parse().unwrap())).unwrap();
+        let swap = |watches: &[&str]| {
+            HotSwap::new(
+                Runtime::new(RuntimeConfig::default()).unwrap(),
+                client.clone(),
+                "ns/modules".parse().unwrap(),
+                watches
+                    .iter()
+                    .map(|w| (w.to_string(), Arc::new(ChainSlot::new(Chain::new(vec![])))))
+                    .collect(),
+                None,
+                Arc::new(Metrics::new()),
+            )
+        };
+        let one = swap(&["a"]);
+        assert_eq!(one.watch_of(&entry(None)), Ok("a"));
+        assert_eq!(one.watch_of(&entry(Some("a"))), Ok("a"));
+        assert_eq!(
+            one.watch_of(&entry(Some("b"))),
+            Err("no watch \"b\" (watches: a)".into())
+        );
+        let two = swap(&["a", "b"]);
+        assert_eq!(two.watch_of(&entry(Some("b"))), Ok("b"));
+        assert_eq!(
+            two.watch_of(&entry(None)),
+            Err("no `watch:` given, and there are several watches (a, b)".into())
+        );
+    }
 }

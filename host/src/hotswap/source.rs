@@ -84,50 +84,79 @@ pub fn is_config_format(text: &str) -> bool {
 /// Parses a `listeners.yaml` in the `--config` format: the watches (targets) and listeners.
 ///
 /// # Errors
-/// [`Error::BadListeners`] with the position and problem.
+/// [`Error::BadListeners`] with the position and problem, or naming both entries of a listener
+/// name used twice (names are unique across all watches).
 pub fn parse_config(text: &str) -> Result<crate::config::Config, Error> {
-    crate::config::parse(text, Path::new("listeners.yaml"))
-        .map_err(|e| Error::BadListeners(e.to_string()))
+    let config = crate::config::parse(text, Path::new("listeners.yaml"))
+        .map_err(|e| Error::BadListeners(e.to_string()))?;
+    unique_names(&entries_of(&config), |_, e| {
+        format!(
+            "the one in watch {:?} (module {})",
+            e.watch.as_deref().unwrap_or_default(),
+            e.module
+        )
+    })?;
+    Ok(config)
+}
+
+/// The listeners of every watch of `config`, in order.
+fn entries_of(config: &crate::config::Config) -> Vec<Entry> {
+    config
+        .watches
+        .iter()
+        .flat_map(|w| {
+            w.listeners.iter().map(|l| Entry {
+                name: l.name.clone(),
+                watch: Some(w.name.clone()),
+                module: l.path.to_string_lossy().into_owned(),
+                mode: l.mode,
+                limits: l.limits.clone(),
+                capabilities: l.capabilities.clone(),
+            })
+        })
+        .collect()
 }
 
 /// Parses `listeners.yaml` (either format) into the listener set.
 ///
 /// # Errors
-/// [`Error::BadListeners`] with the position and problem.
+/// [`Error::BadListeners`] with the position and problem, or naming both entries of a listener
+/// name used twice.
 pub fn parse(text: &str) -> Result<Vec<Entry>, Error> {
     if is_config_format(text) {
-        let config = parse_config(text)?;
-        return Ok(config
-            .watches
-            .into_iter()
-            .flat_map(|w| {
-                let watch = w.name.clone();
-                w.listeners.into_iter().map(move |l| Entry {
-                    name: l.name,
-                    watch: Some(watch.clone()),
-                    module: l.path.to_string_lossy().into_owned(),
-                    mode: l.mode,
-                    limits: l.limits,
-                    capabilities: l.capabilities,
-                })
-            })
-            .collect());
+        return Ok(entries_of(&parse_config(text)?));
     }
     let file: File =
         serde_saphyr::from_str(text).map_err(|e| Error::BadListeners(e.to_string()))?;
-    let mut seen = std::collections::HashSet::new();
-    for entry in &file.listeners {
-        if entry.name.trim().is_empty() {
-            return Err(Error::BadListeners("a listener has an empty name".into()));
-        }
-        if !seen.insert(entry.name.clone()) {
+    if file.listeners.iter().any(|e| e.name.trim().is_empty()) {
+        return Err(Error::BadListeners("a listener has an empty name".into()));
+    }
+    unique_names(&file.listeners, |i, e| match &e.watch {
+        Some(watch) => format!("listeners[{i}] (watch {watch:?}, module {})", e.module),
+        None => format!("listeners[{i}] (module {})", e.module),
+    })?;
+    Ok(file.listeners)
+}
+
+/// Refuses two entries of one name, naming both (`describe` says where an entry is): listener
+/// names are unique across all watches, since capabilities, hot swap and metrics go by name.
+fn unique_names(
+    entries: &[Entry],
+    describe: impl Fn(usize, &Entry) -> String,
+) -> Result<(), Error> {
+    let mut seen = std::collections::HashMap::new();
+    for (i, entry) in entries.iter().enumerate() {
+        if let Some(first) = seen.insert(entry.name.as_str(), i) {
             return Err(Error::BadListeners(format!(
-                "listener name {:?} appears twice",
-                entry.name
+                "listener name {:?} appears twice: {} and {}; listener names must be unique \
+                 across all watches",
+                entry.name,
+                describe(first, &entries[first]),
+                describe(i, entry)
             )));
         }
     }
-    Ok(file.listeners)
+    Ok(())
 }
 
 /// The module bytes of `entry`: from `binary` (the ConfigMap's binaryData) by key, decompressed
@@ -144,7 +173,7 @@ pub fn module_bytes(entry: &Entry, binary: &BTreeMap<String, Vec<u8>>) -> Result
     let raw = if let Some(bytes) = binary.get(&entry.module) {
         bytes.clone()
     } else if Path::new(&entry.module).is_absolute() {
-        std::fs::read(&entry.module).map_err(|e| fail(format!("cannot read the file: {e}")))?
+        read_module_file(Path::new(&entry.module)).map_err(fail)?
     } else {
         return Err(fail(
             "no such binaryData key (and not an absolute file path)".into(),
@@ -173,6 +202,47 @@ pub fn module_bytes(entry: &Entry, binary: &BTreeMap<String, Vec<u8>>) -> Result
     } else {
         Ok(raw)
     }
+}
+
+/// The content of the module file at `path`: a regular file of at most [`MAX_MODULE_BYTES`]
+/// (not `/dev/zero`, a FIFO or a directory).
+fn read_module_file(path: &Path) -> Result<Vec<u8>, String> {
+    let cannot = |e: std::io::Error| format!("cannot read the file: {e}");
+    let regular = |meta: &std::fs::Metadata| -> Result<(), String> {
+        if !meta.is_file() {
+            return Err("not a regular file".into());
+        }
+        if meta.len() > MAX_MODULE_BYTES {
+            return Err(format!(
+                "the file is larger than {} MiB",
+                MAX_MODULE_BYTES >> 20
+            ));
+        }
+        Ok(())
+    };
+    // Checked before opening (opening a FIFO would wait for a writer)...
+    regular(&std::fs::metadata(path).map_err(cannot)?)?;
+    let mut options = std::fs::OpenOptions::new();
+    options.read(true);
+    #[cfg(unix)]
+    {
+        // ...and after: a FIFO put there in between does not block the open either.
+        use std::os::unix::fs::OpenOptionsExt;
+        options.custom_flags(libc::O_NONBLOCK);
+    }
+    let file = options.open(path).map_err(cannot)?;
+    regular(&file.metadata().map_err(cannot)?)?;
+    let mut out = Vec::new();
+    file.take(MAX_MODULE_BYTES + 1)
+        .read_to_end(&mut out)
+        .map_err(cannot)?;
+    if out.len() as u64 > MAX_MODULE_BYTES {
+        return Err(format!(
+            "the file is larger than {} MiB",
+            MAX_MODULE_BYTES >> 20
+        ));
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -208,6 +278,72 @@ mod tests {
             parse("watches:\n  - name: w\n    kind: X\n"),
             Err(Error::BadListeners(_))
         ));
+    }
+
+    #[test]
+    fn a_name_used_in_two_watches_rejects_the_whole_set_naming_both() {
+        let two_watches = "watches:\n  - name: first\n    apiVersion: v1\n    kind: ConfigMap\n    listeners:\n      - {name: echo, module: a.wasm}\n  - name: second\n    apiVersion: v1\n    kind: Secret\n    listeners:\n      - {name: echo, module: b.wasm}\n";
+        // Also at startup, when the ConfigMap alone configures kubelisten.
+        assert!(parse_config(two_watches).is_err());
+        let err = parse(two_watches).unwrap_err();
+        let Error::BadListeners(message) = &err else {
+            panic!("{err}")
+        };
+        assert!(
+            message.contains("\"echo\" appears twice")
+                && message.contains("watch \"first\" (module a.wasm)")
+                && message.contains("watch \"second\" (module b.wasm)")
+                && message.contains("unique across all watches"),
+            "{message}"
+        );
+        let err = parse(
+            "listeners:\n  - {name: echo, watch: first, module: a.wasm}\n  - {name: other, module: c.wasm}\n  - {name: echo, watch: second, module: b.wasm}\n",
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "listeners.yaml: listener name \"echo\" appears twice: listeners[0] (watch \"first\", \
+             module a.wasm) and listeners[2] (watch \"second\", module b.wasm); listener names \
+             must be unique across all watches"
+        );
+    }
+
+    #[test]
+    fn module_files_are_regular_files_of_at_most_256_mib() {
+        let dir = tempfile::tempdir().unwrap();
+        let entry = |path: &Path| Entry {
+            name: "l".into(),
+            watch: None,
+            module: path.to_string_lossy().into_owned(),
+            mode: Mode::Classname,
+            limits: Limits::default(),
+            capabilities: Capabilities::default(),
+        };
+        let problem = |path: &Path| match module_bytes(&entry(path), &BTreeMap::new()) {
+            Err(Error::BadModule { problem, .. }) => problem,
+            other => panic!("{}: {:?}", path.display(), other.map(|b| b.len())),
+        };
+        let small = dir.path().join("small.wasm");
+        std::fs::write(&small, b"\0asm").unwrap();
+        assert_eq!(
+            module_bytes(&entry(&small), &BTreeMap::new()).unwrap(),
+            b"\0asm"
+        );
+        // Sparse: no disk space taken.
+        let big = dir.path().join("big.wasm");
+        std::fs::File::create(&big)
+            .unwrap()
+            .set_len(MAX_MODULE_BYTES + 1)
+            .unwrap();
+        assert_eq!(problem(&big), "the file is larger than 256 MiB");
+        assert_eq!(problem(dir.path()), "not a regular file");
+        assert_eq!(problem(Path::new("/dev/zero")), "not a regular file");
+        let fifo = dir.path().join("fifo.wasm");
+        let made = std::process::Command::new("mkfifo").arg(&fifo).status();
+        if made.is_ok_and(|s| s.success()) {
+            assert_eq!(problem(&fifo), "not a regular file");
+        }
+        assert!(problem(&dir.path().join("missing.wasm")).starts_with("cannot read the file"));
     }
 
     #[test]

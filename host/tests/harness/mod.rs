@@ -523,7 +523,7 @@ pub fn cluster_runtime(
     config: &Config,
     sink: Arc<dyn kubelisten::runtime::GuestLogSink>,
 ) -> (Runtime, Arc<KubeCluster>) {
-    let cluster = app::cluster_access(client, config);
+    let cluster = app::cluster_access(client, config).expect("cluster access");
     let runtime = Runtime::new(RuntimeConfig {
         cluster: cluster.clone(),
         sink,
