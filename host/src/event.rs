@@ -441,6 +441,23 @@ mod tests {
     }
 
     #[test]
+    fn a_snapshot_creates_every_known_object_for_the_named_listeners() {
+        let mut t = Tracker::default();
+        let (o, m) = obj("7", "");
+        t.apply(WatchType::Added, o, m, ObjectStatus::default(), false);
+        let (o, m) = obj("8", "");
+        t.apply(WatchType::Modified, o, m, ObjectStatus::default(), false);
+        let only: Arc<[Arc<str>]> = Arc::from(vec![Arc::<str>::from("late")]);
+        let events = t.snapshot(&only);
+        assert_eq!(events.len(), 1);
+        let e = &events[0];
+        assert_eq!((e.kind, e.initial), (EventKind::Create, true));
+        assert_eq!(e.meta.resource_version, "8", "the latest state");
+        assert_eq!(e.only.as_deref(), Some(&only[..]));
+        assert!(e.old_object.is_none());
+    }
+
+    #[test]
     fn parses_metadata() {
         let (_, m) = obj("7", "");
         assert_eq!(m.object_ref(), "ns/a");

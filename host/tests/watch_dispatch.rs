@@ -339,3 +339,66 @@ fn malformed_crd_and_config_files_fail_clearly() {
     assert!(stderr.contains("kubelisten.yaml:6"), "{stderr}");
     assert!(stderr.contains("modul"), "{stderr}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_listener_that_joins_a_running_chain_gets_the_existing_objects() {
+    let t = Things::new().await;
+    let config = t.watch(vec![listener("rust-logger", Mode::Classname)]);
+    let runtime = harness::runtime();
+    let mut host = t.start_host(&runtime, &config, &settings(4)).await;
+    t.create("before-a", json!({"size": 1}), &[]).await;
+    t.create("before-b", json!({"size": 2}), &[]).await;
+    host.wait_for(WAIT, "the creates before the swap", |seen| {
+        seen.iter()
+            .filter(|d| d.event.kind == EventKind::Create)
+            .count()
+            == 2
+    })
+    .await;
+
+    // A hot swap adds rust-metrics next to the running rust-logger (same instance kept).
+    let slot = host.chain(0);
+    let logger = slot.get().listeners()[0].clone();
+    let metrics = std::sync::Arc::new(
+        kubelisten::Listener::load(&runtime, &listener("rust-metrics", Mode::Reference)).unwrap(),
+    );
+    slot.set(kubelisten::Chain::new(vec![logger, metrics]));
+    host.wait_for(WAIT, "the catch-up creates of the new listener", |seen| {
+        seen.iter().filter(|d| d.event.only.is_some()).count() == 2
+    })
+    .await;
+    t.create("after", json!({"size": 3}), &[]).await;
+    host.wait_for(WAIT, "the create of a new object", |seen| {
+        seen.iter().any(|d| d.event.meta.name == "after")
+    })
+    .await;
+    let seen = host.stop().await;
+
+    let calls_of = |listener: &str| -> Vec<String> {
+        let mut names: Vec<String> = seen
+            .iter()
+            .filter(|d| d.report.calls.iter().any(|c| &*c.listener == listener))
+            .map(|d| format!("{} {}", d.event.kind.as_str(), d.event.meta.name))
+            .collect();
+        names.sort();
+        names
+    };
+    // The new listener learnt of both existing objects, then saw the new one; the old one was
+    // not called again for objects it already had.
+    assert_eq!(
+        calls_of("rust-metrics"),
+        ["create after", "create before-a", "create before-b"]
+    );
+    assert_eq!(
+        calls_of("rust-logger"),
+        ["create after", "create before-a", "create before-b"]
+    );
+    for d in seen.iter().filter(|d| d.event.only.is_some()) {
+        assert!(
+            d.event.initial && d.report.succeeded(),
+            "{:?}",
+            d.report.calls
+        );
+        assert_eq!(d.report.calls.len(), 1, "only the new listener is called");
+    }
+}

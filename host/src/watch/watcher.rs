@@ -441,6 +441,20 @@ fn bookmark_rv(raw: &str) -> Option<String> {
         .map(str::to_string)
 }
 
+/// The next announcement of `joined`, or never when there is no receiver (or it is closed).
+async fn recv_joined(joined: &mut Option<mpsc::UnboundedReceiver<Joined>>) -> Option<Joined> {
+    match joined {
+        Some(rx) => match rx.recv().await {
+            Some(names) => Some(names),
+            None => {
+                *joined = None;
+                std::future::pending().await
+            }
+        },
+        None => std::future::pending().await,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -455,19 +469,5 @@ mod tests {
             with_type_meta("{}", "v1", "X"),
             r#"{"apiVersion":"v1","kind":"X"}"#
         );
-    }
-}
-
-/// The next announcement of `joined`, or never when there is no receiver (or it is closed).
-async fn recv_joined(joined: &mut Option<mpsc::UnboundedReceiver<Joined>>) -> Option<Joined> {
-    match joined {
-        Some(rx) => match rx.recv().await {
-            Some(names) => Some(names),
-            None => {
-                *joined = None;
-                std::future::pending().await
-            }
-        },
-        None => std::future::pending().await,
     }
 }

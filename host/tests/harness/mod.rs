@@ -289,6 +289,13 @@ impl TestHost {
         }
     }
 
+    /// The chain slot of watch number `index` (to swap chains as a hot swap would).
+    pub fn chain(&self, index: usize) -> Arc<kubelisten::dispatch::ChainSlot> {
+        self.running.as_ref().expect("running").watches[index]
+            .chain
+            .clone()
+    }
+
     /// Kills the watch tasks (fault injection).
     pub fn kill_watch_tasks(&mut self) {
         if let Some(running) = self.running.as_mut() {
