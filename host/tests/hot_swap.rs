@@ -337,15 +337,7 @@ async fn bad_updates_are_rejected_with_an_event_and_the_running_version_keeps_se
         !error.is_empty() && !error.starts_with("listener "),
         "the error says what is wrong, without repeating the listener's name: {status}"
     );
-    let notes: Vec<String> = events
-        .list(&Default::default())
-        .await
-        .unwrap()
-        .items
-        .into_iter()
-        .filter(|e| e.reason.as_deref() == Some("ModuleRejected"))
-        .filter_map(|e| e.note)
-        .collect();
+    let notes = notes_of(&events, "ModuleRejected").await;
     assert!(!notes.is_empty());
     // ... and the rejections are counted.
     let (_, metrics) = s.host.get("/metrics").await;
@@ -527,15 +519,7 @@ async fn grant_changes_apply_to_an_unchanged_module_and_unknown_watches_are_reje
 
     let events: Api<k8s_openapi::api::events::v1::Event> =
         Api::namespaced(t.client.clone(), t.ns.name());
-    let notes: Vec<String> = events
-        .list(&Default::default())
-        .await
-        .unwrap()
-        .items
-        .into_iter()
-        .filter(|e| e.reason.as_deref() == Some("ModuleRejected"))
-        .filter_map(|e| e.note)
-        .collect();
+    let notes = notes_of(&events, "ModuleRejected").await;
     assert!(
         notes
             .iter()
@@ -560,4 +544,17 @@ async fn grant_changes_apply_to_an_unchanged_module_and_unknown_watches_are_reje
     );
     host.stop().await;
     t.ns.delete().await;
+}
+
+/// The notes of the Events in `events` with `reason`.
+async fn notes_of(events: &Api<k8s_openapi::api::events::v1::Event>, reason: &str) -> Vec<String> {
+    events
+        .list(&Default::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|e| e.reason.as_deref() == Some(reason))
+        .filter_map(|e| e.note)
+        .collect()
 }

@@ -522,12 +522,15 @@ fn cluster_time_is_given_back_only_up_to_the_wall_clock_cap() {
     assert_eq!(outcome.trap_kind(), Some(TrapKind::Deadline), "{outcome:?}");
 }
 
-/// Runs `events` through a dispatcher over `chain` (events in order, then the channel closes)
-/// and returns every attempt it made.
+/// Runs `events` through a dispatcher over `chain`, sharing `state`, and returns every attempt
+/// it made. With `stop_first`, the dispatcher is told to stop (a graceful shutdown) before it
+/// takes anything, while the channel stays open; otherwise the channel closes after the events.
 fn run_dispatcher(
     chain: Chain,
     retry: kubelisten::dispatch::dispatcher::RetryPolicy,
+    state: Arc<kubelisten::watch::state::WatchState>,
     events: Vec<kubelisten::ResourceEvent>,
+    stop_first: bool,
 ) -> Vec<kubelisten::dispatch::dispatcher::Dispatched> {
     use kubelisten::dispatch::dispatcher::{Dispatcher, DispatcherConfig};
     use kubelisten::watch::watcher::WatchOutput;
@@ -542,7 +545,7 @@ fn run_dispatcher(
                 ..DispatcherConfig::default()
             },
             observer: Some(observer),
-            state: Arc::default(),
+            state,
             failures: None,
             metrics: Arc::default(),
         };
@@ -550,10 +553,16 @@ fn run_dispatcher(
         for event in events {
             tx.send(WatchOutput::Event(Arc::new(event))).await.unwrap();
         }
-        drop(tx);
-        dispatcher
-            .run(rx, tokio_util::sync::CancellationToken::new())
-            .await;
+        let cancel = tokio_util::sync::CancellationToken::new();
+        let open = if stop_first {
+            cancel.cancel();
+            Some(tx)
+        } else {
+            drop(tx);
+            None
+        };
+        dispatcher.run(rx, cancel).await;
+        drop(open);
         let mut seen = Vec::new();
         while let Ok(attempt) = attempts.try_recv() {
             seen.push(attempt);
@@ -583,10 +592,12 @@ fn a_crash_looping_listener_does_not_use_up_other_objects_retries() {
     let attempts = run_dispatcher(
         Chain::new(vec![faulty]),
         retry,
+        Arc::default(),
         vec![
             event(EventKind::Create, "poison", Some("panic")),
             event(EventKind::Delete, "innocent", None),
         ],
+        false,
     );
     let of = |name: &str| -> Vec<_> {
         attempts
@@ -638,33 +649,15 @@ fn a_backed_off_listener_builds_no_spare_instances() {
 
 #[test]
 fn events_taken_by_the_dispatcher_count_as_watch_activity() {
-    use kubelisten::dispatch::dispatcher::{Dispatcher, DispatcherConfig};
-    use kubelisten::watch::watcher::WatchOutput;
-    let tokio = tokio::runtime::Runtime::new().unwrap();
     let state = Arc::new(kubelisten::watch::state::WatchState::default());
-    let dispatcher = Dispatcher {
-        watch: Arc::from("w"),
-        chain: Arc::new(kubelisten::dispatch::ChainSlot::new(Chain::default())),
-        config: DispatcherConfig::default(),
-        observer: None,
-        state: state.clone(),
-        failures: None,
-        metrics: Arc::default(),
-    };
-    tokio.block_on(async move {
-        let (tx, rx) = tokio::sync::mpsc::channel(4);
-        tx.send(WatchOutput::Event(Arc::new(event(
-            EventKind::Create,
-            "a",
-            None,
-        ))))
-        .await
-        .unwrap();
-        drop(tx);
-        dispatcher
-            .run(rx, tokio_util::sync::CancellationToken::new())
-            .await;
-    });
+    let seen = run_dispatcher(
+        Chain::default(),
+        Default::default(),
+        state.clone(),
+        vec![event(EventKind::Create, "a", None)],
+        false,
+    );
+    assert_eq!(seen.len(), 1);
     // A watch blocked on back-pressure hears nothing from the API server; the dispatcher taking
     // its events is what tells /healthz it progresses.
     assert!(state
@@ -675,43 +668,27 @@ fn events_taken_by_the_dispatcher_count_as_watch_activity() {
 
 #[test]
 fn a_graceful_stop_still_delivers_the_events_already_received() {
-    use kubelisten::dispatch::dispatcher::{Dispatcher, DispatcherConfig};
-    use kubelisten::watch::watcher::WatchOutput;
     let (rt, capture, _cache) = runtime();
     let logger = load(&rt, "rust-logger", Mode::Classname);
-    let tokio = tokio::runtime::Runtime::new().unwrap();
-    let (observer, mut attempts) = tokio::sync::mpsc::unbounded_channel();
-    let dispatcher = Dispatcher {
-        watch: Arc::from("w"),
-        chain: Arc::new(kubelisten::dispatch::ChainSlot::new(Chain::new(vec![
-            logger,
-        ]))),
-        config: DispatcherConfig::default(),
-        observer: Some(observer),
-        state: Arc::default(),
-        failures: None,
-        metrics: Arc::default(),
-    };
-    tokio.block_on(async move {
-        let (tx, rx) = tokio::sync::mpsc::channel(4);
-        for (kind, name) in [
-            (EventKind::Update, "a"),
-            (EventKind::Delete, "a"),
-            (EventKind::Delete, "b"),
-        ] {
-            tx.send(WatchOutput::Event(Arc::new(event(kind, name, None))))
-                .await
-                .unwrap();
-        }
-        // The stop comes before the dispatcher has taken anything; the sender stays open, as
-        // a watch that is being shut down may still hold it.
-        let cancel = tokio_util::sync::CancellationToken::new();
-        cancel.cancel();
-        dispatcher.run(rx, cancel).await;
-        drop(tx);
-    });
+    let events = [
+        (EventKind::Update, "a"),
+        (EventKind::Delete, "a"),
+        (EventKind::Delete, "b"),
+    ]
+    .into_iter()
+    .map(|(kind, name)| event(kind, name, None))
+    .collect();
+    // The stop comes before the dispatcher has taken anything; the sender stays open, as a
+    // watch that is being shut down may still hold it.
+    let attempts = run_dispatcher(
+        Chain::new(vec![logger]),
+        Default::default(),
+        Arc::default(),
+        events,
+        true,
+    );
     let mut delivered = Vec::new();
-    while let Ok(a) = attempts.try_recv() {
+    for a in attempts {
         assert!(a.report.succeeded(), "{:?}", a.report.calls);
         delivered.push(format!("{} {}", a.event.kind.as_str(), a.event.meta.name));
     }

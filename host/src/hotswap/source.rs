@@ -289,11 +289,10 @@ mod tests {
         let Error::BadListeners(message) = &err else {
             panic!("{err}")
         };
+        // The watches format is checked by the config parser, which names both places.
         assert!(
-            message.contains("\"echo\" appears twice")
-                && message.contains("watch \"first\" (module a.wasm)")
-                && message.contains("watch \"second\" (module b.wasm)")
-                && message.contains("unique across all watches"),
+            message.contains("watches[1].listeners[0]")
+                && message.contains("listener name \"echo\" is also used in watch \"first\""),
             "{message}"
         );
         let err = parse(
