@@ -539,6 +539,9 @@ impl Validator<'_> {
                 }
             },
         };
+        if let Err(message) = crate::runtime::check_listener_name(&name) {
+            return self.fail(at, message);
+        }
         Ok(ListenerSpec {
             name,
             path: self.base.join(&raw.module),
@@ -1136,6 +1139,18 @@ watches:
         assert_err("watches: []\n", &[":1:10: watches: at least one watch"]);
         assert_err("# nothing\n", &["conf/kubelisten.yaml: the file is empty"]);
         assert_err("", &["the file is empty"]);
+    }
+
+    #[test]
+    fn listener_names_must_be_qualified_names() {
+        assert_err(
+            "watches:\n  - name: a\n    crd: c.yaml\n    listeners: [{name: my listener, module: x.wasm}]\n",
+            &[":4:17: watches[0].listeners[0]: listener name \"my listener\" is not valid"],
+        );
+        assert_err(
+            "watches:\n  - name: a\n    crd: c.yaml\n    listeners: [{module: \"dir/x y.wasm\"}]\n",
+            &["listener name \"x y\" is not valid"],
+        );
     }
 
     #[test]

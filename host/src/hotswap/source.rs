@@ -131,6 +131,10 @@ pub fn parse(text: &str) -> Result<Vec<Entry>, Error> {
     if file.listeners.iter().any(|e| e.name.trim().is_empty()) {
         return Err(Error::BadListeners("a listener has an empty name".into()));
     }
+    for (i, entry) in file.listeners.iter().enumerate() {
+        crate::runtime::check_listener_name(&entry.name)
+            .map_err(|message| Error::BadListeners(format!("listeners[{i}]: {message}")))?;
+    }
     unique_names(&file.listeners, |i, e| match &e.watch {
         Some(watch) => format!("listeners[{i}] (watch {watch:?}, module {})", e.module),
         None => format!("listeners[{i}] (module {})", e.module),
@@ -277,6 +281,14 @@ mod tests {
         assert!(matches!(
             parse("watches:\n  - name: w\n    kind: X\n"),
             Err(Error::BadListeners(_))
+        ));
+    }
+
+    #[test]
+    fn listener_names_must_be_qualified_names() {
+        assert!(matches!(
+            parse("listeners:\n  - {name: ok, module: a.wasm}\n  - {name: not ok, module: b.wasm}\n"),
+            Err(Error::BadListeners(m)) if m.starts_with("listeners[1]: listener name \"not ok\"")
         ));
     }
 

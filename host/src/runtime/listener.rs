@@ -56,6 +56,32 @@ impl FromStr for Mode {
     }
 }
 
+/// Checks a listener name: 1–63 ASCII letters, digits, `-`, `_` or `.`, starting and ending
+/// with a letter or digit (a Kubernetes qualified name). The name becomes the field manager and
+/// the reporting controller of the listener's Kubernetes requests and Events
+/// (`kubelisten/NAME`), which the API server validates that way.
+///
+/// # Errors
+/// What is wrong with the name.
+pub fn check_listener_name(name: &str) -> std::result::Result<(), String> {
+    let edge_ok = |c: Option<char>| c.is_some_and(|c| c.is_ascii_alphanumeric());
+    let valid = (1..=63).contains(&name.len())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        && edge_ok(name.chars().next())
+        && edge_ok(name.chars().last());
+    if valid {
+        Ok(())
+    } else {
+        Err(format!(
+            "listener name {name:?} is not valid: use 1-63 letters, digits, '-', '_' or '.', \
+             starting and ending with a letter or digit (it names the listener's requests and \
+             Events in Kubernetes as kubelisten/NAME)"
+        ))
+    }
+}
+
 /// What to load: a name, a module path, a mode and limits.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ListenerSpec {
@@ -99,6 +125,10 @@ impl FromStr for ListenerSpec {
                 reason: "cannot derive a listener name from the path".into(),
             })?
             .to_string();
+        check_listener_name(&name).map_err(|reason| Error::BadSpec {
+            spec: spec.to_string(),
+            reason,
+        })?;
         Ok(Self {
             name,
             path,
@@ -758,5 +788,16 @@ mod tests {
         let s: ListenerSpec = "dir:x/c.wasm:classname".parse().unwrap();
         assert_eq!(s.path, PathBuf::from("dir:x/c.wasm"));
         assert!(":reference".parse::<ListenerSpec>().is_err());
+        assert!("dir/my listener.wasm".parse::<ListenerSpec>().is_err());
+    }
+
+    #[test]
+    fn listener_names_are_qualified_names() {
+        for good in ["a", "rust-logger", "My_Listener.v2", &"x".repeat(63)] {
+            assert!(check_listener_name(good).is_ok(), "{good}");
+        }
+        for bad in ["", "-a", "a-", "a b", "a/b", "é", &"x".repeat(64)] {
+            assert!(check_listener_name(bad).is_err(), "{bad:?}");
+        }
     }
 }

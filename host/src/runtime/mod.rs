@@ -22,7 +22,8 @@ pub use host::{
 };
 pub use limits::Limits;
 pub use listener::{
-    CallContext, Export, Handover, Listener, ListenerSpec, ListenerStats, Mode, Outcome,
+    check_listener_name, CallContext, Export, Handover, Listener, ListenerSpec, ListenerStats,
+    Mode, Outcome,
 };
 pub use trap::TrapKind;
 

@@ -77,13 +77,15 @@ pub(crate) fn strict_str<'a>(object: &'a Value, path: &[&str]) -> Result<Option<
     }
 }
 
-/// The API group of the object's `apiVersion` (`""` for the core group or when missing).
+/// The API group of the object's `apiVersion` (`""` for the core group, when missing, or when
+/// the value is not a group/version at all, e.g. `a/b/c`: apimachinery's
+/// `FromAPIVersionAndKind` then drops group and version, so no group's type rule applies).
 pub(crate) fn group(object: &Value) -> &str {
     let api_version = str_field(object, &["apiVersion"], "");
-    api_version
-        .split_once('/')
-        .map(|(group, _)| group)
-        .unwrap_or("")
+    match api_version.split_once('/') {
+        Some((group, version)) if !version.contains('/') => group,
+        _ => "",
+    }
 }
 
 /// The object's `kind` (`""` when missing or not a string).

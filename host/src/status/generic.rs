@@ -338,6 +338,15 @@ mod tests {
     }
 
     #[test]
+    fn an_api_version_that_is_no_group_version_selects_no_group_rule() {
+        let o = json!({"apiVersion": "apps/v1/x", "kind": "Deployment", "spec": {"replicas": 1}});
+        assert_eq!(
+            compute(&o).unwrap(),
+            StatusResult::current("Resource is current")
+        );
+    }
+
+    #[test]
     fn a_ready_entry_with_another_status_is_passed_over() {
         let o = json!({"kind": "Widget", "status": {"conditions": [
             {"type": "Ready"},
