@@ -31,7 +31,7 @@ Faults: none; kube-apiserver stopped and restarted; etcd killed and restarted; t
 replicas SIGKILLed; the module hot-swapped to bad versions (not wasm, a core module) and back,
 then to a different good build; guest faults (the `faulty` guest after bench-listener in the
 chain, 1 in 10 changes annotated with a fault class: panic, unreachable, oob, stack-overflow,
-loop, memory, error). Then a bounded soak with RSS sampled every 5 s.
+loop, memory, sleep, error). Then a bounded soak with RSS sampled every 5 s.
 
 Exits 1 when any check fails (a scenario lost events, had duplicates, errored, its host died, a
 bad module was not rejected, the soak's RSS trends up); the table's last line says why.
@@ -54,7 +54,7 @@ import urllib.request
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import driver  # noqa: E402
 
-FAULTS = ["panic", "unreachable", "oob", "stack-overflow", "loop", "memory", "error"]
+FAULTS = ["panic", "unreachable", "oob", "stack-overflow", "loop", "memory", "sleep", "error"]
 # leader-kill: short lease timings (host/tests/leader_election.rs uses 3/2/0.5 s), so the
 # takeover happens within the stream.
 LEASE, RENEW, RETRY = 4, 3, 0.5
