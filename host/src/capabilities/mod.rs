@@ -351,11 +351,14 @@ impl ClusterAccess for KubeCluster {
                 caller.listener
             )));
         };
-        let timeout = self.timeout;
+        // The request's own bound, and never past what the guest's call has left.
+        let limit = caller
+            .time_left
+            .map_or(self.timeout * 2, |left| left.min(self.timeout * 2));
         self.handle.block_on(async {
-            match tokio::time::timeout(timeout * 2, self.perform(caller, &access, request)).await {
+            match tokio::time::timeout(limit, self.perform(caller, &access, request)).await {
                 Ok(result) => result,
-                Err(_) => Err(ApiError::Timeout(format!("no answer within {timeout:?}"))),
+                Err(_) => Err(ApiError::Timeout(format!("no answer within {limit:?}"))),
             }
         })
     }
@@ -625,6 +628,7 @@ mod tests {
             caller: Caller {
                 listener: Arc::from("l"),
                 event_namespace: Some("ns".into()),
+                time_left: None,
             },
             _tokio: tokio,
         }
@@ -763,6 +767,26 @@ mod tests {
             *f.seen.lock().unwrap(),
             ["GET /api/v1", "GET /api/v1/namespaces/ns/pods/p"]
         );
+    }
+
+    #[test]
+    fn a_request_never_outlasts_the_guest_calls_time_left() {
+        // One token per second: the second get would wait 1 s for its token (the request
+        // timeout of 30 s allows that), but the guest's call has only 50 ms left.
+        let f = fixture(
+            "rateLimit: {qps: 1, burst: 1}\ngrants:\n  - {apiGroups: [''], resources: [pods], verbs: [get], namespaces: '*'}\n",
+            Duration::from_secs(30),
+        );
+        let get = || ClusterRequest::Get(pod("p"));
+        assert!(f.cluster.call(&f.caller, get()).is_ok());
+        let short = Caller {
+            time_left: Some(Duration::from_millis(50)),
+            ..f.caller.clone()
+        };
+        match f.cluster.call(&short, get()) {
+            Err(ApiError::Timeout(m)) => assert!(m.contains("50ms"), "{m}"),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

@@ -273,6 +273,7 @@ impl Dispatcher {
         let retry = self.config.retry;
         let failures = self.failures.clone();
         let metrics = self.metrics.clone();
+        let state = self.state.clone();
         async move {
             // Attempts that called the chain (those skipped by crash-loop backoff do not count).
             let mut attempts_made = 0;
@@ -322,12 +323,28 @@ impl Dispatcher {
                     break;
                 }
                 match backed_off {
-                    Some(wait) => tokio::time::sleep(wait.max(Duration::from_millis(1))).await,
+                    Some(wait) => wait_out_backoff(&state, wait).await,
                     None => tokio::time::sleep(retry.delay(attempt)).await,
                 }
             }
             key
         }
+    }
+}
+
+/// Sleeps through a listener's crash-loop backoff (up to 5 minutes), recording watch activity
+/// every few seconds: the host is working as intended, and `/healthz` must not have it
+/// restarted (which would only relist everything and start the backoff over).
+async fn wait_out_backoff(state: &WatchState, wait: Duration) {
+    const BEAT: Duration = Duration::from_secs(5);
+    let until = tokio::time::Instant::now() + wait.max(Duration::from_millis(1));
+    loop {
+        state.activity();
+        let now = tokio::time::Instant::now();
+        if now >= until {
+            return;
+        }
+        tokio::time::sleep((until - now).min(BEAT)).await;
     }
 }
 
@@ -477,6 +494,31 @@ mod tests {
             (second.kind, second.meta.uid.as_str()),
             (EventKind::Create, "new")
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn waiting_out_a_backoff_keeps_the_watch_alive() {
+        let state = Arc::new(WatchState::default());
+        let waiting = tokio::spawn({
+            let state = state.clone();
+            async move { wait_out_backoff(&state, Duration::from_secs(300)).await }
+        });
+        // 58 beats of 5 s: the whole 300 s wait but its last few seconds.
+        for _ in 0..58 {
+            // Paused time moves the tokio clock, not the wall clock the state reads: reset it
+            // to "long ago" and check the wait marks activity again within a beat.
+            state
+                .last_activity_ms
+                .store(0, std::sync::atomic::Ordering::Relaxed);
+            tokio::time::sleep(Duration::from_millis(5001)).await;
+            assert_ne!(
+                state
+                    .last_activity_ms
+                    .load(std::sync::atomic::Ordering::Relaxed),
+                0
+            );
+        }
+        waiting.await.unwrap();
     }
 
     #[test]

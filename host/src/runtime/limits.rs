@@ -78,8 +78,7 @@ pub struct LimitExceeded {
 /// of failing quietly, so a memory blow-up is classified as such rather than as the guest's own
 /// abort. The limits are totals over every memory and table of the instance: wasmtime asks once
 /// per memory (its initial size included), so a component of many core modules cannot multiply
-/// its share. A growth granted here but then refused by the allocator (past a memory's declared
-/// maximum) stays counted, erring on the safe side.
+/// its share.
 #[derive(Debug)]
 pub(crate) struct Limiter {
     memory_bytes: usize,
@@ -107,15 +106,19 @@ impl Limiter {
 }
 
 /// Grants growing one memory or table from `current` to `desired` if the store's `used` total
-/// stays within `limit`, and counts it; else records and returns the refusal.
+/// stays within `limit`, and counts it; else records and returns the refusal. A growth past the
+/// memory's or table's own `maximum` is refused quietly (the guest sees the usual -1) and not
+/// counted, since wasmtime would refuse it after this approval anyway.
 fn grow(
     what: &'static str,
     used: &mut usize,
     limit: usize,
-    current: usize,
-    desired: usize,
+    (current, desired, maximum): (usize, usize, Option<usize>),
     exceeded: &mut Option<&'static str>,
 ) -> wasmtime::Result<bool> {
+    if maximum.is_some_and(|max| desired > max) {
+        return Ok(false);
+    }
     let total = used.saturating_add(desired.saturating_sub(current));
     if total > limit {
         *exceeded = Some(what);
@@ -135,14 +138,13 @@ impl wasmtime::ResourceLimiter for Limiter {
         &mut self,
         current: usize,
         desired: usize,
-        _maximum: Option<usize>,
+        maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
         grow(
             "memory",
             &mut self.memory_used,
             self.memory_bytes,
-            current,
-            desired,
+            (current, desired, maximum),
             &mut self.exceeded,
         )
     }
@@ -151,14 +153,13 @@ impl wasmtime::ResourceLimiter for Limiter {
         &mut self,
         current: usize,
         desired: usize,
-        _maximum: Option<usize>,
+        maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
         grow(
             "table",
             &mut self.table_used,
             self.table_elements,
-            current,
-            desired,
+            (current, desired, maximum),
             &mut self.exceeded,
         )
     }
@@ -206,6 +207,19 @@ mod tests {
         assert!(l.memory_growing(16 << 20, 48 << 20, None).unwrap());
         assert!(l.memory_growing(0, 16 << 20, None).unwrap());
         assert!(l.memory_growing(16 << 20, (16 << 20) + 1, None).is_err());
+    }
+
+    #[test]
+    fn growth_past_a_maximum_is_refused_without_being_counted() {
+        let mut l = limiter(64);
+        for _ in 0..10 {
+            assert!(!l.table_growing(0, 900, Some(500)).unwrap());
+        }
+        assert_eq!(l.exceeded, None);
+        assert!(
+            l.table_growing(0, 1000, None).unwrap(),
+            "nothing was counted"
+        );
     }
 
     #[test]

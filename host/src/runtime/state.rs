@@ -62,6 +62,7 @@ impl HostState {
             caller: Caller {
                 listener: listener.clone(),
                 event_namespace: None,
+                time_left: None,
             },
             cluster,
             call_started: Instant::now(),
@@ -173,8 +174,16 @@ impl chain_state::Host for HostState {
 }
 
 impl HostState {
-    /// Runs one cluster request, charging its duration to host time.
+    /// Runs one cluster request, charging its duration to host time. The request may take at
+    /// most what is left of the call's wall-clock cap.
     fn cluster_call(&mut self, request: ClusterRequest) -> Result<String, ApiError> {
+        let left = self.wall_budget.saturating_sub(self.call_started.elapsed());
+        if left.is_zero() {
+            return Err(ApiError::Timeout(
+                "the listener call's wall-clock limit (call-wall-timeout) is spent".into(),
+            ));
+        }
+        self.caller.time_left = Some(left);
         let started = Instant::now();
         let result = self.cluster.call(&self.caller, request);
         self.host_time += started.elapsed();

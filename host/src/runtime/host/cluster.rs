@@ -56,6 +56,9 @@ pub struct Caller {
     pub listener: Arc<str>,
     /// Namespace of the event's object (for grants scoped to "the event object's namespace").
     pub event_namespace: Option<String>,
+    /// How long the guest's call may still run (its wall-clock cap): a request, rate-limit wait
+    /// included, is cut there. `None`: no bound beyond the access's own timeout.
+    pub time_left: Option<std::time::Duration>,
 }
 
 /// Serves guests' cluster calls: checks the listener's policy, rate-limits, performs the request.
