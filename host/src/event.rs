@@ -187,6 +187,11 @@ pub struct ResourceEvent {
     /// the catch-up creates a listener added to a running chain gets for the objects that
     /// already exist ([`Tracker::snapshot`]).
     pub only: Option<Arc<[Arc<str>]>>,
+    /// The chain generation its watch task had caught up with when it read the event: listeners
+    /// that joined the chain later are not called with it (their catch-up `create` covers the
+    /// object). 0 outside a running watch; see
+    /// [`ChainSlot::set`](crate::dispatch::ChainSlot::set).
+    pub chain_generation: u64,
 }
 
 /// The kstatus verdict on an object, as delivered with every event.
@@ -339,6 +344,7 @@ impl Tracker {
             initial,
             status,
             only: None,
+            chain_generation: 0,
         })
     }
 
@@ -378,6 +384,7 @@ impl Tracker {
                     initial: true,
                     status,
                     only: None,
+                    chain_generation: 0,
                 }),
                 Err(err) => {
                     tracing::warn!(object = key, error = %err, "cannot report the deletion of an unreadable object")
@@ -408,6 +415,7 @@ impl Tracker {
                     initial: true,
                     status,
                     only: Some(only.clone()),
+                    chain_generation: 0,
                 }),
                 Err(err) => {
                     tracing::warn!(object = key, error = %err, "cannot replay an unreadable object to a new listener")

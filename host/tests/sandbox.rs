@@ -690,3 +690,53 @@ fn a_graceful_stop_still_delivers_the_events_already_received() {
     assert_eq!(delivered, ["delete a", "delete b", "update a"]);
     assert!(!capture.lines().is_empty());
 }
+
+#[test]
+fn a_listener_joining_a_chain_gets_only_what_its_watch_has_caught_up_on() {
+    let (rt, _capture, _cache) = runtime();
+    let a = noop_named(&rt, "a", Mode::Classname);
+    let l = noop_named(&rt, "l", Mode::Reference);
+    // Listeners set before the watch subscribes (a modules ConfigMap read at start) are covered
+    // by the watch's first list, whose events carry the generation it subscribed at.
+    let slot = kubelisten::dispatch::ChainSlot::new(Chain::default());
+    slot.set(Chain::new(vec![a.clone()]));
+    let (first_list, mut announcements) = slot.catch_up();
+    assert_eq!(first_list, 1);
+    slot.set(Chain::new(vec![a.clone(), l.clone()]));
+    let (generation, names) = announcements.try_recv().unwrap();
+    assert_eq!((generation, &names[..]), (2, &[Arc::<str>::from("l")][..]));
+
+    let called = |event: &kubelisten::ResourceEvent| -> Vec<String> {
+        let report = slot.get().dispatch(event);
+        assert!(report.succeeded(), "{:?}", report.calls);
+        report
+            .calls
+            .iter()
+            .map(|c| c.listener.to_string())
+            .collect()
+    };
+    // Read by the watch before its catch-up: not for the new listener, whatever the chain is
+    // by the time it is dispatched (its catch-up create covers the object instead).
+    let mut before = event(EventKind::Update, "x", None);
+    before.chain_generation = first_list;
+    assert_eq!(called(&before), ["a"]);
+    // The catch-up itself: for the new listener alone.
+    let mut catch_up = event(EventKind::Create, "x", None);
+    catch_up.only = Some(names.clone());
+    assert_eq!(called(&catch_up), ["l"]);
+    // Read after the catch-up: for everyone.
+    let mut after = event(EventKind::Update, "x", None);
+    after.chain_generation = generation;
+    assert_eq!(called(&after), ["a", "l"]);
+
+    // A new version of a listener already there (same names) joins nothing.
+    slot.set(Chain::new(vec![
+        noop_named(&rt, "a", Mode::Classname),
+        noop_named(&rt, "l", Mode::Reference),
+    ]));
+    assert!(announcements.try_recv().is_err());
+    assert_eq!(called(&before), ["a"]);
+    assert_eq!(called(&after), ["a", "l"]);
+    // A watch subscribing now lists for the chain as it is: its first list reaches both.
+    assert_eq!(slot.catch_up().0, generation);
+}

@@ -48,5 +48,6 @@ pub fn update_event(raw: &str) -> ResourceEvent {
         initial: false,
         status: Default::default(),
         only: None,
+        chain_generation: 0,
     }
 }

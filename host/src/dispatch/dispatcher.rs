@@ -451,6 +451,7 @@ mod tests {
             initial: false,
             status: Default::default(),
             only: None,
+            chain_generation: 0,
         })
     }
 

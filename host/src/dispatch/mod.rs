@@ -48,14 +48,17 @@ impl ChainReport {
     }
 }
 
-/// Names of listeners that joined a running chain; see [`ChainSlot::catch_up`].
-pub type Joined = Arc<[Arc<str>]>;
+/// Listeners that joined a running chain: the chain generation at which they joined and their
+/// names; see [`ChainSlot::catch_up`].
+pub type Joined = (u64, Arc<[Arc<str>]>);
 
 /// The current chain of a watch, replaced atomically by a hot swap: an event takes the chain
 /// that is current when its attempt starts and finishes on it.
 #[derive(Debug, Default)]
 pub struct ChainSlot {
     chain: std::sync::RwLock<Arc<Chain>>,
+    /// Bumped by every [`ChainSlot::set`] that adds listeners.
+    generation: std::sync::atomic::AtomicU64,
     /// The watch tasks to tell when listeners join the chain.
     joined: std::sync::Mutex<Vec<tokio::sync::mpsc::UnboundedSender<Joined>>>,
 }
@@ -65,6 +68,7 @@ impl ChainSlot {
     pub fn new(chain: Chain) -> Self {
         Self {
             chain: std::sync::RwLock::new(Arc::new(chain)),
+            generation: std::sync::atomic::AtomicU64::new(0),
             joined: std::sync::Mutex::default(),
         }
     }
@@ -78,42 +82,71 @@ impl ChainSlot {
     }
 
     /// Replaces the chain and returns the old one; calls in flight keep the old one (they hold
-    /// their own reference to it, so its strong count tells when they are done). Listeners whose
-    /// name was not in the old chain (added, or loaded after being rejected) are announced to
-    /// every [`ChainSlot::catch_up`] receiver, so that they get the objects that already exist.
-    pub fn set(&self, chain: Chain) -> Arc<Chain> {
-        let chain = Arc::new(chain);
-        let old = std::mem::replace(
-            &mut *self
-                .chain
-                .write()
-                .unwrap_or_else(std::sync::PoisonError::into_inner),
-            chain.clone(),
-        );
-        let joined: Joined = chain
-            .listeners
-            .iter()
-            .map(|l| l.name().clone())
-            .filter(|name| !old.listeners.iter().any(|o| o.name() == name))
-            .collect();
-        if !joined.is_empty() {
+    /// their own reference to it, so its strong count tells when they are done).
+    ///
+    /// Listeners whose name was not in the old chain (added, or loaded after being rejected)
+    /// join at a new chain generation and are announced to every [`ChainSlot::catch_up`]
+    /// receiver. Until a watch task has sent them its catch-up, its events carry an older
+    /// generation and do not reach them ([`ResourceEvent::chain_generation`]): a joining
+    /// listener learns of each object first from its catch-up `create`, never from an update or
+    /// a second create. Listeners kept by name keep their generation.
+    pub fn set(&self, mut chain: Chain) -> Arc<Chain> {
+        let mut lock = self
+            .chain
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut joined_names: Vec<Arc<str>> = Vec::new();
+        let mut generation = None;
+        for (i, listener) in chain.listeners.iter().enumerate() {
+            let kept = lock
+                .listeners
+                .iter()
+                .position(|o| o.name() == listener.name());
+            chain.joined[i] = match kept {
+                Some(j) => lock.joined[j],
+                None => {
+                    joined_names.push(listener.name().clone());
+                    *generation.get_or_insert_with(|| {
+                        self.generation
+                            .fetch_add(1, std::sync::atomic::Ordering::AcqRel)
+                            + 1
+                    })
+                }
+            };
+        }
+        let old = std::mem::replace(&mut *lock, Arc::new(chain));
+        // Announced under the lock: announcements reach every watch task in generation order.
+        if let Some(generation) = generation {
+            let joined: Joined = (generation, joined_names.into());
             self.joined
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
                 .retain(|tx| tx.send(joined.clone()).is_ok());
         }
+        drop(lock);
         old
     }
 
-    /// A receiver of the names of listeners that join the chain from now on: a watch task
-    /// answers each with a `create` of every object it knows, for those listeners only.
-    pub fn catch_up(&self) -> tokio::sync::mpsc::UnboundedReceiver<Joined> {
+    /// Subscribes a watch task to listeners joining the chain: returns the chain generation its
+    /// first list covers (every listener in the chain now) and a receiver of every later join,
+    /// which the task answers with a `create` of every object it knows, for those listeners
+    /// only.
+    pub fn catch_up(&self) -> (u64, tokio::sync::mpsc::UnboundedReceiver<Joined>) {
+        // Under the chain lock, so no `set` falls between the generation read and the
+        // subscription.
+        let _chain = self
+            .chain
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         self.joined
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .push(tx);
-        rx
+        (
+            self.generation.load(std::sync::atomic::Ordering::Acquire),
+            rx,
+        )
     }
 }
 
@@ -121,12 +154,15 @@ impl ChainSlot {
 #[derive(Debug, Clone, Default)]
 pub struct Chain {
     listeners: Vec<Arc<Listener>>,
+    /// Per listener, the chain generation at which it joined (0: from the start).
+    joined: Vec<u64>,
 }
 
 impl Chain {
     /// A chain running `listeners` in order.
     pub fn new(listeners: Vec<Arc<Listener>>) -> Self {
-        Self { listeners }
+        let joined = vec![0; listeners.len()];
+        Self { listeners, joined }
     }
 
     /// The listeners, in order.
@@ -134,14 +170,21 @@ impl Chain {
         &self.listeners
     }
 
-    /// Runs `event` through the chain (only through the listeners it names, if it names some:
-    /// [`ResourceEvent::only`]). Blocking: guest code runs on the calling thread (use
+    /// Runs `event` through the chain: through the listeners it names, if it names some
+    /// ([`ResourceEvent::only`]), else through those that had joined by its
+    /// [`ResourceEvent::chain_generation`]. Blocking: guest code runs on the calling thread (use
     /// `spawn_blocking` from async code). After the calls, classname listeners build their
     /// spare instance for the next event ([`Listener::prewarm`]); the report's call durations
     /// do not include that.
     pub fn dispatch(&self, event: &ResourceEvent) -> ChainReport {
         let listeners: Vec<&Arc<Listener>> = match &event.only {
-            None => self.listeners.iter().collect(),
+            None => self
+                .listeners
+                .iter()
+                .zip(&self.joined)
+                .filter(|(_, joined)| **joined <= event.chain_generation)
+                .map(|(l, _)| l)
+                .collect(),
             Some(names) => self
                 .listeners
                 .iter()

@@ -122,8 +122,9 @@ pub async fn run(
     client: Client,
     spec: WatchSpec,
     tx: mpsc::Sender<WatchOutput>,
-    joined: Option<mpsc::UnboundedReceiver<Joined>>,
+    joined: Option<(u64, mpsc::UnboundedReceiver<Joined>)>,
 ) {
+    let (caught_up, joined) = joined.map_or((0, None), |(generation, rx)| (generation, Some(rx)));
     let state = spec.state.clone();
     let _alive = AliveGuard::new(&state.alive);
     let mut reflector = Reflector {
@@ -139,6 +140,7 @@ pub async fn run(
         connected: false,
         lists: 0,
         joined,
+        caught_up,
     };
     let mut delay = Duration::from_millis(200);
     loop {
@@ -187,6 +189,8 @@ struct Reflector {
     lists: u64,
     /// Listeners joining the chain (see [`run`]).
     joined: Option<mpsc::UnboundedReceiver<Joined>>,
+    /// The chain generation this task has caught up with; stamped on every event it sends.
+    caught_up: u64,
 }
 
 impl Drop for Reflector {
@@ -212,6 +216,12 @@ impl Reflector {
 
     async fn send(&self, out: WatchOutput) -> Result<(), Failure> {
         self.tx.send(out).await.map_err(|_| Failure::Closed)
+    }
+
+    /// Sends `event`, stamped with the chain generation this task has caught up with.
+    async fn emit(&self, mut event: ResourceEvent) -> Result<(), Failure> {
+        event.chain_generation = self.caught_up;
+        self.send(WatchOutput::Event(Arc::new(event))).await
     }
 
     /// Lists every object (paged) and diffs it against what was seen before.
@@ -248,11 +258,13 @@ impl Reflector {
             // The first list reaches every listener of the chain as it is now, including any
             // that joined before it: nothing to catch up on.
             if let Some(joined) = self.joined.as_mut() {
-                while joined.try_recv().is_ok() {}
+                while let Ok((generation, _)) = joined.try_recv() {
+                    self.caught_up = self.caught_up.max(generation);
+                }
             }
         }
         for event in self.tracker.relist(listed) {
-            self.send(WatchOutput::Event(Arc::new(event))).await?;
+            self.emit(event).await?;
         }
         self.resource_version = Some(resource_version);
         self.set_connected(true);
@@ -362,7 +374,7 @@ impl Reflector {
             };
             let rv = meta.resource_version.clone();
             if let Some(event) = self.tracker.apply(ty, object, meta, status, false) {
-                self.send(WatchOutput::Event(Arc::new(event))).await?;
+                self.emit(event).await?;
             }
             self.resource_version = Some(rv);
         }
@@ -371,21 +383,25 @@ impl Reflector {
 
     /// Sends every known object as an `initial` create for the listeners in `joined` (and in
     /// any further announcements already waiting).
-    async fn catch_up(&mut self, joined: Joined) -> Result<(), Failure> {
+    async fn catch_up(&mut self, (generation, joined): Joined) -> Result<(), Failure> {
         let mut names: Vec<Arc<str>> = joined.to_vec();
+        let mut generation = generation;
         if let Some(rx) = self.joined.as_mut() {
-            while let Ok(more) = rx.try_recv() {
+            while let Ok((later, more)) = rx.try_recv() {
+                generation = generation.max(later);
                 names.extend(more.iter().cloned());
             }
         }
         names.sort();
         names.dedup();
-        let only: Joined = names.into();
+        let only: Arc<[Arc<str>]> = names.into();
         let events = self.tracker.snapshot(&only);
         tracing::info!(watch = %self.spec.name, listeners = ?only, objects = events.len(), "listeners joined the chain: sending them the existing objects");
         for event in events {
             self.send(WatchOutput::Event(Arc::new(event))).await?;
         }
+        // From here on, this task's events reach the joined listeners too.
+        self.caught_up = self.caught_up.max(generation);
         Ok(())
     }
 

@@ -103,5 +103,6 @@ pub fn event(kind: EventKind, name: &str, fault: Option<&str>) -> ResourceEvent 
         initial: false,
         status: Default::default(),
         only: None,
+        chain_generation: 0,
     }
 }
