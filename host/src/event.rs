@@ -185,7 +185,8 @@ pub struct ResourceEvent {
     pub status: ObjectStatus,
     /// The names of the only listeners this event is for, `None` for the whole chain. Set on
     /// the catch-up creates a listener added to a running chain gets for the objects that
-    /// already exist ([`Tracker::snapshot`]).
+    /// already exist ([`Tracker::snapshot`]); their `chain_generation` is the one the listeners
+    /// joined at.
     pub only: Option<Arc<[Arc<str>]>>,
     /// The chain generation its watch task had caught up with when it read the event: listeners
     /// that joined the chain later are not called with it (their catch-up `create` covers the

@@ -723,6 +723,7 @@ fn a_listener_joining_a_chain_gets_only_what_its_watch_has_caught_up_on() {
     // The catch-up itself: for the new listener alone.
     let mut catch_up = event(EventKind::Create, "x", None);
     catch_up.only = Some(names.clone());
+    catch_up.chain_generation = generation;
     assert_eq!(called(&catch_up), ["l"]);
     // Read after the catch-up: for everyone.
     let mut after = event(EventKind::Update, "x", None);
@@ -739,4 +740,19 @@ fn a_listener_joining_a_chain_gets_only_what_its_watch_has_caught_up_on() {
     assert_eq!(called(&after), ["a", "l"]);
     // A watch subscribing now lists for the chain as it is: its first list reaches both.
     assert_eq!(slot.catch_up().0, generation);
+
+    // `l` removed and a new `l` added: the old catch-up, still queued, is not for the newcomer
+    // (its own catch-up covers the object), and neither are events read before that.
+    slot.set(Chain::new(vec![a.clone()]));
+    slot.set(Chain::new(vec![
+        a.clone(),
+        noop_named(&rt, "l", Mode::Reference),
+    ]));
+    let (rejoined, _) = announcements.try_recv().unwrap();
+    assert!(rejoined > generation);
+    assert_eq!(called(&catch_up), Vec::<String>::new());
+    assert_eq!(called(&after), ["a"]);
+    let mut catch_up_again = catch_up.clone();
+    catch_up_again.chain_generation = rejoined;
+    assert_eq!(called(&catch_up_again), ["l"]);
 }

@@ -170,9 +170,9 @@ impl Chain {
         &self.listeners
     }
 
-    /// Runs `event` through the chain: through the listeners it names, if it names some
-    /// ([`ResourceEvent::only`]), else through those that had joined by its
-    /// [`ResourceEvent::chain_generation`]. Blocking: guest code runs on the calling thread (use
+    /// Runs `event` through the chain: through the listeners that had joined by its
+    /// [`ResourceEvent::chain_generation`], and only those it names if it names some
+    /// ([`ResourceEvent::only`], a catch-up). Blocking: guest code runs on the calling thread (use
     /// `spawn_blocking` from async code). After the calls, classname listeners build their
     /// spare instance for the next event ([`Listener::prewarm`]); the report's call durations
     /// do not include that.
@@ -188,7 +188,11 @@ impl Chain {
             Some(names) => self
                 .listeners
                 .iter()
-                .filter(|l| names.contains(l.name()))
+                .zip(&self.joined)
+                .filter(|(l, joined)| {
+                    names.contains(l.name()) && **joined <= event.chain_generation
+                })
+                .map(|(l, _)| l)
                 .collect(),
         };
         let wit = convert::event(event);

@@ -397,7 +397,11 @@ impl Reflector {
         let only: Arc<[Arc<str>]> = names.into();
         let events = self.tracker.snapshot(&only);
         tracing::info!(watch = %self.spec.name, listeners = ?only, objects = events.len(), "listeners joined the chain: sending them the existing objects");
-        for event in events {
+        for mut event in events {
+            // Stamped with the generation the listeners joined at: should one of them be
+            // removed and a new one join under the same name before this is dispatched, the
+            // newcomer (a later generation) does not take it; its own catch-up covers it.
+            event.chain_generation = generation;
             self.send(WatchOutput::Event(Arc::new(event))).await?;
         }
         // From here on, this task's events reach the joined listeners too.
