@@ -18,18 +18,8 @@ const MAX_REASON_BYTES: usize = 128;
 /// Longest Event `action` the API server accepts, in bytes.
 const MAX_ACTION_BYTES: usize = 128;
 
-/// The longest prefix of `text` of at most `max` bytes that ends on a char boundary (the API
-/// server's Event limits count bytes, not characters).
-fn truncate(text: &str, max: usize) -> &str {
-    if text.len() <= max {
-        return text;
-    }
-    let mut end = max;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    &text[..end]
-}
+// The API server's Event limits count bytes, not characters: cut at a char boundary.
+use crate::runtime::truncate_utf8 as truncate;
 
 /// Publishes Events with a reporting controller per caller (`kubelisten/<listener>`).
 pub struct EventRecorder {

@@ -738,10 +738,7 @@ fn truncate_message(mut message: String) -> String {
     if message.len() <= MAX_MESSAGE {
         return message;
     }
-    let mut end = MAX_MESSAGE;
-    while !message.is_char_boundary(end) {
-        end -= 1;
-    }
+    let end = super::truncate_utf8(&message, MAX_MESSAGE).len();
     let cut = message.len() - end;
     message.truncate(end);
     message.push_str(&format!("… ({cut} more bytes cut)"));

@@ -16,6 +16,9 @@ mod trap;
 
 pub use backoff::{CrashLoop, CrashLoopConfig};
 pub use engine::{AllocatorKind, Runtime, RuntimeConfig};
+/// Cuts a string to at most `max` bytes at a character boundary (shared by guest logs, guest
+/// error messages and Kubernetes Events).
+pub(crate) use host::truncate as truncate_utf8;
 pub use host::{
     Caller, ChainState, ClusterAccess, ClusterRequest, GuestLogSink, LogLevel, NoCluster,
     TracingSink,

@@ -7,6 +7,6 @@ mod output;
 
 pub use chain_state::ChainState;
 pub use cluster::{Caller, ClusterAccess, ClusterRequest, NoCluster};
-pub(crate) use log::{CallLog, LogBudget};
+pub(crate) use log::{truncate, CallLog, LogBudget};
 pub use log::{GuestLogSink, LogLevel, TracingSink};
 pub(crate) use output::GuestOutput;
