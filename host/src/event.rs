@@ -195,6 +195,22 @@ pub struct ResourceEvent {
     pub chain_generation: u64,
 }
 
+impl ResourceEvent {
+    /// A `kind` event for `object`: no previous object, not `initial`, for the whole chain.
+    pub fn new(kind: EventKind, object: Arc<str>, meta: ObjectMeta, status: ObjectStatus) -> Self {
+        Self {
+            kind,
+            object,
+            old_object: None,
+            meta,
+            initial: false,
+            status,
+            only: None,
+            chain_generation: 0,
+        }
+    }
+}
+
 /// The kstatus verdict on an object, as delivered with every event.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ObjectStatus {
@@ -291,6 +307,14 @@ pub struct Tracker {
     seen: HashMap<String, (String, Arc<str>)>,
 }
 
+/// Metadata and status of an object text the tracker kept (to replay it as a delete or a
+/// catch-up create).
+fn parse_known(object: &str) -> Result<(ObjectMeta, ObjectStatus), EventError> {
+    let value =
+        serde_json::from_str::<Value>(object).map_err(|e| EventError::NotJson(e.to_string()))?;
+    Ok((ObjectMeta::from_value(&value)?, ObjectStatus::of(&value)))
+}
+
 /// The tracker's key of an object: its uid, else `namespace/name`.
 fn key_of(meta: &ObjectMeta) -> String {
     if meta.uid.is_empty() {
@@ -334,18 +358,9 @@ impl Tracker {
             }
         };
         Some(ResourceEvent {
-            kind,
-            object,
-            old_object: if kind == EventKind::Update {
-                old_object
-            } else {
-                None
-            },
-            meta,
+            old_object: old_object.filter(|_| kind == EventKind::Update),
             initial,
-            status,
-            only: None,
-            chain_generation: 0,
+            ..ResourceEvent::new(kind, object, meta, status)
         })
     }
 
@@ -373,19 +388,10 @@ impl Tracker {
             let Some((_, object)) = self.seen.remove(&key) else {
                 continue;
             };
-            let parsed = serde_json::from_str::<Value>(&object)
-                .map_err(|e| EventError::NotJson(e.to_string()))
-                .and_then(|value| Ok((ObjectMeta::from_value(&value)?, ObjectStatus::of(&value))));
-            match parsed {
+            match parse_known(&object) {
                 Ok((meta, status)) => events.push(ResourceEvent {
-                    kind: EventKind::Delete,
-                    object,
-                    old_object: None,
-                    meta,
                     initial: true,
-                    status,
-                    only: None,
-                    chain_generation: 0,
+                    ..ResourceEvent::new(EventKind::Delete, object, meta, status)
                 }),
                 Err(err) => {
                     tracing::warn!(object = key, error = %err, "cannot report the deletion of an unreadable object")
@@ -399,24 +405,18 @@ impl Tracker {
     }
 
     /// A `create` (marked `initial`) of every object known now, for the listeners named in
-    /// `only`: what listeners added to a running chain get so that they learn of the objects
-    /// that existed before them, as if they had been there at the start.
-    pub fn snapshot(&self, only: &Arc<[Arc<str>]>) -> Vec<ResourceEvent> {
+    /// `only`, which joined the chain at `generation`: what listeners added to a running chain
+    /// get so that they learn of the objects that existed before them, as if they had been
+    /// there at the start.
+    pub fn snapshot(&self, only: &Arc<[Arc<str>]>, generation: u64) -> Vec<ResourceEvent> {
         let mut events = Vec::with_capacity(self.seen.len());
         for (key, (_, object)) in &self.seen {
-            let parsed = serde_json::from_str::<Value>(object)
-                .map_err(|e| EventError::NotJson(e.to_string()))
-                .and_then(|value| Ok((ObjectMeta::from_value(&value)?, ObjectStatus::of(&value))));
-            match parsed {
+            match parse_known(object) {
                 Ok((meta, status)) => events.push(ResourceEvent {
-                    kind: EventKind::Create,
-                    object: object.clone(),
-                    old_object: None,
-                    meta,
                     initial: true,
-                    status,
                     only: Some(only.clone()),
-                    chain_generation: 0,
+                    chain_generation: generation,
+                    ..ResourceEvent::new(EventKind::Create, object.clone(), meta, status)
                 }),
                 Err(err) => {
                     tracing::warn!(object = key, error = %err, "cannot replay an unreadable object to a new listener")
@@ -457,12 +457,13 @@ mod tests {
         let (o, m) = obj("8", "");
         t.apply(WatchType::Modified, o, m, ObjectStatus::default(), false);
         let only: Arc<[Arc<str>]> = Arc::from(vec![Arc::<str>::from("late")]);
-        let events = t.snapshot(&only);
+        let events = t.snapshot(&only, 3);
         assert_eq!(events.len(), 1);
         let e = &events[0];
         assert_eq!((e.kind, e.initial), (EventKind::Create, true));
         assert_eq!(e.meta.resource_version, "8", "the latest state");
         assert_eq!(e.only.as_deref(), Some(&only[..]));
+        assert_eq!(e.chain_generation, 3);
         assert!(e.old_object.is_none());
     }
 

@@ -40,14 +40,10 @@ pub fn chain(runtime: &Runtime, name: &str, path: PathBuf, mode: Mode, limits: L
 
 /// An update event carrying `raw`.
 pub fn update_event(raw: &str) -> ResourceEvent {
-    ResourceEvent {
-        kind: EventKind::Update,
-        meta: ObjectMeta::from_json(raw).expect("object"),
-        object: Arc::from(raw),
-        old_object: None,
-        initial: false,
-        status: Default::default(),
-        only: None,
-        chain_generation: 0,
-    }
+    ResourceEvent::new(
+        EventKind::Update,
+        Arc::from(raw),
+        ObjectMeta::from_json(raw).expect("object"),
+        Default::default(),
+    )
 }

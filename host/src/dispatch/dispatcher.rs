@@ -443,16 +443,13 @@ mod tests {
         let raw = format!(
             r#"{{"apiVersion":"v1","kind":"X","metadata":{{"name":"{name}","namespace":"ns","uid":"{uid}","resourceVersion":"{rv}"}}}}"#
         );
-        Arc::new(ResourceEvent {
+        let meta = ObjectMeta::from_json(&raw).unwrap();
+        Arc::new(ResourceEvent::new(
             kind,
-            meta: ObjectMeta::from_json(&raw).unwrap(),
-            object: Arc::from(raw),
-            old_object: None,
-            initial: false,
-            status: Default::default(),
-            only: None,
-            chain_generation: 0,
-        })
+            Arc::from(raw),
+            meta,
+            Default::default(),
+        ))
     }
 
     #[test]

@@ -177,24 +177,6 @@ impl Chain {
     /// spare instance for the next event ([`Listener::prewarm`]); the report's call durations
     /// do not include that.
     pub fn dispatch(&self, event: &ResourceEvent) -> ChainReport {
-        let listeners: Vec<&Arc<Listener>> = match &event.only {
-            None => self
-                .listeners
-                .iter()
-                .zip(&self.joined)
-                .filter(|(_, joined)| **joined <= event.chain_generation)
-                .map(|(l, _)| l)
-                .collect(),
-            Some(names) => self
-                .listeners
-                .iter()
-                .zip(&self.joined)
-                .filter(|(l, joined)| {
-                    names.contains(l.name()) && **joined <= event.chain_generation
-                })
-                .map(|(l, _)| l)
-                .collect(),
-        };
         let wit = convert::event(event);
         let export = match event.kind {
             EventKind::Create => Export::Create,
@@ -208,13 +190,16 @@ impl Chain {
             namespace: event.meta.namespace.clone(),
         };
         let mut report = ChainReport::default();
-        for (index, listener) in listeners.iter().enumerate() {
+        for (index, listener) in self.listeners_for(event, self.listeners.len()) {
             let record = timed(listener, export, || listener.call_event(export, &wit, &ctx));
-            let ok = record.outcome.is_ok();
+            let (ok, skipped) = (
+                record.outcome.is_ok(),
+                matches!(record.outcome, Outcome::Skipped(_)),
+            );
             report.calls.push(record);
             if !ok {
                 report.failed_at = Some(index);
-                if let Some(Outcome::Skipped(_)) = report.calls.last().map(|c| &c.outcome) {
+                if skipped {
                     report.backed_off = listener.backoff_remaining();
                 }
                 break;
@@ -222,7 +207,7 @@ impl Chain {
         }
         if let Some(failed) = report.failed_at {
             ctx.event_kind = Export::Rollback.as_str();
-            for listener in listeners[..failed].iter().rev() {
+            for (_, listener) in self.listeners_for(event, failed).rev() {
                 let record = timed(listener, Export::Rollback, || {
                     listener.call_event(Export::Rollback, &wit, &ctx)
                 });
@@ -231,6 +216,26 @@ impl Chain {
         }
         self.prewarm();
         report
+    }
+
+    /// The listeners among the first `end` that `event` is for, with their index in the chain:
+    /// those that had joined by its generation, and of those only the ones it names, if it
+    /// names some (a catch-up).
+    fn listeners_for<'a>(
+        &'a self,
+        event: &'a ResourceEvent,
+        end: usize,
+    ) -> impl DoubleEndedIterator<Item = (usize, &'a Arc<Listener>)> + 'a {
+        self.listeners[..end]
+            .iter()
+            .enumerate()
+            .filter(move |(i, listener)| {
+                self.joined[*i] <= event.chain_generation
+                    && event
+                        .only
+                        .as_ref()
+                        .is_none_or(|names| names.contains(listener.name()))
+            })
     }
 
     /// Builds the spare instances of classname listeners after an event's calls

@@ -395,13 +395,12 @@ impl Reflector {
         names.sort();
         names.dedup();
         let only: Arc<[Arc<str>]> = names.into();
-        let events = self.tracker.snapshot(&only);
+        // Stamped with the generation the listeners joined at: should one of them be removed
+        // and a new one join under the same name before this is dispatched, the newcomer (a
+        // later generation) does not take it; its own catch-up covers it.
+        let events = self.tracker.snapshot(&only, generation);
         tracing::info!(watch = %self.spec.name, listeners = ?only, objects = events.len(), "listeners joined the chain: sending them the existing objects");
-        for mut event in events {
-            // Stamped with the generation the listeners joined at: should one of them be
-            // removed and a new one join under the same name before this is dispatched, the
-            // newcomer (a later generation) does not take it; its own catch-up covers it.
-            event.chain_generation = generation;
+        for event in events {
             self.send(WatchOutput::Event(Arc::new(event))).await?;
         }
         // From here on, this task's events reach the joined listeners too.

@@ -95,14 +95,5 @@ pub fn event(kind: EventKind, name: &str, fault: Option<&str>) -> ResourceEvent 
         r#"{{"apiVersion":"test.kubelisten.dev/v1","kind":"Thing","metadata":{{"name":"{name}","namespace":"ns","uid":"uid-{name}","resourceVersion":"1","generation":1{annotations}}},"spec":{{"replicas":1}}}}"#
     );
     let meta = ObjectMeta::from_json(&raw).unwrap();
-    ResourceEvent {
-        kind,
-        object: Arc::from(raw),
-        old_object: None,
-        meta,
-        initial: false,
-        status: Default::default(),
-        only: None,
-        chain_generation: 0,
-    }
+    ResourceEvent::new(kind, Arc::from(raw), meta, Default::default())
 }
