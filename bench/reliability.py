@@ -31,7 +31,9 @@ Faults: none; kube-apiserver stopped and restarted; etcd killed and restarted; t
 replicas SIGKILLed; the module hot-swapped to bad versions (not wasm, a core module) and back,
 then to a different good build; guest faults (the `faulty` guest after bench-listener in the
 chain, 1 in 10 changes annotated with a fault class: panic, unreachable, oob, stack-overflow,
-loop, memory, sleep, error). Then a bounded soak with RSS sampled every 5 s.
+loop, memory, sleep, error); a guest crash loop (the same chain, and a burst of 40 consecutive
+changes with a trapping fault drives `faulty` into crash-loop backoff, `--crash-loop-threshold 3`;
+every other event waits the backoff out). Then a bounded soak with RSS sampled every 5 s.
 
 Exits 1 when any check fails (a scenario lost events, had duplicates, errored, its host died, a
 bad module was not rejected, the soak's RSS trends up); the table's last line says why.
@@ -55,6 +57,11 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import driver  # noqa: E402
 
 FAULTS = ["panic", "unreachable", "oob", "stack-overflow", "loop", "memory", "sleep", "error"]
+# The classes that trap (an `error` return does not): a burst of them drives a crash loop.
+TRAPS = [f for f in FAULTS if f != "error"]
+# guest-crash-loop: changes in the burst, each with a trapping fault, and the crash-loop limits
+# that make them engage the backoff within the stream.
+CRASH_BURST = 40
 # leader-kill: short lease timings (host/tests/leader_election.rs uses 3/2/0.5 s), so the
 # takeover happens within the stream.
 LEASE, RENEW, RETRY = 4, 3, 0.5
@@ -137,9 +144,17 @@ class Stream:
         self.stop = threading.Event()
         self.rng = random.Random(7)
         self.i = 0
+        self.burst_left = 0  # changes still to write with a trapping fault (guest-crash-loop)
+
+    def burst(self, n):
+        """Gives each of the next `n` creates/updates a trapping fault."""
+        self.burst_left = n
 
     def _annot(self):
         self.i += 1
+        if self.burst_left > 0:
+            self.burst_left -= 1
+            return {"kubelisten.dev/fault": TRAPS[self.burst_left % len(TRAPS)]}
         if self.fault_every and self.i % self.fault_every == 0:
             return {"kubelisten.dev/fault": FAULTS[(self.i // self.fault_every) % len(FAULTS)]}
         return {}
@@ -227,7 +242,7 @@ def merged(contenders, ns):
     return out
 
 
-def check(seen, final, fault_versions=(), stream=None):
+def check(seen, final, fault_versions=(), stream=None, failed_attempts=()):
     """Lost / duplicated / replayed per the module docstring, per object: an object is a uid (a
     re-created object of the same name is another object, as the host orders events per uid).
 
@@ -236,9 +251,12 @@ def check(seen, final, fault_versions=(), stream=None):
     chain) sees them once per attempt: those repeats, and those of the delete of an object whose
     last version had a fault, are expected and not counted as duplicates. Every other version of
     the same objects must still arrive exactly once.
+    `failed_attempts` (guest-crash-loop): (name, kind, resourceVersion) of the events that had an
+    attempt fail, from the host's log. A repeat of one of those is the chain run again (counted
+    as `reruns`), not a duplicate. Every other event must still arrive exactly once.
     `stream` (leader-kill) classifies objects deleted while no replica led and never seen by the
     new leader."""
-    dup = delivered = replayed = replay_repeats = retried = late = 0
+    dup = delivered = replayed = replay_repeats = retried = reruns = late = 0
     for nm, evs in seen.items():
         earlier = {}  # (kind, rv) -> processes that delivered it
         prev_rv = {}  # uid -> the version before a delete: the state the delete event carries
@@ -260,6 +278,8 @@ def check(seen, final, fault_versions=(), stream=None):
                     delivered += 1
                 elif faulted:
                     retried += 1
+                elif (nm, k, rv) in failed_attempts:
+                    reruns += 1
                 else:
                     dup += 1
             procs.add(proc)
@@ -293,7 +313,7 @@ def check(seen, final, fault_versions=(), stream=None):
                 else:
                     lost.add(nm)
     return {"delivered": delivered, "lost": sorted(lost), "duplicated": dup, "replayed": replayed,
-            "retried": retried, "replay_repeats": replay_repeats, "unseen_deletes": sorted(unseen_deletes),
+            "retried": retried, "reruns": reruns, "replay_repeats": replay_repeats, "unseen_deletes": sorted(unseen_deletes),
             "late_after_successor": late}
 
 
@@ -314,11 +334,11 @@ def base_cmd(args, listeners=True):
     return cmd
 
 
-def run_stream(args, kube, ns, fault_every, inject):
-    """Streams for args.duration; calls inject() a third of the way in (the stream goes on; if the
-    injection takes longer than the rest of the duration, the stream runs until it is done).
-    Returns (stream, seconds the injection took, final state)."""
-    s = Stream(kube, ns, args.rate, args.pool, fault_every)
+def run_stream(args, kube, ns, fault_every, inject, stream=None):
+    """Streams for args.duration (with `stream`, or a new Stream); calls inject() a third of the
+    way in (the stream goes on; if the injection takes longer than the rest of the duration, the
+    stream runs until it is done). Returns (stream, seconds the injection took, final state)."""
+    s = stream or Stream(kube, ns, args.rate, args.pool, fault_every)
     th = threading.Thread(target=s.run)
     th.start()
     try:
@@ -343,7 +363,27 @@ def log_lines(path):
             continue
 
 
-def scenario(name, args, kube, fault=None, chain_extra=(), fault_every=0, extra_flags=()):
+def failed_attempts(c):
+    """(name, kind, resourceVersion) of the events with a failed listener call (a trap, an error,
+    or skipped in crash-loop backoff), from the host's `listener call failed` log lines; and how
+    many calls were skipped."""
+    out, skipped = set(), 0
+    for v in log_lines(c.err_path):
+        f = v.get("fields", {})
+        if f.get("message") != "listener call failed" or f.get("export") == "rollback":
+            continue
+        skipped += f.get("outcome") == "skipped"
+        name = str(f.get("object", "")).rsplit("/", 1)[-1]
+        try:
+            out.add((name, f.get("event.kind"), int(f.get("resource_version") or 0)))
+        except ValueError:
+            continue
+    return out, skipped
+
+
+def scenario(name, args, kube, fault=None, chain_extra=(), fault_every=0, extra_flags=(), burst=0):
+    """One host, a stream, `fault(args)` a third of the way in. `burst` (guest-crash-loop): the
+    fault is instead that many consecutive changes with a trapping fault."""
     ns = f"rel-{name}-{int(time.time()) % 100000}"
     kube.ensure_namespace(ns)
     env, _ = kl_env()
@@ -352,13 +392,19 @@ def scenario(name, args, kube, fault=None, chain_extra=(), fault_every=0, extra_
     res = {"fault": name}
     try:
         driver.ready(c, kube, ns)
-        s, res["fault_s"], final = run_stream(args, kube, ns, fault_every, lambda: fault and fault(args))
+        stream = Stream(kube, ns, args.rate, args.pool, fault_every)
+        inject = (lambda: stream.burst(burst)) if burst else (lambda: fault and fault(args))
+        s, res["fault_s"], final = run_stream(args, kube, ns, fault_every, inject, stream)
         r = settle([c], ns, final, s.fault_versions, None)
+        if burst:
+            attempts, res["skipped_calls"] = failed_attempts(c)
+            r = check(merged([c], ns), final, s.fault_versions, None, attempts)
+            res["reruns"] = r["reruns"]
         res.update(sent=s.sent, failed_requests=s.failed, noop_deletes=s.noop, delivered=r["delivered"],
                    replayed=r["replayed"], lost=len(r["lost"]), lost_names=r["lost"][:10],
                    late_after_successor=r["late_after_successor"],
                    duplicated=r["duplicated"], objects=len(final), host_alive=c.alive())
-        if fault_every:
+        if fault_every or burst:
             res["objects_with_retried_faults"] = len(s.faulted)
             res["fault_versions"] = len(s.fault_versions)
             res["retried_deliveries"] = r["retried"]
@@ -629,6 +675,11 @@ def failures(results):
         if r.get("late_after_successor"):
             # The host orders events per namespace/name, across relists too.
             out.append(f"{f}: {r['late_after_successor']} events of an object came after its re-created successor's")
+        if f == "guest-crash-loop":
+            if not r.get("crash_loop_backoffs"):
+                out.append(f"{f}: the burst of traps engaged no crash-loop backoff")
+            if not r.get("skipped_calls"):
+                out.append(f"{f}: no call was skipped in crash-loop backoff (nothing waited one out)")
         if f == "leader-kill" and r.get("new_leader") == r.get("killed"):
             out.append(f"{f}: no takeover")
     s = results.get("soak")
@@ -644,13 +695,17 @@ def failures(results):
 
 
 def notes_of(r):
-    notes = [] if r["fault"] in ("none", "guest-faults-1-in-10") else [f"fault took {r['fault_s']} s"]
+    notes = [] if r["fault"] in ("none", "guest-faults-1-in-10", "guest-crash-loop") else [f"fault took {r['fault_s']} s"]
     if "objects_with_retried_faults" in r:
         classes = ", ".join(f"{k} {v}" for k, v in sorted(r["traps_by_class"].items()))
         notes.append(f"{r['fault_versions']} versions of {r['objects_with_retried_faults']} objects carried a fault; "
                      f"their {r['retried_deliveries']} repeated deliveries are the retries (by design, not counted "
                      f"as duplicates); {r['traps_logged']} traps logged ({classes}); "
                      f"{r['crash_loop_backoffs']} crash-loop backoffs")
+    if r["fault"] == "guest-crash-loop":
+        notes.append(f"{r['skipped_calls']} calls skipped in crash-loop backoff, each event waiting the backoff "
+                     f"out; {r['reruns']} repeats of other versions after a failed attempt (a chain run again, "
+                     f"not counted as duplicates)")
     if r["fault"] == "leader-kill":
         notes.append(f"{r['killed']} (leader) SIGKILLed, {r['new_leader']} led {r['takeover_s']} s later; "
                      f"{r['replay_repeats']} of the replays repeat a version the old leader had delivered; "
@@ -693,6 +748,13 @@ def main():
     guest_faults = dict(chain_extra=("-l", f"{args.guests}/faulty.wasm:classname"), fault_every=10,
                         extra_flags=("--retry-attempts", "2", "--retry-base-ms", "10",
                                      "--call-timeout-ms", "200", "--memory-mib", "64"))
+    # Three consecutive traps back the listener off (0.1 s, doubling up to 1 s): the burst of
+    # CRASH_BURST trapping changes (and their retries) keeps it crash-looping for a while, and
+    # every other event must wait that out without being lost, skipped or run twice.
+    crash_loop = dict(chain_extra=guest_faults["chain_extra"], burst=CRASH_BURST,
+                      extra_flags=("--retry-attempts", "3", "--retry-base-ms", "10", "--call-timeout-ms", "200",
+                                   "--memory-mib", "64", "--crash-loop-threshold", "3",
+                                   "--crash-loop-backoff-ms", "100", "--crash-loop-backoff-max-ms", "1000"))
     plan = [
         ("none", lambda: scenario("none", args, kube)),
         ("apiserver-restart", lambda: scenario("apiserver-restart", args, kube, fault=restart_apiserver)),
@@ -700,6 +762,7 @@ def main():
         ("leader-kill", lambda: leader_kill(args, kube)),
         ("bad-hot-swap", lambda: bad_hot_swap(args, kube)),
         ("guest-faults-1-in-10", lambda: scenario("guest-faults-1-in-10", args, kube, **guest_faults)),
+        ("guest-crash-loop", lambda: scenario("guest-crash-loop", args, kube, **crash_loop)),
     ]
     only = [x for x in args.only.split(",") if x]
     results = {"scenarios": [], "args": vars(args), "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),

@@ -13,7 +13,8 @@
 #
 # Environment: REL_RATE [40] changes/s, REL_POOL [100] objects, REL_DURATION [30] s per scenario,
 # REL_OUTAGE [3] s of outage, REL_SOAK [60] s, REL_ONLY (scenarios: none, apiserver-restart,
-# etcd-restart, leader-kill, bad-hot-swap, guest-faults-1-in-10, soak),
+# etcd-restart, leader-kill, bad-hot-swap, guest-faults-1-in-10, guest-crash-loop,
+# soak),
 # REL_KL [target/release/kubelisten] the binary, REL_GUESTS [target/guests] the directory with
 # bench-listener.wasm and faulty.wasm, BENCH_SKIP_BUILD=1 (use built binaries and guests),
 # KUBELISTEN_RUN_DIR [~/.cache/kubelisten/run-reliability].

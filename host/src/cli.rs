@@ -174,26 +174,9 @@ pub struct RunArgs {
     /// Seconds in-flight events may take to finish at shutdown.
     #[arg(long, env = "KUBELISTEN_SHUTDOWN_GRACE", default_value_t = 30)]
     pub shutdown_grace: u64,
-    /// Per-call time limit in milliseconds for listeners given with --listener. Only with
-    /// --listener: an error with --config or --modules-configmap (set `limits` per listener
-    /// there).
-    #[arg(
-        long,
-        env = "KUBELISTEN_CALL_TIMEOUT_MS",
-        requires = "listeners",
-        conflicts_with_all = ["config", "modules_configmap"]
-    )]
-    pub call_timeout_ms: Option<u64>,
-    /// Per-instance memory limit in MiB for listeners given with --listener. Only with
-    /// --listener: an error with --config or --modules-configmap (set `limits` per listener
-    /// there).
-    #[arg(
-        long,
-        env = "KUBELISTEN_MEMORY_MIB",
-        requires = "listeners",
-        conflicts_with_all = ["config", "modules_configmap"]
-    )]
-    pub memory_mib: Option<usize>,
+    /// Limits of the listeners given with --listener.
+    #[command(flatten)]
+    pub limits: LimitFlags,
     /// Port of /healthz, /readyz, /metrics and /status (0 turns the server off).
     #[arg(long, env = "KUBELISTEN_HEALTH_PORT", default_value_t = 8080)]
     pub health_port: u16,
@@ -234,6 +217,81 @@ pub struct RunArgs {
     /// Retry period in seconds (client-go default 2).
     #[arg(long, env = "KUBELISTEN_RETRY_PERIOD", default_value_t = 2.0)]
     pub retry_period: f64,
+}
+
+/// Limits of the listeners given with `--listener`; each flag given overrides that field of
+/// their [`Limits`](kubelisten::runtime::Limits). Only with --listener: an error with --config
+/// or --modules-configmap (set `limits` per listener there).
+#[derive(Debug, Default, Clone, clap::Args)]
+pub struct LimitFlags {
+    /// Per-call time limit in milliseconds for listeners given with --listener.
+    #[arg(
+        long,
+        env = "KUBELISTEN_CALL_TIMEOUT_MS",
+        requires = "listeners",
+        conflicts_with_all = ["config", "modules_configmap"]
+    )]
+    pub call_timeout_ms: Option<u64>,
+    /// Per-instance memory limit in MiB for listeners given with --listener.
+    #[arg(
+        long,
+        env = "KUBELISTEN_MEMORY_MIB",
+        requires = "listeners",
+        conflicts_with_all = ["config", "modules_configmap"]
+    )]
+    pub memory_mib: Option<usize>,
+    /// Consecutive traps after which a listener given with --listener is backed off
+    /// (crash-loop protection; default 5).
+    #[arg(
+        long,
+        env = "KUBELISTEN_CRASH_LOOP_THRESHOLD",
+        requires = "listeners",
+        conflicts_with_all = ["config", "modules_configmap"],
+        value_parser = clap::value_parser!(u32).range(1..)
+    )]
+    pub crash_loop_threshold: Option<u32>,
+    /// First crash-loop backoff in milliseconds for listeners given with --listener; doubles
+    /// with every further trap (default 1000).
+    #[arg(
+        long,
+        env = "KUBELISTEN_CRASH_LOOP_BACKOFF_MS",
+        requires = "listeners",
+        conflicts_with_all = ["config", "modules_configmap"],
+        value_parser = clap::value_parser!(u64).range(1..)
+    )]
+    pub crash_loop_backoff_ms: Option<u64>,
+    /// Longest crash-loop backoff in milliseconds for listeners given with --listener (default
+    /// 300000).
+    #[arg(
+        long,
+        env = "KUBELISTEN_CRASH_LOOP_BACKOFF_MAX_MS",
+        requires = "listeners",
+        conflicts_with_all = ["config", "modules_configmap"],
+        value_parser = clap::value_parser!(u64).range(1..)
+    )]
+    pub crash_loop_backoff_max_ms: Option<u64>,
+}
+
+impl LimitFlags {
+    /// Overrides the fields of `limits` that a flag was given for.
+    pub fn apply(&self, limits: &mut kubelisten::runtime::Limits) {
+        use std::time::Duration;
+        if let Some(ms) = self.call_timeout_ms {
+            limits.call_timeout = Duration::from_millis(ms);
+        }
+        if let Some(mib) = self.memory_mib {
+            limits.memory_bytes = mib << 20;
+        }
+        if let Some(threshold) = self.crash_loop_threshold {
+            limits.crash_loop_threshold = threshold;
+        }
+        if let Some(ms) = self.crash_loop_backoff_ms {
+            limits.crash_loop_backoff = Duration::from_millis(ms);
+        }
+        if let Some(ms) = self.crash_loop_backoff_max_ms {
+            limits.crash_loop_backoff_max = Duration::from_millis(ms);
+        }
+    }
 }
 
 #[cfg(test)]
@@ -307,6 +365,26 @@ mod tests {
                 &["--memory-mib", "5"],
                 [conflict, "--memory-mib", "--modules-configmap"],
             ),
+            (
+                &config,
+                &["--crash-loop-threshold", "2"],
+                [conflict, "--crash-loop-threshold", "--config"],
+            ),
+            (
+                &crd_cm,
+                &["--crash-loop-backoff-ms", "5"],
+                [conflict, "--crash-loop-backoff-ms", "--modules-configmap"],
+            ),
+            (
+                &["run", "--crd", "c.yaml"],
+                &["--crash-loop-backoff-max-ms", "5"],
+                [missing, "--listener", ""],
+            ),
+            (
+                &["run", "--crd", "c.yaml", "-l", "a.wasm"],
+                &["--crash-loop-threshold", "0"],
+                ["0 is not in 1..", "--crash-loop-threshold", ""],
+            ),
             (&cm, &["-n", "a"], [missing, "--crd", ""]),
             (&cm, &["--field-selector", "a=b"], [missing, "--crd", ""]),
             (&["run"], &["-l", "a.wasm"], [missing, "--crd", ""]),
@@ -338,6 +416,12 @@ mod tests {
                 "5",
                 "--memory-mib",
                 "5",
+                "--crash-loop-threshold",
+                "2",
+                "--crash-loop-backoff-ms",
+                "100",
+                "--crash-loop-backoff-max-ms",
+                "400",
             ][..],
             &[
                 "run",

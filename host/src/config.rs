@@ -16,7 +16,12 @@
 //!         limits:                        # optional; every key has a default
 //!           call-timeout: 500            # milliseconds
 //!           call-wall-timeout: 30000     # ms, host calls included (default 30 s)
-//!           memory-bytes: 33554432
+//!           memory-bytes: 33554432     # default 64 MiB, over all of the instance's memories
+//!           table-elements: 100000       # over all of its tables
+//!           instances: 100               # core instances, tables and memories it may create
+//!           crash-loop-threshold: 5      # consecutive traps that start a backoff
+//!           crash-loop-backoff: 1000     # ms, the first backoff; doubles per further trap
+//!           crash-loop-backoff-max: 300000  # ms
 //!           prewarm: true                # classname: build the next event's instance ahead
 //!         capabilities:                  # optional; default: no Kubernetes API access at all
 //!           rateLimit: {qps: 10, burst: 20}

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 mod cli;
 
-use cli::{Cli, Command, LogFormat, OutputFormat, RunArgs};
+use cli::{Cli, Command, LimitFlags, LogFormat, OutputFormat, RunArgs};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -64,7 +64,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             memory_mib,
             events,
         } => {
-            let specs = listener_specs(&listeners, call_timeout_ms, memory_mib)?;
+            let limits = LimitFlags {
+                call_timeout_ms,
+                memory_mib,
+                ..LimitFlags::default()
+            };
+            let specs = listener_specs(&listeners, &limits)?;
             let chain = Chain::new(
                 specs
                     .iter()
@@ -101,20 +106,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 
 /// Parses `path[:mode]` listener flags and applies the limit flags to each. Names (file stems)
 /// must differ, as in a config file: a name keys the listener's logs, metrics and output.
-fn listener_specs(
-    listeners: &[String],
-    call_timeout_ms: Option<u64>,
-    memory_mib: Option<usize>,
-) -> anyhow::Result<Vec<ListenerSpec>> {
+fn listener_specs(listeners: &[String], limits: &LimitFlags) -> anyhow::Result<Vec<ListenerSpec>> {
     let mut specs: Vec<ListenerSpec> = Vec::with_capacity(listeners.len());
     for text in listeners {
         let mut spec: ListenerSpec = text.parse()?;
-        if let Some(ms) = call_timeout_ms {
-            spec.limits.call_timeout = Duration::from_millis(ms);
-        }
-        if let Some(mib) = memory_mib {
-            spec.limits.memory_bytes = mib << 20;
-        }
+        limits.apply(&mut spec.limits);
         if let Some(first) = specs.iter().position(|s| s.name == spec.name) {
             anyhow::bail!(
                 "--listener {text}: listener name {:?} (the file stem) is also the name of \
@@ -163,7 +159,7 @@ fn run_config(args: &RunArgs) -> anyhow::Result<Config> {
             namespaces: flag_namespaces(&args.namespaces)?,
             label_selector: args.label_selector.clone(),
             field_selector: args.field_selector.clone(),
-            listeners: listener_specs(&args.listeners, args.call_timeout_ms, args.memory_mib)?,
+            listeners: listener_specs(&args.listeners, &args.limits)?,
         }],
     })
 }
@@ -374,13 +370,13 @@ fn check_modules(runtime: &Runtime, modules: &[std::path::PathBuf]) -> ExitCode 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use kubelisten::runtime::Limits;
 
     #[test]
     fn listener_flags_need_distinct_names() {
         let err = listener_specs(
             &["a/x.wasm".into(), "b/x.wasm:reference".into()],
-            None,
-            None,
+            &LimitFlags::default(),
         )
         .unwrap_err()
         .to_string();
@@ -388,9 +384,21 @@ mod tests {
             err.contains("listener name \"x\"") && err.contains("a/x.wasm"),
             "{err}"
         );
-        let specs = listener_specs(&["a/x.wasm".into(), "b/y.wasm".into()], Some(5), None).unwrap();
+        let flags = LimitFlags {
+            call_timeout_ms: Some(5),
+            crash_loop_threshold: Some(2),
+            crash_loop_backoff_ms: Some(100),
+            crash_loop_backoff_max_ms: Some(400),
+            ..LimitFlags::default()
+        };
+        let specs = listener_specs(&["a/x.wasm".into(), "b/y.wasm".into()], &flags).unwrap();
         assert_eq!(specs.len(), 2);
-        assert_eq!(specs[1].limits.call_timeout, Duration::from_millis(5));
+        let limits = &specs[1].limits;
+        assert_eq!(limits.call_timeout, Duration::from_millis(5));
+        assert_eq!(limits.memory_bytes, Limits::default().memory_bytes);
+        assert_eq!(limits.crash_loop_threshold, 2);
+        assert_eq!(limits.crash_loop_backoff, Duration::from_millis(100));
+        assert_eq!(limits.crash_loop_backoff_max, Duration::from_millis(400));
     }
 
     /// The `run` arguments of `kubelisten run ARGS`.

@@ -642,6 +642,48 @@ fn a_backed_off_listener_builds_no_spare_instances() {
 }
 
 #[test]
+fn a_chain_with_a_backed_off_listener_calls_nobody() {
+    let (rt, _capture, _cache) = runtime();
+    let limits = Limits {
+        call_timeout: Duration::from_millis(200),
+        crash_loop_threshold: 1,
+        crash_loop_backoff: Duration::from_secs(60),
+        ..Limits::default()
+    };
+    let logger = load(&rt, "rust-logger", Mode::Reference);
+    let faulty = Arc::new(Listener::load(&rt, &spec("faulty", Mode::Classname, limits)).unwrap());
+    let chain = Chain::new(vec![logger.clone(), faulty.clone()]);
+    let report = chain.dispatch(&event(EventKind::Create, "p", Some("panic")));
+    assert_eq!(report.calls[1].outcome.trap_kind(), Some(TrapKind::Panic));
+    assert!(faulty.backoff_remaining().is_some());
+    let logger_calls = logger.stats().calls.load(Ordering::Relaxed);
+    // While faulty is backed off, an event for the chain runs neither rust-logger (whose work
+    // would only be rolled back) nor its rollback: the attempt is one skipped call.
+    let report = chain.dispatch(&event(EventKind::Create, "q", None));
+    let calls: Vec<(String, &str, &str)> = report
+        .calls
+        .iter()
+        .map(|c| (c.listener.to_string(), c.export.as_str(), c.outcome.label()))
+        .collect();
+    assert_eq!(calls, vec![("faulty".into(), "create", "skipped")]);
+    assert_eq!(report.failed_at, Some(1));
+    assert!(report
+        .backed_off
+        .is_some_and(|d| d > Duration::from_secs(50)));
+    assert_eq!(logger.stats().calls.load(Ordering::Relaxed), logger_calls);
+    assert_eq!(faulty.stats().skipped.load(Ordering::Relaxed), 1);
+    // A catch-up for rust-logger alone does not wait for faulty.
+    let mut catch_up = event(EventKind::Create, "q", None);
+    catch_up.only = Some(vec![Arc::from("rust-logger")].into());
+    let report = chain.dispatch(&catch_up);
+    assert!(report.succeeded(), "{:?}", report.calls);
+    assert_eq!(
+        logger.stats().calls.load(Ordering::Relaxed),
+        logger_calls + 1
+    );
+}
+
+#[test]
 fn events_taken_by_the_dispatcher_count_as_watch_activity() {
     let state = Arc::new(kubelisten::watch::state::WatchState::default());
     let seen = run_dispatcher(

@@ -422,8 +422,8 @@ fn log_report(watch: &str, event: &ResourceEvent, attempt: u32, report: &ChainRe
             tracing::debug!(watch, object = %event.meta.object_ref(), event.kind = event.kind.as_str(), listener = %call.listener, export = call.export.as_str(), duration_us, "listener call ok");
         } else {
             tracing::warn!(
-                watch, object = %event.meta.object_ref(), event.kind = event.kind.as_str(), listener = %call.listener, export = call.export.as_str(),
-                outcome = call.outcome.label(), trap = call.outcome.trap_kind().map(|k| k.as_str()), attempt,
+                watch, object = %event.meta.object_ref(), resource_version = %event.meta.resource_version, event.kind = event.kind.as_str(),
+                listener = %call.listener, export = call.export.as_str(), outcome = call.outcome.label(), trap = call.outcome.trap_kind().map(|k| k.as_str()), attempt,
                 error = call.outcome.message(), "listener call failed"
             );
         }

@@ -175,7 +175,8 @@ impl Chain {
     /// ([`ResourceEvent::only`], a catch-up). Blocking: guest code runs on the calling thread (use
     /// `spawn_blocking` from async code). After the calls, classname listeners build their
     /// spare instance for the next event ([`Listener::prewarm`]); the report's call durations
-    /// do not include that.
+    /// do not include that. When one of the listeners is in crash-loop backoff, nobody is
+    /// called: the report has that listener's `skipped` call and [`ChainReport::backed_off`].
     pub fn dispatch(&self, event: &ResourceEvent) -> ChainReport {
         let wit = convert::event(event);
         let export = match event.kind {
@@ -190,6 +191,16 @@ impl Chain {
             namespace: event.meta.namespace.clone(),
         };
         let mut report = ChainReport::default();
+        // A listener in crash-loop backoff would fail this attempt: call nobody, so the
+        // listeners before it neither run nor roll back once per attempt while it is backed off.
+        for (index, listener) in self.listeners_for(event, self.listeners.len()) {
+            if let Some((skipped, remaining)) = listener.skip_if_backed_off() {
+                report.calls.push(timed(listener, export, || skipped));
+                report.failed_at = Some(index);
+                report.backed_off = Some(remaining);
+                return report;
+            }
+        }
         for (index, listener) in self.listeners_for(event, self.listeners.len()) {
             let record = timed(listener, export, || listener.call_event(export, &wit, &ctx));
             let (ok, skipped) = (

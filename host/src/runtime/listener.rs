@@ -435,14 +435,8 @@ impl Listener {
             &mut Store<HostState>,
         ) -> wasmtime::Result<std::result::Result<(), String>>,
     ) -> Outcome {
-        let now = Instant::now();
-        if let Some(until) = self.lock_crash_loop().backed_off_until(now) {
-            self.stats.skipped.fetch_add(1, Ordering::Relaxed);
-            return Outcome::Skipped(format!(
-                "listener {} is in crash-loop backoff for another {:?}",
-                self.name,
-                until.saturating_duration_since(now)
-            ));
+        if let Some((skipped, _)) = self.skip_if_backed_off() {
+            return skipped;
         }
         let outcome = match self.mode {
             Mode::Classname => self.call_fresh(ctx, f),
@@ -695,6 +689,24 @@ impl Listener {
         self.crash_loop
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// When the listener is in crash-loop backoff: the `skipped` outcome of a call made now
+    /// (counted as such) and how long the backoff still lasts. [`Chain::dispatch`]
+    /// (crate::dispatch::Chain::dispatch) asks this of every listener before it calls the
+    /// first one, so a chain with a backed-off listener runs nobody (and rolls nobody back).
+    pub fn skip_if_backed_off(&self) -> Option<(Outcome, Duration)> {
+        let now = Instant::now();
+        let until = self.lock_crash_loop().backed_off_until(now)?;
+        let remaining = until.saturating_duration_since(now);
+        self.stats.skipped.fetch_add(1, Ordering::Relaxed);
+        Some((
+            Outcome::Skipped(format!(
+                "listener {} is in crash-loop backoff for another {remaining:?}",
+                self.name
+            )),
+            remaining,
+        ))
     }
 
     /// How long the listener stays backed off, if it is now.
