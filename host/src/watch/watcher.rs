@@ -477,6 +477,157 @@ async fn recv_joined(joined: &mut Option<mpsc::UnboundedReceiver<Joined>>) -> Op
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bytes::Bytes;
+    use futures::stream::BoxStream;
+    use http_body::Frame;
+    use http_body_util::StreamBody;
+    use kube::core::GroupVersionKind;
+    use tokio::sync::oneshot;
+
+    type Chunks = BoxStream<'static, Result<Frame<Bytes>, std::io::Error>>;
+
+    /// A watch stream chunk, and a signal to send when the watch task has read it.
+    type Line = (String, Option<oneshot::Sender<()>>);
+
+    fn object(name: &str, rv: u64) -> String {
+        format!(
+            r#"{{"apiVersion":"test.kubelisten.dev/v1","kind":"Thing","metadata":{{"name":"{name}","namespace":"ns","uid":"uid-{name}","resourceVersion":"{rv}"}}}}"#
+        )
+    }
+
+    fn modified(name: &str, rv: u64) -> String {
+        format!(
+            "{{\"type\":\"MODIFIED\",\"object\":{}}}\n",
+            object(name, rv)
+        )
+    }
+
+    /// A fake API server for one namespaced kind: a list answers `list`; the (one) watch streams
+    /// the lines sent on the returned channel, signalling each line's sender as the watch task
+    /// reads the line.
+    fn fake_api(list: String) -> (Client, mpsc::UnboundedSender<Line>) {
+        let (lines_tx, lines_rx) = mpsc::unbounded_channel::<Line>();
+        let lines_rx = Arc::new(std::sync::Mutex::new(Some(lines_rx)));
+        let service = tower::service_fn(move |req: http::Request<kube::client::Body>| {
+            let watch = req.uri().query().is_some_and(|q| q.contains("watch=true"));
+            let body: Chunks = if watch {
+                let rx = lines_rx.lock().unwrap().take();
+                match rx {
+                    Some(rx) => futures::stream::unfold(rx, |mut rx| async move {
+                        let (line, read) = rx.recv().await?;
+                        if let Some(read) = read {
+                            let _ = read.send(());
+                        }
+                        Some((Ok(Frame::data(Bytes::from(line))), rx))
+                    })
+                    .boxed(),
+                    // A second watch would mean the first one ended: hang instead.
+                    None => futures::stream::pending().boxed(),
+                }
+            } else {
+                futures::stream::once(futures::future::ready(Ok(Frame::data(Bytes::from(
+                    list.clone(),
+                )))))
+                .boxed()
+            };
+            async move {
+                Ok::<_, std::convert::Infallible>(
+                    http::Response::builder()
+                        .status(200)
+                        .header(http::header::CONTENT_TYPE, "application/json")
+                        .body(StreamBody::new(body))
+                        .unwrap(),
+                )
+            }
+        });
+        (Client::new(service, "default"), lines_tx)
+    }
+
+    async fn next_event(rx: &mut mpsc::Receiver<WatchOutput>) -> Arc<ResourceEvent> {
+        match rx.recv().await {
+            Some(WatchOutput::Event(event)) => event,
+            other => panic!("expected an event, got {other:?}"),
+        }
+    }
+
+    /// (kind, name, resourceVersion, chain generation, only)
+    fn summary(event: &ResourceEvent) -> (&'static str, String, String, u64, Option<Vec<String>>) {
+        (
+            event.kind.as_str(),
+            event.meta.name.clone(),
+            event.meta.resource_version.clone(),
+            event.chain_generation,
+            event
+                .only
+                .as_ref()
+                .map(|names| names.iter().map(ToString::to_string).collect()),
+        )
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn an_event_read_before_the_catch_up_keeps_the_old_generation_and_the_catch_up_has_it() {
+        let list = format!(
+            r#"{{"metadata":{{"resourceVersion":"2"}},"items":[{},{}]}}"#,
+            object("o1", 1),
+            object("o2", 2)
+        );
+        let (client, lines) = fake_api(list);
+        let spec = WatchSpec {
+            name: "things".into(),
+            resource: ApiResource::from_gvk_with_plural(
+                &GroupVersionKind::gvk("test.kubelisten.dev", "v1", "Thing"),
+                "things",
+            ),
+            namespace: Some("ns".into()),
+            label_selector: None,
+            field_selector: None,
+            timeout: Duration::from_secs(290),
+            page_size: 500,
+            state: Arc::default(),
+            metrics: Arc::default(),
+        };
+        // Room for one event: the task blocks on the second until the test reads.
+        let (tx, mut rx) = mpsc::channel(1);
+        let (joined_tx, joined_rx) = mpsc::unbounded_channel::<Joined>();
+        let task = tokio::spawn(run(client, spec, tx, Some((0, joined_rx))));
+        for name in ["o1", "o2"] {
+            let event = next_event(&mut rx).await;
+            assert_eq!(
+                (event.kind, event.meta.name.as_str(), event.initial),
+                (crate::event::EventKind::Create, name, true)
+            );
+        }
+        // o1's update fills the channel; o2's is read from the stream, and the task waits to
+        // send it when listener `b` joins the chain at generation 1.
+        lines.send((modified("o1", 3), None)).unwrap();
+        let (read_tx, read_rx) = oneshot::channel();
+        lines.send((modified("o2", 4), Some(read_tx))).unwrap();
+        read_rx.await.unwrap();
+        joined_tx.send((1, vec![Arc::from("b")].into())).unwrap();
+        let mut seen = Vec::new();
+        for _ in 0..4 {
+            seen.push(summary(&*next_event(&mut rx).await));
+        }
+        let b = Some(vec!["b".to_string()]);
+        assert_eq!(
+            seen,
+            vec![
+                // Read before the catch-up: not for `b`, whose catch-up covers these versions.
+                ("update", "o1".into(), "3".into(), 0, None),
+                ("update", "o2".into(), "4".into(), 0, None),
+                // The catch-up, for `b` alone, with the versions read before it.
+                ("create", "o1".into(), "3".into(), 1, b.clone()),
+                ("create", "o2".into(), "4".into(), 1, b),
+            ]
+        );
+        // From now on, events reach `b` too.
+        lines.send((modified("o1", 5), None)).unwrap();
+        assert_eq!(
+            summary(&*next_event(&mut rx).await),
+            ("update", "o1".into(), "5".into(), 1, None)
+        );
+        task.abort();
+    }
 
     #[test]
     fn adds_type_meta_without_touching_the_rest() {
