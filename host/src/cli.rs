@@ -223,30 +223,19 @@ pub struct RunArgs {
 /// their [`Limits`](kubelisten::runtime::Limits). Only with --listener: an error with --config
 /// or --modules-configmap (set `limits` per listener there).
 #[derive(Debug, Default, Clone, clap::Args)]
+#[group(multiple = true, requires = "listeners", conflicts_with_all = ["config", "modules_configmap"])]
 pub struct LimitFlags {
     /// Per-call time limit in milliseconds for listeners given with --listener.
-    #[arg(
-        long,
-        env = "KUBELISTEN_CALL_TIMEOUT_MS",
-        requires = "listeners",
-        conflicts_with_all = ["config", "modules_configmap"]
-    )]
+    #[arg(long, env = "KUBELISTEN_CALL_TIMEOUT_MS")]
     pub call_timeout_ms: Option<u64>,
     /// Per-instance memory limit in MiB for listeners given with --listener.
-    #[arg(
-        long,
-        env = "KUBELISTEN_MEMORY_MIB",
-        requires = "listeners",
-        conflicts_with_all = ["config", "modules_configmap"]
-    )]
+    #[arg(long, env = "KUBELISTEN_MEMORY_MIB")]
     pub memory_mib: Option<usize>,
     /// Consecutive traps after which a listener given with --listener is backed off
     /// (crash-loop protection; default 5).
     #[arg(
         long,
         env = "KUBELISTEN_CRASH_LOOP_THRESHOLD",
-        requires = "listeners",
-        conflicts_with_all = ["config", "modules_configmap"],
         value_parser = clap::value_parser!(u32).range(1..)
     )]
     pub crash_loop_threshold: Option<u32>,
@@ -255,8 +244,6 @@ pub struct LimitFlags {
     #[arg(
         long,
         env = "KUBELISTEN_CRASH_LOOP_BACKOFF_MS",
-        requires = "listeners",
-        conflicts_with_all = ["config", "modules_configmap"],
         value_parser = clap::value_parser!(u64).range(1..)
     )]
     pub crash_loop_backoff_ms: Option<u64>,
@@ -265,8 +252,6 @@ pub struct LimitFlags {
     #[arg(
         long,
         env = "KUBELISTEN_CRASH_LOOP_BACKOFF_MAX_MS",
-        requires = "listeners",
-        conflicts_with_all = ["config", "modules_configmap"],
         value_parser = clap::value_parser!(u64).range(1..)
     )]
     pub crash_loop_backoff_max_ms: Option<u64>,

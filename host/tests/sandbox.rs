@@ -571,19 +571,24 @@ fn run_dispatcher(
     })
 }
 
+/// The `faulty` guest (classname), backed off for `backoff` after every trap.
+fn backing_off_after_one_trap(rt: &kubelisten::Runtime, backoff: Duration) -> Arc<Listener> {
+    let limits = Limits {
+        call_timeout: Duration::from_millis(200),
+        crash_loop_threshold: 1,
+        crash_loop_backoff: backoff,
+        crash_loop_backoff_max: backoff,
+        ..Limits::default()
+    };
+    Arc::new(Listener::load(rt, &spec("faulty", Mode::Classname, limits)).unwrap())
+}
+
 #[test]
 fn a_crash_looping_listener_does_not_use_up_other_objects_retries() {
     let (rt, _capture, _cache) = runtime();
     // One trap backs the listener off for 1 s; retries come after 10 ms, so without care both
     // attempts of another object's event would be skipped and the event dropped.
-    let limits = Limits {
-        call_timeout: Duration::from_millis(200),
-        crash_loop_threshold: 1,
-        crash_loop_backoff: Duration::from_secs(1),
-        crash_loop_backoff_max: Duration::from_secs(1),
-        ..Limits::default()
-    };
-    let faulty = Arc::new(Listener::load(&rt, &spec("faulty", Mode::Classname, limits)).unwrap());
+    let faulty = backing_off_after_one_trap(&rt, Duration::from_secs(1));
     let chain = Chain::new(vec![faulty.clone()]);
     let poisoned = chain.dispatch(&event(EventKind::Create, "poison", Some("panic")));
     assert_eq!(poisoned.calls[0].outcome.trap_kind(), Some(TrapKind::Panic));
@@ -616,13 +621,7 @@ fn a_crash_looping_listener_does_not_use_up_other_objects_retries() {
 #[test]
 fn a_backed_off_listener_builds_no_spare_instances() {
     let (rt, _capture, _cache) = runtime();
-    let limits = Limits {
-        call_timeout: Duration::from_millis(200),
-        crash_loop_threshold: 1,
-        crash_loop_backoff: Duration::from_secs(60),
-        ..Limits::default()
-    };
-    let faulty = Arc::new(Listener::load(&rt, &spec("faulty", Mode::Classname, limits)).unwrap());
+    let faulty = backing_off_after_one_trap(&rt, Duration::from_secs(60));
     let chain = Chain::new(vec![faulty.clone()]);
     let report = chain.dispatch(&event(EventKind::Create, "p", Some("panic")));
     assert_eq!(report.calls[0].outcome.trap_kind(), Some(TrapKind::Panic));
@@ -644,14 +643,8 @@ fn a_backed_off_listener_builds_no_spare_instances() {
 #[test]
 fn a_chain_with_a_backed_off_listener_calls_nobody() {
     let (rt, _capture, _cache) = runtime();
-    let limits = Limits {
-        call_timeout: Duration::from_millis(200),
-        crash_loop_threshold: 1,
-        crash_loop_backoff: Duration::from_secs(60),
-        ..Limits::default()
-    };
     let logger = load(&rt, "rust-logger", Mode::Reference);
-    let faulty = Arc::new(Listener::load(&rt, &spec("faulty", Mode::Classname, limits)).unwrap());
+    let faulty = backing_off_after_one_trap(&rt, Duration::from_secs(60));
     let chain = Chain::new(vec![logger.clone(), faulty.clone()]);
     let report = chain.dispatch(&event(EventKind::Create, "p", Some("panic")));
     assert_eq!(report.calls[1].outcome.trap_kind(), Some(TrapKind::Panic));
