@@ -38,6 +38,9 @@ pub struct RunSettings {
     pub leader: Option<LeaderConfig>,
     /// Listener chains from this ConfigMap (hot swap) instead of the config's listeners.
     pub modules: Option<ModulesConfigMap>,
+    /// The watches came from that ConfigMap's `listeners.yaml` (kubelisten started from it
+    /// alone): updates that change them are rejected ([`HotSwap::pin_watches`]).
+    pub watches_from_modules: bool,
 }
 
 impl RunSettings {
@@ -57,6 +60,7 @@ impl Default for RunSettings {
             health_addr: None,
             leader: None,
             modules: None,
+            watches_from_modules: false,
         }
     }
 }
@@ -269,6 +273,9 @@ pub async fn start(
                 cluster.clone(),
                 metrics.clone(),
             );
+            if settings.watches_from_modules {
+                swap.pin_watches(&config.watches);
+            }
             let rejected = swap.load().await.context("reading the modules ConfigMap")?;
             if !rejected.is_empty() {
                 tracing::warn!(

@@ -69,7 +69,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 memory_mib,
                 ..LimitFlags::default()
             };
-            let specs = listener_specs(&listeners, &limits)?;
+            let mut specs = listener_specs(&listeners, &limits)?;
+            // Replay gives every event one attempt: no crash-loop backoff, whose skips would
+            // depend on how fast the events go through.
+            for spec in &mut specs {
+                spec.limits.crash_loop_threshold = u32::MAX;
+            }
             let chain = Chain::new(
                 specs
                     .iter()
@@ -212,6 +217,7 @@ fn run_cluster(runtime_config: RuntimeConfig, args: RunArgs) -> anyhow::Result<E
             .then(|| std::net::SocketAddr::new(args.health_bind, args.health_port)),
         leader: leader_config(&args)?,
         modules: args.modules_configmap.clone(),
+        watches_from_modules: from_configmap && args.modules_configmap.is_some(),
     };
     tokio.block_on(async {
         let client = kube::Client::try_default().await.context(

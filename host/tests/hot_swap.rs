@@ -443,6 +443,95 @@ async fn a_config_file_names_the_watches_and_the_configmap_supplies_the_listener
     t.ns.delete().await;
 }
 
+/// kubelisten started from the ConfigMap alone (its listeners.yaml lists the watches): an update
+/// that changes a watch is rejected as a whole, naming the watch, while the running listener
+/// keeps serving; an update that keeps the watches applies.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_configmap_that_defines_the_watches_cannot_change_them_while_running() {
+    let t = Things::new().await;
+    let cms: Api<ConfigMap> = Api::namespaced(t.client.clone(), t.ns.name());
+    let listeners = |namespaces: &str| {
+        format!(
+            "watches:\n  - name: things\n    crd: {}\n    namespaces: [{namespaces}]\n    listeners:\n      - {{name: counter, module: counter.wasm, mode: reference}}\n",
+            t.crd.display()
+        )
+    };
+    cms.create(
+        &PostParams::default(),
+        &configmap(
+            "modules",
+            &listeners(t.ns.name()),
+            &[("counter.wasm", guest_bytes("versioned-v1"))],
+        ),
+    )
+    .await
+    .unwrap();
+    // The watches kubelisten started from are the ConfigMap's (what `run` parses from it).
+    let config = t.watch(vec![]);
+    let capture = Arc::new(Capture::default());
+    let runtime = harness::runtime_with_cluster(&t.client, &config, capture.clone());
+    let mut settings = harness::settings(2);
+    settings.modules = Some(ModulesConfigMap {
+        namespace: t.ns.name().into(),
+        name: "modules".into(),
+    });
+    settings.watches_from_modules = true;
+    let host = t.start_host(&runtime, &config, &settings).await;
+    let served_by = async |name: &str, version: &str| {
+        t.create(name, json!({}), &[]).await;
+        let capture = capture.clone();
+        eventually(&format!("{version} to handle {name}"), || {
+            lines(&capture)
+                .iter()
+                .any(|l| l.1 == name && l.0 == version)
+        })
+        .await;
+    };
+    served_by("first", "v1").await;
+
+    // Another namespace for the watch, and a new module: rejected as a whole.
+    push(
+        &cms,
+        &listeners(&format!("{}, elsewhere", t.ns.name())),
+        &[("counter.wasm", guest_bytes("versioned-v2"))],
+    )
+    .await;
+    let events: Api<k8s_openapi::api::events::v1::Event> =
+        Api::namespaced(t.client.clone(), t.ns.name());
+    eventually("a ListenersRejected Event naming the changed watch", || {
+        let events = events.clone();
+        let notes = tokio::task::block_in_place(|| {
+            tokio::runtime::Handle::current()
+                .block_on(async move { notes_of(&events, "ListenersRejected").await })
+        });
+        notes
+            .iter()
+            .any(|n| n.contains("changed: things") && n.contains("restart"))
+    })
+    .await;
+    served_by("second", "v1").await;
+
+    // The same watch again, with the new module: applied.
+    push(
+        &cms,
+        &listeners(t.ns.name()),
+        &[("counter.wasm", guest_bytes("versioned-v2"))],
+    )
+    .await;
+    let mut served = false;
+    for i in 0..100 {
+        t.create(&format!("third-{i}"), json!({}), &[]).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        if lines(&capture).iter().any(|l| l.0 == "v2") {
+            served = true;
+            break;
+        }
+    }
+    assert!(served, "v2 never served once the watches were unchanged");
+    host.stop().await;
+    t.ns.delete().await;
+}
+
 /// The `probe-result` of the probe listener for `object`.
 fn probe_result(capture: &Capture, object: &str) -> Option<serde_json::Value> {
     capture.messages_of("probe").iter().rev().find_map(|m| {

@@ -146,6 +146,38 @@ fn fail_on_error_makes_failures_exit_non_zero() {
 }
 
 #[test]
+fn replay_never_backs_a_listener_off() {
+    // More consecutive traps than the crash-loop threshold (5): each event still gets its call.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("traps.jsonl");
+    let lines: Vec<String> = (0..8)
+        .map(|i| {
+            format!(
+                r#"{{"type":"ADDED","object":{{"apiVersion":"v1","kind":"ConfigMap","metadata":{{"name":"t{i}","namespace":"d","uid":"{i}","resourceVersion":"{i}","annotations":{{"kubelisten.dev/fault":"panic"}}}}}}}}"#
+            )
+        })
+        .collect();
+    std::fs::write(&file, lines.join("\n")).unwrap();
+    let out = kubelisten()
+        .args(["replay", "-o", "json", "--listener"])
+        .arg(guest("faulty"))
+        .arg(&file)
+        .output()
+        .unwrap();
+    let outcomes: Vec<String> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap()["outcome"].to_string())
+        .collect();
+    assert_eq!(
+        outcomes,
+        vec!["\"trap\""; 8],
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
 fn check_exit_codes() {
     let ok = kubelisten()
         .arg("check")

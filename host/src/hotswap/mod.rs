@@ -76,6 +76,9 @@ struct Current {
     rejected: BTreeMap<String, Rejection>,
     /// Digest of the last ConfigMap content applied (to skip no-op updates).
     applied: Option<String>,
+    /// The watches kubelisten started from, when the ConfigMap defines them
+    /// ([`HotSwap::pin_watches`]).
+    pinned: Option<Vec<crate::config::WatchConfig>>,
 }
 
 /// The hot-swap machinery of one process.
@@ -124,6 +127,28 @@ impl HotSwap {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Current> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// kubelisten started from the watches the ConfigMap lists (no `--config`, no `--crd`):
+    /// from now on an update whose `listeners.yaml` (in the `--config` format) adds, removes or
+    /// changes a watch is rejected as a whole, naming the watches, since watches are read only
+    /// at start. Without this, such edits would be ignored without a word.
+    pub fn pin_watches(&self, watches: &[crate::config::WatchConfig]) {
+        self.lock().pinned = Some(watches.to_vec());
+    }
+
+    /// The listener set of `text`; an error when it changes pinned watches.
+    fn parse(&self, text: &str) -> Result<Vec<Entry>, source::Error> {
+        if !source::is_config_format(text) {
+            return source::parse(text);
+        }
+        let config = source::parse_config(text)?;
+        if let Some(pinned) = &self.lock().pinned {
+            if let Some(changes) = source::watch_changes(pinned, &config.watches) {
+                return Err(source::Error::WatchesChanged(changes));
+            }
+        }
+        Ok(source::entries_of(&config))
     }
 
     /// Reads the ConfigMap once and applies it (startup). A missing ConfigMap is logged and
@@ -183,7 +208,7 @@ impl HotSwap {
         }
         let entries = match text
             .ok_or(source::Error::MissingListeners)
-            .and_then(|t| source::parse(&t))
+            .and_then(|t| self.parse(&t))
         {
             Ok(entries) => entries,
             Err(err) => {

@@ -36,6 +36,12 @@ pub enum Error {
     /// `listeners.yaml` is not valid.
     #[error("listeners.yaml: {0}")]
     BadListeners(String),
+    /// A `listeners.yaml` in the `--config` format changes the watches kubelisten started from.
+    #[error(
+        "listeners.yaml changes the watches ({0}), which kubelisten reads only at start: restart \
+         it to apply them. Nothing of this update was applied; the running listeners keep serving"
+    )]
+    WatchesChanged(String),
     /// A module could not be found or decoded.
     #[error("listener {listener}: module {module}: {problem}")]
     BadModule {
@@ -100,7 +106,7 @@ pub fn parse_config(text: &str) -> Result<crate::config::Config, Error> {
 }
 
 /// The listeners of every watch of `config`, in order.
-fn entries_of(config: &crate::config::Config) -> Vec<Entry> {
+pub fn entries_of(config: &crate::config::Config) -> Vec<Entry> {
     config
         .watches
         .iter()
@@ -115,6 +121,55 @@ fn entries_of(config: &crate::config::Config) -> Vec<Entry> {
             })
         })
         .collect()
+}
+
+/// How the watches `listed` in a `listeners.yaml` differ from the `running` ones (names added,
+/// removed, and changed in target, namespaces or selectors; listeners are not compared), or
+/// `None` when they are the same.
+pub fn watch_changes(
+    running: &[crate::config::WatchConfig],
+    listed: &[crate::config::WatchConfig],
+) -> Option<String> {
+    let find = |watches: &'_ [crate::config::WatchConfig], name: &str| {
+        watches.iter().position(|w| w.name == name)
+    };
+    let names = |ws: Vec<&str>| ws.join(", ");
+    let added: Vec<&str> = listed
+        .iter()
+        .filter(|w| find(running, &w.name).is_none())
+        .map(|w| w.name.as_str())
+        .collect();
+    let removed: Vec<&str> = running
+        .iter()
+        .filter(|w| find(listed, &w.name).is_none())
+        .map(|w| w.name.as_str())
+        .collect();
+    let changed: Vec<&str> = listed
+        .iter()
+        .filter(|w| {
+            find(running, &w.name).is_some_and(|i| {
+                let r = &running[i];
+                (
+                    &r.target,
+                    &r.namespaces,
+                    &r.label_selector,
+                    &r.field_selector,
+                ) != (
+                    &w.target,
+                    &w.namespaces,
+                    &w.label_selector,
+                    &w.field_selector,
+                )
+            })
+        })
+        .map(|w| w.name.as_str())
+        .collect();
+    let parts: Vec<String> = [("added", added), ("removed", removed), ("changed", changed)]
+        .into_iter()
+        .filter(|(_, ws)| !ws.is_empty())
+        .map(|(what, ws)| format!("{what}: {}", names(ws)))
+        .collect();
+    (!parts.is_empty()).then(|| parts.join("; "))
 }
 
 /// Parses `listeners.yaml` (either format) into the listener set.
@@ -253,6 +308,28 @@ fn read_module_file(path: &Path) -> Result<Vec<u8>, String> {
 mod tests {
     use super::*;
     use std::io::Write;
+
+    #[test]
+    fn watch_changes_name_the_added_removed_and_changed_watches() {
+        let config = |text: &str| parse_config(text).unwrap().watches;
+        let running = config("watches:\n  - name: a\n    apiVersion: v1\n    kind: ConfigMap\n    listeners: [{name: x, module: x.wasm}]\n  - name: b\n    apiVersion: v1\n    kind: Secret\n    namespaces: [n]\n    listeners: [{name: y, module: y.wasm}]\n");
+        // Other listeners, same watches: no change.
+        let same = config("watches:\n  - name: b\n    apiVersion: v1\n    kind: Secret\n    namespaces: [n]\n    listeners: [{name: z, module: z.wasm}]\n  - name: a\n    apiVersion: v1\n    kind: ConfigMap\n    listeners: [{name: x, module: x2.wasm}]\n");
+        assert_eq!(watch_changes(&running, &same), None);
+        let other = config("watches:\n  - name: b\n    apiVersion: v1\n    kind: Secret\n    namespaces: [n, m]\n    listeners: [{name: y, module: y.wasm}]\n  - name: c\n    apiVersion: v1\n    kind: Pod\n    listeners: [{name: x, module: x.wasm}]\n");
+        assert_eq!(
+            watch_changes(&running, &other).as_deref(),
+            Some("added: c; removed: a; changed: b")
+        );
+        let selector = config("watches:\n  - name: a\n    apiVersion: v1\n    kind: ConfigMap\n    labelSelector: app=web\n    listeners: [{name: x, module: x.wasm}]\n  - name: b\n    apiVersion: v1\n    kind: Secret\n    namespaces: [n]\n    listeners: [{name: y, module: y.wasm}]\n");
+        assert_eq!(
+            watch_changes(&running, &selector).as_deref(),
+            Some("changed: a")
+        );
+        assert!(Error::WatchesChanged("changed: a".into())
+            .to_string()
+            .contains("restart it to apply them"));
+    }
 
     #[test]
     fn parses_and_rejects() {

@@ -187,6 +187,7 @@ pub fn settings(workers: usize) -> RunSettings {
         health_addr: None,
         leader: None,
         modules: None,
+        watches_from_modules: false,
     }
 }
 
