@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # End-to-end benchmark (issues 4 and 11): kubelisten against a native kube-runtime listener and
-# kopf, on one local control plane. Prints the tables and writes bench/results/<stamp>/.
+# kopf, on one local control plane. Prints the tables and writes target/bench-e2e/<stamp>/ (or $BENCH_OUT;
+# recorded runs are copied to bench/results/).
 #
 #   bench/e2e.sh                      full run (builds what it needs, brings up its own cluster)
 #   BENCH_ONLY=native,kopf bench/e2e.sh   run only some contenders

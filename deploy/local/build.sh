@@ -1,12 +1,16 @@
 #!/usr/bin/env bash
 # Build (once) the etcd and kube-apiserver binaries used by the local control
 # plane, from the small Go modules next to this script, and cache them outside
-# the repo keyed by version:
+# the repo keyed by version (and kubectl, for machines without one):
 #
-#   ${KUBELISTEN_CACHE_DIR:-~/.cache/kubelisten}/bin/etcd-<version>
-#   ${KUBELISTEN_CACHE_DIR:-~/.cache/kubelisten}/bin/kube-apiserver-<version>
+#   ${KUBELISTEN_CONTROL_PLANE_CACHE:-~/.cache/kubelisten}/bin/etcd-<version>
+#   ${KUBELISTEN_CONTROL_PLANE_CACHE:-~/.cache/kubelisten}/bin/kube-apiserver-<version>
+#   ${KUBELISTEN_CONTROL_PLANE_CACHE:-~/.cache/kubelisten}/bin/kubectl-<version>, linked as
+#   ${KUBELISTEN_CONTROL_PLANE_CACHE:-~/.cache/kubelisten}/path/kubectl (put that directory on PATH)
 #
-# Usage: build.sh [etcd|kube-apiserver|all] [--print-path]
+# Usage: build.sh [etcd|kube-apiserver|all|kubectl] [--print-path]
+#   all            etcd and kube-apiserver (the default)
+#   kubectl        kubectl from the same Kubernetes module as kube-apiserver
 #   --print-path   only print the cached binary path(s), build nothing
 #
 # A binary is rebuilt only when missing. Go's module and build caches are left
@@ -15,7 +19,7 @@
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-CACHE_DIR="${KUBELISTEN_CACHE_DIR:-$HOME/.cache/kubelisten}"
+CACHE_DIR="${KUBELISTEN_CONTROL_PLANE_CACHE:-$HOME/.cache/kubelisten}"
 BIN_DIR="$CACHE_DIR/bin"
 LOG_DIR="$CACHE_DIR/build-logs"
 
@@ -37,7 +41,8 @@ bin_path() {
   case "$1" in
     etcd) echo "$BIN_DIR/etcd-$(etcd_version)" ;;
     kube-apiserver) echo "$BIN_DIR/kube-apiserver-$(kube_version)" ;;
-    *) die "unknown component '$1' (expected etcd or kube-apiserver)" ;;
+    kubectl) echo "$BIN_DIR/kubectl-$(kube_version)" ;;
+    *) die "unknown component '$1' (expected etcd, kube-apiserver or kubectl)" ;;
   esac
 }
 
@@ -48,20 +53,25 @@ require_go() {
 }
 
 build_one() {
-  local comp="$1" out src version ldflags logf
+  local comp="$1" out src version ldflags logf main_pkg=.
   out="$(bin_path "$comp")"
   if [[ -x "$out" ]]; then
     return 0
   fi
   require_go
   src="$HERE/$comp"
+  if [[ "$comp" == kubectl ]]; then
+    # The kube-apiserver module's go.sum covers cmd/kubectl too.
+    src="$HERE/kube-apiserver"
+    main_pkg=k8s.io/kubernetes/cmd/kubectl
+  fi
   mkdir -p "$BIN_DIR" "$LOG_DIR"
   case "$comp" in
     etcd)
       version="$(etcd_version)"
       ldflags="-s -w"
       ;;
-    kube-apiserver)
+    kube-apiserver|kubectl)
       version="$(kube_version)"
       local major minor date
       major="$(echo "$version" | sed -E 's/^v([0-9]+)\..*/\1/')"
@@ -81,7 +91,7 @@ build_one() {
   log "this takes a few minutes on a cold cache; log: $logf"
   local start=$SECONDS tmp="$out.tmp.$$"
   if ! (cd "$src" && CGO_ENABLED=0 GOFLAGS="-mod=readonly -buildvcs=false" \
-        go build -trimpath -ldflags "$ldflags" -o "$tmp" . ) >"$logf" 2>&1; then
+        go build -trimpath -ldflags "$ldflags" -o "$tmp" "$main_pkg" ) >"$logf" 2>&1; then
     rm -f "$tmp"
     echo "build.sh: error: building $comp $version failed; last lines of $logf:" >&2
     tail -n 30 "$logf" | sed 's/^/  | /' >&2
@@ -91,13 +101,19 @@ build_one() {
   log "built $comp $version in $((SECONDS - start))s"
 }
 
+# kubectl under its own name, in a directory of its own for PATH.
+link_kubectl() {
+  mkdir -p "$CACHE_DIR/path"
+  ln -sfn "$(bin_path kubectl)" "$CACHE_DIR/path/kubectl"
+}
+
 main() {
   local what="all" print_only=0 arg
   for arg in "$@"; do
     case "$arg" in
       --print-path) print_only=1 ;;
-      etcd|kube-apiserver|all) what="$arg" ;;
-      -h|--help) sed -n '2,15p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+      etcd|kube-apiserver|all|kubectl) what="$arg" ;;
+      -h|--help) sed -n '2,19p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
       *) die "unknown argument '$arg'" ;;
     esac
   done
@@ -115,6 +131,7 @@ main() {
     flock 9
   fi
   for c in "${comps[@]}"; do build_one "$c"; done
+  if [[ "$what" == kubectl ]]; then link_kubectl; fi
 }
 
 main "$@"

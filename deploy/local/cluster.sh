@@ -20,7 +20,7 @@
 # Environment:
 #   KUBELISTEN_RUN_DIR               run directory (default ~/.cache/kubelisten/run);
 #                                    the admin kubeconfig is always $KUBELISTEN_RUN_DIR/kubeconfig
-#   KUBELISTEN_CACHE_DIR             binary cache root (default ~/.cache/kubelisten)
+#   KUBELISTEN_CONTROL_PLANE_CACHE             binary cache root (default ~/.cache/kubelisten)
 #   KUBELISTEN_READY_TIMEOUT         seconds to wait for /readyz (default 120)
 #   KUBELISTEN_ETCD_COMPACTION       e.g. "1m": etcd --auto-compaction-retention (default: none)
 #   KUBELISTEN_APISERVER_EXTRA_ARGS  extra kube-apiserver flags, whitespace separated

@@ -46,6 +46,12 @@ trap 'exit 143' TERM
 
 "$CLUSTER" up >&2
 export KUBECONFIG="$KUBELISTEN_RUN_DIR/kubeconfig"
+# Tests, demos and benchmarks use kubectl: the machine's, else one built once from the same
+# Kubernetes module as the local kube-apiserver.
+if ! command -v kubectl >/dev/null 2>&1; then
+  "$HERE/build.sh" kubectl >&2
+  export PATH="${KUBELISTEN_CONTROL_PLANE_CACHE:-$HOME/.cache/kubelisten}/path:$PATH"
+fi
 
 set +e
 "$@"
