@@ -7,14 +7,14 @@
 #
 #   bench/reliability.sh                 every scenario, 30 s stream each, 60 s soak
 #   REL_SOAK=600 bench/reliability.sh    the documented 10-minute soak
-#   REL_ONLY=leader-kill,soak bench/reliability.sh
+#   REL_ONLY=leader-kill,leader-kill-configmap,soak bench/reliability.sh
 #   make reliability-ci                  the short CI mode, against the debug binary:
 #     BENCH_SKIP_BUILD=1 REL_KL=target/debug/kubelisten REL_DURATION=10 REL_SOAK=60 bench/reliability.sh
 #
 # Environment: REL_RATE [40] changes/s, REL_POOL [100] objects, REL_DURATION [30] s per scenario,
 # REL_OUTAGE [3] s of outage, REL_SOAK [60] s, REL_ONLY (scenarios: none, apiserver-restart,
-# etcd-restart, leader-kill, bad-hot-swap, guest-faults-1-in-10, guest-crash-loop,
-# soak),
+# etcd-restart, leader-kill, leader-kill-configmap, bad-hot-swap, guest-faults-1-in-10,
+# guest-crash-loop, soak),
 # REL_KL [target/release/kubelisten] the binary, REL_GUESTS [target/guests] the directory with
 # bench-listener.wasm and faulty.wasm, BENCH_SKIP_BUILD=1 (use built binaries and guests),
 # KUBELISTEN_RUN_DIR [~/.cache/kubelisten/run-reliability].
