@@ -277,6 +277,14 @@ pub async fn start(
                 swap.pin_watches(&config.watches);
             }
             let rejected = swap.load().await.context("reading the modules ConfigMap")?;
+            // Not dispatching yet: better a restart that reads the new watches than chains
+            // left empty by an update this process cannot apply.
+            if let Some(changes) = swap.watches_changed() {
+                anyhow::bail!(
+                    "the modules ConfigMap's watches changed since this process read them \
+                     ({changes}); exiting so that a restart applies them"
+                );
+            }
             if !rejected.is_empty() {
                 tracing::warn!(
                     rejected = rejected.len(),

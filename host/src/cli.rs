@@ -240,7 +240,7 @@ pub struct LimitFlags {
     )]
     pub crash_loop_threshold: Option<u32>,
     /// First crash-loop backoff in milliseconds for listeners given with --listener; doubles
-    /// with every further trap (default 1000).
+    /// with every further backoff (default 1000).
     #[arg(
         long,
         env = "KUBELISTEN_CRASH_LOOP_BACKOFF_MS",

@@ -20,7 +20,7 @@
 //!           table-elements: 100000       # over all of its tables
 //!           instances: 100               # core instances, tables and memories it may create
 //!           crash-loop-threshold: 5      # consecutive traps that start a backoff
-//!           crash-loop-backoff: 1000     # ms, the first backoff; doubles per further trap
+//!           crash-loop-backoff: 1000     # ms, the first backoff; doubles per further one
 //!           crash-loop-backoff-max: 300000  # ms
 //!           prewarm: true                # classname: build the next event's instance ahead
 //!         capabilities:                  # optional; default: no Kubernetes API access at all

@@ -511,6 +511,41 @@ async fn a_configmap_that_defines_the_watches_cannot_change_them_while_running()
     .await;
     served_by("second", "v1").await;
 
+    // A process that starts (or a standby that takes over) now would run without listeners:
+    // it refuses to start instead, so that a restart reads the new watches.
+    let err = kubelisten::app::start(
+        t.client.clone(),
+        &runtime,
+        &config,
+        &settings,
+        None,
+        Arc::new(kubelisten::metrics::Metrics::new()),
+        None,
+    )
+    .await
+    .err()
+    .expect("a start with changed watches fails");
+    assert!(
+        err.to_string().contains("changed: things") && err.to_string().contains("restart"),
+        "{err:#}"
+    );
+
+    // A bare listener set would be fine now, but no restart could start from it: rejected.
+    push(
+        &cms,
+        "listeners:\n  - {name: counter, module: counter.wasm, mode: reference}\n",
+        &[("counter.wasm", guest_bytes("versioned-v2"))],
+    )
+    .await;
+    // (The Event of this rejection joins the series of the previous one: same reason, same
+    // ConfigMap, within a minute.)
+    eventually("the rejection of the bare listener set", || {
+        host.rejection("*")
+            .is_some_and(|r| r.error.contains("must keep it"))
+    })
+    .await;
+    served_by("third", "v1").await;
+
     // The same watch again, with the new module: applied.
     push(
         &cms,
@@ -520,7 +555,7 @@ async fn a_configmap_that_defines_the_watches_cannot_change_them_while_running()
     .await;
     let mut served = false;
     for i in 0..100 {
-        t.create(&format!("third-{i}"), json!({}), &[]).await;
+        t.create(&format!("fourth-{i}"), json!({}), &[]).await;
         tokio::time::sleep(Duration::from_millis(300)).await;
         if lines(&capture).iter().any(|l| l.0 == "v2") {
             served = true;

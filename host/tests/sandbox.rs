@@ -619,6 +619,81 @@ fn a_crash_looping_listener_does_not_use_up_other_objects_retries() {
 }
 
 #[test]
+fn after_a_backoff_one_event_probes_the_listener_and_the_others_wait() {
+    let (rt, _capture, _cache) = runtime();
+    let logger = load(&rt, "rust-logger", Mode::Reference);
+    let faulty = backing_off_after_one_trap(&rt, Duration::from_millis(20));
+    let chain = Chain::new(vec![logger.clone(), faulty.clone()]);
+    let report = chain.dispatch(&event(EventKind::Create, "p", Some("panic")));
+    assert_eq!(report.calls[1].outcome.trap_kind(), Some(TrapKind::Panic));
+    while faulty.backoff_remaining().is_some() {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // Another worker's event takes the probe (as the chain does, before calling anyone) ...
+    assert_eq!(faulty.admit().ok(), Some(true));
+    let logger_calls = logger.stats().calls.load(Ordering::Relaxed);
+    // ... so this one waits without running the chain.
+    let report = chain.dispatch(&event(EventKind::Create, "q", None));
+    assert_eq!(report.calls.len(), 1, "{:?}", report.calls);
+    assert_eq!(report.calls[0].outcome.label(), "skipped");
+    assert!(report.backed_off.is_some());
+    assert_eq!(logger.stats().calls.load(Ordering::Relaxed), logger_calls);
+    // The probe was not made after all (its chain failed before): the next event probes, and
+    // as it does not trap, the backoff is over.
+    faulty.release_probe();
+    let report = chain.dispatch(&event(EventKind::Create, "q", None));
+    assert!(report.succeeded(), "{:?}", report.calls);
+    assert_eq!(faulty.backoff_remaining(), None);
+    assert_eq!(faulty.admit().ok(), Some(false), "no probe needed any more");
+}
+
+#[test]
+fn a_hot_swap_ends_the_wait_for_a_backoff() {
+    use kubelisten::dispatch::dispatcher::{Dispatcher, DispatcherConfig};
+    use kubelisten::watch::watcher::WatchOutput;
+    let (rt, _capture, _cache) = runtime();
+    // Backed off for an hour: only the swap can end the wait within the test's patience.
+    let broken = backing_off_after_one_trap(&rt, Duration::from_secs(3600));
+    let chain = Chain::new(vec![broken.clone()]);
+    let poisoned = chain.dispatch(&event(EventKind::Create, "poison", Some("panic")));
+    assert_eq!(poisoned.calls[0].outcome.trap_kind(), Some(TrapKind::Panic));
+    let slot = Arc::new(kubelisten::dispatch::ChainSlot::new(chain));
+    let tokio = tokio::runtime::Runtime::new().unwrap();
+    tokio.block_on(async {
+        let (observer, mut attempts) = tokio::sync::mpsc::unbounded_channel();
+        let dispatcher = Dispatcher {
+            watch: Arc::from("w"),
+            chain: slot.clone(),
+            config: DispatcherConfig::default(),
+            observer: Some(observer),
+            state: Arc::default(),
+            failures: None,
+            metrics: Arc::default(),
+        };
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        tx.send(WatchOutput::Event(Arc::new(event(
+            EventKind::Update,
+            "innocent",
+            None,
+        ))))
+        .await
+        .unwrap();
+        drop(tx);
+        let run = tokio::spawn(dispatcher.run(rx, tokio_util::sync::CancellationToken::new()));
+        let first: kubelisten::dispatch::dispatcher::Dispatched = attempts.recv().await.unwrap();
+        assert_eq!(first.report.calls[0].outcome.label(), "skipped");
+        // A fixed version of the listener arrives by hot swap.
+        slot.set(Chain::new(vec![load(&rt, "faulty", Mode::Classname)]));
+        let second = tokio::time::timeout(Duration::from_secs(60), attempts.recv())
+            .await
+            .expect("the swap ends the wait (the backoff has an hour to go)")
+            .unwrap();
+        assert!(second.report.succeeded(), "{:?}", second.report.calls);
+        run.await.unwrap();
+    });
+}
+
+#[test]
 fn a_backed_off_listener_builds_no_spare_instances() {
     let (rt, _capture, _cache) = runtime();
     let faulty = backing_off_after_one_trap(&rt, Duration::from_secs(60));

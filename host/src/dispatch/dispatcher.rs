@@ -279,6 +279,8 @@ impl Dispatcher {
             let mut attempts_made = 0;
             loop {
                 let attempt = attempts_made + 1;
+                // Subscribed before the attempt, so a swap during it ends a backoff wait at once.
+                let mut swaps = chain.swaps();
                 let started = Instant::now();
                 let (chain_, event_) = (chain.get(), event.clone());
                 let report = match tokio::task::spawn_blocking(move || chain_.dispatch(&event_))
@@ -323,7 +325,7 @@ impl Dispatcher {
                     break;
                 }
                 match backed_off {
-                    Some(wait) => wait_out_backoff(&state, wait).await,
+                    Some(wait) => wait_out_backoff(&state, wait, &mut swaps).await,
                     None => tokio::time::sleep(retry.delay(attempt)).await,
                 }
             }
@@ -334,17 +336,27 @@ impl Dispatcher {
 
 /// Sleeps through a listener's crash-loop backoff (up to 5 minutes), recording watch activity
 /// every few seconds: the host is working as intended, and `/healthz` must not have it
-/// restarted (which would only relist everything and start the backoff over).
-async fn wait_out_backoff(state: &WatchState, wait: Duration) {
+/// restarted (which would only relist everything and start the backoff over). A new chain
+/// (`swaps` changes: say a fixed module was hot-swapped in) ends the wait at once.
+async fn wait_out_backoff(
+    state: &WatchState,
+    wait: Duration,
+    swaps: &mut tokio::sync::watch::Receiver<u64>,
+) {
     const BEAT: Duration = Duration::from_secs(5);
     let until = tokio::time::Instant::now() + wait.max(Duration::from_millis(1));
+    let mut swapped = false;
     loop {
         state.activity();
         let now = tokio::time::Instant::now();
-        if now >= until {
+        if now >= until || swapped {
             return;
         }
-        tokio::time::sleep((until - now).min(BEAT)).await;
+        tokio::select! {
+            () = tokio::time::sleep((until - now).min(BEAT)) => {}
+            // An error: the slot is gone (shutdown); the sleep bounds the wait as before.
+            changed = swaps.changed(), if !swaps.is_closed() => swapped = changed.is_ok(),
+        }
     }
 }
 
@@ -414,6 +426,14 @@ fn count(metrics: &Metrics, report: &ChainReport) {
 }
 
 fn log_report(watch: &str, event: &ResourceEvent, attempt: u32, report: &ChainReport) {
+    if let (Some(wait), [skipped]) = (report.backed_off, report.calls.as_slice()) {
+        // Nobody ran: the chain waits for a listener's crash-loop backoff.
+        tracing::info!(
+            watch, object = %event.meta.object_ref(), resource_version = %event.meta.resource_version, event.kind = event.kind.as_str(),
+            listener = %skipped.listener, wait_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX), "chain paused: a listener is in crash-loop backoff"
+        );
+        return;
+    }
     // Field values are only evaluated when the log level is enabled: no per-event allocation
     // for the object reference when every call succeeded and debug logging is off.
     for call in &report.calls {
@@ -499,7 +519,11 @@ mod tests {
         let state = Arc::new(WatchState::default());
         let waiting = tokio::spawn({
             let state = state.clone();
-            async move { wait_out_backoff(&state, Duration::from_secs(300)).await }
+            let slot = crate::dispatch::ChainSlot::default();
+            async move {
+                let mut swaps = slot.swaps();
+                wait_out_backoff(&state, Duration::from_secs(300), &mut swaps).await
+            }
         });
         // 58 beats of 5 s: the whole 300 s wait but its last few seconds.
         for _ in 0..58 {

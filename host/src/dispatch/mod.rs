@@ -61,6 +61,8 @@ pub struct ChainSlot {
     generation: std::sync::atomic::AtomicU64,
     /// The watch tasks to tell when listeners join the chain.
     joined: std::sync::Mutex<Vec<tokio::sync::mpsc::UnboundedSender<Joined>>>,
+    /// Counts every [`ChainSlot::set`], for events waiting out a backoff of the old chain.
+    swaps: tokio::sync::watch::Sender<u64>,
 }
 
 impl ChainSlot {
@@ -70,6 +72,7 @@ impl ChainSlot {
             chain: std::sync::RwLock::new(Arc::new(chain)),
             generation: std::sync::atomic::AtomicU64::new(0),
             joined: std::sync::Mutex::default(),
+            swaps: tokio::sync::watch::Sender::new(0),
         }
     }
 
@@ -124,7 +127,15 @@ impl ChainSlot {
                 .retain(|tx| tx.send(joined.clone()).is_ok());
         }
         drop(lock);
+        self.swaps.send_modify(|n| *n += 1);
         old
+    }
+
+    /// A receiver that sees every later [`ChainSlot::set`]: an event waiting out a listener's
+    /// crash-loop backoff stops waiting when the chain is replaced (a fixed module is hot-swapped
+    /// in, or the listener removed).
+    pub fn swaps(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.swaps.subscribe()
     }
 
     /// Subscribes a watch task to listeners joining the chain: returns the chain generation its
@@ -191,27 +202,38 @@ impl Chain {
             namespace: event.meta.namespace.clone(),
         };
         let mut report = ChainReport::default();
-        // A listener in crash-loop backoff would fail this attempt: call nobody, so the
-        // listeners before it neither run nor roll back once per attempt while it is backed off.
+        // Admit every listener first: with one held back by crash-loop backoff, nobody runs
+        // (and nobody rolls back) once per attempt while it is backed off, and the event that
+        // takes the probe after a backoff is the only one to run the chain.
+        let mut probes: Vec<usize> = Vec::new();
         for (index, listener) in self.listeners_for(event, self.listeners.len()) {
-            if let Some((skipped, remaining)) = listener.skip_if_backed_off() {
-                report.calls.push(timed(listener, export, || skipped));
-                report.failed_at = Some(index);
-                report.backed_off = Some(remaining);
-                return report;
+            match listener.admit() {
+                Ok(probe) => {
+                    if probe {
+                        probes.push(index);
+                    }
+                }
+                Err((skipped, wait)) => {
+                    for &i in &probes {
+                        self.listeners[i].release_probe();
+                    }
+                    report.calls.push(timed(listener, export, || skipped));
+                    report.failed_at = Some(index);
+                    report.backed_off = Some(wait);
+                    return report;
+                }
             }
         }
         for (index, listener) in self.listeners_for(event, self.listeners.len()) {
-            let record = timed(listener, export, || listener.call_event(export, &wit, &ctx));
-            let (ok, skipped) = (
-                record.outcome.is_ok(),
-                matches!(record.outcome, Outcome::Skipped(_)),
-            );
+            let record = timed(listener, export, || {
+                listener.call_event_admitted(export, &wit, &ctx)
+            });
+            let ok = record.outcome.is_ok();
             report.calls.push(record);
             if !ok {
                 report.failed_at = Some(index);
-                if skipped {
-                    report.backed_off = listener.backoff_remaining();
+                for &i in probes.iter().filter(|&&i| i > index) {
+                    self.listeners[i].release_probe();
                 }
                 break;
             }
@@ -220,7 +242,7 @@ impl Chain {
             ctx.event_kind = Export::Rollback.as_str();
             for (_, listener) in self.listeners_for(event, failed).rev() {
                 let record = timed(listener, Export::Rollback, || {
-                    listener.call_event(Export::Rollback, &wit, &ctx)
+                    listener.call_event_admitted(Export::Rollback, &wit, &ctx)
                 });
                 report.calls.push(record);
             }

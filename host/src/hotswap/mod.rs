@@ -79,6 +79,8 @@ struct Current {
     /// The watches kubelisten started from, when the ConfigMap defines them
     /// ([`HotSwap::pin_watches`]).
     pinned: Option<Vec<crate::config::WatchConfig>>,
+    /// Set while the ConfigMap's watches differ from the pinned ones.
+    watches_changed: Option<String>,
 }
 
 /// The hot-swap machinery of one process.
@@ -137,18 +139,43 @@ impl HotSwap {
         self.lock().pinned = Some(watches.to_vec());
     }
 
-    /// The listener set of `text`; an error when it changes pinned watches.
+    /// The listener set of `text`; an error when it changes pinned watches, or drops their
+    /// list (kubelisten could not start from it again).
     fn parse(&self, text: &str) -> Result<Vec<Entry>, source::Error> {
+        let pinned = self.lock().pinned.clone();
         if !source::is_config_format(text) {
+            if pinned.is_some() {
+                return Err(source::Error::BadListeners(
+                    "kubelisten started from this ConfigMap's `watches:` list, so listeners.yaml \
+                     must keep it (the --config format): a restart could not start from a bare \
+                     listener set"
+                        .into(),
+                ));
+            }
             return source::parse(text);
         }
         let config = source::parse_config(text)?;
-        if let Some(pinned) = &self.lock().pinned {
-            if let Some(changes) = source::watch_changes(pinned, &config.watches) {
-                return Err(source::Error::WatchesChanged(changes));
+        match &pinned {
+            Some(running) => {
+                if let Some(changes) = source::watch_changes(running, &config.watches) {
+                    self.lock().watches_changed = Some(changes.clone());
+                    return Err(source::Error::WatchesChanged(changes));
+                }
+            }
+            None => {
+                let listed: Vec<&str> = config.watches.iter().map(|w| w.name.as_str()).collect();
+                tracing::warn!(watches = ?listed, "listeners.yaml lists watches, but kubelisten's watches come from --config or --crd: only the listeners apply, each to the watch of that name");
             }
         }
+        self.lock().watches_changed = None;
         Ok(source::entries_of(&config))
+    }
+
+    /// When the last update was rejected because it changes the watches: how. A process that
+    /// has not started dispatching yet (a standby taking over, or a start racing an edit) exits
+    /// on this instead of running empty chains ([`crate::app`]).
+    pub fn watches_changed(&self) -> Option<String> {
+        self.lock().watches_changed.clone()
     }
 
     /// Reads the ConfigMap once and applies it (startup). A missing ConfigMap is logged and

@@ -15,7 +15,7 @@
 //!     capabilities: {grants: [...], rateLimit: {qps: 10, burst: 20}}
 //! ```
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::Read;
 use std::path::Path;
 
@@ -124,8 +124,8 @@ pub fn entries_of(config: &crate::config::Config) -> Vec<Entry> {
 }
 
 /// How the watches `listed` in a `listeners.yaml` differ from the `running` ones (names added,
-/// removed, and changed in target, namespaces or selectors; listeners are not compared), or
-/// `None` when they are the same.
+/// removed, and changed in target, set of namespaces or selectors; listeners are not
+/// compared), or `None` when they are the same.
 pub fn watch_changes(
     running: &[crate::config::WatchConfig],
     listed: &[crate::config::WatchConfig],
@@ -149,14 +149,15 @@ pub fn watch_changes(
         .filter(|w| {
             find(running, &w.name).is_some_and(|i| {
                 let r = &running[i];
+                let set = |ns: &Vec<String>| ns.iter().cloned().collect::<BTreeSet<String>>();
                 (
                     &r.target,
-                    &r.namespaces,
+                    set(&r.namespaces),
                     &r.label_selector,
                     &r.field_selector,
                 ) != (
                     &w.target,
-                    &w.namespaces,
+                    set(&w.namespaces),
                     &w.label_selector,
                     &w.field_selector,
                 )
@@ -316,6 +317,12 @@ mod tests {
         // Other listeners, same watches: no change.
         let same = config("watches:\n  - name: b\n    apiVersion: v1\n    kind: Secret\n    namespaces: [n]\n    listeners: [{name: z, module: z.wasm}]\n  - name: a\n    apiVersion: v1\n    kind: ConfigMap\n    listeners: [{name: x, module: x2.wasm}]\n");
         assert_eq!(watch_changes(&running, &same), None);
+        // The namespaces are a set: another order is no change.
+        let mut reordered = running.clone();
+        reordered[1].namespaces = vec!["n".into(), "m".into()];
+        let mut running_two = running.clone();
+        running_two[1].namespaces = vec!["m".into(), "n".into()];
+        assert_eq!(watch_changes(&running_two, &reordered), None);
         let other = config("watches:\n  - name: b\n    apiVersion: v1\n    kind: Secret\n    namespaces: [n, m]\n    listeners: [{name: y, module: y.wasm}]\n  - name: c\n    apiVersion: v1\n    kind: Pod\n    listeners: [{name: x, module: x.wasm}]\n");
         assert_eq!(
             watch_changes(&running, &other).as_deref(),

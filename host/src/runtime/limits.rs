@@ -24,7 +24,8 @@ pub struct Limits {
     pub instances: usize,
     /// Consecutive traps after which the listener is backed off (crash-loop protection).
     pub crash_loop_threshold: u32,
-    /// First crash-loop backoff; doubles with every further trap.
+    /// First crash-loop backoff; doubles with every further backoff (a trap of the probe call
+    /// after one).
     #[serde(with = "millis")]
     pub crash_loop_backoff: Duration,
     /// Longest crash-loop backoff.

@@ -411,8 +411,20 @@ impl Listener {
         &self.stats
     }
 
-    /// Calls `create`, `update` or `delete` (by `export`) or `rollback` with `event`.
+    /// Calls `create`, `update` or `delete` (by `export`) or `rollback` with `event`, unless
+    /// crash-loop backoff holds the call back (`skipped`; a `rollback` never is: it undoes
+    /// work this listener did for the event).
     pub fn call_event(&self, export: Export, event: &Event, ctx: &CallContext) -> Outcome {
+        if export != Export::Rollback {
+            if let Err((skipped, _)) = self.admit() {
+                return skipped;
+            }
+        }
+        self.call_event_admitted(export, event, ctx)
+    }
+
+    /// [`Listener::call_event`] for a call already let through by [`Listener::admit`].
+    pub fn call_event_admitted(&self, export: Export, event: &Event, ctx: &CallContext) -> Outcome {
         self.call(ctx, |world, store| match export {
             Export::Create => world.call_create(store, event),
             Export::Update => world.call_update(store, event),
@@ -422,11 +434,31 @@ impl Listener {
         })
     }
 
-    /// Calls `error` with a watch error.
+    /// Calls `error` with a watch error, unless crash-loop backoff holds the call back.
     pub fn call_error(&self, error: &WatchError, ctx: &CallContext) -> Outcome {
+        if let Err((skipped, _)) = self.admit() {
+            return skipped;
+        }
         self.call(ctx, |world, store| world.call_error(store, error))
     }
 
+    /// Lets a call through crash-loop protection now: `Ok(true)` when it is the probe after a
+    /// backoff (hand it back with [`Listener::release_probe`] if the call is not made after
+    /// all), or the `skipped` outcome of the call (counted) and how long to wait. A [`Chain`]
+    /// (crate::dispatch::Chain) admits all of an event's listeners before calling the first,
+    /// so a chain with a backed-off listener runs nobody, and only one event probes it.
+    pub fn admit(&self) -> Result<bool, (Outcome, Duration)> {
+        self.lock_crash_loop()
+            .admit(Instant::now())
+            .map_err(|wait| (self.skipped_for(wait), wait))
+    }
+
+    /// Gives back a probe taken by [`Listener::admit`] for a call that was not made.
+    pub fn release_probe(&self) {
+        self.lock_crash_loop().record_not_run();
+    }
+
+    /// Runs `f` on an instance (admission is the caller's) and records the outcome.
     fn call(
         &self,
         ctx: &CallContext,
@@ -435,9 +467,6 @@ impl Listener {
             &mut Store<HostState>,
         ) -> wasmtime::Result<std::result::Result<(), String>>,
     ) -> Outcome {
-        if let Some((skipped, _)) = self.skip_if_backed_off() {
-            return skipped;
-        }
         let outcome = match self.mode {
             Mode::Classname => self.call_fresh(ctx, f),
             Mode::Reference => self.call_persistent(ctx, f),
@@ -681,7 +710,7 @@ impl Listener {
                     tracing::warn!(listener = %self.name, consecutive_traps = crash_loop.consecutive_traps(), backoff_ms = delay.as_millis() as u64, "listener in crash loop: backing off");
                 }
             }
-            Outcome::Skipped(_) => {}
+            Outcome::Skipped(_) => crash_loop.record_not_run(),
         }
     }
 
@@ -691,30 +720,18 @@ impl Listener {
             .unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// When the listener is in crash-loop backoff: the `skipped` outcome of a call made now
-    /// (counted as such) and how long the backoff still lasts. [`Chain::dispatch`]
-    /// (crate::dispatch::Chain::dispatch) asks this of every listener before it calls the
-    /// first one, so a chain with a backed-off listener runs nobody (and rolls nobody back).
-    pub fn skip_if_backed_off(&self) -> Option<(Outcome, Duration)> {
-        let now = Instant::now();
-        let until = self.lock_crash_loop().backed_off_until(now)?;
-        let remaining = until.saturating_duration_since(now);
-        self.stats.skipped.fetch_add(1, Ordering::Relaxed);
-        Some((
-            Outcome::Skipped(format!(
-                "listener {} is in crash-loop backoff for another {remaining:?}",
-                self.name
-            )),
-            remaining,
-        ))
+    /// How long a call now would have to wait ([`CrashLoop::wait`]), if it would.
+    pub fn backoff_remaining(&self) -> Option<Duration> {
+        self.lock_crash_loop().wait(Instant::now())
     }
 
-    /// How long the listener stays backed off, if it is now.
-    pub fn backoff_remaining(&self) -> Option<Duration> {
-        let now = Instant::now();
-        self.lock_crash_loop()
-            .backed_off_until(now)
-            .map(|until| until.saturating_duration_since(now))
+    /// The `skipped` outcome of a call held back for `wait`, counted.
+    fn skipped_for(&self, wait: Duration) -> Outcome {
+        self.stats.skipped.fetch_add(1, Ordering::Relaxed);
+        Outcome::Skipped(format!(
+            "listener {} is in crash-loop backoff for another {wait:?}",
+            self.name
+        ))
     }
 }
 

@@ -297,6 +297,13 @@ impl TestHost {
             .clone()
     }
 
+    /// The hot swap's last rejection of `listener` (`*`: the whole listeners.yaml), if any.
+    pub fn rejection(&self, listener: &str) -> Option<kubelisten::hotswap::Rejection> {
+        let running = self.running.as_ref().expect("running");
+        let swap = running.watches.first()?.hotswap.as_ref()?;
+        swap.rejected().get(listener).cloned()
+    }
+
     /// Kills the watch tasks (fault injection).
     pub fn kill_watch_tasks(&mut self) {
         if let Some(running) = self.running.as_mut() {
