@@ -214,6 +214,10 @@ impl Metrics {
             },
         )
         .inc();
+        if outcome == "skipped" {
+            // Not a call: no duration worth a histogram sample.
+            return;
+        }
         cached(&self.call_histograms, listener.clone(), || {
             self.call_duration
                 .get_or_create(&labels([("listener", listener)]))

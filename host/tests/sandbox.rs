@@ -573,14 +573,7 @@ fn run_dispatcher(
 
 /// The `faulty` guest (classname), backed off for `backoff` after every trap.
 fn backing_off_after_one_trap(rt: &kubelisten::Runtime, backoff: Duration) -> Arc<Listener> {
-    let limits = Limits {
-        call_timeout: Duration::from_millis(200),
-        crash_loop_threshold: 1,
-        crash_loop_backoff: backoff,
-        crash_loop_backoff_max: backoff,
-        ..Limits::default()
-    };
-    Arc::new(Listener::load(rt, &spec("faulty", Mode::Classname, limits)).unwrap())
+    faulty_named(rt, "faulty", backoff)
 }
 
 #[test]
@@ -618,19 +611,42 @@ fn a_crash_looping_listener_does_not_use_up_other_objects_retries() {
     );
 }
 
+/// The `faulty` guest under another name, backed off for `backoff` after every trap.
+fn faulty_named(rt: &kubelisten::Runtime, name: &str, backoff: Duration) -> Arc<Listener> {
+    let limits = Limits {
+        call_timeout: Duration::from_millis(200),
+        crash_loop_threshold: 1,
+        crash_loop_backoff: backoff,
+        crash_loop_backoff_max: backoff,
+        ..Limits::default()
+    };
+    let spec = ListenerSpec {
+        name: name.into(),
+        ..spec("faulty", Mode::Classname, limits)
+    };
+    Arc::new(Listener::load(rt, &spec).unwrap())
+}
+
+/// Traps `listener` once (backing it off) and waits until the backoff is over.
+fn backed_off_and_due(listener: &Arc<Listener>) {
+    let report =
+        Chain::new(vec![listener.clone()]).dispatch(&event(EventKind::Create, "p", Some("panic")));
+    assert_eq!(report.calls[0].outcome.trap_kind(), Some(TrapKind::Panic));
+    while listener.backoff_remaining().is_some() {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
 #[test]
 fn after_a_backoff_one_event_probes_the_listener_and_the_others_wait() {
     let (rt, _capture, _cache) = runtime();
     let logger = load(&rt, "rust-logger", Mode::Reference);
-    let faulty = backing_off_after_one_trap(&rt, Duration::from_millis(20));
+    let faulty = faulty_named(&rt, "faulty", Duration::from_millis(20));
+    backed_off_and_due(&faulty);
     let chain = Chain::new(vec![logger.clone(), faulty.clone()]);
-    let report = chain.dispatch(&event(EventKind::Create, "p", Some("panic")));
-    assert_eq!(report.calls[1].outcome.trap_kind(), Some(TrapKind::Panic));
-    while faulty.backoff_remaining().is_some() {
-        std::thread::sleep(Duration::from_millis(5));
-    }
     // Another worker's event takes the probe (as the chain does, before calling anyone) ...
-    assert_eq!(faulty.admit().ok(), Some(true));
+    let probe = faulty.admit().expect("admitted");
+    assert!(probe.is_probe());
     let logger_calls = logger.stats().calls.load(Ordering::Relaxed);
     // ... so this one waits without running the chain.
     let report = chain.dispatch(&event(EventKind::Create, "q", None));
@@ -638,13 +654,48 @@ fn after_a_backoff_one_event_probes_the_listener_and_the_others_wait() {
     assert_eq!(report.calls[0].outcome.label(), "skipped");
     assert!(report.backed_off.is_some());
     assert_eq!(logger.stats().calls.load(Ordering::Relaxed), logger_calls);
-    // The probe was not made after all (its chain failed before): the next event probes, and
-    // as it does not trap, the backoff is over.
-    faulty.release_probe();
+    // The probe was not made after all: the next event probes, and as it does not trap, the
+    // backoff is over.
+    faulty.release_probe(probe);
     let report = chain.dispatch(&event(EventKind::Create, "q", None));
     assert!(report.succeeded(), "{:?}", report.calls);
     assert_eq!(faulty.backoff_remaining(), None);
-    assert_eq!(faulty.admit().ok(), Some(false), "no probe needed any more");
+    assert!(!faulty.admit().expect("admitted").is_probe());
+}
+
+#[test]
+fn a_chain_hands_back_the_probes_of_listeners_it_did_not_call() {
+    let (rt, _capture, _cache) = runtime();
+    // Due for a probe, after a listener that fails this event: never called, probe handed back.
+    let first = faulty_named(&rt, "first", Duration::from_secs(60));
+    let due = faulty_named(&rt, "due", Duration::from_millis(20));
+    backed_off_and_due(&due);
+    let report = Chain::new(vec![first.clone(), due.clone()]).dispatch(&event(
+        EventKind::Create,
+        "e",
+        Some("error"),
+    ));
+    assert_eq!(report.failed_at, Some(0));
+    assert_eq!(report.calls.len(), 1, "{:?}", report.calls);
+    assert!(due.admit().expect("the probe was handed back").is_probe());
+    // Due for a probe, before a backed-off listener: nobody is called, probe handed back.
+    let due = faulty_named(&rt, "due-2", Duration::from_millis(20));
+    backed_off_and_due(&due);
+    let backed_off = faulty_named(&rt, "backed-off", Duration::from_secs(60));
+    let report = Chain::new(vec![backed_off.clone()]).dispatch(&event(
+        EventKind::Create,
+        "p",
+        Some("panic"),
+    ));
+    assert_eq!(report.calls[0].outcome.trap_kind(), Some(TrapKind::Panic));
+    let report = Chain::new(vec![due.clone(), backed_off.clone()]).dispatch(&event(
+        EventKind::Create,
+        "q",
+        None,
+    ));
+    assert_eq!(report.failed_at, Some(1));
+    assert!(report.backed_off.is_some());
+    assert!(due.admit().expect("the probe was handed back").is_probe());
 }
 
 #[test]

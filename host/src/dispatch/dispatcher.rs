@@ -242,10 +242,19 @@ impl Dispatcher {
                         errors.inc();
                         let chain = self.chain.get();
                         let watch = self.watch.clone();
+                        let metrics = self.metrics.clone();
                         tasks.spawn(async move {
-                            let records = tokio::task::spawn_blocking(move || chain.dispatch_error(&error, &watch)).await;
-                            if let Err(err) = records {
-                                tracing::error!(error = %err, "error dispatch failed");
+                            let watch_ = watch.clone();
+                            let records = tokio::task::spawn_blocking(move || chain.dispatch_error(&error, &watch_)).await;
+                            match records {
+                                Ok(calls) => {
+                                    let report = ChainReport { calls, ..ChainReport::default() };
+                                    count(&metrics, &report);
+                                    for call in report.calls.iter().filter(|c| !c.outcome.is_ok()) {
+                                        tracing::warn!(watch = %watch, listener = %call.listener, outcome = call.outcome.label(), error = call.outcome.message(), "listener error export failed");
+                                    }
+                                }
+                                Err(err) => tracing::error!(error = %err, "error dispatch failed"),
                             }
                             // Not an object key: `done` finds no queue for it.
                             String::from("\0watch-error")

@@ -205,17 +205,13 @@ impl Chain {
         // Admit every listener first: with one held back by crash-loop backoff, nobody runs
         // (and nobody rolls back) once per attempt while it is backed off, and the event that
         // takes the probe after a backoff is the only one to run the chain.
-        let mut probes: Vec<usize> = Vec::new();
+        let mut tickets = Vec::with_capacity(self.listeners.len());
         for (index, listener) in self.listeners_for(event, self.listeners.len()) {
             match listener.admit() {
-                Ok(probe) => {
-                    if probe {
-                        probes.push(index);
-                    }
-                }
+                Ok(ticket) => tickets.push(ticket),
                 Err((skipped, wait)) => {
-                    for &i in &probes {
-                        self.listeners[i].release_probe();
+                    for ((_, admitted), ticket) in self.listeners_for(event, index).zip(tickets) {
+                        admitted.release_probe(ticket);
                     }
                     report.calls.push(timed(listener, export, || skipped));
                     report.failed_at = Some(index);
@@ -224,25 +220,27 @@ impl Chain {
                 }
             }
         }
-        for (index, listener) in self.listeners_for(event, self.listeners.len()) {
+        let mut admitted = self.listeners_for(event, self.listeners.len()).zip(tickets);
+        for ((index, listener), ticket) in admitted.by_ref() {
             let record = timed(listener, export, || {
-                listener.call_event_admitted(export, &wit, &ctx)
+                listener.call_event_admitted(export, &wit, &ctx, ticket)
             });
             let ok = record.outcome.is_ok();
             report.calls.push(record);
             if !ok {
                 report.failed_at = Some(index);
-                for &i in probes.iter().filter(|&&i| i > index) {
-                    self.listeners[i].release_probe();
-                }
                 break;
             }
+        }
+        // Listeners after a failure were admitted but not called.
+        for ((_, listener), ticket) in admitted {
+            listener.release_probe(ticket);
         }
         if let Some(failed) = report.failed_at {
             ctx.event_kind = Export::Rollback.as_str();
             for (_, listener) in self.listeners_for(event, failed).rev() {
                 let record = timed(listener, Export::Rollback, || {
-                    listener.call_event_admitted(Export::Rollback, &wit, &ctx)
+                    listener.call_event_admitted(Export::Rollback, &wit, &ctx, listener.pass())
                 });
                 report.calls.push(record);
             }

@@ -9,19 +9,41 @@ use std::time::{Duration, Instant};
 pub struct CrashLoopConfig {
     /// Consecutive traps that engage the backoff.
     pub threshold: u32,
-    /// First backoff; doubles with every further consecutive trap.
+    /// First backoff; doubles with every further one.
     pub base: Duration,
     /// Longest backoff.
     pub max: Duration,
+    /// How long a probe may hold its slot: longer than any call can take, so a probe whose
+    /// outcome never comes back (a panic in host code) cannot stall the listener for good.
+    pub probe_lease: Duration,
+}
+
+/// The admission of one call ([`CrashLoop::admit`]), handed back with its outcome.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ticket {
+    /// The backoffs engaged before the call was admitted.
+    epoch: u64,
+    /// The call probes the listener after a backoff.
+    probe: bool,
+    /// Its success says the listener handles events (not so for the `error` export).
+    releases: bool,
+}
+
+impl Ticket {
+    /// Whether the call is the probe after a backoff.
+    pub fn is_probe(&self) -> bool {
+        self.probe
+    }
 }
 
 /// Tracks consecutive traps of one listener and decides whether it may be called now.
 ///
 /// After `threshold` consecutive traps the listener is backed off for `base`. When a backoff
 /// ends, one call probes the listener ([`CrashLoop::admit`]) while the others keep waiting; if
-/// it traps, the next backoff is twice as long (up to `max`). Traps of calls that started
-/// before a backoff do not lengthen it, so many workers waking together cannot run the backoff
-/// up to its maximum at once. Any call that does not trap releases the backoff.
+/// it traps, the next backoff is twice as long (up to `max`). Only the probe, or a call
+/// admitted since the last backoff engaged, can engage the next one: traps of calls that
+/// started earlier are already answered, so many workers cannot run the backoff up to its
+/// maximum at once. Any event call that does not trap releases the backoff.
 #[derive(Debug, Clone)]
 pub struct CrashLoop {
     config: CrashLoopConfig,
@@ -29,8 +51,10 @@ pub struct CrashLoop {
     /// Backoffs since the last call that did not trap: the exponent of the next one.
     backoffs: u32,
     until: Option<Instant>,
-    /// A call is probing the listener after a backoff.
-    probing: bool,
+    /// When the running probe was admitted.
+    probe: Option<Instant>,
+    /// Bumped by every backoff engaged.
+    epoch: u64,
 }
 
 impl CrashLoop {
@@ -41,32 +65,69 @@ impl CrashLoop {
             consecutive_traps: 0,
             backoffs: 0,
             until: None,
-            probing: false,
+            probe: None,
+            epoch: 0,
         }
     }
 
     /// How long a call at `now` has to wait: the rest of the backoff, or while another call
-    /// probes the listener after it, one `base` (at most 1 s) at a time. `None`: it may run.
+    /// probes the listener after it (within its lease), one `base` (0.25 to 1 s) at a time.
+    /// `None`: it may run.
     pub fn wait(&self, now: Instant) -> Option<Duration> {
         let until = self.until?;
         if until > now {
             return Some(until - now);
         }
-        self.probing.then(|| {
-            self.config
-                .base
-                .clamp(Duration::from_millis(1), Duration::from_secs(1))
-        })
+        let probing = self.probe.is_some_and(|admitted| {
+            now.saturating_duration_since(admitted) < self.config.probe_lease
+        });
+        probing.then(|| self.probe_wait())
     }
 
-    /// Lets a call at `now` run (`Ok(true)`: as the probe after a backoff), or says how long it
-    /// has to wait ([`CrashLoop::wait`]).
-    pub fn admit(&mut self, now: Instant) -> Result<bool, Duration> {
+    fn probe_wait(&self) -> Duration {
+        self.config
+            .base
+            .clamp(Duration::from_millis(250), Duration::from_secs(1))
+    }
+
+    /// Lets an event call at `now` run (the probe, when a backoff has ended), or says how long
+    /// it has to wait ([`CrashLoop::wait`]).
+    pub fn admit(&mut self, now: Instant) -> Result<Ticket, Duration> {
         if let Some(wait) = self.wait(now) {
             return Err(wait);
         }
-        self.probing = self.until.is_some();
-        Ok(self.probing)
+        let probe = self.until.is_some();
+        if probe {
+            self.probe = Some(now);
+        }
+        Ok(Ticket {
+            epoch: self.epoch,
+            probe,
+            releases: true,
+        })
+    }
+
+    /// Lets a call that says nothing about event handling (the `error` export) run at `now`:
+    /// only while no backoff is engaged. It never probes, and its success releases nothing.
+    pub fn admit_aside(&mut self, now: Instant) -> Result<Ticket, Duration> {
+        if self.until.is_some() {
+            return Err(self.wait(now).unwrap_or_else(|| self.probe_wait()));
+        }
+        Ok(Ticket {
+            epoch: self.epoch,
+            probe: false,
+            releases: false,
+        })
+    }
+
+    /// A ticket for a call that is not held back (a `rollback`: it undoes what the listener
+    /// did for the event in this attempt).
+    pub fn pass(&self) -> Ticket {
+        Ticket {
+            epoch: self.epoch,
+            probe: false,
+            releases: true,
+        }
     }
 
     /// Consecutive traps so far.
@@ -74,36 +135,41 @@ impl CrashLoop {
         self.consecutive_traps
     }
 
-    /// Records a trap at `now`; returns the backoff it engaged, if any.
-    pub fn record_trap(&mut self, now: Instant) -> Option<Duration> {
+    /// Records a trap at `now` of the call admitted with `ticket`; returns the backoff it
+    /// engaged, if any.
+    pub fn record_trap(&mut self, now: Instant, ticket: Ticket) -> Option<Duration> {
         self.consecutive_traps = self.consecutive_traps.saturating_add(1);
-        if self.until.is_some_and(|until| until > now) {
-            // A call that started before this backoff: the backoff already answers it.
-            return None;
-        }
-        if self.consecutive_traps < self.config.threshold.max(1) {
+        let current = ticket.probe || (ticket.epoch == self.epoch && self.until.is_none());
+        if !current || self.consecutive_traps < self.config.threshold.max(1) {
             return None;
         }
         let factor = 2u32.saturating_pow(self.backoffs.min(31));
         let delay = self.config.base.saturating_mul(factor).min(self.config.max);
         self.backoffs = self.backoffs.saturating_add(1);
         self.until = Some(now + delay);
-        self.probing = false;
+        self.probe = None;
+        self.epoch += 1;
         Some(delay)
     }
 
-    /// Records a call that did not trap (success or error return): the backoff is released.
-    pub fn record_success(&mut self) {
+    /// Records a call that did not trap (success or error return): the backoff is released,
+    /// unless the call says nothing about event handling.
+    pub fn record_success(&mut self, ticket: Ticket) {
+        if !ticket.releases {
+            return;
+        }
         self.consecutive_traps = 0;
         self.backoffs = 0;
         self.until = None;
-        self.probing = false;
+        self.probe = None;
     }
 
-    /// Records an admitted call that could not run (no instance could be built): whether the
-    /// listener works is still open, so the next call may probe it.
-    pub fn record_not_run(&mut self) {
-        self.probing = false;
+    /// Records an admitted call that was not made (its chain failed first, or no instance could
+    /// be built): if it was the probe, the next call may probe.
+    pub fn record_not_run(&mut self, ticket: Ticket) {
+        if ticket.probe {
+            self.probe = None;
+        }
     }
 }
 
@@ -116,28 +182,40 @@ mod tests {
             threshold: 3,
             base: Duration::from_secs(1),
             max: Duration::from_secs(5),
+            probe_lease: Duration::from_secs(40),
         }
+    }
+
+    /// Admits a call at `t` and records a trap for it.
+    fn trap(c: &mut CrashLoop, t: Instant) -> Option<Duration> {
+        let ticket = c.admit(t).expect("admitted");
+        c.record_trap(t, ticket)
     }
 
     #[test]
     fn engages_after_threshold_doubles_per_backoff_and_caps() {
         let t0 = Instant::now();
         let mut c = CrashLoop::new(config());
-        assert_eq!(c.record_trap(t0), None);
-        assert_eq!(c.record_trap(t0), None);
+        // Four calls running at once, all admitted before any trap.
+        let tickets: Vec<Ticket> = (0..4).map(|_| c.admit(t0).unwrap()).collect();
+        assert_eq!(c.record_trap(t0, tickets[0]), None);
+        assert_eq!(c.record_trap(t0, tickets[1]), None);
         assert_eq!(c.wait(t0), None);
-        assert_eq!(c.record_trap(t0), Some(Duration::from_secs(1)));
+        assert_eq!(c.record_trap(t0, tickets[2]), Some(Duration::from_secs(1)));
         assert_eq!(c.wait(t0), Some(Duration::from_secs(1)));
         assert_eq!(c.admit(t0), Err(Duration::from_secs(1)));
-        // Calls that were already running trap too: the backoff does not grow.
-        assert_eq!(c.record_trap(t0), None);
-        assert_eq!(c.wait(t0), Some(Duration::from_secs(1)));
+        // A call that was already running traps too, even after the window: the backoff that
+        // answered it does not grow.
+        let t1 = t0 + Duration::from_secs(1);
+        assert_eq!(c.record_trap(t1, tickets[3]), None);
+        assert_eq!(c.wait(t1), None);
         // Each backoff that ends lets one probe through; its trap doubles the next one.
         let mut t = t0;
         for secs in [2, 4, 5, 5] {
-            t += c.wait(t).unwrap();
-            assert_eq!(c.admit(t), Ok(true));
-            assert_eq!(c.record_trap(t), Some(Duration::from_secs(secs)));
+            t += c.wait(t).unwrap_or_default();
+            let probe = c.admit(t).unwrap();
+            assert!(probe.is_probe());
+            assert_eq!(c.record_trap(t, probe), Some(Duration::from_secs(secs)));
         }
         assert_eq!(c.consecutive_traps(), 8);
     }
@@ -147,21 +225,58 @@ mod tests {
         let t0 = Instant::now();
         let mut c = CrashLoop::new(config());
         for _ in 0..3 {
-            c.record_trap(t0);
+            trap(&mut c, t0);
         }
         let t1 = t0 + Duration::from_secs(1);
-        assert_eq!(c.admit(t1), Ok(true), "the probe");
+        let probe = c.admit(t1).unwrap();
+        assert!(probe.is_probe());
         // The others wait one base at a time while the probe runs.
         assert_eq!(c.admit(t1), Err(Duration::from_secs(1)));
-        assert_eq!(c.wait(t1), Some(Duration::from_secs(1)));
-        // A probe that could not run frees the slot.
-        c.record_not_run();
-        assert_eq!(c.admit(t1), Ok(true));
+        // A probe that was not made frees the slot; a non-probe's "not run" does not.
+        c.record_not_run(c.pass());
+        assert!(c.admit(t1).is_err());
+        c.record_not_run(probe);
+        let probe = c.admit(t1).unwrap();
+        assert!(probe.is_probe());
         // A probe that does not trap releases everyone.
-        c.record_success();
+        c.record_success(probe);
         assert_eq!(c.wait(t1), None);
-        assert_eq!(c.admit(t1), Ok(false));
-        assert_eq!(c.admit(t1), Ok(false));
+        assert!(!c.admit(t1).unwrap().is_probe());
+    }
+
+    #[test]
+    fn a_lost_probe_expires_with_its_lease() {
+        let t0 = Instant::now();
+        let mut c = CrashLoop::new(config());
+        for _ in 0..3 {
+            trap(&mut c, t0);
+        }
+        let t1 = t0 + Duration::from_secs(1);
+        assert!(c.admit(t1).unwrap().is_probe());
+        // Its outcome never comes back (say a panic in host code).
+        assert!(c.admit(t1 + Duration::from_secs(39)).is_err());
+        assert!(c.admit(t1 + Duration::from_secs(40)).unwrap().is_probe());
+    }
+
+    #[test]
+    fn error_export_calls_neither_probe_nor_release() {
+        let t0 = Instant::now();
+        let mut c = CrashLoop::new(config());
+        for _ in 0..3 {
+            trap(&mut c, t0);
+        }
+        // While backed off, and after it while nobody probes yet: not admitted.
+        assert!(c.admit_aside(t0).is_err());
+        let t1 = t0 + Duration::from_secs(1);
+        assert!(c.admit_aside(t1).is_err());
+        // Without a backoff it runs, and its success does not reset the count of traps.
+        let mut c = CrashLoop::new(config());
+        trap(&mut c, t0);
+        trap(&mut c, t0);
+        let aside = c.admit_aside(t0).unwrap();
+        c.record_success(aside);
+        assert_eq!(c.consecutive_traps(), 2);
+        assert_eq!(trap(&mut c, t0), Some(Duration::from_secs(1)));
     }
 
     #[test]
@@ -169,15 +284,15 @@ mod tests {
         let t0 = Instant::now();
         let mut c = CrashLoop::new(config());
         for _ in 0..3 {
-            c.record_trap(t0);
+            trap(&mut c, t0);
         }
         assert!(c.wait(t0).is_some());
-        c.record_success();
+        c.record_success(c.pass());
         assert_eq!(c.wait(t0), None);
         assert_eq!(c.consecutive_traps(), 0);
-        assert_eq!(c.record_trap(t0), None);
+        assert_eq!(trap(&mut c, t0), None);
         // The backoff starts over at `base`.
-        c.record_trap(t0);
-        assert_eq!(c.record_trap(t0), Some(Duration::from_secs(1)));
+        trap(&mut c, t0);
+        assert_eq!(trap(&mut c, t0), Some(Duration::from_secs(1)));
     }
 }

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use wasmtime::Store;
 
-use super::backoff::{CrashLoop, CrashLoopConfig};
+use super::backoff::{CrashLoop, CrashLoopConfig, Ticket};
 use super::bindings::{Event, Listener as ListenerWorld, ListenerPre, WatchError};
 use super::check;
 use super::engine::{Runtime, SpareTicket, EPOCH_TICK};
@@ -386,6 +386,11 @@ impl Listener {
                 threshold: spec.limits.crash_loop_threshold,
                 base: spec.limits.crash_loop_backoff,
                 max: spec.limits.crash_loop_backoff_max,
+                // Longer than any call: its wall-clock cap, plus instantiation (bounded by the
+                // call time limit), plus slack.
+                probe_lease: spec.limits.call_wall_timeout.max(spec.limits.call_timeout)
+                    + spec.limits.call_timeout
+                    + Duration::from_secs(10),
             })),
             stats: ListenerStats::default(),
         })
@@ -415,17 +420,27 @@ impl Listener {
     /// crash-loop backoff holds the call back (`skipped`; a `rollback` never is: it undoes
     /// work this listener did for the event).
     pub fn call_event(&self, export: Export, event: &Event, ctx: &CallContext) -> Outcome {
-        if export != Export::Rollback {
-            if let Err((skipped, _)) = self.admit() {
-                return skipped;
+        let ticket = if export == Export::Rollback {
+            self.lock_crash_loop().pass()
+        } else {
+            match self.admit() {
+                Ok(ticket) => ticket,
+                Err((skipped, _)) => return skipped,
             }
-        }
-        self.call_event_admitted(export, event, ctx)
+        };
+        self.call_event_admitted(export, event, ctx, ticket)
     }
 
-    /// [`Listener::call_event`] for a call already let through by [`Listener::admit`].
-    pub fn call_event_admitted(&self, export: Export, event: &Event, ctx: &CallContext) -> Outcome {
-        self.call(ctx, |world, store| match export {
+    /// [`Listener::call_event`] for a call already let through by [`Listener::admit`] (or a
+    /// rollback, with [`Listener::pass`]).
+    pub fn call_event_admitted(
+        &self,
+        export: Export,
+        event: &Event,
+        ctx: &CallContext,
+        ticket: Ticket,
+    ) -> Outcome {
+        self.call(ctx, ticket, |world, store| match export {
             Export::Create => world.call_create(store, event),
             Export::Update => world.call_update(store, event),
             Export::Delete => world.call_delete(store, event),
@@ -434,34 +449,43 @@ impl Listener {
         })
     }
 
-    /// Calls `error` with a watch error, unless crash-loop backoff holds the call back.
+    /// Calls `error` with a watch error: only while the listener is not backed off. It never
+    /// probes a backed-off listener, and its success does not release a backoff (it says
+    /// nothing about handling events).
     pub fn call_error(&self, error: &WatchError, ctx: &CallContext) -> Outcome {
-        if let Err((skipped, _)) = self.admit() {
-            return skipped;
+        let admitted = self.lock_crash_loop().admit_aside(Instant::now());
+        match admitted {
+            Ok(ticket) => self.call(ctx, ticket, |world, store| world.call_error(store, error)),
+            Err(wait) => self.skipped_for(wait),
         }
-        self.call(ctx, |world, store| world.call_error(store, error))
     }
 
-    /// Lets a call through crash-loop protection now: `Ok(true)` when it is the probe after a
-    /// backoff (hand it back with [`Listener::release_probe`] if the call is not made after
-    /// all), or the `skipped` outcome of the call (counted) and how long to wait. A [`Chain`]
-    /// (crate::dispatch::Chain) admits all of an event's listeners before calling the first,
-    /// so a chain with a backed-off listener runs nobody, and only one event probes it.
-    pub fn admit(&self) -> Result<bool, (Outcome, Duration)> {
+    /// Lets an event call through crash-loop protection now: its [`Ticket`] (the probe, when a
+    /// backoff has ended: hand it back with [`Listener::release_probe`] if the call is not
+    /// made after all), or the `skipped` outcome of the call (counted) and how long to wait.
+    /// A [`Chain`](crate::dispatch::Chain) admits all of an event's listeners before calling
+    /// the first, so a chain with a backed-off listener runs nobody, and one event probes it.
+    pub fn admit(&self) -> Result<Ticket, (Outcome, Duration)> {
         self.lock_crash_loop()
             .admit(Instant::now())
             .map_err(|wait| (self.skipped_for(wait), wait))
     }
 
-    /// Gives back a probe taken by [`Listener::admit`] for a call that was not made.
-    pub fn release_probe(&self) {
-        self.lock_crash_loop().record_not_run();
+    /// A ticket for a call that no backoff holds back (a `rollback`).
+    pub fn pass(&self) -> Ticket {
+        self.lock_crash_loop().pass()
+    }
+
+    /// Hands back the admission of a call that was not made (frees the probe, if it was one).
+    pub fn release_probe(&self, ticket: Ticket) {
+        self.lock_crash_loop().record_not_run(ticket);
     }
 
     /// Runs `f` on an instance (admission is the caller's) and records the outcome.
     fn call(
         &self,
         ctx: &CallContext,
+        ticket: Ticket,
         f: impl FnOnce(
             &ListenerWorld,
             &mut Store<HostState>,
@@ -477,7 +501,7 @@ impl Listener {
             _ => &self.stats.calls,
         };
         counter.fetch_add(1, Ordering::Relaxed);
-        self.record(&outcome);
+        self.record(&outcome, ticket);
         outcome
     }
 
@@ -694,23 +718,23 @@ impl Listener {
         state.start_call();
     }
 
-    fn record(&self, outcome: &Outcome) {
+    fn record(&self, outcome: &Outcome, ticket: Ticket) {
         let mut crash_loop = self.lock_crash_loop();
         match outcome {
-            Outcome::Ok => crash_loop.record_success(),
+            Outcome::Ok => crash_loop.record_success(ticket),
             Outcome::Error(_) => {
                 self.stats.errors.fetch_add(1, Ordering::Relaxed);
-                crash_loop.record_success();
+                crash_loop.record_success(ticket);
             }
             Outcome::Trap { kind, message } => {
                 self.stats.traps.fetch_add(1, Ordering::Relaxed);
-                let backoff = crash_loop.record_trap(Instant::now());
+                let backoff = crash_loop.record_trap(Instant::now(), ticket);
                 tracing::warn!(listener = %self.name, trap = kind.as_str(), error = %message, "listener trapped");
                 if let Some(delay) = backoff {
                     tracing::warn!(listener = %self.name, consecutive_traps = crash_loop.consecutive_traps(), backoff_ms = delay.as_millis() as u64, "listener in crash loop: backing off");
                 }
             }
-            Outcome::Skipped(_) => crash_loop.record_not_run(),
+            Outcome::Skipped(_) => crash_loop.record_not_run(ticket),
         }
     }
 

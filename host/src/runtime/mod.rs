@@ -14,7 +14,7 @@ mod poll;
 mod state;
 mod trap;
 
-pub use backoff::{CrashLoop, CrashLoopConfig};
+pub use backoff::{CrashLoop, CrashLoopConfig, Ticket};
 pub use engine::{AllocatorKind, Runtime, RuntimeConfig};
 /// Cuts a string to at most `max` bytes at a character boundary (shared by guest logs, guest
 /// error messages and Kubernetes Events).
