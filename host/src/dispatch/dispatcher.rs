@@ -250,7 +250,10 @@ impl Dispatcher {
                                 Ok(calls) => {
                                     let report = ChainReport { calls, ..ChainReport::default() };
                                     count(&metrics, &report);
-                                    for call in report.calls.iter().filter(|c| !c.outcome.is_ok()) {
+                                    // Skipped: the listener is backed off (not a failure of the call).
+                                    for call in report.calls.iter().filter(|c| {
+                                        !c.outcome.is_ok() && !matches!(c.outcome, crate::runtime::Outcome::Skipped(_))
+                                    }) {
                                         tracing::warn!(watch = %watch, listener = %call.listener, outcome = call.outcome.label(), error = call.outcome.message(), "listener error export failed");
                                     }
                                 }

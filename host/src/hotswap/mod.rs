@@ -470,7 +470,7 @@ impl HotSwap {
     }
 
     async fn reject(&self, rejection: &Rejection) {
-        tracing::error!(listener = %rejection.listener, digest = ?rejection.digest, error = %rejection.error, "module update rejected; the running version keeps serving");
+        tracing::error!(listener = %rejection.listener, digest = ?rejection.digest, error = %rejection.error, "update of the modules ConfigMap rejected; whatever ran before keeps running");
         self.metrics
             .reloads
             .get_or_create(&labels([

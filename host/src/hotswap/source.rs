@@ -39,7 +39,7 @@ pub enum Error {
     /// A `listeners.yaml` in the `--config` format changes the watches kubelisten started from.
     #[error(
         "listeners.yaml changes the watches ({0}), which kubelisten reads only at start: restart \
-         it to apply them. Nothing of this update was applied; the running listeners keep serving"
+         it to apply them. Nothing of this update was applied"
     )]
     WatchesChanged(String),
     /// A module could not be found or decoded.

@@ -25,6 +25,8 @@ pub struct Ticket {
     epoch: u64,
     /// The call probes the listener after a backoff.
     probe: bool,
+    /// Which probe (a serial number), when it is one.
+    probe_id: u64,
     /// Its success says the listener handles events (not so for the `error` export).
     releases: bool,
 }
@@ -51,8 +53,10 @@ pub struct CrashLoop {
     /// Backoffs since the last call that did not trap: the exponent of the next one.
     backoffs: u32,
     until: Option<Instant>,
-    /// When the running probe was admitted.
-    probe: Option<Instant>,
+    /// The running probe: its serial number, and when it was admitted or its call started.
+    probe: Option<(u64, Instant)>,
+    /// Serial number of the last probe admitted.
+    probes: u64,
     /// Bumped by every backoff engaged.
     epoch: u64,
 }
@@ -66,6 +70,7 @@ impl CrashLoop {
             backoffs: 0,
             until: None,
             probe: None,
+            probes: 0,
             epoch: 0,
         }
     }
@@ -78,8 +83,8 @@ impl CrashLoop {
         if until > now {
             return Some(until - now);
         }
-        let probing = self.probe.is_some_and(|admitted| {
-            now.saturating_duration_since(admitted) < self.config.probe_lease
+        let probing = self.probe.is_some_and(|(_, since)| {
+            now.saturating_duration_since(since) < self.config.probe_lease
         });
         probing.then(|| self.probe_wait())
     }
@@ -98,11 +103,13 @@ impl CrashLoop {
         }
         let probe = self.until.is_some();
         if probe {
-            self.probe = Some(now);
+            self.probes += 1;
+            self.probe = Some((self.probes, now));
         }
         Ok(Ticket {
             epoch: self.epoch,
             probe,
+            probe_id: if probe { self.probes } else { 0 },
             releases: true,
         })
     }
@@ -116,6 +123,7 @@ impl CrashLoop {
         Ok(Ticket {
             epoch: self.epoch,
             probe: false,
+            probe_id: 0,
             releases: false,
         })
     }
@@ -126,8 +134,22 @@ impl CrashLoop {
         Ticket {
             epoch: self.epoch,
             probe: false,
+            probe_id: 0,
             releases: true,
         }
+    }
+
+    /// The call of `ticket` starts at `now`: a probe's lease runs from here (the listeners before
+    /// it in its chain may have taken a while).
+    pub fn call_starts(&mut self, now: Instant, ticket: Ticket) {
+        if self.is_current_probe(ticket) {
+            self.probe = Some((ticket.probe_id, now));
+        }
+    }
+
+    /// Whether `ticket` is the probe that holds the slot now (not one whose lease ran out).
+    fn is_current_probe(&self, ticket: Ticket) -> bool {
+        ticket.probe && self.probe.is_some_and(|(id, _)| id == ticket.probe_id)
     }
 
     /// Consecutive traps so far.
@@ -139,7 +161,8 @@ impl CrashLoop {
     /// engaged, if any.
     pub fn record_trap(&mut self, now: Instant, ticket: Ticket) -> Option<Duration> {
         self.consecutive_traps = self.consecutive_traps.saturating_add(1);
-        let current = ticket.probe || (ticket.epoch == self.epoch && self.until.is_none());
+        let current =
+            self.is_current_probe(ticket) || (ticket.epoch == self.epoch && self.until.is_none());
         if !current || self.consecutive_traps < self.config.threshold.max(1) {
             return None;
         }
@@ -167,7 +190,7 @@ impl CrashLoop {
     /// Records an admitted call that was not made (its chain failed first, or no instance could
     /// be built): if it was the probe, the next call may probe.
     pub fn record_not_run(&mut self, ticket: Ticket) {
-        if ticket.probe {
+        if self.is_current_probe(ticket) {
             self.probe = None;
         }
     }
@@ -256,6 +279,35 @@ mod tests {
         // Its outcome never comes back (say a panic in host code).
         assert!(c.admit(t1 + Duration::from_secs(39)).is_err());
         assert!(c.admit(t1 + Duration::from_secs(40)).unwrap().is_probe());
+    }
+
+    #[test]
+    fn a_probe_whose_lease_ran_out_neither_engages_nor_frees_the_next() {
+        let t0 = Instant::now();
+        let mut c = CrashLoop::new(config());
+        for _ in 0..3 {
+            trap(&mut c, t0);
+        }
+        let t1 = t0 + Duration::from_secs(1);
+        let first = c.admit(t1).unwrap();
+        // Its call starts late (the chain before it was slow): the lease runs from there.
+        c.call_starts(t1 + Duration::from_secs(30), first);
+        assert!(c.admit(t1 + Duration::from_secs(69)).is_err());
+        let t2 = t1 + Duration::from_secs(70);
+        let second = c.admit(t2).unwrap();
+        assert!(second.is_probe());
+        // The first one's outcome comes at last: it is not the probe any more.
+        c.record_not_run(first);
+        assert!(
+            c.admit(t2).is_err(),
+            "the second probe still holds the slot"
+        );
+        assert_eq!(
+            c.record_trap(t2, first),
+            None,
+            "a stale probe does not engage a backoff"
+        );
+        assert_eq!(c.record_trap(t2, second), Some(Duration::from_secs(2)));
     }
 
     #[test]

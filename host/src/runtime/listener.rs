@@ -491,6 +491,9 @@ impl Listener {
             &mut Store<HostState>,
         ) -> wasmtime::Result<std::result::Result<(), String>>,
     ) -> Outcome {
+        if ticket.is_probe() {
+            self.lock_crash_loop().call_starts(Instant::now(), ticket);
+        }
         let outcome = match self.mode {
             Mode::Classname => self.call_fresh(ctx, f),
             Mode::Reference => self.call_persistent(ctx, f),
