@@ -11,7 +11,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use super::{ChainReport, ChainSlot};
+use super::{CallRecord, ChainReport, ChainSlot};
 use crate::capabilities::events::FailureReporter;
 use crate::event::{EventKind, ResourceEvent};
 use crate::metrics::{labels, Metrics};
@@ -248,10 +248,9 @@ impl Dispatcher {
                             let records = tokio::task::spawn_blocking(move || chain.dispatch_error(&error, &watch_)).await;
                             match records {
                                 Ok(calls) => {
-                                    let report = ChainReport { calls, ..ChainReport::default() };
-                                    count(&metrics, &report);
+                                    count(&metrics, &calls);
                                     // Skipped: the listener is backed off (not a failure of the call).
-                                    for call in report.calls.iter().filter(|c| {
+                                    for call in calls.iter().filter(|c| {
                                         !c.outcome.is_ok() && !matches!(c.outcome, crate::runtime::Outcome::Skipped(_))
                                     }) {
                                         tracing::warn!(watch = %watch, listener = %call.listener, outcome = call.outcome.label(), error = call.outcome.message(), "listener error export failed");
@@ -306,7 +305,7 @@ impl Dispatcher {
                 };
                 let finished = Instant::now();
                 log_report(&watch, &event, attempt, &report);
-                count(&metrics, &report);
+                count(&metrics, &report.calls);
                 let succeeded = report.succeeded();
                 // A listener in crash-loop backoff was not called: that attempt does not count
                 // (other objects' traps must not use up this event's retries); wait the backoff
@@ -412,8 +411,8 @@ async fn report_failures(
     }
 }
 
-fn count(metrics: &Metrics, report: &ChainReport) {
-    for call in &report.calls {
+fn count(metrics: &Metrics, calls: &[CallRecord]) {
+    for call in calls {
         metrics.count_call(
             &call.listener,
             call.export.as_str(),

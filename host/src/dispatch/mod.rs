@@ -189,22 +189,16 @@ impl Chain {
     /// do not include that. When one of the listeners is in crash-loop backoff, nobody is
     /// called: the report has that listener's `skipped` call and [`ChainReport::backed_off`].
     pub fn dispatch(&self, event: &ResourceEvent) -> ChainReport {
-        let wit = convert::event(event);
         let export = match event.kind {
             EventKind::Create => Export::Create,
             EventKind::Update => Export::Update,
             EventKind::Delete => Export::Delete,
         };
-        let mut ctx = CallContext {
-            object: Arc::from(event.meta.object_ref()),
-            event_kind: export.as_str(),
-            chain: ChainState::default(),
-            namespace: event.meta.namespace.clone(),
-        };
         let mut report = ChainReport::default();
         // Admit every listener first: with one held back by crash-loop backoff, nobody runs
         // (and nobody rolls back) once per attempt while it is backed off, and the event that
-        // takes the probe after a backoff is the only one to run the chain.
+        // takes the probe after a backoff is the only one to run the chain. A paused attempt
+        // costs no conversion of the event either.
         let mut tickets = Vec::with_capacity(self.listeners.len());
         for (index, listener) in self.listeners_for(event, self.listeners.len()) {
             match listener.admit() {
@@ -220,6 +214,13 @@ impl Chain {
                 }
             }
         }
+        let wit = convert::event(event);
+        let mut ctx = CallContext {
+            object: Arc::from(event.meta.object_ref()),
+            event_kind: export.as_str(),
+            chain: ChainState::default(),
+            namespace: event.meta.namespace.clone(),
+        };
         let mut admitted = self.listeners_for(event, self.listeners.len()).zip(tickets);
         for ((index, listener), ticket) in admitted.by_ref() {
             let record = timed(listener, export, || {

@@ -126,49 +126,32 @@ pub fn entries_of(config: &crate::config::Config) -> Vec<Entry> {
 /// How the watches `listed` in a `listeners.yaml` differ from the `running` ones (names added,
 /// removed, and changed in target, set of namespaces or selectors; listeners are not
 /// compared), or `None` when they are the same.
-pub fn watch_changes(
-    running: &[crate::config::WatchConfig],
-    listed: &[crate::config::WatchConfig],
+pub fn watch_changes<'a>(
+    running: &'a [crate::config::WatchConfig],
+    listed: &'a [crate::config::WatchConfig],
 ) -> Option<String> {
-    let find = |watches: &'_ [crate::config::WatchConfig], name: &str| {
-        watches.iter().position(|w| w.name == name)
+    use crate::config::WatchConfig;
+    let find = |watches: &'a [WatchConfig], name: &str| watches.iter().find(|w| w.name == name);
+    // What a watch watches: namespaces are a set.
+    let shape = |w: &'a WatchConfig| {
+        let namespaces: BTreeSet<&String> = w.namespaces.iter().collect();
+        (&w.target, namespaces, &w.label_selector, &w.field_selector)
     };
-    let names = |ws: Vec<&str>| ws.join(", ");
-    let added: Vec<&str> = listed
-        .iter()
-        .filter(|w| find(running, &w.name).is_none())
-        .map(|w| w.name.as_str())
-        .collect();
-    let removed: Vec<&str> = running
-        .iter()
-        .filter(|w| find(listed, &w.name).is_none())
-        .map(|w| w.name.as_str())
-        .collect();
-    let changed: Vec<&str> = listed
-        .iter()
-        .filter(|w| {
-            find(running, &w.name).is_some_and(|i| {
-                let r = &running[i];
-                let set = |ns: &Vec<String>| ns.iter().cloned().collect::<BTreeSet<String>>();
-                (
-                    &r.target,
-                    set(&r.namespaces),
-                    &r.label_selector,
-                    &r.field_selector,
-                ) != (
-                    &w.target,
-                    set(&w.namespaces),
-                    &w.label_selector,
-                    &w.field_selector,
-                )
-            })
-        })
-        .map(|w| w.name.as_str())
-        .collect();
+    let names = |of: &'a [WatchConfig], keep: &dyn Fn(&'a WatchConfig) -> bool| {
+        of.iter()
+            .filter(|w| keep(w))
+            .map(|w| w.name.as_str())
+            .collect::<Vec<_>>()
+    };
+    let added = names(listed, &|w| find(running, &w.name).is_none());
+    let removed = names(running, &|w| find(listed, &w.name).is_none());
+    let changed = names(listed, &|w| {
+        find(running, &w.name).is_some_and(|r| shape(r) != shape(w))
+    });
     let parts: Vec<String> = [("added", added), ("removed", removed), ("changed", changed)]
         .into_iter()
         .filter(|(_, ws)| !ws.is_empty())
-        .map(|(what, ws)| format!("{what}: {}", names(ws)))
+        .map(|(what, ws)| format!("{what}: {}", ws.join(", ")))
         .collect();
     (!parts.is_empty()).then(|| parts.join("; "))
 }

@@ -421,7 +421,7 @@ impl Listener {
     /// work this listener did for the event).
     pub fn call_event(&self, export: Export, event: &Event, ctx: &CallContext) -> Outcome {
         let ticket = if export == Export::Rollback {
-            self.lock_crash_loop().pass()
+            self.pass()
         } else {
             match self.admit() {
                 Ok(ticket) => ticket,
@@ -466,9 +466,8 @@ impl Listener {
     /// A [`Chain`](crate::dispatch::Chain) admits all of an event's listeners before calling
     /// the first, so a chain with a backed-off listener runs nobody, and one event probes it.
     pub fn admit(&self) -> Result<Ticket, (Outcome, Duration)> {
-        self.lock_crash_loop()
-            .admit(Instant::now())
-            .map_err(|wait| (self.skipped_for(wait), wait))
+        let admitted = self.lock_crash_loop().admit(Instant::now());
+        admitted.map_err(|wait| (self.skipped_for(wait), wait))
     }
 
     /// A ticket for a call that no backoff holds back (a `rollback`).
