@@ -319,7 +319,15 @@ mod tests {
             m.count_call(&listener, "create", "ok", 0.001);
         }
         m.count_call(&listener, "create", "error", 0.002);
+        // A call skipped by crash-loop backoff is counted, but is no duration sample.
+        m.count_call(&listener, "create", "skipped", 0.0);
         let text = m.encode();
+        assert!(
+            text.contains(
+                "kubelisten_listener_calls_total{listener=\"l\",export=\"create\",outcome=\"skipped\"} 1"
+            ),
+            "{text}"
+        );
         assert!(
             text.contains(
                 "kubelisten_listener_calls_total{listener=\"l\",export=\"create\",outcome=\"ok\"} 3"
