@@ -571,6 +571,117 @@ fn run_dispatcher(
     })
 }
 
+/// A `Write` into a shared buffer: captures the host's log lines in a test.
+#[derive(Clone, Default)]
+struct LogBuffer(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogBuffer {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl LogBuffer {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
+#[test]
+fn error_export_calls_are_counted_and_their_failures_logged() {
+    use kubelisten::dispatch::dispatcher::{Dispatcher, DispatcherConfig};
+    use kubelisten::event::WatchErrorInfo;
+    use kubelisten::watch::watcher::WatchOutput;
+    let (rt, _capture, _cache) = runtime();
+    let chain = Chain::new(vec![
+        load(&rt, "faulty", Mode::Classname),
+        load(&rt, "rust-logger", Mode::Reference),
+    ]);
+    let metrics = Arc::new(kubelisten::metrics::Metrics::default());
+    let logs = LogBuffer::default();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer({
+            let logs = logs.clone();
+            move || logs.clone()
+        })
+        .with_ansi(false)
+        .with_max_level(tracing::Level::INFO)
+        .finish();
+    // A current-thread runtime: the dispatcher logs from its own tasks, on this thread.
+    let tokio = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let _log = tracing::subscriber::set_default(subscriber);
+    tokio.block_on(async {
+        let dispatcher = Dispatcher {
+            watch: Arc::from("w"),
+            chain: Arc::new(kubelisten::dispatch::ChainSlot::new(chain)),
+            config: DispatcherConfig::default(),
+            observer: None,
+            state: Arc::default(),
+            failures: None,
+            metrics: metrics.clone(),
+        };
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        for message in ["fault=error", "fault=panic", "too old resource version"] {
+            let error = WatchErrorInfo {
+                code: 410,
+                reason: "Expired".into(),
+                message: message.into(),
+            };
+            tx.send(WatchOutput::Error(error)).await.unwrap();
+        }
+        drop(tx);
+        dispatcher
+            .run(rx, tokio_util::sync::CancellationToken::new())
+            .await;
+    });
+    let text = metrics.encode();
+    for (listener, outcome, count) in [
+        ("faulty", "error", 1),
+        ("faulty", "trap", 1),
+        ("faulty", "ok", 1),
+        ("rust-logger", "ok", 3),
+    ] {
+        let series = format!(
+            "kubelisten_listener_calls_total{{listener=\"{listener}\",export=\"error\",outcome=\"{outcome}\"}} {count}"
+        );
+        assert!(text.contains(&series), "{series} missing in:\n{text}");
+    }
+    assert!(
+        text.contains("kubelisten_listener_traps_total{listener=\"faulty\",trap=\"panic\"} 1"),
+        "{text}"
+    );
+    let logged = logs.text();
+    let failures: Vec<&str> = logged
+        .lines()
+        .filter(|l| l.contains("listener error export failed"))
+        .collect();
+    assert_eq!(failures.len(), 2, "{logged}");
+    assert!(
+        failures.iter().any(|l| l.contains("outcome=\"error\"")
+            && l.contains("fault injected: error export failed")),
+        "{logged}"
+    );
+    assert!(
+        failures.iter().any(|l| l.contains("outcome=\"trap\"")),
+        "{logged}"
+    );
+    assert!(
+        failures.iter().all(|l| l.contains("listener=faulty")),
+        "{logged}"
+    );
+}
+
 /// The `faulty` guest (classname), backed off for `backoff` after every trap.
 fn backing_off_after_one_trap(rt: &kubelisten::Runtime, backoff: Duration) -> Arc<Listener> {
     faulty_named(rt, "faulty", backoff)
@@ -661,6 +772,60 @@ fn after_a_backoff_one_event_probes_the_listener_and_the_others_wait() {
     assert!(report.succeeded(), "{:?}", report.calls);
     assert_eq!(faulty.backoff_remaining(), None);
     assert!(!faulty.admit().expect("admitted").is_probe());
+}
+
+#[test]
+fn events_held_back_by_a_probe_are_woken_by_its_outcome() {
+    let (rt, _capture, _cache) = runtime();
+    let faulty = faulty_named(&rt, "faulty", Duration::from_millis(20));
+    backed_off_and_due(&faulty);
+    let chain = Chain::new(vec![faulty.clone()]);
+    // Another worker's event holds the probe.
+    let probe = faulty.admit().expect("admitted");
+    assert!(probe.is_probe());
+    let report = chain.dispatch(&event(EventKind::Create, "q", None));
+    let held = report.backed_off.expect("held back by the probe");
+    assert!(held.probing, "{:?}", report.calls);
+    assert!(
+        report.calls[0].outcome.message().contains("being probed"),
+        "{:?}",
+        report.calls
+    );
+    // It waits for the probe's outcome, not a poll interval: at most the probe's lease.
+    assert!(held.wait > Duration::from_secs(10), "{:?}", held.wait);
+    assert!(!held.settled.has_changed().unwrap());
+    // The probe runs and traps again: the waiters are woken into the next backoff ...
+    let ctx = kubelisten::runtime::CallContext {
+        object: Arc::from("ns/p"),
+        event_kind: "create",
+        chain: Default::default(),
+        namespace: Some("ns".into()),
+    };
+    let wit = kubelisten::dispatch::wit_event(&event(EventKind::Create, "p", Some("panic")));
+    let outcome = faulty.call_event_admitted(Export::Create, &wit, &ctx, probe);
+    assert_eq!(outcome.trap_kind(), Some(TrapKind::Panic));
+    assert!(held.settled.has_changed().unwrap());
+    let report = chain.dispatch(&event(EventKind::Create, "q", None));
+    let held = report.backed_off.expect("backed off again");
+    assert!(!held.probing);
+    // ... and when a probe succeeds, the others are woken to run.
+    while faulty.backoff_remaining().is_some() {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let probe = faulty.admit().expect("admitted");
+    let report = chain.dispatch(&event(EventKind::Create, "q", None));
+    let held = report.backed_off.expect("held back by the second probe");
+    let outcome = faulty.call_event_admitted(
+        Export::Create,
+        &kubelisten::dispatch::wit_event(&event(EventKind::Create, "p", None)),
+        &ctx,
+        probe,
+    );
+    assert!(outcome.is_ok(), "{outcome:?}");
+    assert!(held.settled.has_changed().unwrap());
+    assert!(chain
+        .dispatch(&event(EventKind::Create, "q", None))
+        .succeeded());
 }
 
 #[test]
@@ -788,7 +953,7 @@ fn a_chain_with_a_backed_off_listener_calls_nobody() {
     assert_eq!(report.failed_at, Some(1));
     assert!(report
         .backed_off
-        .is_some_and(|d| d > Duration::from_secs(50)));
+        .is_some_and(|held| held.wait > Duration::from_secs(50) && !held.probing));
     assert_eq!(logger.stats().calls.load(Ordering::Relaxed), logger_calls);
     assert_eq!(faulty.stats().skipped.load(Ordering::Relaxed), 1);
     // A catch-up for rust-logger alone does not wait for faulty.

@@ -6,6 +6,8 @@
 //! `flaky` fails (error return) the first time it sees an object's resourceVersion and succeeds
 //! on the retry; it needs reference mode, which keeps what it has seen.
 //! The error message of `error` lists the chain-state keys it saw, so tests can observe the chain.
+//! The `error` export (a watch error) panics when the error's message contains `fault=panic`,
+//! fails when it contains `fault=error`, and succeeds otherwise.
 
 use std::cell::RefCell;
 use std::collections::HashSet;
@@ -99,7 +101,16 @@ impl Guest for Faulty {
         misbehave(&ev)
     }
 
-    fn error(_err: WatchError) -> Result<(), String> {
+    fn error(err: WatchError) -> Result<(), String> {
+        if err.message.contains("fault=panic") {
+            panic!("fault injected: panic in the error export ({})", err.reason);
+        }
+        if err.message.contains("fault=error") {
+            return Err(format!(
+                "fault injected: error export failed ({})",
+                err.reason
+            ));
+        }
         Ok(())
     }
 

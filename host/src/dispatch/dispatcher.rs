@@ -16,7 +16,7 @@ use crate::capabilities::events::FailureReporter;
 use crate::event::{EventKind, ResourceEvent};
 use crate::metrics::{labels, Metrics};
 use crate::runtime::bindings::kubelisten::listener::cluster::ObjectRef;
-use crate::runtime::Mode;
+use crate::runtime::{Held, Mode};
 use crate::watch::state::WatchState;
 use crate::watch::watcher::WatchOutput;
 
@@ -310,7 +310,7 @@ impl Dispatcher {
                 // A listener in crash-loop backoff was not called: that attempt does not count
                 // (other objects' traps must not use up this event's retries); wait the backoff
                 // out and try again.
-                let backed_off = report.backed_off.filter(|_| !succeeded);
+                let backed_off = report.backed_off.clone().filter(|_| !succeeded);
                 if backed_off.is_none() {
                     attempts_made += 1;
                 }
@@ -336,7 +336,7 @@ impl Dispatcher {
                     break;
                 }
                 match backed_off {
-                    Some(wait) => wait_out_backoff(&state, wait, &mut swaps).await,
+                    Some(held) => wait_out_backoff(&state, held, &mut swaps).await,
                     None => tokio::time::sleep(retry.delay(attempt)).await,
                 }
             }
@@ -347,26 +347,33 @@ impl Dispatcher {
 
 /// Sleeps through a listener's crash-loop backoff (up to 5 minutes), recording watch activity
 /// every few seconds: the host is working as intended, and `/healthz` must not have it
-/// restarted (which would only relist everything and start the backoff over). A new chain
-/// (`swaps` changes: say a fixed module was hot-swapped in) ends the wait at once.
+/// restarted (which would only relist everything and start the backoff over). The wait ends
+/// early when the listener's crash-loop state moves ([`Held::settled`]: the probe after a
+/// backoff ended, the backoff was released) or a new chain is set (`swaps`: say a fixed module
+/// was hot-swapped in).
 async fn wait_out_backoff(
     state: &WatchState,
-    wait: Duration,
+    held: Held,
     swaps: &mut tokio::sync::watch::Receiver<u64>,
 ) {
     const BEAT: Duration = Duration::from_secs(5);
+    let Held {
+        wait, mut settled, ..
+    } = held;
     let until = tokio::time::Instant::now() + wait.max(Duration::from_millis(1));
-    let mut swapped = false;
+    let mut woken = false;
     loop {
         state.activity();
         let now = tokio::time::Instant::now();
-        if now >= until || swapped {
+        if now >= until || woken {
             return;
         }
         tokio::select! {
             () = tokio::time::sleep((until - now).min(BEAT)) => {}
-            // An error: the slot is gone (shutdown); the sleep bounds the wait as before.
-            changed = swaps.changed(), if !swaps.is_closed() => swapped = changed.is_ok(),
+            // An error: the sender is gone (the slot at shutdown, the listener with its old
+            // chain); the sleep bounds the wait as before.
+            changed = swaps.changed(), if !swaps.is_closed() => woken = changed.is_ok(),
+            changed = settled.changed(), if !settled.is_closed() => woken = changed.is_ok(),
         }
     }
 }
@@ -437,11 +444,11 @@ fn count(metrics: &Metrics, calls: &[CallRecord]) {
 }
 
 fn log_report(watch: &str, event: &ResourceEvent, attempt: u32, report: &ChainReport) {
-    if let (Some(wait), [skipped]) = (report.backed_off, report.calls.as_slice()) {
+    if let (Some(held), [skipped]) = (&report.backed_off, report.calls.as_slice()) {
         // Nobody ran: the chain waits for a listener's crash-loop backoff.
         tracing::info!(
             watch, object = %event.meta.object_ref(), resource_version = %event.meta.resource_version, event.kind = event.kind.as_str(),
-            listener = %skipped.listener, wait_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX), "chain paused: a listener is in crash-loop backoff"
+            listener = %skipped.listener, wait_ms = u64::try_from(held.wait.as_millis()).unwrap_or(u64::MAX), probing = held.probing, "chain paused: a listener is in crash-loop backoff"
         );
         return;
     }
@@ -533,7 +540,13 @@ mod tests {
             let slot = crate::dispatch::ChainSlot::default();
             async move {
                 let mut swaps = slot.swaps();
-                wait_out_backoff(&state, Duration::from_secs(300), &mut swaps).await
+                let (_gone, settled) = tokio::sync::watch::channel(0);
+                let held = Held {
+                    wait: Duration::from_secs(300),
+                    probing: false,
+                    settled,
+                };
+                wait_out_backoff(&state, held, &mut swaps).await
             }
         });
         // 58 beats of 5 s: the whole 300 s wait but its last few seconds.

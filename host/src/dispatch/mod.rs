@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::event::{EventKind, ResourceEvent, WatchErrorInfo};
-use crate::runtime::{CallContext, ChainState, Export, Listener, Outcome};
+use crate::runtime::{CallContext, ChainState, Export, Held, Listener, Outcome};
 
 /// One listener call and how it ended.
 #[derive(Debug, Clone)]
@@ -35,10 +35,10 @@ pub struct ChainReport {
     pub calls: Vec<CallRecord>,
     /// Index in the chain of the listener that failed, if one did.
     pub failed_at: Option<usize>,
-    /// When the failing listener was not called because it is in crash-loop backoff: how long
-    /// the backoff still lasts. Such an attempt says nothing about this event, so the
+    /// When the failing listener was not called because crash-loop protection held it back:
+    /// what the attempt waits for. Such an attempt says nothing about this event, so the
     /// dispatcher waits it out instead of spending one of the event's retries.
-    pub backed_off: Option<Duration>,
+    pub backed_off: Option<Held>,
 }
 
 impl ChainReport {
@@ -203,13 +203,13 @@ impl Chain {
         for (index, listener) in self.listeners_for(event, self.listeners.len()) {
             match listener.admit() {
                 Ok(ticket) => tickets.push(ticket),
-                Err((skipped, wait)) => {
+                Err((skipped, held)) => {
                     for ((_, admitted), ticket) in self.listeners_for(event, index).zip(tickets) {
                         admitted.release_probe(ticket);
                     }
                     report.calls.push(timed(listener, export, || skipped));
                     report.failed_at = Some(index);
-                    report.backed_off = Some(wait);
+                    report.backed_off = Some(held);
                     return report;
                 }
             }

@@ -59,6 +59,8 @@ pub struct CrashLoop {
     probes: u64,
     /// Bumped by every backoff engaged.
     epoch: u64,
+    /// See [`CrashLoop::changes`].
+    changes: u64,
 }
 
 impl CrashLoop {
@@ -72,27 +74,41 @@ impl CrashLoop {
             probe: None,
             probes: 0,
             epoch: 0,
+            changes: 0,
         }
     }
 
     /// How long a call at `now` has to wait: the rest of the backoff, or while another call
-    /// probes the listener after it (within its lease), one `base` (0.25 to 1 s) at a time.
-    /// `None`: it may run.
+    /// probes the listener after it, the rest of the probe's lease (the probe's outcome ends the
+    /// wait sooner: [`CrashLoop::changes`]). `None`: it may run.
     pub fn wait(&self, now: Instant) -> Option<Duration> {
         let until = self.until?;
         if until > now {
             return Some(until - now);
         }
-        let probing = self.probe.is_some_and(|(_, since)| {
-            now.saturating_duration_since(since) < self.config.probe_lease
-        });
-        probing.then(|| self.probe_wait())
+        self.probe_lease_left(now)
     }
 
-    fn probe_wait(&self) -> Duration {
-        self.config
-            .base
-            .clamp(Duration::from_millis(250), Duration::from_secs(1))
+    /// Whether a call at `now` is held back by another call's probe (not by the backoff itself).
+    pub fn probing(&self, now: Instant) -> bool {
+        self.until.is_some_and(|until| until <= now) && self.probe_lease_left(now).is_some()
+    }
+
+    /// The rest of the running probe's lease, if a probe holds the slot.
+    fn probe_lease_left(&self, now: Instant) -> Option<Duration> {
+        let (_, since) = self.probe?;
+        let left = self
+            .config
+            .probe_lease
+            .saturating_sub(now.saturating_duration_since(since));
+        (!left.is_zero()).then_some(left)
+    }
+
+    /// Counts the changes that can let a waiting call run sooner than its [`CrashLoop::wait`]
+    /// said: a probe ended (or was handed back), a backoff was released or a new one engaged.
+    /// Callers that hold calls back wake them when it moves.
+    pub fn changes(&self) -> u64 {
+        self.changes
     }
 
     /// Lets an event call at `now` run (the probe, when a backoff has ended), or says how long
@@ -118,7 +134,8 @@ impl CrashLoop {
     /// only while no backoff is engaged. It never probes, and its success releases nothing.
     pub fn admit_aside(&mut self, now: Instant) -> Result<Ticket, Duration> {
         if self.until.is_some() {
-            return Err(self.wait(now).unwrap_or_else(|| self.probe_wait()));
+            // After the backoff, while nobody probes yet: held back until a probe succeeds.
+            return Err(self.wait(now).unwrap_or(self.config.base));
         }
         Ok(Ticket {
             epoch: self.epoch,
@@ -172,6 +189,7 @@ impl CrashLoop {
         self.until = Some(now + delay);
         self.probe = None;
         self.epoch += 1;
+        self.changes += 1;
         Some(delay)
     }
 
@@ -180,6 +198,9 @@ impl CrashLoop {
     pub fn record_success(&mut self, ticket: Ticket) {
         if !ticket.releases {
             return;
+        }
+        if self.until.is_some() || self.probe.is_some() {
+            self.changes += 1;
         }
         self.consecutive_traps = 0;
         self.backoffs = 0;
@@ -192,6 +213,7 @@ impl CrashLoop {
     pub fn record_not_run(&mut self, ticket: Ticket) {
         if self.is_current_probe(ticket) {
             self.probe = None;
+            self.changes += 1;
         }
     }
 }
@@ -251,20 +273,55 @@ mod tests {
             trap(&mut c, t0);
         }
         let t1 = t0 + Duration::from_secs(1);
+        assert!(!c.probing(t0), "held back by the backoff itself");
         let probe = c.admit(t1).unwrap();
         assert!(probe.is_probe());
-        // The others wait one base at a time while the probe runs.
-        assert_eq!(c.admit(t1), Err(Duration::from_secs(1)));
+        // The others wait, at most for the rest of the probe's lease; the probe's outcome
+        // moves `changes`, which wakes them sooner.
+        assert!(c.probing(t1));
+        assert_eq!(c.admit(t1), Err(Duration::from_secs(40)));
+        assert_eq!(
+            c.wait(t1 + Duration::from_secs(15)),
+            Some(Duration::from_secs(25))
+        );
+        let changes = c.changes();
         // A probe that was not made frees the slot; a non-probe's "not run" does not.
         c.record_not_run(c.pass());
         assert!(c.admit(t1).is_err());
+        assert_eq!(c.changes(), changes, "nothing a waiter could use");
         c.record_not_run(probe);
+        assert_eq!(
+            c.changes(),
+            changes + 1,
+            "the slot is free: wake the waiters"
+        );
+        assert!(!c.probing(t1));
         let probe = c.admit(t1).unwrap();
         assert!(probe.is_probe());
         // A probe that does not trap releases everyone.
         c.record_success(probe);
+        assert_eq!(c.changes(), changes + 2);
         assert_eq!(c.wait(t1), None);
         assert!(!c.admit(t1).unwrap().is_probe());
+        // Successes with nothing to release wake nobody.
+        c.record_success(c.pass());
+        assert_eq!(c.changes(), changes + 2);
+    }
+
+    #[test]
+    fn a_probe_that_traps_again_wakes_the_waiters_into_the_next_backoff() {
+        let t0 = Instant::now();
+        let mut c = CrashLoop::new(config());
+        for _ in 0..3 {
+            trap(&mut c, t0);
+        }
+        let t1 = t0 + Duration::from_secs(1);
+        let probe = c.admit(t1).unwrap();
+        let changes = c.changes();
+        assert_eq!(c.record_trap(t1, probe), Some(Duration::from_secs(2)));
+        assert_eq!(c.changes(), changes + 1);
+        assert!(!c.probing(t1));
+        assert_eq!(c.admit(t1), Err(Duration::from_secs(2)));
     }
 
     #[test]

@@ -186,6 +186,9 @@ pub enum Outcome {
         kind: TrapKind,
         /// Trap description (or the panic message).
         message: String,
+        /// The trap came from the guest's start code while the instance was built, before any
+        /// export ran (a flag, not a message prefix: the message is the guest's to write).
+        during_instantiation: bool,
     },
     /// The call did not run: the listener is in crash-loop backoff or could not be instantiated.
     Skipped(String),
@@ -226,7 +229,13 @@ impl Outcome {
     /// Whether the trap happened while building the instance (its start code), before any
     /// export ran: a reference-mode listener then had no instance to drop and rebuild.
     pub fn trapped_in_instantiation(&self) -> bool {
-        matches!(self, Outcome::Trap { message, .. } if message.starts_with(INSTANTIATION_TRAP))
+        matches!(
+            self,
+            Outcome::Trap {
+                during_instantiation: true,
+                ..
+            }
+        )
     }
 }
 
@@ -328,7 +337,23 @@ pub struct Listener {
     refilling: std::sync::atomic::AtomicBool,
     stateful: bool,
     crash_loop: Mutex<CrashLoop>,
+    /// Carries [`CrashLoop::changes`]: wakes the calls held back ([`Held::settled`]).
+    settled: tokio::sync::watch::Sender<u64>,
     stats: ListenerStats,
+}
+
+/// A call that crash-loop protection held back: how long it may have to wait, and what tells
+/// it to look again sooner.
+#[derive(Debug, Clone)]
+pub struct Held {
+    /// The longest wait: the rest of the backoff, or of the lease of the call that probes the
+    /// listener after it.
+    pub wait: Duration,
+    /// Whether another call is probing the listener (rather than the backoff still running).
+    pub probing: bool,
+    /// Changes when the probe ends, or the backoff is released or engaged again; subscribed
+    /// when the call was held back, so no such change is missed.
+    pub settled: tokio::sync::watch::Receiver<u64>,
 }
 
 impl fmt::Debug for Listener {
@@ -392,6 +417,7 @@ impl Listener {
                     + spec.limits.call_timeout
                     + Duration::from_secs(10),
             })),
+            settled: tokio::sync::watch::Sender::new(0),
             stats: ListenerStats::default(),
         })
     }
@@ -453,21 +479,37 @@ impl Listener {
     /// probes a backed-off listener, and its success does not release a backoff (it says
     /// nothing about handling events).
     pub fn call_error(&self, error: &WatchError, ctx: &CallContext) -> Outcome {
-        let admitted = self.lock_crash_loop().admit_aside(Instant::now());
+        let now = Instant::now();
+        let admitted = {
+            let mut crash_loop = self.lock_crash_loop();
+            crash_loop
+                .admit_aside(now)
+                .map_err(|wait| (wait, crash_loop.probing(now)))
+        };
         match admitted {
             Ok(ticket) => self.call(ctx, ticket, |world, store| world.call_error(store, error)),
-            Err(wait) => self.skipped_for(wait),
+            Err((wait, probing)) => self.skipped_for(wait, probing),
         }
     }
 
     /// Lets an event call through crash-loop protection now: its [`Ticket`] (the probe, when a
     /// backoff has ended: hand it back with [`Listener::release_probe`] if the call is not
-    /// made after all), or the `skipped` outcome of the call (counted) and how long to wait.
+    /// made after all), or the `skipped` outcome of the call (counted) and what it waits for.
     /// A [`Chain`](crate::dispatch::Chain) admits all of an event's listeners before calling
     /// the first, so a chain with a backed-off listener runs nobody, and one event probes it.
-    pub fn admit(&self) -> Result<Ticket, (Outcome, Duration)> {
-        let admitted = self.lock_crash_loop().admit(Instant::now());
-        admitted.map_err(|wait| (self.skipped_for(wait), wait))
+    pub fn admit(&self) -> Result<Ticket, (Outcome, Held)> {
+        let now = Instant::now();
+        let admitted = {
+            let mut crash_loop = self.lock_crash_loop();
+            crash_loop.admit(now).map_err(|wait| Held {
+                wait,
+                probing: crash_loop.probing(now),
+                // Under the lock: a probe's outcome is recorded under it too, so it comes
+                // after this subscription and is seen.
+                settled: self.settled.subscribe(),
+            })
+        };
+        admitted.map_err(|held| (self.skipped_for(held.wait, held.probing), held))
     }
 
     /// A ticket for a call that no backoff holds back (a `rollback`).
@@ -477,7 +519,21 @@ impl Listener {
 
     /// Hands back the admission of a call that was not made (frees the probe, if it was one).
     pub fn release_probe(&self, ticket: Ticket) {
-        self.lock_crash_loop().record_not_run(ticket);
+        self.settling(|crash_loop| crash_loop.record_not_run(ticket));
+    }
+
+    /// Runs `f` on the crash-loop state and wakes the held-back calls if it changed anything
+    /// they wait for ([`CrashLoop::changes`]).
+    fn settling<T>(&self, f: impl FnOnce(&mut CrashLoop) -> T) -> T {
+        let mut crash_loop = self.lock_crash_loop();
+        let before = crash_loop.changes();
+        let result = f(&mut crash_loop);
+        let after = crash_loop.changes();
+        if after != before {
+            // Still under the lock (see `admit`); a watch send never blocks.
+            self.settled.send_replace(after);
+        }
+        result
     }
 
     /// Runs `f` on an instance (admission is the caller's) and records the outcome.
@@ -721,15 +777,15 @@ impl Listener {
     }
 
     fn record(&self, outcome: &Outcome, ticket: Ticket) {
-        let mut crash_loop = self.lock_crash_loop();
-        match outcome {
-            Outcome::Ok => crash_loop.record_success(ticket),
-            Outcome::Error(_) => {
-                self.stats.errors.fetch_add(1, Ordering::Relaxed);
-                crash_loop.record_success(ticket);
-            }
-            Outcome::Trap { kind, message } => {
-                self.stats.traps.fetch_add(1, Ordering::Relaxed);
+        if let Outcome::Error(_) = outcome {
+            self.stats.errors.fetch_add(1, Ordering::Relaxed);
+        }
+        if let Outcome::Trap { .. } = outcome {
+            self.stats.traps.fetch_add(1, Ordering::Relaxed);
+        }
+        self.settling(|crash_loop| match outcome {
+            Outcome::Ok | Outcome::Error(_) => crash_loop.record_success(ticket),
+            Outcome::Trap { kind, message, .. } => {
                 let backoff = crash_loop.record_trap(Instant::now(), ticket);
                 tracing::warn!(listener = %self.name, trap = kind.as_str(), error = %message, "listener trapped");
                 if let Some(delay) = backoff {
@@ -737,7 +793,7 @@ impl Listener {
                 }
             }
             Outcome::Skipped(_) => crash_loop.record_not_run(ticket),
-        }
+        });
     }
 
     fn lock_crash_loop(&self) -> std::sync::MutexGuard<'_, CrashLoop> {
@@ -751,18 +807,23 @@ impl Listener {
         self.lock_crash_loop().wait(Instant::now())
     }
 
-    /// The `skipped` outcome of a call held back for `wait`, counted.
-    fn skipped_for(&self, wait: Duration) -> Outcome {
+    /// The `skipped` outcome of a call held back for `wait` (while another call probes the
+    /// listener, with `probing`), counted.
+    fn skipped_for(&self, wait: Duration, probing: bool) -> Outcome {
         self.stats.skipped.fetch_add(1, Ordering::Relaxed);
-        Outcome::Skipped(format!(
-            "listener {} is in crash-loop backoff for another {wait:?}",
-            self.name
-        ))
+        Outcome::Skipped(if probing {
+            format!(
+                "listener {} is being probed after a crash-loop backoff (waiting for its outcome, at most {wait:?})",
+                self.name
+            )
+        } else {
+            format!(
+                "listener {} is in crash-loop backoff for another {wait:?}",
+                self.name
+            )
+        })
     }
 }
-
-/// Prefix of the message of a trap raised while instantiating.
-const INSTANTIATION_TRAP: &str = "during instantiation: ";
 
 /// The outcome of a failed instantiation: it runs guest start code, so it can trap like a call.
 fn instantiation_failed(store: &mut Store<HostState>, err: &wasmtime::Error) -> Outcome {
@@ -771,7 +832,8 @@ fn instantiation_failed(store: &mut Store<HostState>, err: &wasmtime::Error) -> 
     if err.downcast_ref::<wasmtime::Trap>().is_some() || kind == TrapKind::Memory {
         Outcome::Trap {
             kind,
-            message: format!("{INSTANTIATION_TRAP}{message}"),
+            message: format!("during instantiation: {message}"),
+            during_instantiation: true,
         }
     } else if err.is::<wasmtime::PoolConcurrencyLimitError>() {
         Outcome::Skipped(format!(
@@ -813,7 +875,11 @@ fn finish(
         Err(err) => {
             let (kind, message) =
                 TrapKind::classify(&err, store.data().limiter.exceeded.is_some(), &stderr);
-            Outcome::Trap { kind, message }
+            Outcome::Trap {
+                kind,
+                message,
+                during_instantiation: false,
+            }
         }
     }
 }
@@ -821,6 +887,19 @@ fn finish(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_the_flag_marks_a_trap_during_instantiation() {
+        let trap = |message: &str, during_instantiation| Outcome::Trap {
+            kind: TrapKind::Panic,
+            message: message.into(),
+            during_instantiation,
+        };
+        assert!(trap("start code panicked", true).trapped_in_instantiation());
+        // A guest's panic message is the guest's to write: it cannot pass for a trap at
+        // instantiation (which would keep the reference-mode rebuild from being counted).
+        assert!(!trap("during instantiation: made up", false).trapped_in_instantiation());
+    }
 
     #[test]
     fn long_error_messages_are_cut_at_a_char_boundary() {

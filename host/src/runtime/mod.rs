@@ -25,8 +25,8 @@ pub use host::{
 };
 pub use limits::Limits;
 pub use listener::{
-    check_listener_name, CallContext, Export, Handover, Listener, ListenerSpec, ListenerStats,
-    Mode, Outcome,
+    check_listener_name, CallContext, Export, Handover, Held, Listener, ListenerSpec,
+    ListenerStats, Mode, Outcome,
 };
 pub use trap::TrapKind;
 
