@@ -12,7 +12,8 @@
 #     BENCH_SKIP_BUILD=1 REL_KL=target/debug/kubelisten REL_DURATION=10 REL_SOAK=60 bench/reliability.sh
 #
 # Environment: REL_RATE [40] changes/s, REL_POOL [100] objects, REL_DURATION [30] s per scenario,
-# REL_OUTAGE [3] s of outage, REL_SOAK [60] s, REL_ONLY (scenarios: none, apiserver-restart,
+# REL_OUTAGE [3] s of outage, REL_SOAK [60] s, REL_UNSEEN_SLACK [1.0] s before a leader's kill that
+# an unseen delete's DELETE may be answered (earlier: lost), REL_ONLY (scenarios: none, apiserver-restart,
 # etcd-restart, leader-kill, leader-kill-configmap, bad-hot-swap, guest-faults-1-in-10,
 # guest-crash-loop, soak),
 # REL_KL [target/release/kubelisten] the binary, REL_GUESTS [target/guests] the directory with
@@ -50,7 +51,8 @@ deploy/local/with-cluster.sh bash -c '
   "$1" "$0/bench/reliability.py" --root "$0" --kl "$3" --guests "$4" \
     --crd "$0/bench/crd.yaml" --cache "$HOME/.cache/kubelisten/bench-compiled" --run-dir "$KUBELISTEN_RUN_DIR" \
     --logdir "$2/logs" --out "$2/results.json" --rate "${REL_RATE:-40}" --pool "${REL_POOL:-100}" \
-    --duration "${REL_DURATION:-30}" --outage "${REL_OUTAGE:-3}" --soak "${REL_SOAK:-60}" --only "${REL_ONLY:-}"
+    --duration "${REL_DURATION:-30}" --outage "${REL_OUTAGE:-3}" --soak "${REL_SOAK:-60}" --only "${REL_ONLY:-}" \
+    --unseen-slack "${REL_UNSEEN_SLACK:-1.0}"
 ' "$ROOT" "$PY" "$OUT" "$KL" "$GUESTS" | tee "$OUT/report.md" || rc=$?
 echo "reliability.sh: results in $OUT (exit $rc)" >&2
 exit "$rc"
