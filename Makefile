@@ -5,7 +5,7 @@ GUESTS := rust-metrics rust-logger faulty noop json-parse superpod probe bench-l
 # The listeners of issue 9, one per language (each installs its toolchain from the registries).
 POLYGLOT_GUESTS := rust-listener python-listener js-listener c-listener go-listener
 
-.PHONY: help bench-e2e reliability reliability-ci demo demo-replay test test-bench test-unit guests versioned-guests host fmt clippy bench cluster-up cluster-down cluster-status
+.PHONY: help bench-e2e reliability reliability-ci demo demo-replay test test-bench guests versioned-guests host fmt clippy bench cluster-up cluster-down cluster-status
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
