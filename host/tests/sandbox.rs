@@ -794,7 +794,8 @@ fn events_held_back_by_a_probe_are_woken_by_its_outcome() {
     // It waits for the probe's outcome, not a poll interval: at most the probe's lease.
     assert!(held.wait > Duration::from_secs(10), "{:?}", held.wait);
     assert!(!held.settled.has_changed().unwrap());
-    // The probe runs and traps again: the waiters are woken into the next backoff ...
+    // The probe runs and traps again: the waiters are woken (into the next backoff; the unit
+    // tests of `CrashLoop` check that, with explicit instants: here it lasts only 40 ms) ...
     let ctx = kubelisten::runtime::CallContext {
         object: Arc::from("ns/p"),
         event_kind: "create",
@@ -805,9 +806,6 @@ fn events_held_back_by_a_probe_are_woken_by_its_outcome() {
     let outcome = faulty.call_event_admitted(Export::Create, &wit, &ctx, probe);
     assert_eq!(outcome.trap_kind(), Some(TrapKind::Panic));
     assert!(held.settled.has_changed().unwrap());
-    let report = chain.dispatch(&event(EventKind::Create, "q", None));
-    let held = report.backed_off.expect("backed off again");
-    assert!(!held.probing);
     // ... and when a probe succeeds, the others are woken to run.
     while faulty.backoff_remaining().is_some() {
         std::thread::sleep(Duration::from_millis(5));

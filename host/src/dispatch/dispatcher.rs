@@ -361,19 +361,26 @@ async fn wait_out_backoff(
         wait, mut settled, ..
     } = held;
     let until = tokio::time::Instant::now() + wait.max(Duration::from_millis(1));
-    let mut woken = false;
+    let (mut woken, mut swaps_open, mut settled_open) = (false, true, true);
     loop {
         state.activity();
         let now = tokio::time::Instant::now();
         if now >= until || woken {
             return;
         }
+        // `changed` reports a value not yet seen even when its sender is gone; an error says
+        // the sender is gone with nothing new (the slot at shutdown, the listener with its old
+        // chain): that branch is done, and the sleep bounds the wait.
         tokio::select! {
             () = tokio::time::sleep((until - now).min(BEAT)) => {}
-            // An error: the sender is gone (the slot at shutdown, the listener with its old
-            // chain); the sleep bounds the wait as before.
-            changed = swaps.changed(), if !swaps.is_closed() => woken = changed.is_ok(),
-            changed = settled.changed(), if !settled.is_closed() => woken = changed.is_ok(),
+            changed = swaps.changed(), if swaps_open => match changed {
+                Ok(()) => woken = true,
+                Err(_) => swaps_open = false,
+            },
+            changed = settled.changed(), if settled_open => match changed {
+                Ok(()) => woken = true,
+                Err(_) => settled_open = false,
+            },
         }
     }
 }
@@ -540,7 +547,7 @@ mod tests {
             let slot = crate::dispatch::ChainSlot::default();
             async move {
                 let mut swaps = slot.swaps();
-                let (_gone, settled) = tokio::sync::watch::channel(0);
+                let (_sender, settled) = tokio::sync::watch::channel(0);
                 let held = Held {
                     wait: Duration::from_secs(300),
                     probing: false,
@@ -565,6 +572,45 @@ mod tests {
             );
         }
         waiting.await.unwrap();
+    }
+
+    /// Waits out a 300 s hold whose `settled` channel is `settled`; returns the (paused) time
+    /// it took.
+    async fn held_for_300s(settled: tokio::sync::watch::Receiver<u64>) -> Duration {
+        let state = WatchState::default();
+        let slot = crate::dispatch::ChainSlot::default();
+        let mut swaps = slot.swaps();
+        let held = Held {
+            wait: Duration::from_secs(300),
+            probing: true,
+            settled,
+        };
+        let started = tokio::time::Instant::now();
+        wait_out_backoff(&state, held, &mut swaps).await;
+        started.elapsed()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_probes_outcome_ends_a_wait() {
+        let (settle, settled) = tokio::sync::watch::channel(0u64);
+        let waiting = tokio::spawn(held_for_300s(settled));
+        tokio::time::sleep(Duration::from_secs(7)).await;
+        settle.send_replace(1);
+        // Paused clock: without the wake-up it would only return at the end of the 300 s.
+        assert_eq!(waiting.await.unwrap(), Duration::from_secs(7));
+        // A change made before the wait starts (after the hold was subscribed) ends it at once.
+        let (settle, settled) = tokio::sync::watch::channel(0u64);
+        settle.send_replace(1);
+        assert_eq!(held_for_300s(settled).await, Duration::ZERO);
+        // ... even when the listener is gone by then; a listener gone with nothing new does
+        // not end the wait (nor spin: the paused clock would not advance).
+        let (settle, settled) = tokio::sync::watch::channel(0u64);
+        settle.send_replace(1);
+        drop(settle);
+        assert_eq!(held_for_300s(settled).await, Duration::ZERO);
+        let (settle, settled) = tokio::sync::watch::channel(0u64);
+        drop(settle);
+        assert_eq!(held_for_300s(settled).await, Duration::from_secs(300));
     }
 
     #[test]

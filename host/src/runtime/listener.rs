@@ -783,17 +783,26 @@ impl Listener {
         if let Outcome::Trap { .. } = outcome {
             self.stats.traps.fetch_add(1, Ordering::Relaxed);
         }
-        self.settling(|crash_loop| match outcome {
-            Outcome::Ok | Outcome::Error(_) => crash_loop.record_success(ticket),
-            Outcome::Trap { kind, message, .. } => {
-                let backoff = crash_loop.record_trap(Instant::now(), ticket);
-                tracing::warn!(listener = %self.name, trap = kind.as_str(), error = %message, "listener trapped");
-                if let Some(delay) = backoff {
-                    tracing::warn!(listener = %self.name, consecutive_traps = crash_loop.consecutive_traps(), backoff_ms = delay.as_millis() as u64, "listener in crash loop: backing off");
-                }
+        // Logged after the lock is released: a slow log writer must not hold up admissions.
+        let engaged = self.settling(|crash_loop| match outcome {
+            Outcome::Ok | Outcome::Error(_) => {
+                crash_loop.record_success(ticket);
+                None
             }
-            Outcome::Skipped(_) => crash_loop.record_not_run(ticket),
+            Outcome::Trap { .. } => crash_loop
+                .record_trap(Instant::now(), ticket)
+                .map(|delay| (delay, crash_loop.consecutive_traps())),
+            Outcome::Skipped(_) => {
+                crash_loop.record_not_run(ticket);
+                None
+            }
         });
+        if let Outcome::Trap { kind, message, .. } = outcome {
+            tracing::warn!(listener = %self.name, trap = kind.as_str(), error = %message, "listener trapped");
+        }
+        if let Some((delay, consecutive_traps)) = engaged {
+            tracing::warn!(listener = %self.name, consecutive_traps, backoff_ms = delay.as_millis() as u64, "listener in crash loop: backing off");
+        }
     }
 
     fn lock_crash_loop(&self) -> std::sync::MutexGuard<'_, CrashLoop> {
