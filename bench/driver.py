@@ -390,12 +390,14 @@ def latency_and_ramp(c, kube, args, run_id):
 
         # Ramp: creates at increasing rates until a step is not sustained.
         steps = []
+        step_done = []  # each step's creates, for the server-side latency below
         sustained = 0
         for i, rate in enumerate(args.ramp):
             cnt = max(int(rate * args.ramp_secs), 20)
             nms = [f"ramp{i}-{j:05d}" for j in range(cnt)]
             r, a = run_at_rate([lambda nm=nm: kube.create(ns, nm) for nm in nms], rate, threads=args.threads)
             d = [("create", nm, rv, t0, t1) for nm, (rv, t0, t1) in zip(nms, r)]
+            step_done.append(d)
             wait_seen(c, ns, d, 60)
             lr, _, miss = match(c, ns, d)
             fifth = max(len(d) // 5, 1)
@@ -415,6 +417,15 @@ def latency_and_ramp(c, kube, args, run_id):
             if not reached:
                 # The driver + API server cannot go faster on this machine; the listener kept up.
                 break
+        # Server-side latency of each step (the API server's ResponseComplete time, as for the
+        # latency scenario): read once after the ramp, the audit log being written in batches.
+        if steps:
+            time.sleep(1.5)
+            at = audit_times(args.audit_log, ns)
+            for s, d in zip(steps, step_done):
+                ls, _, _ = match(c, ns, [(op, nm, rv, at[(op, nm)], at[(op, nm)])
+                                         for op, nm, rv, _, _ in d if (op, nm) in at])
+                s["audit_matched"], s["p50_audit"], s["p99_audit"] = len(ls), pct(ls, 50), pct(ls, 99)
         res["ramp"] = steps
         res["sustained_eps"] = sustained
         res["driver_bound"] = bool(steps) and all(s["ok"] for s in steps)  # never fell behind

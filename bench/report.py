@@ -77,6 +77,33 @@ if base:
               f"| {ratio(g['sustained_eps'], base['sustained_eps'], 2)} | {ratio(g['cpu_latency_s'], base['cpu_latency_s'])} "
               f"| {ratio(g['hwm_mib'], base['hwm_mib'])} |")
 
+# Latency under load: the server-side p50 / p99 of each ramp step, median over the rounds that
+# reached the step (a contender that fell behind at a step has no later ones).
+rates = sorted({s["rate"] for e in ok for s in e.get("ramp", [])})
+if rates and any("p50_audit" in s for e in ok for s in e.get("ramp", [])):
+    def step_med(n, rate, key):
+        xs = [s[key] for e in ok if e["contender"] == n for s in e.get("ramp", [])
+              if s["rate"] == rate and isinstance(s.get(key), (int, float)) and s[key] == s[key]]
+        return statistics.median(xs) if xs else None
+    print("\n### Latency under load: the throughput ramp's creates, server-side p50 / p99 ms per create rate "
+          "(median of the rounds that reached the step; F: fell behind at that step in some round)\n")
+    print("| contender | " + " | ".join(f"{r_:g}/s" for r_ in rates) + " |")
+    print("|---|" + "---|" * len(rates))
+    for n in names:
+        cells = []
+        for r_ in rates:
+            p50, p99 = step_med(n, r_, "p50_audit"), step_med(n, r_, "p99_audit")
+            fell = any(not s["ok"] for e in ok if e["contender"] == n for s in e.get("ramp", []) if s["rate"] == r_)
+            cells.append("-" if p50 is None else f"{f(p50, 2)} / {f(p99, 1)}" + (" F" if fell else ""))
+        print(f"| {n} | " + " | ".join(cells) + " |")
+    if BASE in names:
+        print(f"\nRatios of the p50 to {BASE}'s at each rate (> 1 means kubelisten is better):\n")
+        print("| contender | " + " | ".join(f"{r_:g}/s" for r_ in rates) + " |")
+        print("|---|" + "---|" * len(rates))
+        for n in names:
+            cells = [ratio(step_med(n, r_, "p50_audit"), step_med(BASE, r_, "p50_audit")) for r_ in rates]
+            print(f"| {n} | " + " | ".join(cells) + " |")
+
 print("\n### Each round\n")
 print("| round | contender | client p50/p99 | server p50/p99 | CPU s (3N changes / + ramp) | peak RSS MiB | ramp: target -> achieved/s, p50/p99 ms, "
       "kept up (K) / fell behind (F) | load before -> after |")
