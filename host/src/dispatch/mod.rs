@@ -183,10 +183,10 @@ impl Chain {
 
     /// Runs `event` through the chain: through the listeners that had joined by its
     /// [`ResourceEvent::chain_generation`], and only those it names if it names some
-    /// ([`ResourceEvent::only`], a catch-up). Blocking: guest code runs on the calling thread (from async code,
-    /// run it where blocking is allowed: `block_in_place` or `spawn_blocking`). After the calls, classname listeners build their
-    /// spare instance for the next event ([`Listener::prewarm`]); the report's call durations
-    /// do not include that. When one of the listeners is in crash-loop backoff, nobody is
+    /// ([`ResourceEvent::only`], a catch-up). Blocking: guest code runs on the calling thread
+    /// (from async code, run it where blocking is allowed: `block_in_place` or
+    /// `spawn_blocking`). After the calls, classname listeners build their spare instance for
+    /// the next event ([`Listener::prewarm`]); the report's call durations do not include that. When one of the listeners is in crash-loop backoff, nobody is
     /// called: the report has that listener's `skipped` call and [`ChainReport::backed_off`].
     pub fn dispatch(&self, event: &ResourceEvent) -> ChainReport {
         let export = match event.kind {
