@@ -294,7 +294,9 @@ impl Dispatcher {
                 let mut swaps = chain.swaps();
                 let started = Instant::now();
                 let (chain_, event_) = (chain.get(), event.clone());
-                let report = match run_blocking(move || chain_.dispatch(&event_)).await {
+                let report = match tokio::task::spawn_blocking(move || chain_.dispatch(&event_))
+                    .await
+                {
                     Ok(report) => report,
                     Err(err) => {
                         tracing::error!(watch = %watch, object = %event.meta.object_ref(), error = %err, "listener chain task failed");
@@ -340,33 +342,6 @@ impl Dispatcher {
             }
             key
         }
-    }
-}
-
-/// Runs blocking work (guest code) from a dispatch task and returns its result, or the panic
-/// that ended it as an error. On a multi-thread runtime it runs in place
-/// ([`tokio::task::block_in_place`]: the worker hands its other tasks to another thread), which
-/// spares each event the wake-up of a blocking-pool thread; on a current-thread runtime (tests)
-/// it goes to the blocking pool.
-async fn run_blocking<T: Send + 'static>(
-    work: impl FnOnce() -> T + Send + 'static,
-) -> Result<T, String> {
-    if tokio::runtime::Handle::current().runtime_flavor()
-        == tokio::runtime::RuntimeFlavor::MultiThread
-    {
-        tokio::task::block_in_place(|| {
-            std::panic::catch_unwind(std::panic::AssertUnwindSafe(work)).map_err(|panic| {
-                panic
-                    .downcast_ref::<&str>()
-                    .map(|s| (*s).to_owned())
-                    .or_else(|| panic.downcast_ref::<String>().cloned())
-                    .unwrap_or_else(|| "panic".to_owned())
-            })
-        })
-    } else {
-        tokio::task::spawn_blocking(work)
-            .await
-            .map_err(|err| err.to_string())
     }
 }
 
@@ -636,30 +611,6 @@ mod tests {
         let (settle, settled) = tokio::sync::watch::channel(0u64);
         drop(settle);
         assert_eq!(held_for_300s(settled).await, Duration::from_secs(300));
-    }
-
-    #[test]
-    fn blocking_work_returns_its_result_or_its_panic_on_either_runtime() {
-        for runtime in [
-            tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .build()
-                .unwrap(),
-            tokio::runtime::Builder::new_current_thread()
-                .build()
-                .unwrap(),
-        ] {
-            let flavor = runtime.handle().runtime_flavor();
-            runtime.block_on(async {
-                assert_eq!(run_blocking(|| 7).await, Ok(7), "{flavor:?}");
-                // A panic in guest-facing host code ends the attempt, not the dispatch task.
-                let panicked = run_blocking(|| -> u8 { panic!("boom") }).await;
-                assert!(
-                    panicked.as_ref().is_err_and(|e| e.contains("boom")),
-                    "{flavor:?}: {panicked:?}"
-                );
-            });
-        }
     }
 
     #[test]
