@@ -522,6 +522,22 @@ fn cluster_time_is_given_back_only_up_to_the_wall_clock_cap() {
     assert_eq!(outcome.trap_kind(), Some(TrapKind::Deadline), "{outcome:?}");
 }
 
+/// A dispatcher of watch "w" over `chain` with the default settings, no observer, no Event
+/// reporting and its own metrics; tests override fields with struct update syntax.
+fn test_dispatcher(
+    chain: Arc<kubelisten::dispatch::ChainSlot>,
+) -> kubelisten::dispatch::dispatcher::Dispatcher {
+    kubelisten::dispatch::dispatcher::Dispatcher {
+        watch: Arc::from("w"),
+        chain,
+        config: kubelisten::dispatch::dispatcher::DispatcherConfig::default(),
+        observer: None,
+        state: Arc::default(),
+        failures: None,
+        metrics: Arc::default(),
+    }
+}
+
 /// Runs `events` through a dispatcher over `chain`, sharing `state`, and returns every attempt
 /// it made. With `stop_first`, the dispatcher is told to stop (a graceful shutdown) before it
 /// takes anything, while the channel stays open; otherwise the channel closes after the events.
@@ -538,16 +554,13 @@ fn run_dispatcher(
     tokio.block_on(async move {
         let (observer, mut attempts) = tokio::sync::mpsc::unbounded_channel();
         let dispatcher = Dispatcher {
-            watch: Arc::from("w"),
-            chain: Arc::new(kubelisten::dispatch::ChainSlot::new(chain)),
             config: DispatcherConfig {
                 retry,
                 ..DispatcherConfig::default()
             },
             observer: Some(observer),
             state,
-            failures: None,
-            metrics: Arc::default(),
+            ..test_dispatcher(Arc::new(kubelisten::dispatch::ChainSlot::new(chain)))
         };
         let (tx, rx) = tokio::sync::mpsc::channel(16);
         for event in events {
@@ -597,7 +610,7 @@ impl LogBuffer {
 
 #[test]
 fn error_export_calls_are_counted_and_their_failures_logged() {
-    use kubelisten::dispatch::dispatcher::{Dispatcher, DispatcherConfig};
+    use kubelisten::dispatch::dispatcher::Dispatcher;
     use kubelisten::event::WatchErrorInfo;
     use kubelisten::watch::watcher::WatchOutput;
     let (rt, _capture, _cache) = runtime();
@@ -623,13 +636,8 @@ fn error_export_calls_are_counted_and_their_failures_logged() {
     let _log = tracing::subscriber::set_default(subscriber);
     tokio.block_on(async {
         let dispatcher = Dispatcher {
-            watch: Arc::from("w"),
-            chain: Arc::new(kubelisten::dispatch::ChainSlot::new(chain)),
-            config: DispatcherConfig::default(),
-            observer: None,
-            state: Arc::default(),
-            failures: None,
             metrics: metrics.clone(),
+            ..test_dispatcher(Arc::new(kubelisten::dispatch::ChainSlot::new(chain)))
         };
         let (tx, rx) = tokio::sync::mpsc::channel(16);
         for message in ["fault=error", "fault=panic", "too old resource version"] {
@@ -796,13 +804,8 @@ fn events_held_back_by_a_probe_are_woken_by_its_outcome() {
     assert!(!held.settled.has_changed().unwrap());
     // The probe runs and traps again: the waiters are woken (into the next backoff; the unit
     // tests of `CrashLoop` check that, with explicit instants: here it lasts only 40 ms) ...
-    let ctx = kubelisten::runtime::CallContext {
-        object: Arc::from("ns/p"),
-        event_kind: "create",
-        chain: Default::default(),
-        namespace: Some("ns".into()),
-    };
-    let wit = kubelisten::dispatch::wit_event(&event(EventKind::Create, "p", Some("panic")));
+    let ctx = ctx();
+    let wit = kubelisten_wit(&event(EventKind::Create, "p", Some("panic")));
     let outcome = faulty.call_event_admitted(Export::Create, &wit, &ctx, probe);
     assert_eq!(outcome.trap_kind(), Some(TrapKind::Panic));
     assert!(held.settled.has_changed().unwrap());
@@ -815,7 +818,7 @@ fn events_held_back_by_a_probe_are_woken_by_its_outcome() {
     let held = report.backed_off.expect("held back by the second probe");
     let outcome = faulty.call_event_admitted(
         Export::Create,
-        &kubelisten::dispatch::wit_event(&event(EventKind::Create, "p", None)),
+        &kubelisten_wit(&event(EventKind::Create, "p", None)),
         &ctx,
         probe,
     );
@@ -863,7 +866,7 @@ fn a_chain_hands_back_the_probes_of_listeners_it_did_not_call() {
 
 #[test]
 fn a_hot_swap_ends_the_wait_for_a_backoff() {
-    use kubelisten::dispatch::dispatcher::{Dispatcher, DispatcherConfig};
+    use kubelisten::dispatch::dispatcher::Dispatcher;
     use kubelisten::watch::watcher::WatchOutput;
     let (rt, _capture, _cache) = runtime();
     // Backed off for an hour: only the swap can end the wait within the test's patience.
@@ -876,13 +879,8 @@ fn a_hot_swap_ends_the_wait_for_a_backoff() {
     tokio.block_on(async {
         let (observer, mut attempts) = tokio::sync::mpsc::unbounded_channel();
         let dispatcher = Dispatcher {
-            watch: Arc::from("w"),
-            chain: slot.clone(),
-            config: DispatcherConfig::default(),
             observer: Some(observer),
-            state: Arc::default(),
-            failures: None,
-            metrics: Arc::default(),
+            ..test_dispatcher(slot.clone())
         };
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         tx.send(WatchOutput::Event(Arc::new(event(

@@ -185,9 +185,10 @@ impl Chain {
     /// [`ResourceEvent::chain_generation`], and only those it names if it names some
     /// ([`ResourceEvent::only`], a catch-up). Blocking: guest code runs on the calling thread
     /// (from async code, run it on the blocking pool: `spawn_blocking`; see BENCHMARKS.md for
-    /// why not `block_in_place`). After the calls, classname listeners build their spare instance for
-    /// the next event ([`Listener::prewarm`]); the report's call durations do not include that. When one of the listeners is in crash-loop backoff, nobody is
-    /// called: the report has that listener's `skipped` call and [`ChainReport::backed_off`].
+    /// why not `block_in_place`). After the calls, classname listeners build their spare
+    /// instance for the next event ([`Listener::prewarm`]); the report's call durations do not
+    /// include that. When one of the listeners is in crash-loop backoff, nobody is called: the
+    /// report has that listener's `skipped` call and [`ChainReport::backed_off`].
     pub fn dispatch(&self, event: &ResourceEvent) -> ChainReport {
         let export = match event.kind {
             EventKind::Create => Export::Create,

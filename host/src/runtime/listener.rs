@@ -484,11 +484,11 @@ impl Listener {
             let mut crash_loop = self.lock_crash_loop();
             crash_loop
                 .admit_aside(now)
-                .map_err(|wait| (wait, crash_loop.probing(now)))
+                .map_err(|wait| self.held(&crash_loop, now, wait))
         };
         match admitted {
             Ok(ticket) => self.call(ctx, ticket, |world, store| world.call_error(store, error)),
-            Err((wait, probing)) => self.skipped_for(wait, probing),
+            Err(held) => self.skipped_for(&held),
         }
     }
 
@@ -501,15 +501,21 @@ impl Listener {
         let now = Instant::now();
         let admitted = {
             let mut crash_loop = self.lock_crash_loop();
-            crash_loop.admit(now).map_err(|wait| Held {
-                wait,
-                probing: crash_loop.probing(now),
-                // Under the lock: a probe's outcome is recorded under it too, so it comes
-                // after this subscription and is seen.
-                settled: self.settled.subscribe(),
-            })
+            crash_loop
+                .admit(now)
+                .map_err(|wait| self.held(&crash_loop, now, wait))
         };
-        admitted.map_err(|held| (self.skipped_for(held.wait, held.probing), held))
+        admitted.map_err(|held| (self.skipped_for(&held), held))
+    }
+
+    /// A call held back at `now` for `wait`; `crash_loop` is this listener's, locked: a probe's
+    /// outcome is recorded under that lock too, so it comes after this subscription and is seen.
+    fn held(&self, crash_loop: &CrashLoop, now: Instant, wait: Duration) -> Held {
+        Held {
+            wait,
+            probing: crash_loop.probing(now),
+            settled: self.settled.subscribe(),
+        }
     }
 
     /// A ticket for a call that no backoff holds back (a `rollback`).
@@ -816,11 +822,11 @@ impl Listener {
         self.lock_crash_loop().wait(Instant::now())
     }
 
-    /// The `skipped` outcome of a call held back for `wait` (while another call probes the
-    /// listener, with `probing`), counted.
-    fn skipped_for(&self, wait: Duration, probing: bool) -> Outcome {
+    /// The `skipped` outcome of a call `held` back, counted.
+    fn skipped_for(&self, held: &Held) -> Outcome {
         self.stats.skipped.fetch_add(1, Ordering::Relaxed);
-        Outcome::Skipped(if probing {
+        let wait = held.wait;
+        Outcome::Skipped(if held.probing {
             format!(
                 "listener {} is being probed after a crash-loop backoff (waiting for its outcome, at most {wait:?})",
                 self.name
