@@ -231,6 +231,16 @@ mod tests {
         }
     }
 
+    /// A listener whose third consecutive trap, at the returned instant, engaged a 1 s backoff.
+    fn backed_off() -> (CrashLoop, Instant) {
+        let t0 = Instant::now();
+        let mut c = CrashLoop::new(config());
+        for _ in 0..3 {
+            trap(&mut c, t0);
+        }
+        (c, t0)
+    }
+
     /// Admits a call at `t` and records a trap for it.
     fn trap(c: &mut CrashLoop, t: Instant) -> Option<Duration> {
         let ticket = c.admit(t).expect("admitted");
@@ -267,11 +277,7 @@ mod tests {
 
     #[test]
     fn one_probe_at_a_time_after_a_backoff() {
-        let t0 = Instant::now();
-        let mut c = CrashLoop::new(config());
-        for _ in 0..3 {
-            trap(&mut c, t0);
-        }
+        let (mut c, t0) = backed_off();
         let t1 = t0 + Duration::from_secs(1);
         assert!(!c.probing(t0), "held back by the backoff itself");
         let probe = c.admit(t1).unwrap();
@@ -310,11 +316,7 @@ mod tests {
 
     #[test]
     fn a_probe_that_traps_again_wakes_the_waiters_into_the_next_backoff() {
-        let t0 = Instant::now();
-        let mut c = CrashLoop::new(config());
-        for _ in 0..3 {
-            trap(&mut c, t0);
-        }
+        let (mut c, t0) = backed_off();
         let t1 = t0 + Duration::from_secs(1);
         let probe = c.admit(t1).unwrap();
         let changes = c.changes();
@@ -326,11 +328,7 @@ mod tests {
 
     #[test]
     fn a_lost_probe_expires_with_its_lease() {
-        let t0 = Instant::now();
-        let mut c = CrashLoop::new(config());
-        for _ in 0..3 {
-            trap(&mut c, t0);
-        }
+        let (mut c, t0) = backed_off();
         let t1 = t0 + Duration::from_secs(1);
         assert!(c.admit(t1).unwrap().is_probe());
         // Its outcome never comes back (say a panic in host code).
@@ -340,11 +338,7 @@ mod tests {
 
     #[test]
     fn a_probe_whose_lease_ran_out_neither_engages_nor_frees_the_next() {
-        let t0 = Instant::now();
-        let mut c = CrashLoop::new(config());
-        for _ in 0..3 {
-            trap(&mut c, t0);
-        }
+        let (mut c, t0) = backed_off();
         let t1 = t0 + Duration::from_secs(1);
         let first = c.admit(t1).unwrap();
         // Its call starts late (the chain before it was slow): the lease runs from there.
@@ -369,11 +363,7 @@ mod tests {
 
     #[test]
     fn error_export_calls_neither_probe_nor_release() {
-        let t0 = Instant::now();
-        let mut c = CrashLoop::new(config());
-        for _ in 0..3 {
-            trap(&mut c, t0);
-        }
+        let (mut c, t0) = backed_off();
         // While backed off, and after it while nobody probes yet: not admitted.
         assert!(c.admit_aside(t0).is_err());
         let t1 = t0 + Duration::from_secs(1);
@@ -390,11 +380,7 @@ mod tests {
 
     #[test]
     fn success_releases() {
-        let t0 = Instant::now();
-        let mut c = CrashLoop::new(config());
-        for _ in 0..3 {
-            trap(&mut c, t0);
-        }
+        let (mut c, t0) = backed_off();
         assert!(c.wait(t0).is_some());
         c.record_success(c.pass());
         assert_eq!(c.wait(t0), None);
