@@ -690,6 +690,77 @@ fn error_export_calls_are_counted_and_their_failures_logged() {
     );
 }
 
+/// A tracing layer with a bug: it panics on a warning (or error) about the object `ns/host-panic`.
+struct PanicOnObject;
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for PanicOnObject {
+    fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
+        struct Object(bool);
+        impl tracing::field::Visit for Object {
+            fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+                self.0 |= field.name() == "object" && format!("{value:?}") == "ns/host-panic";
+            }
+        }
+        if *event.metadata().level() > tracing::Level::WARN {
+            return;
+        }
+        let mut object = Object(false);
+        event.record(&mut object);
+        assert!(!object.0, "log layer bug");
+    }
+}
+
+#[test]
+fn a_dispatch_task_that_panics_does_not_hold_up_its_objects_next_events() {
+    use kubelisten::dispatch::dispatcher::Dispatcher;
+    use kubelisten::watch::watcher::WatchOutput;
+    use tracing_subscriber::layer::SubscriberExt;
+    let (rt, _capture, _cache) = runtime();
+    let chain = Chain::new(vec![load(&rt, "faulty", Mode::Classname)]);
+    // A current-thread runtime: the dispatcher's tasks log on this thread, so the first event's
+    // task panics (when it logs its failed attempt) after the chain ran on the blocking pool.
+    let tokio = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let _log = tracing::subscriber::set_default(tracing_subscriber::registry().with(PanicOnObject));
+    let attempts = tokio.block_on(async {
+        let (observer, mut attempts) = tokio::sync::mpsc::unbounded_channel();
+        let dispatcher = Dispatcher {
+            observer: Some(observer),
+            ..test_dispatcher(Arc::new(kubelisten::dispatch::ChainSlot::new(chain)))
+        };
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        for (kind, fault) in [
+            (EventKind::Create, Some("error")),
+            (EventKind::Update, None),
+        ] {
+            let event = event(kind, "host-panic", fault);
+            tx.send(WatchOutput::Event(Arc::new(event))).await.unwrap();
+        }
+        drop(tx);
+        // Without its key handed back, the update waits behind the dead task for good: a hang,
+        // bounded here so that it fails instead.
+        let run = dispatcher.run(rx, tokio_util::sync::CancellationToken::new());
+        tokio::time::timeout(Duration::from_secs(60), run)
+            .await
+            .expect("the object's next event was never dispatched");
+        let mut seen = Vec::new();
+        while let Ok(attempt) = attempts.try_recv() {
+            seen.push(attempt);
+        }
+        seen
+    });
+    // The create's task died before it reported its attempt; the update ran.
+    assert_eq!(attempts.len(), 1, "{attempts:?}");
+    assert_eq!(attempts[0].event.kind, EventKind::Update);
+    assert!(
+        attempts[0].report.succeeded(),
+        "{:?}",
+        attempts[0].report.calls
+    );
+}
+
 /// The `faulty` guest (classname), backed off for `backoff` after every trap.
 fn backing_off_after_one_trap(rt: &kubelisten::Runtime, backoff: Duration) -> Arc<Listener> {
     faulty_named(rt, "faulty", backoff)
@@ -827,6 +898,80 @@ fn events_held_back_by_a_probe_are_woken_by_its_outcome() {
     assert!(chain
         .dispatch(&event(EventKind::Create, "q", None))
         .succeeded());
+}
+
+/// A guest log sink with a bug: it panics on a line that mentions `host-panic`.
+struct PanickingSink;
+
+impl kubelisten::runtime::GuestLogSink for PanickingSink {
+    fn log(&self, _: &str, _: &str, _: &str, _: kubelisten::runtime::LogLevel, message: &str) {
+        assert!(
+            !message.contains("host-panic"),
+            "log sink bug on {message:?}"
+        );
+    }
+}
+
+#[test]
+fn a_panic_in_host_code_is_the_calls_trap_and_frees_the_probe() {
+    let cache = tempfile::tempdir().unwrap();
+    let rt = kubelisten::Runtime::new(kubelisten::RuntimeConfig {
+        cache_dir: Some(cache.path().to_path_buf()),
+        sink: Arc::new(PanickingSink),
+        ..kubelisten::RuntimeConfig::default()
+    })
+    .unwrap();
+    // `faulty` logs "behaving for <name>" for an event without a fault: for this name the host's
+    // log sink panics in the middle of the guest's call.
+    let host_panic = event(EventKind::Create, "host-panic", None);
+    let is_host_panic = |outcome: &Outcome| {
+        outcome.trap_kind() == Some(TrapKind::Other)
+            && outcome
+                .message()
+                .contains("host code panicked during the call: log sink bug")
+    };
+    // The probe after a backoff: its outcome is recorded (a trap: the next backoff, 20 ms), not
+    // lost with the unwind, which would hold every other event back for the probe's lease.
+    let faulty = faulty_named(&rt, "faulty", Duration::from_millis(20));
+    backed_off_and_due(&faulty);
+    let chain = Chain::new(vec![faulty.clone()]);
+    let report = chain.dispatch(&host_panic);
+    assert!(
+        is_host_panic(&report.calls[0].outcome),
+        "{:?}",
+        report.calls
+    );
+    assert_eq!(faulty.stats().traps.load(Ordering::Relaxed), 2);
+    let wait = faulty.backoff_remaining().expect("backed off again");
+    assert!(wait <= Duration::from_millis(20), "{wait:?}");
+    while faulty.backoff_remaining().is_some() {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let report = chain.dispatch(&event(EventKind::Create, "q", None));
+    assert!(report.succeeded(), "{:?}", report.calls);
+    // Reference mode: the instance the unwind went through is dropped, as after a trap, and the
+    // next event gets a fresh one.
+    let limits = Limits {
+        call_timeout: Duration::from_millis(200),
+        crash_loop_threshold: 1000,
+        ..Limits::default()
+    };
+    let reference =
+        Arc::new(Listener::load(&rt, &spec("faulty", Mode::Reference, limits)).unwrap());
+    let chain = Chain::new(vec![reference.clone()]);
+    assert!(chain
+        .dispatch(&event(EventKind::Create, "q", None))
+        .succeeded());
+    let report = chain.dispatch(&host_panic);
+    assert!(
+        is_host_panic(&report.calls[0].outcome),
+        "{:?}",
+        report.calls
+    );
+    assert_eq!(reference.stats().rebuilds.load(Ordering::Relaxed), 1);
+    let report = chain.dispatch(&event(EventKind::Update, "q", None));
+    assert!(report.succeeded(), "{:?}", report.calls);
+    assert_eq!(reference.stats().instances.load(Ordering::Relaxed), 2);
 }
 
 #[test]

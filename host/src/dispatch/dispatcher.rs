@@ -176,7 +176,11 @@ impl Dispatcher {
         let workers = self.config.workers.max(1);
         let capacity = self.config.queue_capacity.max(1);
         let mut queues = Queues::default();
-        let mut tasks: JoinSet<String> = JoinSet::new();
+        let mut tasks: JoinSet<()> = JoinSet::new();
+        // The object key each event task holds busy, by task: a task that panicked or was
+        // aborted still hands its key back (its `JoinError` carries only the id), so the
+        // object's later events are not stuck behind it. Watch-error tasks hold no key.
+        let mut keys: HashMap<tokio::task::Id, String> = HashMap::new();
         let mut rx_open = true;
         let mut draining = false;
         self.state
@@ -206,7 +210,8 @@ impl Dispatcher {
                 let Some((key, event)) = queues.next() else {
                     break;
                 };
-                tasks.spawn(self.handle(key, event));
+                let task = tasks.spawn(self.handle(event));
+                keys.insert(task.id(), key);
             }
             depth.set(i64::try_from(queues.queued).unwrap_or(i64::MAX));
             if !rx_open && tasks.is_empty() && queues.queued == 0 {
@@ -219,10 +224,18 @@ impl Dispatcher {
                     rx.close();
                     tracing::info!(watch = %self.watch, queued = queues.queued, in_flight = tasks.len(), "stopping: handling the events already received");
                 }
-                Some(done) = tasks.join_next(), if !tasks.is_empty() => match done {
-                    Ok(key) => queues.done(key),
-                    Err(err) => tracing::error!(watch = %self.watch, error = %err, "dispatch task failed"),
-                },
+                Some(done) = tasks.join_next_with_id(), if !tasks.is_empty() => {
+                    let id = match done {
+                        Ok((id, ())) => id,
+                        Err(err) => {
+                            tracing::error!(watch = %self.watch, error = %err, "dispatch task failed; the object's next events go on");
+                            err.id()
+                        }
+                    };
+                    if let Some(key) = keys.remove(&id) {
+                        queues.done(key);
+                    }
+                }
                 out = rx.recv(), if rx_open && queues.queued < capacity => match out {
                     None => rx_open = false,
                     Some(WatchOutput::Event(event)) => {
@@ -258,8 +271,6 @@ impl Dispatcher {
                                 }
                                 Err(err) => tracing::error!(error = %err, "error dispatch failed"),
                             }
-                            // Not an object key: `done` finds no queue for it.
-                            String::from("\0watch-error")
                         });
                     }
                 },
@@ -272,12 +283,11 @@ impl Dispatcher {
         }
     }
 
-    /// Handles one event with retries; returns its object key.
+    /// Handles one event with retries.
     fn handle(
         &self,
-        key: String,
         event: Arc<ResourceEvent>,
-    ) -> impl std::future::Future<Output = String> + Send + 'static {
+    ) -> impl std::future::Future<Output = ()> + Send + 'static {
         let chain = self.chain.clone();
         let observer = self.observer.clone();
         let watch = self.watch.clone();
@@ -340,7 +350,6 @@ impl Dispatcher {
                     None => tokio::time::sleep(retry.delay(attempt)).await,
                 }
             }
-            key
         }
     }
 }

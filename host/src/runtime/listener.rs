@@ -555,10 +555,16 @@ impl Listener {
         if ticket.is_probe() {
             self.lock_crash_loop().call_starts(Instant::now(), ticket);
         }
-        let outcome = match self.mode {
+        // A panic in host code during the call (a host function, the guest log sink) is this
+        // call's trap, as a guest's would be: the worker thread, the event's retries and the
+        // crash-loop slot (a probe's ticket) are not lost with it. Nothing the unwind may have
+        // left half-done is used again: a fresh instance is dropped with its store, and the
+        // reference instance is dropped below.
+        let called = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match self.mode {
             Mode::Classname => self.call_fresh(ctx, f),
             Mode::Reference => self.call_persistent(ctx, f),
-        };
+        }));
+        let outcome = called.unwrap_or_else(|panic| self.host_panicked(panic.as_ref()));
         // An instance that could not be built (pool full) was never called.
         let counter = match outcome {
             Outcome::Skipped(_) => &self.stats.skipped,
@@ -567,6 +573,27 @@ impl Listener {
         counter.fetch_add(1, Ordering::Relaxed);
         self.record(&outcome, ticket);
         outcome
+    }
+
+    /// The outcome of a call during which host code panicked with `panic`: a trap of kind
+    /// `other`. In reference mode the instance is dropped (the next call builds a fresh one),
+    /// as after any trap; its mutex was poisoned by the unwind and is cleared.
+    fn host_panicked(&self, panic: &(dyn std::any::Any + Send)) -> Outcome {
+        let message = panic_message(panic);
+        if self.mode == Mode::Reference {
+            *self
+                .persistent
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner) = None;
+            self.persistent.clear_poison();
+            self.stats.rebuilds.fetch_add(1, Ordering::Relaxed);
+        }
+        tracing::error!(listener = %self.name, error = %message, "host code panicked during a listener call; the call counts as a trap");
+        Outcome::Trap {
+            kind: TrapKind::Other,
+            message: format!("host code panicked during the call: {message}"),
+            during_instantiation: false,
+        }
     }
 
     fn call_fresh(
@@ -622,7 +649,15 @@ impl Listener {
             self.refilling.store(false, Ordering::Release);
             return;
         };
-        let built = self.instantiate();
+        // A panic in host code during instantiation (the start code's log line) must not leave
+        // `refilling` set, which would stop prewarming for good: it is a failed build.
+        let built = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.instantiate()))
+            .unwrap_or_else(|panic| {
+                Err(Outcome::Skipped(format!(
+                    "host code panicked while building a spare instance: {}",
+                    panic_message(panic.as_ref())
+                )))
+            });
         self.refilling.store(false, Ordering::Release);
         match built {
             Ok((store, world)) => {
@@ -879,6 +914,15 @@ fn truncate_message(mut message: String) -> String {
 
 /// Turns the raw result of a call into an [`Outcome`], flushing the captured output first (its
 /// stderr tells a panic from a bare `unreachable`).
+/// The message of a panic payload (`panic!` with a literal or a format string).
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".to_owned())
+}
+
 fn finish(
     store: &mut Store<HostState>,
     result: wasmtime::Result<std::result::Result<(), String>>,
