@@ -2,7 +2,8 @@
 //! `KUBELISTEN_GUEST_VERSION` (at build time) names the version in every log line, and the
 //! `handover` feature implements the `stateful-listener` world so the count survives a swap.
 //!
-//! Each create/update logs `versioned <version> <namespace>/<name> rv=<rv> count=<n>`.
+//! Each create/update logs `versioned <version> <namespace>/<name> rv=<rv> count=<n>`; with
+//! `handover`, `snapshot` and `restore` log `handover <version> snapshot|restore count=<n>`.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -57,13 +58,23 @@ impl Guest for Versioned {
 
     #[cfg(feature = "handover")]
     fn snapshot() -> Vec<u8> {
-        COUNT.load(Ordering::Relaxed).to_le_bytes().to_vec()
+        let count = COUNT.load(Ordering::Relaxed);
+        log(
+            Level::Info,
+            &format!("handover {VERSION} snapshot count={count}"),
+        );
+        count.to_le_bytes().to_vec()
     }
 
     #[cfg(feature = "handover")]
     fn restore(state: Vec<u8>) {
         if let Ok(bytes) = <[u8; 8]>::try_from(state.as_slice()) {
-            COUNT.store(u64::from_le_bytes(bytes), Ordering::Relaxed);
+            let count = u64::from_le_bytes(bytes);
+            COUNT.store(count, Ordering::Relaxed);
+            log(
+                Level::Info,
+                &format!("handover {VERSION} restore count={count}"),
+            );
         }
     }
 }

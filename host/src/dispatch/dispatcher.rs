@@ -276,11 +276,6 @@ impl Dispatcher {
                 },
             }
         }
-        while let Some(done) = tasks.join_next().await {
-            if let Err(err) = done {
-                tracing::error!(watch = %self.watch, error = %err, "dispatch task failed");
-            }
-        }
     }
 
     /// Handles one event with retries.

@@ -297,10 +297,11 @@ impl Handover<'_> {
         };
         p.store.set_epoch_deadline(new.epoch_ticks);
         p.store.data_mut().start_call();
-        let restored = p
-            .instance
-            .get_typed_func::<(Vec<u8>,), ()>(&mut p.store, "restore")
-            .and_then(|f| f.call(&mut p.store, (state,)));
+        let restored = contain_export(|| {
+            p.instance
+                .get_typed_func::<(Vec<u8>,), ()>(&mut p.store, "restore")
+                .and_then(|f| f.call(&mut p.store, (state,)))
+        });
         match restored {
             Ok(()) => {
                 *self.slot = Some(p);
@@ -555,16 +556,11 @@ impl Listener {
         if ticket.is_probe() {
             self.lock_crash_loop().call_starts(Instant::now(), ticket);
         }
-        // A panic in host code during the call (a host function, the guest log sink) is this
-        // call's trap, as a guest's would be: the worker thread, the event's retries and the
-        // crash-loop slot (a probe's ticket) are not lost with it. Nothing the unwind may have
-        // left half-done is used again: a fresh instance is dropped with its store, and the
-        // reference instance is dropped below.
-        let called = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match self.mode {
+        // A panic in host code during the call is the call's trap (see `contain`).
+        let outcome = match self.mode {
             Mode::Classname => self.call_fresh(ctx, f),
             Mode::Reference => self.call_persistent(ctx, f),
-        }));
-        let outcome = called.unwrap_or_else(|panic| self.host_panicked(panic.as_ref()));
+        };
         // An instance that could not be built (pool full) was never called.
         let counter = match outcome {
             Outcome::Skipped(_) => &self.stats.skipped,
@@ -573,27 +569,6 @@ impl Listener {
         counter.fetch_add(1, Ordering::Relaxed);
         self.record(&outcome, ticket);
         outcome
-    }
-
-    /// The outcome of a call during which host code panicked with `panic`: a trap of kind
-    /// `other`. In reference mode the instance is dropped (the next call builds a fresh one),
-    /// as after any trap; its mutex was poisoned by the unwind and is cleared.
-    fn host_panicked(&self, panic: &(dyn std::any::Any + Send)) -> Outcome {
-        let message = panic_message(panic);
-        if self.mode == Mode::Reference {
-            *self
-                .persistent
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner) = None;
-            self.persistent.clear_poison();
-            self.stats.rebuilds.fetch_add(1, Ordering::Relaxed);
-        }
-        tracing::error!(listener = %self.name, error = %message, "host code panicked during a listener call; the call counts as a trap");
-        Outcome::Trap {
-            kind: TrapKind::Other,
-            message: format!("host code panicked during the call: {message}"),
-            during_instantiation: false,
-        }
     }
 
     fn call_fresh(
@@ -611,13 +586,18 @@ impl Listener {
             .take();
         // The spare's ticket is dropped here: from now on its instance is one in flight.
         let spare = spare.map(|(store, world, _ticket)| (store, world));
-        let (mut store, world) = match spare.map_or_else(|| self.instantiate(), Ok) {
+        let built = spare.map_or_else(|| contain(true, || self.instantiate()), Ok);
+        let (mut store, world) = match built {
             Ok(pair) => pair,
             Err(outcome) => return outcome,
         };
-        self.prepare(&mut store, ctx);
-        let result = f(&world, &mut store);
-        finish(&mut store, result)
+        // The store, and the instance an unwind went through with it, is dropped either way.
+        contain(false, || {
+            self.prepare(&mut store, ctx);
+            let result = f(&world, &mut store);
+            Ok(finish(&mut store, result))
+        })
+        .unwrap_or_else(std::convert::identity)
     }
 
     /// Classname mode with `limits.prewarm`: builds the fresh instance that the next event will
@@ -649,15 +629,9 @@ impl Listener {
             self.refilling.store(false, Ordering::Release);
             return;
         };
-        // A panic in host code during instantiation (the start code's log line) must not leave
-        // `refilling` set, which would stop prewarming for good: it is a failed build.
-        let built = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.instantiate()))
-            .unwrap_or_else(|panic| {
-                Err(Outcome::Skipped(format!(
-                    "host code panicked while building a spare instance: {}",
-                    panic_message(panic.as_ref())
-                )))
-            });
+        // A panic in host code (the start code's log line) is a failed build: it must not leave
+        // `refilling` set, which would stop prewarming for good.
+        let built = contain(true, || self.instantiate());
         self.refilling.store(false, Ordering::Release);
         match built {
             Ok((store, world)) => {
@@ -685,7 +659,7 @@ impl Listener {
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         if slot.is_none() {
-            match self.instantiate_persistent() {
+            match contain(true, || self.instantiate_persistent()) {
                 Ok(persistent) => *slot = Some(persistent),
                 Err(outcome) => return outcome,
             }
@@ -693,9 +667,14 @@ impl Listener {
         let Some(instance) = slot.as_mut() else {
             return Outcome::Skipped("reference instance unavailable".into());
         };
-        self.prepare(&mut instance.store, ctx);
-        let result = f(&instance.world, &mut instance.store);
-        let outcome = finish(&mut instance.store, result);
+        // Caught while the lock is still held: no other call can take the instance the unwind
+        // went through (as the mutex's poison would let it) before it is dropped below.
+        let outcome = contain(false, || {
+            self.prepare(&mut instance.store, ctx);
+            let result = f(&instance.world, &mut instance.store);
+            Ok(finish(&mut instance.store, result))
+        })
+        .unwrap_or_else(std::convert::identity);
         if outcome.trap_kind().is_some() {
             // A trap poisons the store: drop the instance; the next call builds a fresh one.
             *slot = None;
@@ -743,10 +722,11 @@ impl Listener {
         let p = slot.as_mut()?;
         p.store.set_epoch_deadline(self.epoch_ticks);
         p.store.data_mut().start_call();
-        let result = p
-            .instance
-            .get_typed_func::<(), (Vec<u8>,)>(&mut p.store, "snapshot")
-            .and_then(|f| f.call(&mut p.store, ()).map(|(bytes,)| bytes));
+        let result = contain_export(|| {
+            p.instance
+                .get_typed_func::<(), (Vec<u8>,)>(&mut p.store, "snapshot")
+                .and_then(|f| f.call(&mut p.store, ()).map(|(bytes,)| bytes))
+        });
         match result {
             Ok(bytes) => Some(bytes),
             Err(err) => {
@@ -912,8 +892,42 @@ fn truncate_message(mut message: String) -> String {
     message
 }
 
-/// Turns the raw result of a call into an [`Outcome`], flushing the captured output first (its
-/// stderr tells a panic from a bare `unreachable`).
+/// Runs `f` (an instantiation when `during_instantiation`, else a call), turning a panic in
+/// host code during it (a host function, the guest log sink) into the call's trap of kind
+/// `other`, as a guest's trap would be: the worker thread, the event's retries and the
+/// crash-loop slot (a probe's ticket) are not lost with it. The caller drops the instance the
+/// unwind went through, as after any trap (its state may be half-updated).
+fn contain<T>(
+    during_instantiation: bool,
+    f: impl FnOnce() -> std::result::Result<T, Outcome>,
+) -> std::result::Result<T, Outcome> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|panic| {
+        let during = if during_instantiation {
+            "while instantiating"
+        } else {
+            "during the call"
+        };
+        Err(Outcome::Trap {
+            kind: TrapKind::Other,
+            message: format!(
+                "host code panicked {during}: {}",
+                panic_message(panic.as_ref())
+            ),
+            during_instantiation,
+        })
+    })
+}
+
+/// Like [`contain`] for a hand-over export (`snapshot`, `restore`): a panic is its error.
+fn contain_export<T>(f: impl FnOnce() -> wasmtime::Result<T>) -> wasmtime::Result<T> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|panic| {
+        Err(wasmtime::format_err!(
+            "host code panicked: {}",
+            panic_message(panic.as_ref())
+        ))
+    })
+}
+
 /// The message of a panic payload (`panic!` with a literal or a format string).
 fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
     panic
@@ -923,6 +937,8 @@ fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
         .unwrap_or_else(|| "a panic without a message".to_owned())
 }
 
+/// Turns the raw result of a call into an [`Outcome`], flushing the captured output first (its
+/// stderr tells a panic from a bare `unreachable`).
 fn finish(
     store: &mut Store<HostState>,
     result: wasmtime::Result<std::result::Result<(), String>>,
