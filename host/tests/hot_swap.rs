@@ -367,6 +367,61 @@ async fn bad_updates_are_rejected_with_an_event_and_the_running_version_keeps_se
 /// `kubelisten run --config F --modules-configmap NS/NAME`: the file names the watches (here with
 /// no listeners at all) and the ConfigMap supplies the chains.
 #[tokio::test(flavor = "multi_thread")]
+async fn a_revert_after_a_partly_rejected_update_restores_the_last_good_version() {
+    let s = setup(guest_bytes("versioned-v1")).await;
+    let two = format!("{LISTENERS}  - name: other\n    module: other.wasm\n    mode: reference\n");
+    let good = [
+        ("counter.wasm", guest_bytes("versioned-v1")),
+        ("other.wasm", guest_bytes("versioned-v1")),
+    ];
+    push(&s.cms, &two, &good).await;
+    s.t.create("a", json!({"n": 0}), &[]).await;
+    let capture = s.capture.clone();
+    eventually("both listeners on v1", || {
+        ["counter", "other"].iter().all(|l| {
+            capture
+                .messages_of(l)
+                .iter()
+                .any(|m| m.starts_with("versioned v1 "))
+        })
+    })
+    .await;
+    // `other` is rejected (corrupt), `counter` goes to v2.
+    let partly_bad = [
+        ("counter.wasm", guest_bytes("versioned-v2")),
+        ("other.wasm", b"\0asm\x0d\0\x01\0garbage".to_vec()),
+    ];
+    let mut n = 0;
+    for (content, want) in [(&partly_bad, "v2"), (&good, "v1")] {
+        push(&s.cms, &two, content).await;
+        // Changes until `counter` handles one with the wanted version: after the revert to the
+        // last good content, that is v1 again.
+        let capture = s.capture.clone();
+        let before = lines(&capture).len();
+        let mut served = false;
+        for _ in 0..60 {
+            n += 1;
+            s.t.api
+                .patch(
+                    "a",
+                    &PatchParams::default(),
+                    &Patch::Merge(json!({"spec": {"n": n}})),
+                )
+                .await
+                .unwrap();
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            if lines(&capture)[before..].iter().any(|l| l.0 == want) {
+                served = true;
+                break;
+            }
+        }
+        assert!(served, "counter never served {want}: {:?}", lines(&capture));
+    }
+    s.host.stop().await;
+    s.t.ns.delete().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_config_file_names_the_watches_and_the_configmap_supplies_the_listeners() {
     let t = Things::new().await;
     let cms: Api<ConfigMap> = Api::namespaced(t.client.clone(), t.ns.name());

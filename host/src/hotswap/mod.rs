@@ -245,6 +245,8 @@ impl HotSwap {
                     error: err.to_string(),
                 };
                 self.reject(&rejection).await;
+                // Pushing the running content again then applies (and clears this rejection).
+                self.lock().applied = None;
                 return vec![rejection];
             }
         };
@@ -283,9 +285,10 @@ impl HotSwap {
         }
         // The swap may wait (blocking) for calls in flight on the old chains.
         tokio::task::block_in_place(|| self.swap(&entries, next, &rejections));
-        if rejections.is_empty() {
-            self.lock().applied = Some(content);
-        }
+        // After a partly rejected update, what runs is neither this content nor the last one
+        // applied (its good listeners were swapped in): no content may be skipped as applied,
+        // or a revert to the last good content would change nothing.
+        self.lock().applied = rejections.is_empty().then_some(content);
         rejections
     }
 
