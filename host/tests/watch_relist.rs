@@ -150,3 +150,53 @@ async fn a_gap_with_an_expired_resource_version_is_healed_by_a_relist() {
     }
     t.ns.delete().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_watch_whose_connection_goes_silent_is_reopened() {
+    let t = Things::for_crd(GROUP, KIND, PLURAL).await;
+    common::apply_crd_yaml(&t.client, &harness::crd_yaml(GROUP, KIND, PLURAL)).await;
+    t.create("before", json!({}), &[]).await;
+    let mut host_config = common::config().await;
+    let upstream = host_config
+        .cluster_url
+        .authority()
+        .expect("server address")
+        .to_string();
+    let proxy = Proxy::start(upstream).await;
+    host_config.cluster_url = proxy.url.parse().unwrap();
+    let host_client = kube::Client::try_from(host_config).unwrap();
+    let config = t.watch(vec![listener("rust-logger", Mode::Classname)]);
+    let runtime = harness::runtime();
+    // The server ends each watch after 2 s; one still open 7 s (2 s + the 5 s margin) after it
+    // started has lost its peer.
+    let mut run = settings(4);
+    run.watch_timeout = Duration::from_secs(2);
+    let mut host = TestHost::start(host_client, &runtime, &config, &run).await;
+    host.wait_for(Duration::from_secs(60), "the first create", |seen| {
+        seen.iter().any(|d| d.event.meta.name == "before")
+    })
+    .await;
+    host.wait_synced().await;
+    // The watch's connection (and any other open one) goes quiet: no data, no end. Without a
+    // bound on the watch, the host waits on it for good.
+    proxy.silence();
+    t.create("after", json!({}), &[]).await;
+    host.wait_for(
+        Duration::from_secs(120),
+        "the create made while silent",
+        |seen| seen.iter().any(|d| d.event.meta.name == "after"),
+    )
+    .await;
+    let seen = host.stop().await;
+    let names: Vec<(EventKind, &str)> = seen
+        .iter()
+        .map(|d| (d.event.kind, d.event.meta.name.as_str()))
+        .collect();
+    assert_eq!(
+        names,
+        [(EventKind::Create, "before"), (EventKind::Create, "after")],
+        "{}",
+        harness::describe(&seen)
+    );
+    t.ns.delete().await;
+}

@@ -17,6 +17,9 @@ const MAX_NOTE_BYTES: usize = 1024;
 const MAX_REASON_BYTES: usize = 128;
 /// Longest Event `action` the API server accepts, in bytes.
 const MAX_ACTION_BYTES: usize = 128;
+/// How long the host's own failure Event may take: the dispatch of the object's next event waits
+/// for it, so a request nobody answers (a connection whose peer is gone) must not hold it up.
+const FAILURE_EVENT_TIMEOUT: Duration = Duration::from_secs(10);
 
 // The API server's Event limits count bytes, not characters: cut at a char boundary.
 use crate::runtime::truncate_utf8 as truncate;
@@ -149,24 +152,21 @@ impl FailureReporter {
             last.insert(key, now);
         }
         let note = format!("listener {listener}: {message}");
-        match self
-            .recorder
-            .publish(
-                "kubelisten",
-                object,
-                object.namespace.as_deref(),
-                true,
-                &reason,
-                &note,
-            )
-            .await
-        {
-            Ok(()) => true,
-            Err(err) => {
-                tracing::warn!(listener, object = %object.name, error = %err, "cannot record a failure Event");
-                false
-            }
-        }
+        let published = self.recorder.publish(
+            "kubelisten",
+            object,
+            object.namespace.as_deref(),
+            true,
+            &reason,
+            &note,
+        );
+        let error = match tokio::time::timeout(FAILURE_EVENT_TIMEOUT, published).await {
+            Ok(Ok(())) => return true,
+            Ok(Err(err)) => err.to_string(),
+            Err(_) => format!("no answer within {}s", FAILURE_EVENT_TIMEOUT.as_secs()),
+        };
+        tracing::warn!(listener, object = %object.name, %error, "cannot record a failure Event");
+        false
     }
 }
 
@@ -189,6 +189,35 @@ fn pascal(name: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failure_event_nobody_answers_is_given_up() {
+        // An API server that accepts connections and never answers.
+        let server = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", server.local_addr().unwrap());
+        let _held = tokio::spawn(async move {
+            let mut open = Vec::new();
+            while let Ok((connection, _)) = server.accept().await {
+                open.push(connection);
+            }
+        });
+        let client = Client::try_from(kube::Config::new(url.parse().unwrap())).unwrap();
+        let reporter = FailureReporter::new(client, Duration::from_secs(60));
+        let object = ObjectRef {
+            api_version: "v1".into(),
+            kind: "ConfigMap".into(),
+            namespace: Some("ns".into()),
+            name: "a".into(),
+        };
+        // The clock is paused: it jumps ahead whenever everything waits, so the hour passes at
+        // once if the report never gives up.
+        let reported = tokio::time::timeout(
+            Duration::from_secs(3600),
+            reporter.report(&object, "uid-a", "l", true, "trapped"),
+        )
+        .await;
+        assert_eq!(reported, Ok(false), "the report must give up, not hang");
+    }
 
     #[test]
     fn limits_are_in_bytes_and_cuts_fall_on_char_boundaries() {

@@ -63,8 +63,24 @@ enum Failure {
     Build(String),
     #[error("unreadable response: {0}")]
     Decode(String),
+    #[error("no answer from the API server: {0}")]
+    Stalled(String),
     #[error("the receiver is gone")]
     Closed,
+}
+
+/// How long one page of a list may take: past the API server's own request timeout (60 s by
+/// default), so only a request nobody answers any more (a peer gone without a reset, a dropped
+/// NAT entry) is cut.
+const LIST_PAGE_TIMEOUT: Duration = Duration::from_secs(75);
+
+/// How long past its server-side `timeoutSeconds` a watch request may run before it is given up
+/// as dead and reopened from the last resourceVersion (the server ends it at that timeout, so a
+/// stream still open after it has lost its peer): the timeout itself, between 5 and 30 s. That
+/// is less than the minute `/healthz` adds ([`crate::app::RunSettings::max_idle`]), so a dead
+/// watch is reopened before the host is reported unhealthy.
+fn stall_margin(timeout: Duration) -> Duration {
+    timeout.clamp(Duration::from_secs(5), Duration::from_secs(30))
 }
 
 impl Failure {
@@ -240,7 +256,14 @@ impl Reflector {
                 .request
                 .list(&params)
                 .map_err(|e| Failure::Build(e.to_string()))?;
-            let text = self.client.request_text(req).await?;
+            let text = tokio::time::timeout(LIST_PAGE_TIMEOUT, self.client.request_text(req))
+                .await
+                .map_err(|_| {
+                    Failure::Stalled(format!(
+                        "a list page took longer than {}s",
+                        LIST_PAGE_TIMEOUT.as_secs()
+                    ))
+                })??;
             let page: ListPage =
                 serde_json::from_str(&text).map_err(|e| Failure::Decode(e.to_string()))?;
             items.extend(page.items);
@@ -288,14 +311,13 @@ impl Reflector {
 
     /// Watches from `rv` until the server ends the stream; keeps `resource_version` current.
     async fn watch(&mut self, rv: &str) -> Result<(), Failure> {
+        let timeout = u32::try_from(self.spec.timeout.as_secs())
+            .unwrap_or(290)
+            .clamp(1, 290);
         let params = WatchParams {
             label_selector: self.spec.label_selector.clone(),
             field_selector: self.spec.field_selector.clone(),
-            timeout: Some(
-                u32::try_from(self.spec.timeout.as_secs())
-                    .unwrap_or(290)
-                    .clamp(1, 290),
-            ),
+            timeout: Some(timeout),
             bookmarks: true,
             ..WatchParams::default()
         };
@@ -307,7 +329,19 @@ impl Reflector {
             http::header::ACCEPT_ENCODING,
             http::HeaderValue::from_static("identity"),
         );
-        let reader = self.client.request_stream(req).await?;
+        // The whole request, its response's headers included, ends by this deadline.
+        let limit = Duration::from_secs(u64::from(timeout));
+        let limit = limit + stall_margin(limit);
+        let stalled = || {
+            Failure::Stalled(format!(
+                "the watch was still open {}s after it started (timeoutSeconds={timeout}); reopening it",
+                limit.as_secs()
+            ))
+        };
+        let deadline = tokio::time::Instant::now() + limit;
+        let reader = tokio::time::timeout_at(deadline, self.client.request_stream(req))
+            .await
+            .map_err(|_| stalled())??;
         self.set_connected(true);
         self.spec
             .metrics
@@ -315,9 +349,12 @@ impl Reflector {
             .get_or_create(&labels([("watch", &self.spec.name)]))
             .inc();
         let mut lines = reader.lines();
+        let past_deadline = tokio::time::sleep_until(deadline);
+        tokio::pin!(past_deadline);
         loop {
             let line = tokio::select! {
                 line = lines.next() => line,
+                () = &mut past_deadline => return Err(stalled()),
                 Some(joined) = recv_joined(&mut self.joined) => {
                     self.catch_up(joined).await?;
                     continue;

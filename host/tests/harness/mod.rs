@@ -468,12 +468,47 @@ pub fn compact_etcd() -> u64 {
 }
 
 /// A TCP proxy the test controls: `cut` drops every connection and refuses new ones until
-/// `restore`.
+/// `restore`; `silence` makes the open connections go quiet for good (nothing forwarded, not
+/// even their end), as when the peer is gone without a reset, while new ones work.
 pub struct Proxy {
     /// `https://127.0.0.1:PORT`.
     pub url: String,
     enabled: Arc<std::sync::atomic::AtomicBool>,
-    connections: Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>>,
+    connections: Arc<std::sync::Mutex<Vec<(tokio::task::AbortHandle, Silent)>>>,
+}
+
+/// Set when a proxied connection is silenced.
+type Silent = Arc<std::sync::atomic::AtomicBool>;
+
+/// Copies `from` to `to` until either ends, unless `silent`: then nothing more goes through,
+/// and the end is not passed on either.
+async fn forward(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    silent: Silent,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let read = from.read(&mut buf).await;
+        if silent.load(std::sync::atomic::Ordering::SeqCst) {
+            match read {
+                Ok(n) if n > 0 => continue,
+                _ => return std::future::pending().await,
+            }
+        }
+        match read {
+            Ok(n) if n > 0 => {
+                if to.write_all(&buf[..n]).await.is_err() {
+                    return;
+                }
+            }
+            _ => {
+                let _ = to.shutdown().await;
+                return;
+            }
+        }
+    }
 }
 
 impl Proxy {
@@ -482,21 +517,29 @@ impl Proxy {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("https://{}", listener.local_addr().unwrap());
         let enabled = Arc::new(std::sync::atomic::AtomicBool::new(true));
-        let connections: Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>> = Arc::default();
+        let connections: Arc<std::sync::Mutex<Vec<(tokio::task::AbortHandle, Silent)>>> =
+            Arc::default();
         let (en, conns) = (enabled.clone(), connections.clone());
         tokio::spawn(async move {
-            while let Ok((mut inbound, _)) = listener.accept().await {
+            while let Ok((inbound, _)) = listener.accept().await {
                 if !en.load(std::sync::atomic::Ordering::SeqCst) {
                     drop(inbound);
                     continue;
                 }
                 let upstream = upstream.clone();
+                let silent = Silent::default();
+                let quiet = silent.clone();
                 let task = tokio::spawn(async move {
-                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(&upstream).await {
-                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    if let Ok(outbound) = tokio::net::TcpStream::connect(&upstream).await {
+                        let (from_host, to_host) = inbound.into_split();
+                        let (from_server, to_server) = outbound.into_split();
+                        tokio::join!(
+                            forward(from_host, to_server, quiet.clone()),
+                            forward(from_server, to_host, quiet),
+                        );
                     }
                 });
-                conns.lock().unwrap().push(task.abort_handle());
+                conns.lock().unwrap().push((task.abort_handle(), silent));
             }
         });
         Self {
@@ -510,8 +553,15 @@ impl Proxy {
     pub fn cut(&self) {
         self.enabled
             .store(false, std::sync::atomic::Ordering::SeqCst);
-        for conn in self.connections.lock().unwrap().drain(..) {
+        for (conn, _) in self.connections.lock().unwrap().drain(..) {
             conn.abort();
+        }
+    }
+
+    /// Makes every open connection go quiet for good; new connections are forwarded as usual.
+    pub fn silence(&self) {
+        for (_, silent) in self.connections.lock().unwrap().iter() {
+            silent.store(true, std::sync::atomic::Ordering::SeqCst);
         }
     }
 
