@@ -189,6 +189,10 @@ impl KubeCluster {
         access: &ListenerAccess,
         request: ClusterRequest,
     ) -> Result<String, ApiError> {
+        // Every call takes one token first, whatever comes of it (as the API server's priority
+        // and fairness comes before its authorization): a loop of denied or invalid calls is held
+        // to the listener's rate like any other, with its log lines.
+        self.take_token(caller, access).await?;
         let target = Target::of(&request, caller)?;
         let what = target.verb.as_str();
         let group = target.api_version.rsplit_once('/').map_or("", |(g, _)| g);
@@ -209,8 +213,12 @@ impl KubeCluster {
                 .api_version
                 .rsplit_once('/')
                 .unwrap_or(("", &target.api_version));
-            let guess =
-                ApiResource::from_gvk(&GroupVersionKind::gvk(group, version, &target.kind)).plural;
+            // kube's guess reads the kind's last two letters (it panics on one).
+            let guess = if target.kind.len() < 2 {
+                format!("{}s", target.kind.to_ascii_lowercase())
+            } else {
+                ApiResource::from_gvk(&GroupVersionKind::gvk(group, version, &target.kind)).plural
+            };
             let guess = if target.status {
                 format!("{guess}/status")
             } else {
@@ -227,16 +235,11 @@ impl KubeCluster {
                 .unwrap_or_default();
             return Err(self.deny(caller, what, message));
         }
-        // ...then the rate limit, before anything reaches the API server: a discovery the cache
-        // cannot answer takes the call's token, so unknown kinds cannot flood discovery...
-        let mut paid = false;
+        // ...then discovery, if the cache cannot answer (on the call's token, so unknown kinds
+        // cannot flood discovery)...
         let (ar, namespaced) = match self.discovered(&target.api_version, &target.kind) {
             Some(hit) => hit,
-            None => {
-                self.take_token(caller, access).await?;
-                paid = true;
-                self.discover(&target.api_version, &target.kind).await?
-            }
+            None => self.discover(&target.api_version, &target.kind).await?,
         };
         let namespace = if namespaced {
             target.namespace.clone()
@@ -266,10 +269,6 @@ impl KubeCluster {
             .check(&full, caller.event_namespace.as_deref())
         {
             return Err(self.deny(caller, what, message));
-        }
-        // ...then the call's token, unless discovery took it (a call costs one token)...
-        if !paid {
-            self.take_token(caller, access).await?;
         }
         // ...then the request.
         let req = Request::new(DynamicObject::url_path(&ar, namespace.as_deref()));
@@ -406,6 +405,13 @@ impl Target {
         if let Some(ns) = &self.namespace {
             path_segment(namespace, ns)?;
         }
+        let kind_field = match request {
+            ClusterRequest::Create(_) | ClusterRequest::Apply(_) => "kind",
+            ClusterRequest::RecordEvent { .. } => "about.kind",
+            ClusterRequest::List { .. } => "kind",
+            _ => "ref.kind",
+        };
+        kind_name(kind_field, &self.kind)?;
         let (group, version) = self
             .api_version
             .rsplit_once('/')
@@ -493,12 +499,30 @@ fn path_segment(field: &str, value: &str) -> Result<(), ApiError> {
         "." | ".." => Some(format!("may not be {value:?}")),
         _ => value
             .chars()
-            .find(|c| matches!(c, '/' | '%' | '?' | '#'))
+            .find(|c| matches!(c, '/' | '%' | '?' | '#') || c.is_control())
             .map(|c| format!("may not contain {c:?}")),
     };
     match problem {
         Some(problem) => Err(ApiError::Invalid(format!("{field} {value:?} {problem}"))),
         None => Ok(()),
+    }
+}
+
+/// Checks that `value` can be a kind: ASCII letters and digits, starting with a letter (as every
+/// Kubernetes kind is), so nothing else reaches discovery, the policy's messages or the logs.
+///
+/// # Errors
+/// [`ApiError::Invalid`] naming the field and the value.
+fn kind_name(field: &str, value: &str) -> Result<(), ApiError> {
+    let mut chars = value.chars();
+    let valid = chars.next().is_some_and(|c| c.is_ascii_alphabetic())
+        && chars.all(|c| c.is_ascii_alphanumeric());
+    if valid {
+        Ok(())
+    } else {
+        Err(ApiError::Invalid(format!(
+            "{field} {value:?} is not a kind (ASCII letters and digits, starting with a letter)"
+        )))
     }
 }
 
@@ -749,6 +773,34 @@ mod tests {
                     message: "m".into(),
                 },
             ),
+            // A line break would start a forged line in the host's log.
+            (
+                "ref.namespace",
+                ClusterRequest::Get(ObjectRef {
+                    namespace: Some("ns\nFAKE LINE".into()),
+                    ..pod("p")
+                }),
+            ),
+            (
+                "ref.kind",
+                ClusterRequest::Get(ObjectRef {
+                    kind: "Pod\nFAKE LINE".into(),
+                    ..pod("p")
+                }),
+            ),
+            (
+                "ref.kind",
+                ClusterRequest::Get(ObjectRef {
+                    kind: String::new(),
+                    ..pod("p")
+                }),
+            ),
+            (
+                "kind",
+                ClusterRequest::Create(
+                    r#"{"apiVersion":"v1","kind":"../Pod","metadata":{"name":"p"}}"#.into(),
+                ),
+            ),
         ];
         for (field, request) in refused {
             let what = format!("{request:?}");
@@ -785,6 +837,54 @@ mod tests {
         };
         match f.cluster.call(&short, get()) {
             Err(ApiError::Timeout(m)) => assert!(m.contains("50ms"), "{m}"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn denied_calls_take_rate_limit_tokens_too() {
+        // One token per second, granted in namespace `ns` only.
+        let f = fixture(
+            "rateLimit: {qps: 1, burst: 1}\ngrants:\n  - {apiGroups: [''], resources: [pods], verbs: [get], namespaces: [ns]}\n",
+            Duration::from_secs(30),
+        );
+        let elsewhere = || {
+            ClusterRequest::Get(ObjectRef {
+                namespace: Some("other".into()),
+                ..pod("p")
+            })
+        };
+        assert!(matches!(
+            f.cluster.call(&f.caller, elsewhere()),
+            Err(ApiError::ForbiddenByPolicy(_))
+        ));
+        // The second denial in a row waits for a token like any call: a guest looping on denied
+        // calls is held to its rate (its 50 ms run out first here).
+        let short = Caller {
+            time_left: Some(Duration::from_millis(50)),
+            ..f.caller.clone()
+        };
+        match f.cluster.call(&short, elsewhere()) {
+            Err(ApiError::Timeout(m)) => assert!(m.contains("50ms"), "{m}"),
+            other => panic!("{other:?}"),
+        }
+        assert!(f.seen.lock().unwrap().is_empty(), "{:?}", f.seen);
+    }
+
+    #[test]
+    fn a_one_letter_kind_is_denied_not_a_panic() {
+        let f = fixture(
+            "grants:\n  - {apiGroups: [''], resources: [pods], verbs: [get], namespaces: [ns]}\n",
+            Duration::from_secs(5),
+        );
+        // Denied before discovery; the message's guess of the plural must not panic.
+        let request = ClusterRequest::Get(ObjectRef {
+            kind: "Y".into(),
+            namespace: Some("other".into()),
+            ..pod("p")
+        });
+        match f.cluster.call(&f.caller, request) {
+            Err(ApiError::ForbiddenByPolicy(m)) => assert!(m.contains("ys"), "{m}"),
             other => panic!("{other:?}"),
         }
     }

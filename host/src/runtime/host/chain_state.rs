@@ -6,6 +6,9 @@ use std::sync::{Arc, Mutex, PoisonError};
 const MAX_KEYS: usize = 256;
 /// Largest size of one key plus its value, in bytes.
 const MAX_ENTRY_BYTES: usize = 64 << 10;
+/// Largest size of all keys and values together, in bytes: the state lives in host memory,
+/// outside every listener's memory limit, once per event in flight.
+const MAX_TOTAL_BYTES: usize = 1 << 20;
 
 /// The per-event chain state; cheap to clone (shared).
 #[derive(Debug, Clone, Default)]
@@ -20,13 +23,22 @@ impl ChainState {
             .map(|(_, v)| v.clone())
     }
 
-    /// Stores `value` under `key`. Returns false (and stores nothing) when the entry is too big
-    /// or the state already holds too many keys.
+    /// Stores `value` under `key`. Returns false (and stores nothing) when the entry is too big,
+    /// or the state already holds too many keys or would grow past its total size.
     pub fn set(&self, key: String, value: String) -> bool {
-        if key.len() + value.len() > MAX_ENTRY_BYTES {
+        let size = key.len() + value.len();
+        if size > MAX_ENTRY_BYTES {
             return false;
         }
         let mut entries = self.lock();
+        let others: usize = entries
+            .iter()
+            .filter(|(k, _)| *k != key)
+            .map(|(k, v)| k.len() + v.len())
+            .sum();
+        if others + size > MAX_TOTAL_BYTES {
+            return false;
+        }
         if let Some(entry) = entries.iter_mut().find(|(k, _)| *k == key) {
             entry.1 = value;
             return true;
@@ -72,5 +84,21 @@ mod tests {
         assert!(!s.remove("b"));
         assert_eq!(s.keys(), vec!["a"]);
         assert!(!s.set("big".into(), "x".repeat(MAX_ENTRY_BYTES)));
+    }
+
+    #[test]
+    fn the_whole_state_is_bounded_too() {
+        let s = ChainState::default();
+        let value = "x".repeat(MAX_ENTRY_BYTES - 8);
+        let fits = MAX_TOTAL_BYTES / MAX_ENTRY_BYTES;
+        for i in 0..fits {
+            assert!(s.set(format!("key-{i:04}"), value.clone()), "entry {i}");
+        }
+        assert!(!s.set("one-more".into(), value.clone()));
+        assert!(s.get("one-more").is_none());
+        // Replacing an entry counts its new size, not both.
+        assert!(s.set("key-0000".into(), value.clone()));
+        assert!(s.remove("key-0001"));
+        assert!(s.set("one-more".into(), value));
     }
 }

@@ -73,13 +73,13 @@ impl CallLog {
             return;
         }
         self.budget.lines += 1;
-        let message = truncate(message, MAX_LINE_BYTES);
+        let message = one_line(truncate(message, MAX_LINE_BYTES));
         self.sink.log(
             &self.listener,
             &self.object,
             self.event_kind,
             level,
-            message,
+            &message,
         );
     }
 
@@ -101,6 +101,24 @@ impl CallLog {
     }
 }
 
+/// `message` on one line: control characters (a newline, a carriage return, an escape) are
+/// written as escapes (`\n`, `\r`, `\u{1b}`), so a guest cannot forge host log lines (the text
+/// log format writes messages as they are) or garble a terminal. Tabs stay.
+fn one_line(message: &str) -> std::borrow::Cow<'_, str> {
+    if !message.chars().any(|c| c.is_control() && c != '\t') {
+        return std::borrow::Cow::Borrowed(message);
+    }
+    let mut escaped = String::with_capacity(message.len() + 8);
+    for c in message.chars() {
+        match c {
+            '\t' => escaped.push(c),
+            c if c.is_control() => escaped.extend(c.escape_default()),
+            c => escaped.push(c),
+        }
+    }
+    std::borrow::Cow::Owned(escaped)
+}
+
 /// Cuts `s` to at most `max` bytes at a character boundary.
 pub(crate) fn truncate(s: &str, max: usize) -> &str {
     if s.len() <= max {
@@ -111,4 +129,43 @@ pub(crate) fn truncate(s: &str, max: usize) -> &str {
         end -= 1;
     }
     &s[..end]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    #[derive(Default)]
+    struct Lines(Mutex<Vec<String>>);
+
+    impl GuestLogSink for Lines {
+        fn log(&self, _: &str, _: &str, _: &str, _: LogLevel, message: &str) {
+            self.0.lock().unwrap().push(message.into());
+        }
+    }
+
+    #[test]
+    fn a_guest_line_cannot_start_another_line() {
+        let sink = Arc::new(Lines::default());
+        let mut log = CallLog {
+            sink: sink.clone(),
+            listener: Arc::from("l"),
+            object: Arc::from("ns/a"),
+            event_kind: "create",
+            budget: LogBudget::default(),
+        };
+        log.line(
+            LogLevel::Info,
+            "ok\n2026-01-01T00:00:00Z ERROR kubelisten: forged\r",
+        );
+        log.line(LogLevel::Info, "colour \u{1b}[31mred\ttab é");
+        assert_eq!(
+            *sink.0.lock().unwrap(),
+            [
+                "ok\\n2026-01-01T00:00:00Z ERROR kubelisten: forged\\r",
+                "colour \\u{1b}[31mred\ttab é",
+            ]
+        );
+    }
 }
