@@ -332,7 +332,23 @@ impl KubeCluster {
         if let Ok(agent) = http::HeaderValue::from_str(&manager) {
             http.headers_mut().insert(http::header::USER_AGENT, agent);
         }
-        self.client.request_text(http).await.map_err(api_error)
+        // Read up to the bound: a list of a whole cluster's objects must not fill host memory
+        // (nor, copied into the guest, trap it on its memory limit).
+        let body = self.client.request_stream(http).await.map_err(api_error)?;
+        let mut bytes = Vec::new();
+        futures::AsyncReadExt::read_to_end(
+            &mut futures::AsyncReadExt::take(body, MAX_RESPONSE_BYTES as u64 + 1),
+            &mut bytes,
+        )
+        .await
+        .map_err(|e| ApiError::Other(format!("reading the response: {e}")))?;
+        if bytes.len() > MAX_RESPONSE_BYTES {
+            return Err(ApiError::Other(format!(
+                "the response is larger than {} MiB: list fewer objects at once (list-options limit, label or field selectors)",
+                MAX_RESPONSE_BYTES >> 20
+            )));
+        }
+        String::from_utf8(bytes).map_err(|e| ApiError::Other(format!("response is not UTF-8: {e}")))
     }
 }
 
@@ -362,6 +378,9 @@ impl ClusterAccess for KubeCluster {
         })
     }
 }
+
+/// Largest response a guest's call may return, in bytes.
+const MAX_RESPONSE_BYTES: usize = 8 << 20;
 
 /// What a request is about, for the policy.
 struct Target {
@@ -596,6 +615,13 @@ mod tests {
                             "resources": [{"name": "pods", "singularName": "pod",
                                 "namespaced": true, "kind": "Pod",
                                 "verbs": ["get", "list", "create", "patch", "delete"]}]}),
+                    )
+                } else if target.contains("labelSelector=size%3Dhuge") {
+                    // One byte more than a guest may get back.
+                    let padding = "x".repeat(MAX_RESPONSE_BYTES - 30);
+                    (
+                        200,
+                        serde_json::json!({"kind": "PodList", "items": [], "p": padding}),
                     )
                 } else if path.starts_with("/api/v1/namespaces/") && path.contains("/pods") {
                     (
@@ -869,6 +895,26 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert!(f.seen.lock().unwrap().is_empty(), "{:?}", f.seen);
+    }
+
+    #[test]
+    fn a_response_past_the_bound_is_an_error_not_a_copy() {
+        let f = fixture(PODS, Duration::from_secs(5));
+        let list = |selector: &str| ClusterRequest::List {
+            api_version: "v1".into(),
+            kind: "Pod".into(),
+            namespace: Some("ns".into()),
+            options: ListOptions {
+                label_selector: Some(selector.into()),
+                field_selector: None,
+                limit: None,
+            },
+        };
+        match f.cluster.call(&f.caller, list("size=huge")) {
+            Err(ApiError::Other(m)) => assert!(m.contains("larger than 8 MiB"), "{m}"),
+            other => panic!("{:?}", other.map(|t| t.len())),
+        }
+        assert!(f.cluster.call(&f.caller, list("size=small")).is_ok());
     }
 
     #[test]
