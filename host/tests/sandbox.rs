@@ -120,8 +120,15 @@ fn every_fault_is_contained_and_the_next_event_is_served() {
         ("memory", Some(TrapKind::Memory)),
         ("error", None),
     ];
+    // A time limit well above what hoarding 64 MiB takes on a loaded machine, so `memory` hits
+    // the memory limit first (with 200 ms it once hit the deadline under a parallel CI run).
+    let limits = Limits {
+        call_timeout: Duration::from_secs(1),
+        crash_loop_threshold: 1000,
+        ..Limits::default()
+    };
     for mode in [Mode::Classname, Mode::Reference] {
-        let faulty = load(&rt, "faulty", mode);
+        let faulty = Arc::new(Listener::load(&rt, &spec("faulty", mode, limits.clone())).unwrap());
         let chain = Chain::new(vec![faulty.clone()]);
         for (fault, trap) in faults {
             let report = chain.dispatch(&event(EventKind::Create, fault, Some(fault)));
@@ -634,24 +641,27 @@ fn error_export_calls_are_counted_and_their_failures_logged() {
         .build()
         .unwrap();
     let _log = tracing::subscriber::set_default(subscriber);
+    let slot = Arc::new(kubelisten::dispatch::ChainSlot::new(chain));
     tokio.block_on(async {
-        let dispatcher = Dispatcher {
-            metrics: metrics.clone(),
-            ..test_dispatcher(Arc::new(kubelisten::dispatch::ChainSlot::new(chain)))
-        };
-        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        // One run per error: errors that arrive while one is handled are merged (see
+        // `only_the_latest_watch_error_waits_while_one_is_handled`).
         for message in ["fault=error", "fault=panic", "too old resource version"] {
+            let dispatcher = Dispatcher {
+                metrics: metrics.clone(),
+                ..test_dispatcher(slot.clone())
+            };
+            let (tx, rx) = tokio::sync::mpsc::channel(16);
             let error = WatchErrorInfo {
                 code: 410,
                 reason: "Expired".into(),
                 message: message.into(),
             };
             tx.send(WatchOutput::Error(error)).await.unwrap();
+            drop(tx);
+            dispatcher
+                .run(rx, tokio_util::sync::CancellationToken::new())
+                .await;
         }
-        drop(tx);
-        dispatcher
-            .run(rx, tokio_util::sync::CancellationToken::new())
-            .await;
     });
     let text = metrics.encode();
     for (listener, outcome, count) in [
@@ -759,6 +769,67 @@ fn a_dispatch_task_that_panics_does_not_hold_up_its_objects_next_events() {
         "{:?}",
         attempts[0].report.calls
     );
+}
+
+#[test]
+fn only_the_latest_watch_error_waits_while_one_is_handled() {
+    use kubelisten::dispatch::dispatcher::{Dispatcher, DispatcherConfig};
+    use kubelisten::event::WatchErrorInfo;
+    use kubelisten::watch::watcher::WatchOutput;
+    let (rt, _capture, _cache) = runtime();
+    let limits = Limits {
+        call_timeout: Duration::from_secs(5),
+        ..Limits::default()
+    };
+    let faulty = Listener::load(&rt, &spec("faulty", Mode::Classname, limits)).unwrap();
+    let chain = Chain::new(vec![Arc::new(faulty)]);
+    let metrics = Arc::new(kubelisten::metrics::Metrics::default());
+    let tokio = tokio::runtime::Runtime::new().unwrap();
+    let attempts = tokio.block_on(async {
+        let (observer, mut attempts) = tokio::sync::mpsc::unbounded_channel();
+        let dispatcher = Dispatcher {
+            metrics: metrics.clone(),
+            observer: Some(observer),
+            // One worker: the event below is not held up by the error calls.
+            config: DispatcherConfig {
+                workers: 1,
+                ..DispatcherConfig::default()
+            },
+            ..test_dispatcher(Arc::new(kubelisten::dispatch::ChainSlot::new(chain)))
+        };
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        // The first error's `error` call takes 150 ms (`fault=nap`); the three after it arrive
+        // meanwhile, and only the last of them is passed on after it.
+        for message in ["fault=nap 1", "fault=nap 2", "fault=nap 3", "the last"] {
+            let error = WatchErrorInfo {
+                code: 500,
+                reason: "InternalError".into(),
+                message: message.into(),
+            };
+            tx.send(WatchOutput::Error(error)).await.unwrap();
+        }
+        let created = event(EventKind::Create, "a", None);
+        tx.send(WatchOutput::Event(Arc::new(created)))
+            .await
+            .unwrap();
+        drop(tx);
+        dispatcher
+            .run(rx, tokio_util::sync::CancellationToken::new())
+            .await;
+        let mut seen = Vec::new();
+        while let Ok(attempt) = attempts.try_recv() {
+            seen.push(attempt);
+        }
+        seen
+    });
+    assert_eq!(attempts.len(), 1, "the event was handled");
+    let text = metrics.encode();
+    for series in [
+        "kubelisten_events_total{watch=\"w\",kind=\"error\"} 4",
+        "kubelisten_listener_calls_total{listener=\"faulty\",export=\"error\",outcome=\"ok\"} 2",
+    ] {
+        assert!(text.contains(series), "{series} missing in:\n{text}");
+    }
 }
 
 /// The `faulty` guest (classname), backed off for `backoff` after every trap.

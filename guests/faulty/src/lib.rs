@@ -111,6 +111,9 @@ impl Guest for Faulty {
                 err.reason
             ));
         }
+        if err.message.contains("fault=nap") {
+            std::thread::sleep(std::time::Duration::from_millis(150));
+        }
         Ok(())
     }
 

@@ -181,6 +181,11 @@ impl Dispatcher {
         // aborted still hands its key back (its `JoinError` carries only the id), so the
         // object's later events are not stuck behind it. Watch-error tasks hold no key.
         let mut keys: HashMap<tokio::task::Id, String> = HashMap::new();
+        // Watch errors go to the listeners' `error` export one at a time, outside the event
+        // workers; while one is being handled, only the latest of those that arrive waits (a
+        // flapping API server must not pile up calls, nor take the workers from events).
+        let mut error_call: JoinSet<()> = JoinSet::new();
+        let mut next_error: Option<crate::event::WatchErrorInfo> = None;
         let mut rx_open = true;
         let mut draining = false;
         self.state
@@ -214,7 +219,12 @@ impl Dispatcher {
                 keys.insert(task.id(), key);
             }
             depth.set(i64::try_from(queues.queued).unwrap_or(i64::MAX));
-            if !rx_open && tasks.is_empty() && queues.queued == 0 {
+            if error_call.is_empty() {
+                if let Some(error) = next_error.take() {
+                    error_call.spawn(self.error_call(error));
+                }
+            }
+            if !rx_open && tasks.is_empty() && queues.queued == 0 && error_call.is_empty() {
                 break;
             }
             tokio::select! {
@@ -236,6 +246,11 @@ impl Dispatcher {
                         queues.done(key);
                     }
                 }
+                Some(done) = error_call.join_next(), if !error_call.is_empty() => {
+                    if let Err(err) = done {
+                        tracing::error!(watch = %self.watch, error = %err, "error dispatch failed");
+                    }
+                }
                 out = rx.recv(), if rx_open && queues.queued < capacity => match out {
                     None => rx_open = false,
                     Some(WatchOutput::Event(event)) => {
@@ -253,27 +268,39 @@ impl Dispatcher {
                     }
                     Some(WatchOutput::Error(error)) => {
                         errors.inc();
-                        let chain = self.chain.get();
-                        let watch = self.watch.clone();
-                        let metrics = self.metrics.clone();
-                        tasks.spawn(async move {
-                            let watch_ = watch.clone();
-                            let records = tokio::task::spawn_blocking(move || chain.dispatch_error(&error, &watch_)).await;
-                            match records {
-                                Ok(calls) => {
-                                    count(&metrics, &calls);
-                                    // Skipped: the listener is backed off (not a failure of the call).
-                                    for call in calls.iter().filter(|c| {
-                                        !c.outcome.is_ok() && !matches!(c.outcome, crate::runtime::Outcome::Skipped(_))
-                                    }) {
-                                        tracing::warn!(watch = %watch, listener = %call.listener, outcome = call.outcome.label(), error = call.outcome.message(), "listener error export failed");
-                                    }
-                                }
-                                Err(err) => tracing::error!(error = %err, "error dispatch failed"),
-                            }
-                        });
+                        if let Some(replaced) = next_error.replace(error) {
+                            tracing::debug!(watch = %self.watch, error = %replaced.message, "watch error superseded by a later one before the listeners saw it");
+                        }
                     }
                 },
+            }
+        }
+    }
+
+    /// Passes a watch error to the chain's `error` exports, on the blocking pool.
+    fn error_call(
+        &self,
+        error: crate::event::WatchErrorInfo,
+    ) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let chain = self.chain.get();
+        let watch = self.watch.clone();
+        let metrics = self.metrics.clone();
+        async move {
+            let watch_ = watch.clone();
+            let records =
+                tokio::task::spawn_blocking(move || chain.dispatch_error(&error, &watch_)).await;
+            match records {
+                Ok(calls) => {
+                    count(&metrics, &calls);
+                    // Skipped: the listener is backed off (not a failure of the call).
+                    for call in calls.iter().filter(|c| {
+                        !c.outcome.is_ok()
+                            && !matches!(c.outcome, crate::runtime::Outcome::Skipped(_))
+                    }) {
+                        tracing::warn!(watch = %watch, listener = %call.listener, outcome = call.outcome.label(), error = call.outcome.message(), "listener error export failed");
+                    }
+                }
+                Err(err) => tracing::error!(error = %err, "error dispatch failed"),
             }
         }
     }
