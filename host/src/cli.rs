@@ -95,11 +95,11 @@ pub enum Command {
         #[arg(long, env = "KUBELISTEN_FAIL_ON_ERROR")]
         fail_on_error: bool,
         /// Per-call time limit in milliseconds.
-        #[arg(long, env = "KUBELISTEN_CALL_TIMEOUT_MS")]
+        #[arg(long, env = "KUBELISTEN_CALL_TIMEOUT_MS", value_parser = clap::value_parser!(u64).range(1..))]
         call_timeout_ms: Option<u64>,
-        /// Per-instance memory limit in MiB.
-        #[arg(long, env = "KUBELISTEN_MEMORY_MIB")]
-        memory_mib: Option<usize>,
+        /// Per-instance memory limit in MiB (1-4096).
+        #[arg(long, env = "KUBELISTEN_MEMORY_MIB", value_parser = clap::value_parser!(u32).range(1..=4096))]
+        memory_mib: Option<u32>,
         /// Events file (`kubectl get -w --output-watch-events -o json`); `-` reads stdin.
         events: PathBuf,
     },
@@ -226,11 +226,12 @@ pub struct RunArgs {
 #[group(multiple = true, requires = "listeners", conflicts_with_all = ["config", "modules_configmap"])]
 pub struct LimitFlags {
     /// Per-call time limit in milliseconds for listeners given with --listener.
-    #[arg(long, env = "KUBELISTEN_CALL_TIMEOUT_MS")]
+    #[arg(long, env = "KUBELISTEN_CALL_TIMEOUT_MS", value_parser = clap::value_parser!(u64).range(1..))]
     pub call_timeout_ms: Option<u64>,
-    /// Per-instance memory limit in MiB for listeners given with --listener.
-    #[arg(long, env = "KUBELISTEN_MEMORY_MIB")]
-    pub memory_mib: Option<usize>,
+    /// Per-instance memory limit in MiB for listeners given with --listener (1-4096: a 32-bit
+    /// wasm memory holds at most 4 GiB).
+    #[arg(long, env = "KUBELISTEN_MEMORY_MIB", value_parser = clap::value_parser!(u32).range(1..=4096))]
+    pub memory_mib: Option<u32>,
     /// Consecutive traps after which a listener given with --listener is backed off
     /// (crash-loop protection; default 5).
     #[arg(
@@ -265,7 +266,7 @@ impl LimitFlags {
             limits.call_timeout = Duration::from_millis(ms);
         }
         if let Some(mib) = self.memory_mib {
-            limits.memory_bytes = mib << 20;
+            limits.memory_bytes = usize::try_from(u64::from(mib) << 20).unwrap_or(usize::MAX);
         }
         if let Some(threshold) = self.crash_loop_threshold {
             limits.crash_loop_threshold = threshold;
@@ -303,6 +304,26 @@ mod tests {
         );
         let err = parse(&["--pool-instances", "0", "check", "a.wasm"]).expect_err("0 instances");
         assert!(err.to_string().contains("pool-instances"), "{err}");
+    }
+
+    #[test]
+    fn limit_flags_that_cannot_work_are_errors() {
+        let replay =
+            |flag: &str, value: &str| parse(&["replay", "-l", "a.wasm", flag, value, "e.json"]);
+        for (flag, value) in [
+            ("--memory-mib", "0"),
+            ("--memory-mib", "4097"),
+            ("--call-timeout-ms", "0"),
+        ] {
+            let err = replay(flag, value).expect_err(flag);
+            assert!(err.to_string().contains(flag), "{flag} {value}: {err}");
+        }
+        assert!(replay("--memory-mib", "4096").is_ok());
+        let run = |flag: &str| parse(&["run", "--crd", "c.yaml", "-l", "a.wasm", flag, "0"]);
+        for flag in ["--memory-mib", "--call-timeout-ms"] {
+            let err = run(flag).expect_err(flag);
+            assert!(err.to_string().contains(flag), "{flag}: {err}");
+        }
     }
 
     #[test]

@@ -547,6 +547,9 @@ impl Validator<'_> {
         if let Err(message) = crate::runtime::check_listener_name(&name) {
             return self.fail(at, message);
         }
+        if let Some((key, problem)) = raw.limits.problem() {
+            return self.fail(&at.key("limits").key(key), problem);
+        }
         Ok(ListenerSpec {
             name,
             path: self.base.join(&raw.module),
@@ -1155,6 +1158,22 @@ watches:
         assert_err(
             "watches:\n  - name: a\n    crd: c.yaml\n    listeners: [{module: \"dir/x y.wasm\"}]\n",
             &["listener name \"x y\" is not valid"],
+        );
+    }
+
+    #[test]
+    fn limits_that_cannot_work_are_errors_with_their_position() {
+        assert_err(
+            "watches:\n  - name: a\n    crd: c.yaml\n    listeners: [{module: x.wasm, limits: {memory-bytes: 0}}]\n",
+            &[
+                "watches[0].listeners[0].limits.memory-bytes",
+                "must be at least 65536",
+                ":4:",
+            ],
+        );
+        assert_err(
+            "watches:\n  - name: a\n    crd: c.yaml\n    listeners: [{module: x.wasm, limits: {crash-loop-backoff: 5000, crash-loop-backoff-max: 10}}]\n",
+            &["limits.crash-loop-backoff-max", "must not be shorter than crash-loop-backoff (5000 ms)"],
         );
     }
 

@@ -275,6 +275,23 @@ fn chain_rolls_back_in_reverse_order_and_shares_chain_state() {
 }
 
 #[test]
+fn a_listener_whose_limits_cannot_work_is_not_loaded() {
+    let (rt, _capture, _cache) = runtime();
+    let limits = Limits {
+        instances: 0,
+        ..Limits::default()
+    };
+    // The same check covers the config file, the flags and a modules ConfigMap's entries.
+    let Err(err) = Listener::load(&rt, &spec("noop", Mode::Classname, limits)) else {
+        panic!("loaded with limits that cannot work");
+    };
+    assert_eq!(
+        err.to_string(),
+        "listener noop: limits.instances must be at least 1"
+    );
+}
+
+#[test]
 fn check_accepts_listeners_and_names_what_is_wrong() {
     let (rt, _capture, cache) = runtime();
     for name in [

@@ -53,6 +53,43 @@ impl Default for Limits {
     }
 }
 
+impl Limits {
+    /// The first limit that cannot work, as its config key and what is wrong: a zero time limit
+    /// or memory (every call or instantiation would fail), no crash-loop threshold or backoff,
+    /// or a longest backoff shorter than the first.
+    pub fn problem(&self) -> Option<(&'static str, String)> {
+        const PAGE: usize = 64 << 10;
+        if self.call_timeout.is_zero() {
+            return Some(("call-timeout", "must be at least 1 (ms)".into()));
+        }
+        if self.memory_bytes < PAGE {
+            return Some((
+                "memory-bytes",
+                format!("must be at least {PAGE} (one wasm page)"),
+            ));
+        }
+        if self.instances == 0 {
+            return Some(("instances", "must be at least 1".into()));
+        }
+        if self.crash_loop_threshold == 0 {
+            return Some(("crash-loop-threshold", "must be at least 1".into()));
+        }
+        if self.crash_loop_backoff.is_zero() {
+            return Some(("crash-loop-backoff", "must be at least 1 (ms)".into()));
+        }
+        if self.crash_loop_backoff_max < self.crash_loop_backoff {
+            return Some((
+                "crash-loop-backoff-max",
+                format!(
+                    "must not be shorter than crash-loop-backoff ({} ms)",
+                    self.crash_loop_backoff.as_millis()
+                ),
+            ));
+        }
+        None
+    }
+}
+
 mod millis {
     use std::time::Duration;
 
@@ -229,5 +266,57 @@ mod tests {
         assert!(l.table_growing(0, 600, None).unwrap());
         assert!(l.table_growing(0, 600, None).is_err());
         assert_eq!(l.exceeded, Some("table"));
+    }
+
+    #[test]
+    fn limits_that_cannot_work_are_named() {
+        assert_eq!(Limits::default().problem(), None);
+        let cases = [
+            (
+                "call-timeout",
+                Limits {
+                    call_timeout: Duration::ZERO,
+                    ..Limits::default()
+                },
+            ),
+            (
+                "memory-bytes",
+                Limits {
+                    memory_bytes: 0,
+                    ..Limits::default()
+                },
+            ),
+            (
+                "instances",
+                Limits {
+                    instances: 0,
+                    ..Limits::default()
+                },
+            ),
+            (
+                "crash-loop-threshold",
+                Limits {
+                    crash_loop_threshold: 0,
+                    ..Limits::default()
+                },
+            ),
+            (
+                "crash-loop-backoff",
+                Limits {
+                    crash_loop_backoff: Duration::ZERO,
+                    ..Limits::default()
+                },
+            ),
+            (
+                "crash-loop-backoff-max",
+                Limits {
+                    crash_loop_backoff_max: Duration::from_millis(10),
+                    ..Limits::default()
+                },
+            ),
+        ];
+        for (key, limits) in cases {
+            assert_eq!(limits.problem().map(|(k, _)| k), Some(key));
+        }
     }
 }

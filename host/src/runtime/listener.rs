@@ -383,8 +383,16 @@ impl Listener {
     /// Like [`Listener::load`] from bytes already in memory; `spec.path` is only informative.
     ///
     /// # Errors
-    /// [`Error::CheckFailed`] naming what is wrong with the module.
+    /// [`Error::BadLimits`] naming a limit that cannot work, or [`Error::CheckFailed`] naming
+    /// what is wrong with the module.
     pub fn from_bytes(runtime: &Runtime, spec: &ListenerSpec, bytes: &[u8]) -> Result<Self> {
+        if let Some((key, problem)) = spec.limits.problem() {
+            return Err(Error::BadLimits {
+                listener: spec.name.clone(),
+                key,
+                problem,
+            });
+        }
         let checked = check::prepare(runtime, bytes).map_err(|problems| Error::CheckFailed {
             listener: spec.name.clone(),
             problems,

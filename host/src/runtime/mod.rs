@@ -53,6 +53,16 @@ pub enum Error {
         /// What is wrong, one problem per line.
         problems: check::Problems,
     },
+    /// A listener's limits cannot work ([`Limits::problem`]).
+    #[error("listener {listener}: limits.{key} {problem}")]
+    BadLimits {
+        /// The listener name.
+        listener: String,
+        /// The config key of the limit.
+        key: &'static str,
+        /// What is wrong with it.
+        problem: String,
+    },
     /// A listener spec given on the command line or in a file is malformed.
     #[error("bad listener spec {spec:?}: {reason}")]
     BadSpec {
