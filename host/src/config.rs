@@ -572,6 +572,24 @@ pub(crate) mod yaml {
 
     use super::{Position, Problem};
 
+    /// Appends the segments of a key that `serde_ignored` reports as skipped.
+    fn ignored_path(path: &serde_ignored::Path<'_>, out: &mut Vec<Segment>) {
+        match path {
+            serde_ignored::Path::Root => {}
+            serde_ignored::Path::Seq { parent, index } => {
+                ignored_path(parent, out);
+                out.push(Segment::Index(*index));
+            }
+            serde_ignored::Path::Map { parent, key } => {
+                ignored_path(parent, out);
+                out.push(Segment::Key(key.clone()));
+            }
+            serde_ignored::Path::Some { parent }
+            | serde_ignored::Path::NewtypeStruct { parent }
+            | serde_ignored::Path::NewtypeVariant { parent } => ignored_path(parent, out),
+        }
+    }
+
     /// One step of a [`KeyPath`].
     #[derive(Debug, Clone, PartialEq, Eq)]
     enum Segment {
@@ -714,6 +732,36 @@ pub(crate) mod yaml {
                     message,
                 }
             })
+        }
+
+        /// Like [`Document::deserialize`] for a type that skips keys it does not know (as
+        /// k8s-openapi's do): such a key is an error at its position, `what` naming the type
+        /// (as `kubectl apply`'s strict validation would refuse it).
+        pub(crate) fn deserialize_strict<T: DeserializeOwned>(
+            &self,
+            what: &str,
+        ) -> Result<T, Problem> {
+            let value = self.deserialize::<T>()?;
+            let mut unknown: Option<KeyPath> = None;
+            let _ = serde_saphyr::with_deserializer_from_str(self.text, |de| {
+                serde_ignored::deserialize::<_, _, T>(de, |path| {
+                    if unknown.is_none() {
+                        let mut segments = Vec::new();
+                        ignored_path(&path, &mut segments);
+                        unknown = Some(KeyPath(segments));
+                    }
+                })
+            });
+            match unknown {
+                None => Ok(value),
+                Some(path) => {
+                    let key = match path.0.last() {
+                        Some(Segment::Key(key)) => key.clone(),
+                        _ => path.to_string(),
+                    };
+                    Err(self.problem(&path, format!("unknown field `{key}` in {what}")))
+                }
+            }
         }
 
         /// Where `path` is: the position of its deepest node that exists.

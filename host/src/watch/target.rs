@@ -443,7 +443,9 @@ fn parse_crd(text: &str, file: &Path) -> std::result::Result<CustomResourceDefin
         }
     };
     let mut crd = match api_version.as_str() {
-        CRD_V1 => doc.deserialize::<CustomResourceDefinition>()?,
+        CRD_V1 => doc.deserialize_strict::<CustomResourceDefinition>(
+            "a v1 CustomResourceDefinition (Kubernetes 1.34): it would be dropped",
+        )?,
         CRD_V1BETA1 => convert_v1beta1(&doc, doc.deserialize::<V1beta1Crd>()?)?,
         other => {
             return Err(doc.problem(
@@ -991,6 +993,19 @@ spec:
         assert_err(
             &beta("  versions:\n    - {name: v1, served: true}\n"),
             &["spec.versions[0]: missing field `storage`"],
+        );
+        // v1: a key k8s-openapi would skip is an error at its position, as for v1beta1.
+        let v1 = |extra: &str| {
+            format!("apiVersion: apiextensions.k8s.io/v1\nkind: CustomResourceDefinition\nspec:\n  group: e.com\n  names: {{kind: T, plural: ts}}\n  scope: Namespaced\n  versions:\n    - name: v1\n      served: true\n      storage: true\n{extra}")
+        };
+        assert!(parse(&v1("      subresources: {status: {}}\n")).is_ok());
+        assert_err(
+            &v1("      subresource: {status: {}}\n"),
+            &["crd.yaml:11:", "spec.versions[0].subresource: unknown field `subresource` in a v1 CustomResourceDefinition"],
+        );
+        assert_err(
+            &v1("      additionalPrinterColums: []\n"),
+            &["unknown field `additionalPrinterColums`"],
         );
         // Two CRDs.
         let one = "apiVersion: apiextensions.k8s.io/v1beta1\nkind: CustomResourceDefinition\nspec:\n  group: e.com\n  names: {kind: T, plural: ts}\n  version: v1\n";
