@@ -292,6 +292,37 @@ fn a_listener_whose_limits_cannot_work_is_not_loaded() {
 }
 
 #[test]
+fn the_memory_cache_of_compiled_modules_is_bounded() {
+    let rt = kubelisten::Runtime::new(kubelisten::RuntimeConfig {
+        cache_dir: None,
+        ..kubelisten::RuntimeConfig::default()
+    })
+    .unwrap();
+    // Components of another world: compiled (and cached) before the world check refuses them,
+    // as every version a modules ConfigMap ever held would be.
+    let module = |i: usize| {
+        wat::parse_str(format!(
+            r#"(component (core module $m (func (export "f{i}"))) (core instance (instantiate $m)))"#
+        ))
+        .unwrap()
+    };
+    let load = |i: usize| {
+        let spec = spec("noop", Mode::Classname, Limits::default());
+        assert!(Listener::from_bytes(&rt, &spec, &module(i)).is_err());
+    };
+    for i in 0..100 {
+        load(i);
+    }
+    assert_eq!(rt.memory_cache_len(), 64);
+    // The newest are still in memory; the oldest were dropped (and are compiled again).
+    let hits = rt.cache_hits();
+    load(99);
+    assert_eq!(rt.cache_hits(), hits + 1);
+    load(0);
+    assert_eq!(rt.cache_hits(), hits + 1);
+}
+
+#[test]
 fn check_accepts_listeners_and_names_what_is_wrong() {
     let (rt, _capture, cache) = runtime();
     for name in [

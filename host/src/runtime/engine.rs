@@ -76,8 +76,9 @@ struct Inner {
     stop_ticker: Arc<AtomicBool>,
     /// Modules loaded from the disk or memory cache instead of being compiled.
     cache_hits: std::sync::atomic::AtomicU64,
-    /// Compiled components by digest, so loading a module again (a swap back) is immediate.
-    compiled: std::sync::Mutex<std::collections::HashMap<String, Component>>,
+    /// The components compiled or loaded last, by digest, least recently used first, so loading a
+    /// module again (a swap back) is immediate (see [`MEMORY_CACHE_ENTRIES`]).
+    compiled: std::sync::Mutex<Vec<(String, Component)>>,
     /// Prewarmed spare instances alive now (see [`Runtime::reserve_spare`]).
     spares: AtomicU32,
     /// How many spares may be alive at once.
@@ -193,13 +194,33 @@ impl Runtime {
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
         };
-        if let Some(component) = memory().get(&digest) {
-            self.0.cache_hits.fetch_add(1, Ordering::Relaxed);
-            return Ok((component.clone(), digest));
+        {
+            let mut memory = memory();
+            if let Some(at) = memory.iter().position(|(d, _)| *d == digest) {
+                let entry = memory.remove(at);
+                let component = entry.1.clone();
+                memory.push(entry);
+                self.0.cache_hits.fetch_add(1, Ordering::Relaxed);
+                return Ok((component, digest));
+            }
         }
         let component = self.compile_uncached(bytes, &digest)?;
-        memory().insert(digest.clone(), component.clone());
+        let mut memory = memory();
+        memory.push((digest.clone(), component.clone()));
+        if memory.len() > MEMORY_CACHE_ENTRIES {
+            // A running listener keeps its own handle: only the cache's is dropped.
+            memory.remove(0);
+        }
         Ok((component, digest))
+    }
+
+    /// How many compiled components the memory cache holds.
+    pub fn memory_cache_len(&self) -> usize {
+        self.0
+            .compiled
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .len()
     }
 
     fn compile_uncached(&self, bytes: &[u8], digest: &str) -> wasmtime::Result<Component> {
@@ -243,6 +264,11 @@ impl Runtime {
         format!("{:016x}", hasher.finish())
     }
 }
+
+/// Compiled components kept in memory besides the ones in use: enough for every listener of a
+/// large configuration to be loaded again at once (a hot swap back), without keeping every
+/// version a ConfigMap ever held. Older ones are loaded again from the disk cache.
+const MEMORY_CACHE_ENTRIES: usize = 64;
 
 /// Room for one prewarmed spare instance, held while the spare exists
 /// ([`Runtime::reserve_spare`]).
