@@ -478,19 +478,19 @@ pub async fn run(
         metrics.leader.set(1);
     }
 
-    let result = match start(
-        client,
-        runtime,
-        config,
-        settings,
-        None,
-        metrics.clone(),
-        cluster,
-    )
-    .await
-    {
-        Err(err) => Err(err),
-        Ok(mut running) => {
+    // A stop while the watches are being set up (CRDs registered, modules compiled, targets
+    // resolved) ends the run there: nothing has been dispatched yet.
+    let started = tokio::select! {
+        started = start(client, runtime, config, settings, None, metrics.clone(), cluster) => Some(started),
+        () = &mut shutdown => None,
+    };
+    let result = match started {
+        None => {
+            tracing::info!("shutting down before the watches started");
+            Ok(())
+        }
+        Some(Err(err)) => Err(err),
+        Some(Ok(mut running)) => {
             server.set_watches(running.entries());
             let drain_leader = elector.is_some().then(|| leader_rx.clone());
             tokio::select! {
@@ -576,6 +576,46 @@ mod tests {
             aborted.load(Ordering::SeqCst),
             "the in-flight event was aborted"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stop_while_the_watches_are_set_up_ends_the_run() {
+        // An API server that accepts connections and never answers: setting up the watch
+        // (discovery of its kind) waits for good.
+        let server = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", server.local_addr().unwrap());
+        let _held = tokio::spawn(async move {
+            let mut open = Vec::new();
+            while let Ok((connection, _)) = server.accept().await {
+                open.push(connection);
+            }
+        });
+        let client = kube::Client::try_from(kube::Config::new(url.parse().unwrap())).unwrap();
+        let config = crate::config::parse(
+            "watches:\n  - name: cms\n    apiVersion: v1\n    kind: ConfigMap\n    listeners: [{module: x.wasm}]\n",
+            std::path::Path::new("k.yaml"),
+        )
+        .unwrap();
+        let runtime = Runtime::new(crate::runtime::RuntimeConfig {
+            cache_dir: None,
+            ..Default::default()
+        })
+        .unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let settings = RunSettings::default();
+        let run = run(client, &runtime, &config, &settings, None, async move {
+            let _ = stopped.await;
+        });
+        tokio::pin!(run);
+        // The set-up is under way (and stuck) ...
+        assert!(tokio::time::timeout(Duration::from_secs(5), &mut run)
+            .await
+            .is_err());
+        // ... and a stop ends the run at once. The clock is paused: it jumps ahead whenever
+        // everything waits, so the hour passes at once if the run never ends.
+        stop.send(()).unwrap();
+        let ended = tokio::time::timeout(Duration::from_secs(3600), run).await;
+        assert!(matches!(ended, Ok(Ok(()))), "{ended:?}");
     }
 
     #[tokio::test(start_paused = true)]

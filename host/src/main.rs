@@ -311,26 +311,44 @@ async fn config_from_configmap(
     Ok(kubelisten::hotswap::source::parse_config(text)?)
 }
 
-/// Resolves on SIGTERM or SIGINT.
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
+/// Resolves on SIGTERM or SIGINT. The handlers are installed at once (not when first polled):
+/// a signal while the watches are being set up is not lost to the default action, it stops the
+/// run gracefully.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
     {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = ctrl_c => {}
-                    _ = term.recv() => {}
+        use tokio::signal::unix::{signal, SignalKind};
+        let term = signal(SignalKind::terminate());
+        let int = signal(SignalKind::interrupt());
+        async move {
+            match (term, int) {
+                (Ok(mut term), Ok(mut int)) => {
+                    tokio::select! {
+                        _ = term.recv() => {}
+                        _ = int.recv() => {}
+                    }
                 }
-            }
-            Err(err) => {
-                tracing::warn!(error = %err, "cannot listen for SIGTERM; only SIGINT stops kubelisten");
-                let _ = ctrl_c.await;
+                (term, int) => {
+                    tracing::warn!(
+                        sigterm = term.is_ok(),
+                        sigint = int.is_ok(),
+                        "cannot listen for every stop signal"
+                    );
+                    if let Ok(mut term) = term {
+                        term.recv().await;
+                    } else if let Ok(mut int) = int {
+                        int.recv().await;
+                    } else {
+                        let _ = tokio::signal::ctrl_c().await;
+                    }
+                }
             }
         }
     }
     #[cfg(not(unix))]
-    let _ = ctrl_c.await;
+    async {
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }
 
 fn read_input(path: &std::path::Path) -> anyhow::Result<String> {
