@@ -195,6 +195,21 @@ impl KubeCluster {
         self.take_token(caller, access).await?;
         let target = Target::of(&request, caller)?;
         let what = target.verb.as_str();
+        // Events are written through `record-event` only, which names the listener as their
+        // reporting controller: one created or applied directly could pass for the host's own
+        // failure Warnings, or for any other controller's.
+        if matches!(
+            request,
+            ClusterRequest::Create(_) | ClusterRequest::Apply(_)
+        ) && target.kind == "Event"
+            && matches!(
+                target.api_version.as_str(),
+                "v1" | "events.k8s.io/v1" | "events.k8s.io/v1beta1"
+            )
+        {
+            let message = "Events are recorded with record-event (reporting controller kubelisten/<listener>), not created directly".to_string();
+            return Err(self.deny(caller, what, message));
+        }
         let group = target.api_version.rsplit_once('/').map_or("", |(g, _)| g);
         // Policy before anything leaves the host: first what is known without discovery...
         let pre = Access {
@@ -915,6 +930,27 @@ mod tests {
             other => panic!("{:?}", other.map(|t| t.len())),
         }
         assert!(f.cluster.call(&f.caller, list("size=small")).is_ok());
+    }
+
+    #[test]
+    fn events_cannot_be_created_directly_to_pass_for_another_controller() {
+        // PODS grants `create` on every resource.
+        let f = fixture(PODS, Duration::from_secs(5));
+        for (api_version, verb) in [("events.k8s.io/v1", "create"), ("v1", "apply")] {
+            let object = format!(
+                r#"{{"apiVersion":"{api_version}","kind":"Event","metadata":{{"name":"e"}},"reportingController":"kubelisten","reason":"FaultyTrapped"}}"#
+            );
+            let request = if verb == "create" {
+                ClusterRequest::Create(object)
+            } else {
+                ClusterRequest::Apply(object)
+            };
+            match f.cluster.call(&f.caller, request) {
+                Err(ApiError::ForbiddenByPolicy(m)) => assert!(m.contains("record-event"), "{m}"),
+                other => panic!("{api_version} {verb}: {other:?}"),
+            }
+        }
+        assert!(f.seen.lock().unwrap().is_empty(), "{:?}", f.seen);
     }
 
     #[test]
