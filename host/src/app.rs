@@ -480,6 +480,7 @@ pub async fn run(
 
     // A stop while the watches are being set up (CRDs registered, modules compiled, targets
     // resolved) ends the run there: nothing has been dispatched yet.
+    let calls = cluster.clone();
     let started = tokio::select! {
         started = start(client, runtime, config, settings, None, metrics.clone(), cluster) => Some(started),
         () = &mut shutdown => None,
@@ -515,6 +516,11 @@ pub async fn run(
             }
         }
     };
+    // Guest calls still running (the grace ran out, the leadership was lost) may finish, but
+    // not act on the cluster once the lock is released.
+    if let Some(calls) = &calls {
+        calls.stop_calls();
+    }
     election.cancel();
     if let Some(elector) = elector {
         let _ = elector.await;

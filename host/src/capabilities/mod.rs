@@ -63,6 +63,8 @@ pub struct KubeCluster {
     timeout: Duration,
     recorder: events::EventRecorder,
     metrics: OnceLock<Arc<Metrics>>,
+    /// Set when this process must not write to the cluster any more ([`KubeCluster::stop_calls`]).
+    stopped: tokio_util::sync::CancellationToken,
 }
 
 impl KubeCluster {
@@ -95,7 +97,16 @@ impl KubeCluster {
             discovered: Mutex::new(HashMap::new()),
             timeout,
             metrics: OnceLock::new(),
+            stopped: tokio_util::sync::CancellationToken::new(),
         })
+    }
+
+    /// Refuses every cluster call from now on and cancels those in flight (a request already
+    /// sent may still be applied). For when the process stops dispatching with guest calls still
+    /// running (leadership lost, the shutdown grace over): those calls may finish their own work
+    /// within their limits, but no longer act on the cluster alongside the new leader.
+    pub fn stop_calls(&self) {
+        self.stopped.cancel();
     }
 
     /// Counts policy denials into `metrics` (`kubelisten_cluster_calls_denied_total{listener}`)
@@ -385,10 +396,22 @@ impl ClusterAccess for KubeCluster {
         let limit = caller
             .time_left
             .map_or(self.timeout * 2, |left| left.min(self.timeout * 2));
+        let stopping = || {
+            ApiError::Other(
+                "kubelisten has stopped dispatching (leadership lost or shutdown): no more cluster calls"
+                    .into(),
+            )
+        };
+        if self.stopped.is_cancelled() {
+            return Err(stopping());
+        }
         self.handle.block_on(async {
-            match tokio::time::timeout(limit, self.perform(caller, &access, request)).await {
-                Ok(result) => result,
-                Err(_) => Err(ApiError::Timeout(format!("no answer within {limit:?}"))),
+            tokio::select! {
+                timed = tokio::time::timeout(limit, self.perform(caller, &access, request)) => match timed {
+                    Ok(result) => result,
+                    Err(_) => Err(ApiError::Timeout(format!("no answer within {limit:?}"))),
+                },
+                () = self.stopped.cancelled() => Err(stopping()),
             }
         })
     }
@@ -951,6 +974,35 @@ mod tests {
             }
         }
         assert!(f.seen.lock().unwrap().is_empty(), "{:?}", f.seen);
+    }
+
+    #[test]
+    fn stopped_calls_are_refused_and_those_in_flight_cancelled() {
+        // One token per second: the second get waits for its token.
+        let f = fixture(
+            "rateLimit: {qps: 1, burst: 1}\ngrants:\n  - {apiGroups: [''], resources: [pods], verbs: [get], namespaces: '*'}\n",
+            Duration::from_secs(30),
+        );
+        let cluster = Arc::new(f.cluster);
+        assert!(cluster
+            .call(&f.caller, ClusterRequest::Get(pod("p")))
+            .is_ok());
+        let waiting = std::thread::spawn({
+            let (cluster, caller) = (cluster.clone(), f.caller.clone());
+            move || cluster.call(&caller, ClusterRequest::Get(pod("p")))
+        });
+        std::thread::sleep(Duration::from_millis(100));
+        cluster.stop_calls();
+        let stopped = |result: Result<String, ApiError>| matches!(result, Err(ApiError::Other(m)) if m.contains("stopped dispatching"));
+        assert!(
+            stopped(waiting.join().unwrap()),
+            "the waiting call is cancelled"
+        );
+        assert!(stopped(
+            cluster.call(&f.caller, ClusterRequest::Get(pod("p")))
+        ));
+        // Only the first call reached the API server (discovery, then the pod).
+        assert_eq!(f.seen.lock().unwrap().len(), 2, "{:?}", f.seen);
     }
 
     #[test]
