@@ -165,14 +165,29 @@ pub fn parse(text: &str) -> Result<Vec<Entry>, Error> {
     if is_config_format(text) {
         return Ok(entries_of(&parse_config(text)?));
     }
-    let file: File =
-        serde_saphyr::from_str(text).map_err(|e| Error::BadListeners(e.to_string()))?;
-    if file.listeners.iter().any(|e| e.name.trim().is_empty()) {
-        return Err(Error::BadListeners("a listener has an empty name".into()));
-    }
+    // Read like the config file: errors name the line, column and key path.
+    let origin = Path::new("listeners.yaml");
+    let doc = crate::config::yaml::Document::new(text, origin, 0);
+    let file: File = doc
+        .deserialize()
+        .map_err(|problem| Error::BadListeners(problem.to_string()))?;
+    let bad = |i: usize, keys: &[&str], message: String| {
+        let at = keys.iter().fold(
+            crate::config::yaml::KeyPath::root()
+                .key("listeners")
+                .index(i),
+            |at, key| at.key(key),
+        );
+        Error::BadListeners(doc.problem(&at, message).to_string())
+    };
     for (i, entry) in file.listeners.iter().enumerate() {
-        crate::runtime::check_listener_name(&entry.name)
-            .map_err(|message| Error::BadListeners(format!("listeners[{i}]: {message}")))?;
+        if entry.name.trim().is_empty() {
+            return Err(bad(i, &["name"], "must not be empty".into()));
+        }
+        crate::runtime::check_listener_name(&entry.name).map_err(|m| bad(i, &[], m))?;
+        if let Some((key, problem)) = entry.limits.problem() {
+            return Err(bad(i, &["limits", key], problem));
+        }
     }
     unique_names(&file.listeners, |i, e| match &e.watch {
         Some(watch) => format!("listeners[{i}] (watch {watch:?}, module {})", e.module),
@@ -355,8 +370,25 @@ mod tests {
     fn listener_names_must_be_qualified_names() {
         assert!(matches!(
             parse("listeners:\n  - {name: ok, module: a.wasm}\n  - {name: not ok, module: b.wasm}\n"),
-            Err(Error::BadListeners(m)) if m.starts_with("listeners[1]: listener name \"not ok\"")
+            Err(Error::BadListeners(m)) if m.starts_with("listeners.yaml:3:5: listeners[1]: listener name \"not ok\"")
         ));
+    }
+
+    #[test]
+    fn errors_in_the_short_format_name_the_line_and_key() {
+        let err = |text: &str| match parse(text) {
+            Err(Error::BadListeners(m)) => m,
+            other => panic!("{other:?}"),
+        };
+        let m = err("listeners:\n  - name: a\n    module: a.wasm\n    mode: sometimes\n");
+        assert!(m.starts_with("listeners.yaml:4:"), "{m}");
+        assert!(m.contains("listeners[0].mode"), "{m}");
+        let m = err("listeners:\n  - name: a\n    module: a.wasm\n    limits: {memory-bytes: 0}\n");
+        assert!(
+            m.starts_with("listeners.yaml:4:")
+                && m.contains("listeners[0].limits.memory-bytes: must be at least 65536"),
+            "{m}"
+        );
     }
 
     #[test]
