@@ -550,6 +550,10 @@ impl Validator<'_> {
         if let Some((key, problem)) = raw.limits.problem() {
             return self.fail(&at.key("limits").key(key), problem);
         }
+        if let Some((key, problem)) = raw.capabilities.rate_limit.problem() {
+            let at = at.key("capabilities").key("rateLimit").key(key);
+            return self.fail(&at, problem);
+        }
         Ok(ListenerSpec {
             name,
             path: self.base.join(&raw.module),
@@ -1206,6 +1210,14 @@ watches:
         assert_err(
             "watches:\n  - name: a\n    crd: c.yaml\n    listeners: [{module: \"dir/x y.wasm\"}]\n",
             &["listener name \"x y\" is not valid"],
+        );
+    }
+
+    #[test]
+    fn a_rate_limit_of_zero_is_an_error() {
+        assert_err(
+            "watches:\n  - name: a\n    crd: c.yaml\n    listeners:\n      - module: x.wasm\n        capabilities: {rateLimit: {qps: 0, burst: 5}}\n",
+            &["watches[0].listeners[0].capabilities.rateLimit.qps: must be at least 1"],
         );
     }
 

@@ -98,6 +98,16 @@ pub struct RateLimit {
     pub burst: u32,
 }
 
+impl RateLimit {
+    /// The first setting that cannot work, as its key and what is wrong: a rate or burst of 0.
+    pub fn problem(&self) -> Option<(&'static str, String)> {
+        [("qps", self.qps), ("burst", self.burst)]
+            .into_iter()
+            .find(|(_, value)| *value == 0)
+            .map(|(key, _)| (key, "must be at least 1".to_string()))
+    }
+}
+
 impl Default for RateLimit {
     fn default() -> Self {
         Self { qps: 10, burst: 20 }

@@ -188,6 +188,9 @@ pub fn parse(text: &str) -> Result<Vec<Entry>, Error> {
         if let Some((key, problem)) = entry.limits.problem() {
             return Err(bad(i, &["limits", key], problem));
         }
+        if let Some((key, problem)) = entry.capabilities.rate_limit.problem() {
+            return Err(bad(i, &["capabilities", "rateLimit", key], problem));
+        }
     }
     unique_names(&file.listeners, |i, e| match &e.watch {
         Some(watch) => format!("listeners[{i}] (watch {watch:?}, module {})", e.module),
@@ -387,6 +390,11 @@ mod tests {
         assert!(
             m.starts_with("listeners.yaml:4:")
                 && m.contains("listeners[0].limits.memory-bytes: must be at least 65536"),
+            "{m}"
+        );
+        let m = err("listeners:\n  - name: a\n    module: a.wasm\n    capabilities: {rateLimit: {qps: 1, burst: 0}}\n");
+        assert!(
+            m.contains("listeners[0].capabilities.rateLimit.burst: must be at least 1"),
             "{m}"
         );
     }
