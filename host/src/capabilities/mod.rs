@@ -207,18 +207,21 @@ impl KubeCluster {
         let target = Target::of(&request, caller)?;
         let what = target.verb.as_str();
         // Events are written through `record-event` only, which names the listener as their
-        // reporting controller: one created or applied directly could pass for the host's own
-        // failure Warnings, or for any other controller's.
-        if matches!(
+        // reporting controller: one created, applied or patched directly could pass for (or
+        // rewrite) the host's own failure Warnings, or any other controller's; deleting one
+        // would hide it.
+        if !matches!(
             request,
-            ClusterRequest::Create(_) | ClusterRequest::Apply(_)
+            ClusterRequest::Get(_)
+                | ClusterRequest::List { .. }
+                | ClusterRequest::RecordEvent { .. }
         ) && target.kind == "Event"
             && matches!(
                 target.api_version.as_str(),
                 "v1" | "events.k8s.io/v1" | "events.k8s.io/v1beta1"
             )
         {
-            let message = "Events are recorded with record-event (reporting controller kubelisten/<listener>), not created directly".to_string();
+            let message = "Events are written with record-event only (reporting controller kubelisten/<listener>): not created, applied, patched or deleted directly".to_string();
             return Err(self.deny(caller, what, message));
         }
         let group = target.api_version.rsplit_once('/').map_or("", |(g, _)| g);
@@ -959,14 +962,30 @@ mod tests {
     fn events_cannot_be_created_directly_to_pass_for_another_controller() {
         // PODS grants `create` on every resource.
         let f = fixture(PODS, Duration::from_secs(5));
-        for (api_version, verb) in [("events.k8s.io/v1", "create"), ("v1", "apply")] {
+        let host_event = ObjectRef {
+            api_version: "events.k8s.io/v1".into(),
+            kind: "Event".into(),
+            namespace: Some("ns".into()),
+            name: "a.1872".into(),
+        };
+        for (api_version, verb) in [
+            ("events.k8s.io/v1", "create"),
+            ("v1", "apply"),
+            ("events.k8s.io/v1", "patch"),
+            ("events.k8s.io/v1", "delete"),
+        ] {
             let object = format!(
                 r#"{{"apiVersion":"{api_version}","kind":"Event","metadata":{{"name":"e"}},"reportingController":"kubelisten","reason":"FaultyTrapped"}}"#
             );
-            let request = if verb == "create" {
-                ClusterRequest::Create(object)
-            } else {
-                ClusterRequest::Apply(object)
+            let request = match verb {
+                "create" => ClusterRequest::Create(object),
+                "apply" => ClusterRequest::Apply(object),
+                "patch" => ClusterRequest::Patch(
+                    host_event.clone(),
+                    PatchType::Merge,
+                    r#"{"note":"all good"}"#.into(),
+                ),
+                _ => ClusterRequest::Delete(host_event.clone()),
             };
             match f.cluster.call(&f.caller, request) {
                 Err(ApiError::ForbiddenByPolicy(m)) => assert!(m.contains("record-event"), "{m}"),

@@ -55,8 +55,8 @@ impl Default for Limits {
 
 impl Limits {
     /// The first limit that cannot work, as its config key and what is wrong: a zero time limit
-    /// or memory (every call or instantiation would fail), no crash-loop threshold or backoff,
-    /// or a longest backoff shorter than the first.
+    /// or memory (every call or instantiation would fail), no crash-loop threshold or backoff.
+    /// (A longest backoff shorter than the first works: every backoff is the longest.)
     pub fn problem(&self) -> Option<(&'static str, String)> {
         const PAGE: usize = 64 << 10;
         if self.call_timeout.is_zero() {
@@ -76,15 +76,6 @@ impl Limits {
         }
         if self.crash_loop_backoff.is_zero() {
             return Some(("crash-loop-backoff", "must be at least 1 (ms)".into()));
-        }
-        if self.crash_loop_backoff_max < self.crash_loop_backoff {
-            return Some((
-                "crash-loop-backoff-max",
-                format!(
-                    "must not be shorter than crash-loop-backoff ({} ms)",
-                    self.crash_loop_backoff.as_millis()
-                ),
-            ));
         }
         None
     }
@@ -307,16 +298,15 @@ mod tests {
                     ..Limits::default()
                 },
             ),
-            (
-                "crash-loop-backoff-max",
-                Limits {
-                    crash_loop_backoff_max: Duration::from_millis(10),
-                    ..Limits::default()
-                },
-            ),
         ];
         for (key, limits) in cases {
             assert_eq!(limits.problem().map(|(k, _)| k), Some(key));
         }
+        // A longest backoff shorter than the first works (every backoff is the longest).
+        let capped = Limits {
+            crash_loop_backoff: Duration::from_secs(600),
+            ..Limits::default()
+        };
+        assert_eq!(capped.problem(), None);
     }
 }

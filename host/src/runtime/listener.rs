@@ -288,7 +288,7 @@ impl Handover<'_> {
         let Some(state) = old.snapshot() else {
             return false;
         };
-        let mut p = match new.instantiate_persistent() {
+        let mut p = match contain(true, || new.instantiate_persistent()) {
             Ok(p) => p,
             Err(outcome) => {
                 tracing::warn!(listener = %new.name, error = outcome.message(), "cannot instantiate for the hand-over");

@@ -444,6 +444,7 @@ fn parse_crd(text: &str, file: &Path) -> std::result::Result<CustomResourceDefin
     };
     let mut crd = match api_version.as_str() {
         CRD_V1 => doc.deserialize_strict::<CustomResourceDefinition>(
+            "spec",
             "a v1 CustomResourceDefinition (Kubernetes 1.34): it would be dropped",
         )?,
         CRD_V1BETA1 => convert_v1beta1(&doc, doc.deserialize::<V1beta1Crd>()?)?,
@@ -1007,6 +1008,12 @@ spec:
             &v1("      additionalPrinterColums: []\n"),
             &["unknown field `additionalPrinterColums`"],
         );
+        // A `status` from a newer API server (`kubectl get crd -o yaml`) is not checked.
+        assert!(parse(&format!(
+            "{}status:\n  observedGeneration: 3\n  acceptedNames: {{kind: T, plural: ts}}\n",
+            v1("")
+        ))
+        .is_ok());
         // Two CRDs.
         let one = "apiVersion: apiextensions.k8s.io/v1beta1\nkind: CustomResourceDefinition\nspec:\n  group: e.com\n  names: {kind: T, plural: ts}\n  version: v1\n";
         assert_err(

@@ -69,16 +69,17 @@ enum Failure {
     Closed,
 }
 
-/// How long one page of a list may take: past the API server's own request timeout (60 s by
-/// default), so only a request nobody answers any more (a peer gone without a reset, a dropped
-/// NAT entry) is cut.
-const LIST_PAGE_TIMEOUT: Duration = Duration::from_secs(75);
+/// How long one page of a list, or the response headers of a watch, may take: past the API
+/// server's own request timeout (60 s by default), so only a request nobody answers any more (a
+/// peer gone without a reset, a dropped NAT entry) is cut.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(75);
 
-/// How long past its server-side `timeoutSeconds` a watch request may run before it is given up
-/// as dead and reopened from the last resourceVersion (the server ends it at that timeout, so a
-/// stream still open after it has lost its peer): the timeout itself, between 5 and 30 s. That
-/// is less than the minute `/healthz` adds ([`crate::app::RunSettings::max_idle`]), so a dead
-/// watch is reopened before the host is reported unhealthy.
+/// How long past its server-side `timeoutSeconds` a watch may stay silent before it is given up
+/// as dead and reopened from the last resourceVersion (the server ends it at that timeout, and
+/// sends bookmarks meanwhile, so a stream silent for longer has lost its peer): the timeout
+/// itself, between 5 and 30 s. That is less than the minute `/healthz` adds
+/// ([`crate::app::RunSettings::max_idle`]), so a dead watch is reopened before the host is
+/// reported unhealthy.
 fn stall_margin(timeout: Duration) -> Duration {
     timeout.clamp(Duration::from_secs(5), Duration::from_secs(30))
 }
@@ -256,12 +257,12 @@ impl Reflector {
                 .request
                 .list(&params)
                 .map_err(|e| Failure::Build(e.to_string()))?;
-            let text = tokio::time::timeout(LIST_PAGE_TIMEOUT, self.client.request_text(req))
+            let text = tokio::time::timeout(REQUEST_TIMEOUT, self.client.request_text(req))
                 .await
                 .map_err(|_| {
                     Failure::Stalled(format!(
                         "a list page took longer than {}s",
-                        LIST_PAGE_TIMEOUT.as_secs()
+                        REQUEST_TIMEOUT.as_secs()
                     ))
                 })??;
             let page: ListPage =
@@ -329,19 +330,24 @@ impl Reflector {
             http::header::ACCEPT_ENCODING,
             http::HeaderValue::from_static("identity"),
         );
-        // The whole request, its response's headers included, ends by this deadline.
+        let reader = tokio::time::timeout(REQUEST_TIMEOUT, self.client.request_stream(req))
+            .await
+            .map_err(|_| {
+                Failure::Stalled(format!(
+                    "no response to the watch request within {}s",
+                    REQUEST_TIMEOUT.as_secs()
+                ))
+            })??;
+        // Silence while waiting for the next line (not while this task waits on back-pressure
+        // or a catch-up) longer than this: the peer is gone.
         let limit = Duration::from_secs(u64::from(timeout));
         let limit = limit + stall_margin(limit);
         let stalled = || {
             Failure::Stalled(format!(
-                "the watch was still open {}s after it started (timeoutSeconds={timeout}); reopening it",
+                "the watch was silent for {}s (timeoutSeconds={timeout}); reopening it",
                 limit.as_secs()
             ))
         };
-        let deadline = tokio::time::Instant::now() + limit;
-        let reader = tokio::time::timeout_at(deadline, self.client.request_stream(req))
-            .await
-            .map_err(|_| stalled())??;
         self.set_connected(true);
         self.spec
             .metrics
@@ -349,16 +355,20 @@ impl Reflector {
             .get_or_create(&labels([("watch", &self.spec.name)]))
             .inc();
         let mut lines = reader.lines();
-        let past_deadline = tokio::time::sleep_until(deadline);
-        tokio::pin!(past_deadline);
+        let silent = tokio::time::sleep(limit);
+        tokio::pin!(silent);
         loop {
+            silent.as_mut().reset(tokio::time::Instant::now() + limit);
+            // A join first (rare, and it must not wait behind a steady stream of lines), then a
+            // line, and silence only when no line is there.
             let line = tokio::select! {
-                line = lines.next() => line,
-                () = &mut past_deadline => return Err(stalled()),
+                biased;
                 Some(joined) = recv_joined(&mut self.joined) => {
                     self.catch_up(joined).await?;
                     continue;
                 }
+                line = lines.next() => line,
+                () = &mut silent => return Err(stalled()),
             };
             let Some(line) = line else {
                 break;

@@ -73,13 +73,13 @@ impl CallLog {
             return;
         }
         self.budget.lines += 1;
-        let message = one_line(truncate(message, MAX_LINE_BYTES));
+        let message = one_line(message);
         self.sink.log(
             &self.listener,
             &self.object,
             self.event_kind,
             level,
-            &message,
+            truncate(&message, MAX_LINE_BYTES),
         );
     }
 
@@ -101,22 +101,30 @@ impl CallLog {
     }
 }
 
-/// `message` on one line: control characters (a newline, a carriage return, an escape) are
-/// written as escapes (`\n`, `\r`, `\u{1b}`), so a guest cannot forge host log lines (the text
-/// log format writes messages as they are) or garble a terminal. Tabs stay.
+/// `message` on one line: control characters (a newline, a carriage return, an escape), line
+/// and paragraph separators and bidirectional overrides are written as escapes (`\n`, `\r`,
+/// `\u{1b}`, `\u{2028}`, `\u{202e}`), so a guest cannot forge host log lines (the text log
+/// format writes messages as they are) or garble a terminal. Tabs stay. (Cut to the line limit
+/// after escaping.)
 fn one_line(message: &str) -> std::borrow::Cow<'_, str> {
-    if !message.chars().any(|c| c.is_control() && c != '\t') {
+    let escaped = |c: char| {
+        (c.is_control() && c != '\t')
+            || matches!(c, '\u{2028}' | '\u{2029}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+    };
+    // Only what a line can hold is looked at (an escape takes at most 10 bytes).
+    let message = truncate(message, MAX_LINE_BYTES);
+    if !message.chars().any(escaped) {
         return std::borrow::Cow::Borrowed(message);
     }
-    let mut escaped = String::with_capacity(message.len() + 8);
+    let mut out = String::with_capacity(message.len() + 8);
     for c in message.chars() {
-        match c {
-            '\t' => escaped.push(c),
-            c if c.is_control() => escaped.extend(c.escape_default()),
-            c => escaped.push(c),
+        if escaped(c) {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
         }
     }
-    std::borrow::Cow::Owned(escaped)
+    std::borrow::Cow::Owned(out)
 }
 
 /// Cuts `s` to at most `max` bytes at a character boundary.
@@ -160,11 +168,16 @@ mod tests {
             "ok\n2026-01-01T00:00:00Z ERROR kubelisten: forged\r",
         );
         log.line(LogLevel::Info, "colour \u{1b}[31mred\ttab é");
+        log.line(LogLevel::Info, "sep\u{2028}rtl\u{202e}x");
+        // Escaping cannot make a line longer than the limit.
+        log.line(LogLevel::Info, &"\n".repeat(MAX_LINE_BYTES));
         assert_eq!(
             *sink.0.lock().unwrap(),
             [
                 "ok\\n2026-01-01T00:00:00Z ERROR kubelisten: forged\\r",
                 "colour \\u{1b}[31mred\ttab é",
+                "sep\\u{2028}rtl\\u{202e}x",
+                &"\\n".repeat(MAX_LINE_BYTES / 2),
             ]
         );
     }
