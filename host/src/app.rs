@@ -586,17 +586,8 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_stop_while_the_watches_are_set_up_ends_the_run() {
-        // An API server that accepts connections and never answers: setting up the watch
-        // (discovery of its kind) waits for good.
-        let server = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}", server.local_addr().unwrap());
-        let _held = tokio::spawn(async move {
-            let mut open = Vec::new();
-            while let Ok((connection, _)) = server.accept().await {
-                open.push(connection);
-            }
-        });
-        let client = kube::Client::try_from(kube::Config::new(url.parse().unwrap())).unwrap();
+        // Setting up the watch (discovery of its kind) waits for good.
+        let (client, _server) = crate::test_support::unanswering_api().await;
         let config = crate::config::parse(
             "watches:\n  - name: cms\n    apiVersion: v1\n    kind: ConfigMap\n    listeners: [{module: x.wasm}]\n",
             std::path::Path::new("k.yaml"),

@@ -19,6 +19,9 @@ pub mod status;
 pub mod status_cli;
 pub mod watch;
 
+#[cfg(test)]
+pub(crate) mod test_support;
+
 pub use dispatch::{CallRecord, Chain, ChainReport};
 pub use event::{EventKind, ObjectMeta, ResourceEvent, WatchErrorInfo};
 pub use runtime::{

@@ -22,6 +22,19 @@ const GROUP: &str = "relist.kubelisten.dev";
 const KIND: &str = "Gap";
 const PLURAL: &str = "gaps";
 
+/// A client that reaches the API server only through a [`Proxy`] the test controls.
+async fn proxied_client() -> (Proxy, kube::Client) {
+    let mut config = common::config().await;
+    let upstream = config
+        .cluster_url
+        .authority()
+        .expect("server address")
+        .to_string();
+    let proxy = Proxy::start(upstream).await;
+    config.cluster_url = proxy.url.parse().unwrap();
+    (proxy, kube::Client::try_from(config).unwrap())
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_gap_with_an_expired_resource_version_is_healed_by_a_relist() {
     let t = Things::for_crd(GROUP, KIND, PLURAL).await;
@@ -33,15 +46,7 @@ async fn a_gap_with_an_expired_resource_version_is_healed_by_a_relist() {
     }
 
     // The host talks to the API server only through the proxy.
-    let mut host_config = common::config().await;
-    let upstream = host_config
-        .cluster_url
-        .authority()
-        .expect("server address")
-        .to_string();
-    let proxy = Proxy::start(upstream).await;
-    host_config.cluster_url = proxy.url.parse().unwrap();
-    let host_client = kube::Client::try_from(host_config).unwrap();
+    let (proxy, host_client) = proxied_client().await;
     let config = t.watch(vec![listener("rust-logger", Mode::Classname)]);
     let runtime = harness::runtime();
     let mut host = TestHost::start(host_client, &runtime, &config, &settings(4)).await;
@@ -156,19 +161,11 @@ async fn a_watch_whose_connection_goes_silent_is_reopened() {
     let t = Things::for_crd(GROUP, KIND, PLURAL).await;
     common::apply_crd_yaml(&t.client, &harness::crd_yaml(GROUP, KIND, PLURAL)).await;
     t.create("before", json!({}), &[]).await;
-    let mut host_config = common::config().await;
-    let upstream = host_config
-        .cluster_url
-        .authority()
-        .expect("server address")
-        .to_string();
-    let proxy = Proxy::start(upstream).await;
-    host_config.cluster_url = proxy.url.parse().unwrap();
-    let host_client = kube::Client::try_from(host_config).unwrap();
+    let (proxy, host_client) = proxied_client().await;
     let config = t.watch(vec![listener("rust-logger", Mode::Classname)]);
     let runtime = harness::runtime();
-    // The server ends each watch after 2 s; one still open 7 s (2 s + the 5 s margin) after it
-    // started has lost its peer.
+    // The server ends each watch after 2 s and sends bookmarks meanwhile; one silent for 7 s
+    // (2 s + the 5 s margin) has lost its peer.
     let mut run = settings(4);
     run.watch_timeout = Duration::from_secs(2);
     let mut host = TestHost::start(host_client, &runtime, &config, &run).await;

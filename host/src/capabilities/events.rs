@@ -192,16 +192,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_failure_event_nobody_answers_is_given_up() {
-        // An API server that accepts connections and never answers.
-        let server = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}", server.local_addr().unwrap());
-        let _held = tokio::spawn(async move {
-            let mut open = Vec::new();
-            while let Ok((connection, _)) = server.accept().await {
-                open.push(connection);
-            }
-        });
-        let client = Client::try_from(kube::Config::new(url.parse().unwrap())).unwrap();
+        let (client, _server) = crate::test_support::unanswering_api().await;
         let reporter = FailureReporter::new(client, Duration::from_secs(60));
         let object = ObjectRef {
             api_version: "v1".into(),
