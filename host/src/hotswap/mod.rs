@@ -74,7 +74,10 @@ struct Current {
     running: HashMap<String, (Entry, Arc<Listener>)>,
     /// The last rejection per listener (`*` for listeners.yaml).
     rejected: BTreeMap<String, Rejection>,
-    /// Digest of the last ConfigMap content applied (to skip no-op updates).
+    /// Digest of the last ConfigMap content handled, applied or (partly) rejected: the same
+    /// content delivered again (a relist) is skipped, and is not rejected and reported twice.
+    /// Any other content is handled, so a revert to the last good content after a partly
+    /// rejected update (whose good listeners were swapped in) applies.
     applied: Option<String>,
     /// The watches kubelisten started from, when the ConfigMap defines them
     /// ([`HotSwap::pin_watches`]).
@@ -245,8 +248,7 @@ impl HotSwap {
                     error: err.to_string(),
                 };
                 self.reject(&rejection).await;
-                // Pushing the running content again then applies (and clears this rejection).
-                self.lock().applied = None;
+                self.lock().applied = Some(content);
                 return vec![rejection];
             }
         };
@@ -285,10 +287,7 @@ impl HotSwap {
         }
         // The swap may wait (blocking) for calls in flight on the old chains.
         tokio::task::block_in_place(|| self.swap(&entries, next, &rejections));
-        // After a partly rejected update, what runs is neither this content nor the last one
-        // applied (its good listeners were swapped in): no content may be skipped as applied,
-        // or a revert to the last good content would change nothing.
-        self.lock().applied = rejections.is_empty().then_some(content);
+        self.lock().applied = Some(content);
         rejections
     }
 
