@@ -416,6 +416,16 @@ async fn a_revert_after_a_partly_rejected_update_restores_the_last_good_version(
             }
         }
         assert!(served, "counter never served {want}: {:?}", lines(&capture));
+        // /status shows the rejection of `other` while the ConfigMap holds the corrupt module,
+        // and none once it holds the good one again.
+        let (_, body) = s.host.get("/status").await;
+        let status: serde_json::Value = serde_json::from_str(&body).unwrap();
+        let other = status["watches"][0]["listeners"]
+            .as_array()
+            .and_then(|ls| ls.iter().find(|l| l["name"] == "other"))
+            .cloned()
+            .unwrap_or_else(|| panic!("no listener other: {status}"));
+        assert_eq!(other["rejected"].is_null(), want == "v1", "{status}");
     }
     s.host.stop().await;
     s.t.ns.delete().await;

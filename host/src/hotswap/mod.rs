@@ -466,9 +466,11 @@ impl HotSwap {
         }
         let mut state = self.lock();
         state.running = next;
-        if rejections.iter().all(|r| r.listener != "*") {
-            state.rejected.remove("*");
-        }
+        // `/status` shows what is wrong with the content now in the ConfigMap: a listener that
+        // this update applied (or kept) has no rejection any more, and neither has the file.
+        state
+            .rejected
+            .retain(|name, _| rejections.iter().any(|r| r.listener == *name));
     }
 
     async fn reject(&self, rejection: &Rejection) {
