@@ -898,11 +898,16 @@ mod tests {
         );
         let get = || ClusterRequest::Get(pod("p"));
         assert!(f.cluster.call(&f.caller, get()).is_ok());
+        times_out_with_50ms_left(&f, get());
+    }
+
+    /// `request` from a guest call with 50 ms left times out (waiting for its token).
+    fn times_out_with_50ms_left(f: &Fixture, request: ClusterRequest) {
         let short = Caller {
             time_left: Some(Duration::from_millis(50)),
             ..f.caller.clone()
         };
-        match f.cluster.call(&short, get()) {
+        match f.cluster.call(&short, request) {
             Err(ApiError::Timeout(m)) => assert!(m.contains("50ms"), "{m}"),
             other => panic!("{other:?}"),
         }
@@ -927,14 +932,7 @@ mod tests {
         ));
         // The second denial in a row waits for a token like any call: a guest looping on denied
         // calls is held to its rate (its 50 ms run out first here).
-        let short = Caller {
-            time_left: Some(Duration::from_millis(50)),
-            ..f.caller.clone()
-        };
-        match f.cluster.call(&short, elsewhere()) {
-            Err(ApiError::Timeout(m)) => assert!(m.contains("50ms"), "{m}"),
-            other => panic!("{other:?}"),
-        }
+        times_out_with_50ms_left(&f, elsewhere());
         assert!(f.seen.lock().unwrap().is_empty(), "{:?}", f.seen);
     }
 

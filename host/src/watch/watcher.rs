@@ -74,6 +74,21 @@ enum Failure {
 /// peer gone without a reset, a dropped NAT entry) is cut.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(75);
 
+/// `request`'s result, or [`Failure::Stalled`] naming `what` when it has no answer within
+/// [`REQUEST_TIMEOUT`].
+async fn answered<T>(
+    what: &str,
+    request: impl std::future::Future<Output = kube::Result<T>>,
+) -> Result<T, Failure> {
+    match tokio::time::timeout(REQUEST_TIMEOUT, request).await {
+        Ok(result) => Ok(result?),
+        Err(_) => Err(Failure::Stalled(format!(
+            "no answer to {what} within {}s",
+            REQUEST_TIMEOUT.as_secs()
+        ))),
+    }
+}
+
 /// How long past its server-side `timeoutSeconds` a watch may stay silent before it is given up
 /// as dead and reopened from the last resourceVersion (the server ends it at that timeout, and
 /// sends bookmarks meanwhile, so a stream silent for longer has lost its peer): the timeout
@@ -257,14 +272,7 @@ impl Reflector {
                 .request
                 .list(&params)
                 .map_err(|e| Failure::Build(e.to_string()))?;
-            let text = tokio::time::timeout(REQUEST_TIMEOUT, self.client.request_text(req))
-                .await
-                .map_err(|_| {
-                    Failure::Stalled(format!(
-                        "a list page took longer than {}s",
-                        REQUEST_TIMEOUT.as_secs()
-                    ))
-                })??;
+            let text = answered("a list page", self.client.request_text(req)).await?;
             let page: ListPage =
                 serde_json::from_str(&text).map_err(|e| Failure::Decode(e.to_string()))?;
             items.extend(page.items);
@@ -330,14 +338,7 @@ impl Reflector {
             http::header::ACCEPT_ENCODING,
             http::HeaderValue::from_static("identity"),
         );
-        let reader = tokio::time::timeout(REQUEST_TIMEOUT, self.client.request_stream(req))
-            .await
-            .map_err(|_| {
-                Failure::Stalled(format!(
-                    "no response to the watch request within {}s",
-                    REQUEST_TIMEOUT.as_secs()
-                ))
-            })??;
+        let reader = answered("the watch request", self.client.request_stream(req)).await?;
         // Silence while waiting for the next line (not while this task waits on back-pressure
         // or a catch-up) longer than this: the peer is gone.
         let limit = Duration::from_secs(u64::from(timeout));
