@@ -288,7 +288,7 @@ impl Handover<'_> {
         let Some(state) = old.snapshot() else {
             return false;
         };
-        let mut p = match contain(true, || new.instantiate_persistent()) {
+        let mut p = match new.instantiate_persistent() {
             Ok(p) => p,
             Err(outcome) => {
                 tracing::warn!(listener = %new.name, error = outcome.message(), "cannot instantiate for the hand-over");
@@ -579,6 +579,26 @@ impl Listener {
         outcome
     }
 
+    /// Calls `f` on an instance prepared for `ctx` and turns its result into the outcome; a host
+    /// panic during it is a trap ([`contain`]).
+    fn run_call(
+        &self,
+        world: &ListenerWorld,
+        store: &mut Store<HostState>,
+        ctx: &CallContext,
+        f: impl FnOnce(
+            &ListenerWorld,
+            &mut Store<HostState>,
+        ) -> wasmtime::Result<std::result::Result<(), String>>,
+    ) -> Outcome {
+        contain(false, || {
+            self.prepare(store, ctx);
+            let result = f(world, store);
+            Ok(finish(store, result))
+        })
+        .unwrap_or_else(std::convert::identity)
+    }
+
     fn call_fresh(
         &self,
         ctx: &CallContext,
@@ -594,18 +614,12 @@ impl Listener {
             .take();
         // The spare's ticket is dropped here: from now on its instance is one in flight.
         let spare = spare.map(|(store, world, _ticket)| (store, world));
-        let built = spare.map_or_else(|| contain(true, || self.instantiate()), Ok);
-        let (mut store, world) = match built {
+        let (mut store, world) = match spare.map_or_else(|| self.instantiate(), Ok) {
             Ok(pair) => pair,
             Err(outcome) => return outcome,
         };
         // The store, and the instance an unwind went through with it, is dropped either way.
-        contain(false, || {
-            self.prepare(&mut store, ctx);
-            let result = f(&world, &mut store);
-            Ok(finish(&mut store, result))
-        })
-        .unwrap_or_else(std::convert::identity)
+        self.run_call(&world, &mut store, ctx, f)
     }
 
     /// Classname mode with `limits.prewarm`: builds the fresh instance that the next event will
@@ -637,9 +651,9 @@ impl Listener {
             self.refilling.store(false, Ordering::Release);
             return;
         };
-        // A panic in host code (the start code's log line) is a failed build: it must not leave
-        // `refilling` set, which would stop prewarming for good.
-        let built = contain(true, || self.instantiate());
+        // A panic in host code (the start code's log line) is a failed build (`instantiate`
+        // contains it): it cannot leave `refilling` set, which would stop prewarming for good.
+        let built = self.instantiate();
         self.refilling.store(false, Ordering::Release);
         match built {
             Ok((store, world)) => {
@@ -667,7 +681,7 @@ impl Listener {
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         if slot.is_none() {
-            match contain(true, || self.instantiate_persistent()) {
+            match self.instantiate_persistent() {
                 Ok(persistent) => *slot = Some(persistent),
                 Err(outcome) => return outcome,
             }
@@ -677,12 +691,7 @@ impl Listener {
         };
         // Caught while the lock is still held: no other call can take the instance the unwind
         // went through (as the mutex's poison would let it) before it is dropped below.
-        let outcome = contain(false, || {
-            self.prepare(&mut instance.store, ctx);
-            let result = f(&instance.world, &mut instance.store);
-            Ok(finish(&mut instance.store, result))
-        })
-        .unwrap_or_else(std::convert::identity);
+        let outcome = self.run_call(&instance.world, &mut instance.store, ctx, f);
         if outcome.trap_kind().is_some() {
             // A trap poisons the store: drop the instance; the next call builds a fresh one.
             *slot = None;
@@ -692,7 +701,12 @@ impl Listener {
         outcome
     }
 
+    /// A new reference instance; a host panic during it is a trap ([`contain`]).
     fn instantiate_persistent(&self) -> std::result::Result<Persistent, Outcome> {
+        contain(true, || self.instantiate_persistent_uncontained())
+    }
+
+    fn instantiate_persistent_uncontained(&self) -> std::result::Result<Persistent, Outcome> {
         let mut store = self.new_store();
         let instance = match self.pre.instance_pre().instantiate(&mut store) {
             Ok(instance) => instance,
@@ -783,7 +797,14 @@ impl Listener {
         store
     }
 
+    /// A fresh instance; a host panic during it is a trap ([`contain`]).
     fn instantiate(&self) -> std::result::Result<(Store<HostState>, ListenerWorld), Outcome> {
+        contain(true, || self.instantiate_uncontained())
+    }
+
+    fn instantiate_uncontained(
+        &self,
+    ) -> std::result::Result<(Store<HostState>, ListenerWorld), Outcome> {
         let mut store = self.new_store();
         match self.pre.instantiate(&mut store) {
             Ok(world) => {
