@@ -254,14 +254,97 @@ pub fn module_bytes(entry: &Entry, binary: &BTreeMap<String, Vec<u8>>) -> Result
         }
         Ok(out)
     };
+    // Every member / frame: concatenated ones (`gzip -c a >> f`, `cat a.zst b.zst`) are one valid
+    // file of both formats, and the first alone would be a silently truncated module.
     if entry.module.ends_with(".gz") {
-        bounded(&mut flate2::read::GzDecoder::new(&raw[..]), "gzip")
+        bounded(&mut flate2::read::MultiGzDecoder::new(&raw[..]), "gzip")
     } else if entry.module.ends_with(".zst") {
-        let mut decoder = ruzstd::decoding::StreamingDecoder::new(&raw[..])
-            .map_err(|e| fail(format!("zstd: {e}")))?;
-        bounded(&mut decoder, "zstd")
+        bounded(&mut ZstdFrames::new(&raw), "zstd")
     } else {
         Ok(raw)
+    }
+}
+
+/// Reads every frame of a zstd stream in sequence, skipping skippable frames (ruzstd's
+/// `StreamingDecoder` reads the first frame only). Decodes a block at a time, so a bounded read
+/// holds no more than the bound plus one block and the frame's window.
+struct ZstdFrames<'a> {
+    /// The input not consumed yet.
+    rest: &'a [u8],
+    /// Decodes the current frame; reused for the next one.
+    decoder: ruzstd::decoding::FrameDecoder,
+    /// A frame is being decoded (its header was read).
+    in_frame: bool,
+    /// A frame header was read: an input without any frame is an error, not an empty module.
+    any_frame: bool,
+}
+
+impl<'a> ZstdFrames<'a> {
+    fn new(input: &'a [u8]) -> Self {
+        Self {
+            rest: input,
+            decoder: ruzstd::decoding::FrameDecoder::new(),
+            in_frame: false,
+            any_frame: false,
+        }
+    }
+}
+
+impl Read for ZstdFrames<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        use ruzstd::decoding::errors::{FrameDecoderError, ReadFrameHeaderError};
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        loop {
+            if self.in_frame {
+                let decoder = &mut self.decoder;
+                while decoder.can_collect() == 0 && !decoder.is_finished() {
+                    decoder
+                        .decode_blocks(
+                            &mut self.rest,
+                            ruzstd::decoding::BlockDecodingStrategy::UptoBlocks(1),
+                        )
+                        .map_err(std::io::Error::other)?;
+                }
+                let read = decoder.read(buf)?;
+                if read > 0 {
+                    return Ok(read);
+                }
+                // Finished and drained: on to the next frame.
+                self.in_frame = false;
+            }
+            if self.rest.is_empty() {
+                if !self.any_frame {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::UnexpectedEof,
+                        "no zstd frame",
+                    ));
+                }
+                return Ok(0);
+            }
+            match self.decoder.init(&mut self.rest) {
+                Ok(()) => {
+                    self.in_frame = true;
+                    self.any_frame = true;
+                }
+                Err(FrameDecoderError::ReadFrameHeaderError(ReadFrameHeaderError::SkipFrame {
+                    length,
+                    ..
+                })) => {
+                    self.rest = usize::try_from(length)
+                        .ok()
+                        .and_then(|length| self.rest.get(length..))
+                        .ok_or_else(|| {
+                            std::io::Error::new(
+                                std::io::ErrorKind::UnexpectedEof,
+                                "truncated skippable frame",
+                            )
+                        })?;
+                }
+                Err(err) => return Err(std::io::Error::other(err)),
+            }
+        }
     }
 }
 
@@ -485,6 +568,99 @@ mod tests {
             matches!(&err, Error::BadModule { problem, .. } if problem.contains("more than 256 MiB")),
             "{err}"
         );
+    }
+
+    fn compressed_entry(module: &str) -> Entry {
+        Entry {
+            name: "l".into(),
+            watch: None,
+            module: module.into(),
+            mode: Mode::Classname,
+            limits: Limits::default(),
+            capabilities: Capabilities::default(),
+        }
+    }
+
+    fn gzip(data: &[u8]) -> Vec<u8> {
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gz.write_all(data).unwrap();
+        gz.finish().unwrap()
+    }
+
+    fn zstd(data: &[u8]) -> Vec<u8> {
+        ruzstd::encoding::compress_to_vec(data, ruzstd::encoding::CompressionLevel::Fastest)
+    }
+
+    /// A module with distinct halves, so a decoder that stops after the first member or frame
+    /// is seen to.
+    fn two_halves() -> (Vec<u8>, Vec<u8>) {
+        let first = b"\0asm\x0d\0\x01\0".repeat(1000);
+        let second: Vec<u8> = (0..20_000u32).map(|i| (i % 251) as u8).collect();
+        (first, second)
+    }
+
+    #[test]
+    fn every_gzip_member_is_decoded() {
+        let (first, second) = two_halves();
+        // What `gzip -c first > m.wasm.gz; gzip -c second >> m.wasm.gz` writes.
+        let mut gz = gzip(&first);
+        gz.extend(gzip(&second));
+        let binary = BTreeMap::from([("m.wasm.gz".to_string(), gz)]);
+        let module = module_bytes(&compressed_entry("m.wasm.gz"), &binary).unwrap();
+        assert_eq!(module, [first, second].concat());
+    }
+
+    #[test]
+    fn every_zstd_frame_is_decoded_and_skippable_frames_are_skipped() {
+        let (first, second) = two_halves();
+        // Two frames (what `cat a.zst b.zst` gives), with a skippable frame between them
+        // (magic 0x184D2A50, 4-byte length, payload) and an uncompressed frame at the end.
+        let mut zst = zstd(&first);
+        zst.extend(0x184D_2A50u32.to_le_bytes());
+        zst.extend(3u32.to_le_bytes());
+        zst.extend(b"xyz");
+        zst.extend(zstd(&second));
+        zst.extend(ruzstd::encoding::compress_to_vec(
+            &b"end"[..],
+            ruzstd::encoding::CompressionLevel::Uncompressed,
+        ));
+        let binary = BTreeMap::from([
+            ("m.wasm.zst".to_string(), zst.clone()),
+            (
+                "trailing.wasm.zst".to_string(),
+                [&zst[..], b"garbage"].concat(),
+            ),
+            ("empty.wasm.zst".to_string(), Vec::new()),
+        ]);
+        let module = module_bytes(&compressed_entry("m.wasm.zst"), &binary).unwrap();
+        assert_eq!(module, [&first[..], &second[..], b"end"].concat());
+        // Bytes after the last frame that are no frame are bad data, not ignored.
+        for module in ["trailing.wasm.zst", "empty.wasm.zst"] {
+            let err = module_bytes(&compressed_entry(module), &binary).unwrap_err();
+            assert!(
+                matches!(&err, Error::BadModule { problem, .. } if problem.starts_with("zstd: ")),
+                "{module}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_bound_covers_all_members_and_frames_together() {
+        // 257 members / frames of 1 MiB each: each is small, together they exceed the bound.
+        let zeros = vec![0u8; 1 << 20];
+        let count = (MAX_MODULE_BYTES >> 20) as usize + 1;
+        let binary = BTreeMap::from([
+            ("bomb.wasm.gz".to_string(), gzip(&zeros).repeat(count)),
+            ("bomb.wasm.zst".to_string(), zstd(&zeros).repeat(count)),
+        ]);
+        for (module, format) in [("bomb.wasm.gz", "gzip"), ("bomb.wasm.zst", "zstd")] {
+            let err = module_bytes(&compressed_entry(module), &binary).unwrap_err();
+            assert!(
+                matches!(&err, Error::BadModule { problem, .. }
+                    if *problem == format!("{format}: decompresses to more than 256 MiB")),
+                "{err}"
+            );
+        }
     }
 
     #[test]
