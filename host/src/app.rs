@@ -6,12 +6,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::capabilities::events::FailureReporter;
 use crate::capabilities::KubeCluster;
-use crate::config::Config;
+use crate::config::{Config, WatchConfig};
 use crate::dispatch::dispatcher::{Dispatcher, DispatcherConfig, Observer};
 use crate::dispatch::{Chain, ChainSlot};
 use crate::hotswap::{HotSwap, ModulesConfigMap};
@@ -221,8 +222,16 @@ pub fn cluster_access(client: &kube::Client, config: &Config) -> anyhow::Result<
 
 /// Resolves the targets (registering CRDs), loads the listeners and starts watching.
 ///
+/// The targets are resolved concurrently, each attempt bounded by [`RESOLVE_TIMEOUT`]. A watch
+/// whose target cannot be resolved yet (its kind not served, the API failing or slow, a
+/// missing permission: see [`target::Error::is_permanent`]) does not hold up the others: it
+/// waits, retrying with backoff up to [`RESOLVE_RETRY_MAX`], and starts watching as soon as
+/// its target resolves. Until then `/readyz` names it and why, and
+/// `kubelisten_watch_waiting_for_target{watch}` is 1.
+///
 /// # Errors
-/// A target that cannot be resolved or a listener that cannot be loaded: nothing is started.
+/// A target error only a config change can fix, or a listener that cannot be loaded: nothing
+/// is started.
 pub async fn start(
     client: kube::Client,
     runtime: &Runtime,
@@ -235,11 +244,22 @@ pub async fn start(
     if let Some(cluster) = &cluster {
         cluster.count_into(metrics.clone());
     }
+    let attempts =
+        futures::future::join_all(config.watches.iter().map(|w| resolve_once(&client, w))).await;
     let mut prepared = Vec::new();
-    for watch in &config.watches {
-        let target = target::resolve(&client, watch)
-            .await
-            .with_context(|| format!("watch {}: resolving the target", watch.name))?;
+    for (watch, attempt) in config.watches.iter().zip(attempts) {
+        let target = match attempt {
+            Ok(target) => Ok(target),
+            Err(Unresolved::Failed(err)) if err.is_permanent() => {
+                return Err(anyhow::Error::new(err))
+                    .with_context(|| format!("watch {}: resolving the target", watch.name));
+            }
+            Err(unresolved) => {
+                let why = unresolved.to_string();
+                tracing::warn!(watch = %watch.name, target = %watch.target, error = %why, "the watch's target cannot be resolved yet: the other watches start, this one retries");
+                Err(why)
+            }
+        };
         let mut listeners = Vec::new();
         // With a modules ConfigMap, the chains come from it (loaded below), not from the config.
         let specs = if settings.modules.is_some() {
@@ -253,7 +273,7 @@ pub async fn start(
             listeners.push(Arc::new(listener));
         }
         prepared.push((
-            watch.name.clone(),
+            watch,
             target,
             Arc::new(ChainSlot::new(Chain::new(listeners))),
         ));
@@ -263,7 +283,7 @@ pub async fn start(
         Some(source) => {
             let slots = prepared
                 .iter()
-                .map(|(name, _, slot)| (name.clone(), slot.clone()))
+                .map(|(watch, _, slot)| (watch.name.clone(), slot.clone()))
                 .collect();
             let swap = HotSwap::new(
                 runtime.clone(),
@@ -303,8 +323,8 @@ pub async fn start(
     let mut watchers = tokio::task::JoinSet::new();
     let mut dispatchers = tokio::task::JoinSet::new();
     let mut watches = Vec::new();
-    for (name, target, chain) in prepared {
-        let name: Arc<str> = Arc::from(name.as_str());
+    for (watch, target, chain) in prepared {
+        let name: Arc<str> = Arc::from(watch.name.as_str());
         let state = Arc::new(WatchState::default());
         state.activity();
         // Alive from the start; the dispatcher clears it when it ends or is aborted.
@@ -312,38 +332,36 @@ pub async fn start(
             .dispatcher_alive
             .store(true, std::sync::atomic::Ordering::Relaxed);
         let (tx, rx) = mpsc::channel(256);
-        let namespaces: Vec<Option<String>> = if target.namespaced && !target.namespaces.is_empty()
-        {
-            target.namespaces.iter().cloned().map(Some).collect()
-        } else {
-            vec![None]
+        let tasks = WatchTasks {
+            client: client.clone(),
+            name: name.clone(),
+            state: state.clone(),
+            metrics: metrics.clone(),
+            tx,
+            chain: chain.clone(),
+            timeout: settings.watch_timeout,
         };
-        for namespace in namespaces {
-            let spec = WatchSpec {
-                name: name.clone(),
-                resource: target.resource.clone(),
-                namespace,
-                label_selector: target.label_selector.clone(),
-                field_selector: target.field_selector.clone(),
-                timeout: settings.watch_timeout,
-                page_size: 500,
-                state: state.clone(),
-                metrics: metrics.clone(),
-            };
-            state
-                .tasks
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            watchers.spawn(watcher::run(
-                client.clone(),
-                spec,
-                tx.clone(),
-                Some(chain.catch_up()),
-            ));
-        }
-        tracing::info!(watch = %name, resource = %target.describe(), listeners = chain.get().listeners().len(), "watching");
+        let waiting = metrics
+            .waiting_for_target
+            .get_or_create(&labels([("watch", &*name)]))
+            .clone();
+        let resource = match target {
+            Ok(target) => {
+                waiting.set(0);
+                tasks.spawn(&target, &mut watchers);
+                tracing::info!(watch = %name, resource = %target.describe(), listeners = chain.get().listeners().len(), "watching");
+                target.describe()
+            }
+            Err(why) => {
+                waiting.set(1);
+                state.set_waiting(Some(why));
+                watchers.spawn(tasks.wait_for_target(watch.clone(), waiting));
+                watch.target.to_string()
+            }
+        };
         watches.push(RunningWatch {
             name: name.clone(),
-            resource: target.describe(),
+            resource,
             state: state.clone(),
             chain: chain.clone(),
             hotswap: hotswap.clone(),
@@ -384,6 +402,111 @@ pub async fn start(
         dispatchers,
         grace: settings.shutdown_grace,
     })
+}
+
+/// Longest wait for one attempt at resolving a watch's target: the CRD's Established wait
+/// ([`target::ESTABLISH_TIMEOUT`]) plus room for the requests around it.
+pub const RESOLVE_TIMEOUT: Duration = Duration::from_secs(75);
+
+/// Longest pause between attempts at resolving a watch's target that is not resolved yet
+/// (the first pause is 1 s, doubling).
+pub const RESOLVE_RETRY_MAX: Duration = Duration::from_secs(30);
+
+/// Why one attempt at resolving a target did not succeed.
+#[derive(Debug, thiserror::Error)]
+enum Unresolved {
+    /// The resolution failed.
+    #[error(transparent)]
+    Failed(target::Error),
+    /// No answer within [`RESOLVE_TIMEOUT`].
+    #[error("no answer from the API server within {}s", RESOLVE_TIMEOUT.as_secs())]
+    TimedOut,
+}
+
+/// One attempt at resolving `watch`'s target, bounded by [`RESOLVE_TIMEOUT`].
+async fn resolve_once(
+    client: &kube::Client,
+    watch: &WatchConfig,
+) -> Result<target::Target, Unresolved> {
+    match tokio::time::timeout(RESOLVE_TIMEOUT, target::resolve(client, watch)).await {
+        Ok(resolved) => resolved.map_err(Unresolved::Failed),
+        Err(_) => Err(Unresolved::TimedOut),
+    }
+}
+
+/// What the list/watch tasks of one watch share.
+struct WatchTasks {
+    client: kube::Client,
+    name: Arc<str>,
+    state: Arc<WatchState>,
+    metrics: Arc<Metrics>,
+    tx: mpsc::Sender<crate::watch::watcher::WatchOutput>,
+    chain: Arc<ChainSlot>,
+    timeout: Duration,
+}
+
+impl WatchTasks {
+    /// Spawns one list/watch task per namespace of `target` (one for all namespaces) into `set`.
+    fn spawn(&self, target: &target::Target, set: &mut tokio::task::JoinSet<()>) {
+        let namespaces: Vec<Option<String>> = if target.namespaced && !target.namespaces.is_empty()
+        {
+            target.namespaces.iter().cloned().map(Some).collect()
+        } else {
+            vec![None]
+        };
+        for namespace in namespaces {
+            let spec = WatchSpec {
+                name: self.name.clone(),
+                resource: target.resource.clone(),
+                namespace,
+                label_selector: target.label_selector.clone(),
+                field_selector: target.field_selector.clone(),
+                timeout: self.timeout,
+                page_size: 500,
+                state: self.state.clone(),
+                metrics: self.metrics.clone(),
+            };
+            self.state
+                .tasks
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            set.spawn(watcher::run(
+                self.client.clone(),
+                spec,
+                self.tx.clone(),
+                Some(self.chain.catch_up()),
+            ));
+        }
+    }
+
+    /// Retries resolving `watch`'s target with backoff (1 s doubling to
+    /// [`RESOLVE_RETRY_MAX`]) until it resolves, then runs its list/watch tasks. Returns only
+    /// when one of those ends (they run until aborted), which [`Running::failed`] reports.
+    /// Every failed attempt is logged at warn and kept for `/readyz`; a permanent error now
+    /// (the kind turned out cluster-scoped, say) is retried too, since the cluster may change.
+    async fn wait_for_target(self, watch: WatchConfig, waiting: Gauge) {
+        let mut delay = Duration::from_secs(1);
+        let mut attempts = 1u32;
+        let target = loop {
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(RESOLVE_RETRY_MAX);
+            attempts += 1;
+            match resolve_once(&self.client, &watch).await {
+                Ok(target) => break target,
+                Err(unresolved) => {
+                    let why = unresolved.to_string();
+                    tracing::warn!(watch = %self.name, target = %watch.target, attempts, retry_in_s = delay.as_secs(), error = %why, "the watch's target cannot be resolved yet");
+                    self.state.set_waiting(Some(why));
+                }
+            }
+        };
+        let mut set = tokio::task::JoinSet::new();
+        self.spawn(&target, &mut set);
+        self.state.set_waiting(None);
+        waiting.set(0);
+        tracing::info!(watch = %self.name, resource = %target.describe(), attempts, listeners = self.chain.get().listeners().len(), "target resolved: watching");
+        // The tasks run until aborted (dropping the set aborts them with this task).
+        set.join_next().await;
+    }
 }
 
 /// Stops `running` gracefully. With leader election (`leader`), the drain still follows the
@@ -613,6 +736,61 @@ mod tests {
         stop.send(()).unwrap();
         let ended = tokio::time::timeout(Duration::from_secs(3600), run).await;
         assert!(matches!(ended, Ok(Ok(()))), "{ended:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_target_the_api_server_does_not_answer_for_waits_instead_of_holding_the_start() {
+        let (client, _server) = crate::test_support::unanswering_api().await;
+        let config = crate::config::parse(
+            "watches:\n  - name: cms\n    apiVersion: v1\n    kind: ConfigMap\n    listeners: [{module: x.wasm}]\n",
+            std::path::Path::new("k.yaml"),
+        )
+        .unwrap();
+        let runtime = Runtime::new(crate::runtime::RuntimeConfig {
+            cache_dir: None,
+            ..Default::default()
+        })
+        .unwrap();
+        let settings = RunSettings::default();
+        // No module file to load: an empty chain.
+        let config = Config {
+            watches: config
+                .watches
+                .into_iter()
+                .map(|w| WatchConfig {
+                    listeners: Vec::new(),
+                    ..w
+                })
+                .collect(),
+        };
+        let metrics = Arc::new(Metrics::new());
+        let t0 = tokio::time::Instant::now();
+        let running = start(
+            client,
+            &runtime,
+            &config,
+            &settings,
+            None,
+            metrics.clone(),
+            None,
+        )
+        .await
+        .expect("started, with the watch waiting");
+        assert_eq!(tokio::time::Instant::now() - t0, RESOLVE_TIMEOUT);
+        let watch = &running.watches[0];
+        assert_eq!(
+            watch.state.waiting().as_deref(),
+            Some("no answer from the API server within 75s")
+        );
+        assert!(!watch.state.ready());
+        assert_eq!(watch.resource, "v1/ConfigMap");
+        assert!(metrics
+            .encode()
+            .contains("kubelisten_watch_waiting_for_target{watch=\"cms\"} 1"));
+        // It keeps retrying in the background (never answered here), and stops with the run.
+        tokio::time::sleep(Duration::from_secs(600)).await;
+        assert!(watch.state.waiting().is_some());
+        assert!(running.stop().await);
     }
 
     #[tokio::test(start_paused = true)]

@@ -35,6 +35,9 @@ pub struct Metrics {
     pub watch_relists: Family<Labels, Counter>,
     /// `kubelisten_queue_depth{watch}`: events queued, not yet started.
     pub queue_depth: Family<Labels, Gauge>,
+    /// `kubelisten_watch_waiting_for_target{watch}`: 1 while the watch's target is not
+    /// resolved yet (its kind not served, the API failing) and it retries, else 0.
+    pub waiting_for_target: Family<Labels, Gauge>,
     /// `kubelisten_leader`: 1 while this process leads (or runs without leader election).
     pub leader: Gauge,
     /// `kubelisten_listener_info{listener,mode,digest}`: 1 per loaded listener.
@@ -85,6 +88,7 @@ impl Metrics {
         let watch_restarts = Family::<Labels, Counter>::default();
         let watch_relists = Family::<Labels, Counter>::default();
         let queue_depth = Family::<Labels, Gauge>::default();
+        let waiting_for_target = Family::<Labels, Gauge>::default();
         let leader = Gauge::default();
         let listener_info = Family::<Labels, Gauge>::default();
         let reloads = Family::<Labels, Counter>::default();
@@ -133,6 +137,11 @@ impl Metrics {
             queue_depth.clone(),
         );
         registry.register(
+            "watch_waiting_for_target",
+            "1 while the watch waits for its target (kind not served yet, API failing)",
+            waiting_for_target.clone(),
+        );
+        registry.register(
             "leader",
             "1 while this process is the leader",
             leader.clone(),
@@ -177,6 +186,7 @@ impl Metrics {
             watch_restarts,
             watch_relists,
             queue_depth,
+            waiting_for_target,
             leader,
             listener_info,
             reloads,

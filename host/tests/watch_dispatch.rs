@@ -402,3 +402,119 @@ async fn a_listener_that_joins_a_running_chain_gets_the_existing_objects() {
         assert_eq!(d.report.calls.len(), 1, "only the new listener is called");
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_watch_whose_kind_is_not_served_yet_waits_while_the_others_run() {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    use kube::api::DeleteParams;
+
+    let t = Things::new().await;
+    // A second kind whose CRD another party installs only later.
+    let late_group = format!("late-{}.kubelisten.dev", common::random_suffix());
+    let mut config = t.watch(vec![listener("rust-logger", Mode::Classname)]);
+    config.watches.push(WatchConfig {
+        name: "late".into(),
+        target: TargetConfig::Resource {
+            group: late_group.clone(),
+            version: "v1".into(),
+            kind: "Late".into(),
+            plural: None,
+        },
+        namespaces: vec![t.ns.name().to_string()],
+        label_selector: None,
+        field_selector: None,
+        listeners: vec![listener("rust-metrics", Mode::Reference)],
+    });
+    let runtime = harness::runtime();
+    // Before, an unserved kind failed the whole start.
+    let mut host = TestHost::start(t.client.clone(), &runtime, &config, &settings(2)).await;
+
+    // The other watch runs ...
+    t.create("early", json!({"size": 1}), &[]).await;
+    host.wait_for(WAIT, "the create of the watch that resolved", |seen| {
+        seen.iter()
+            .any(|d| d.event.meta.name == "early" && d.event.kind == EventKind::Create)
+    })
+    .await;
+    // ... while the late one is named, with its reason, by /readyz, /status and /metrics.
+    let (code, body) = host.get("/readyz").await;
+    assert_eq!(code, 503, "{body}");
+    assert!(
+        body.contains("watch late waits for its target (the API server does not serve"),
+        "{body}"
+    );
+    assert!(!body.contains("watch things"), "{body}");
+    let (_, status) = host.get("/status").await;
+    let status: serde_json::Value = serde_json::from_str(&status).unwrap();
+    let late = status["watches"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|w| w["name"] == "late")
+        .expect("the late watch in /status")
+        .clone();
+    assert!(
+        late["waitingForTarget"]
+            .as_str()
+            .is_some_and(|w| w.contains(&late_group)),
+        "{late}"
+    );
+    assert_eq!(late["resource"], format!("{late_group}/v1/Late"), "{late}");
+    let (_, metrics) = host.get("/metrics").await;
+    assert!(
+        metrics.contains("kubelisten_watch_waiting_for_target{watch=\"late\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("kubelisten_watch_waiting_for_target{watch=\"things\"} 0"),
+        "{metrics}"
+    );
+    // /healthz stays ok: restarting would not serve the kind sooner.
+    assert_eq!(host.get("/healthz").await.0, 200);
+
+    // The CRD is installed; an object made right away reaches the late watch's listener
+    // (as an initial create of its first list, or a create after it).
+    let crd =
+        common::apply_crd_yaml(&t.client, &harness::crd_yaml(&late_group, "Late", "lates")).await;
+    let late_ar = harness::resource(&late_group, "Late", "lates");
+    let late_api: Api<kube::api::DynamicObject> =
+        Api::namespaced_with(t.client.clone(), t.ns.name(), &late_ar);
+    harness::create_thing(&late_api, &late_ar, "first-late", json!({"size": 2}), &[]).await;
+    host.wait_for(WAIT, "the late watch's create", |seen| {
+        seen.iter().any(|d| {
+            d.event.meta.name == "first-late"
+                && d.event.kind == EventKind::Create
+                && d.report.succeeded()
+        })
+    })
+    .await;
+    for _ in 0..300 {
+        if host.get("/readyz").await.0 == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(host.get("/readyz").await, (200, "ok: leader\n".to_string()));
+    let (_, metrics) = host.get("/metrics").await;
+    assert!(
+        metrics.contains("kubelisten_watch_waiting_for_target{watch=\"late\"} 0"),
+        "{metrics}"
+    );
+    // Both watches go on: an update of each arrives.
+    patch_spec(&t.api, "early", json!({"size": 3})).await;
+    patch_spec(&late_api, "first-late", json!({"size": 4})).await;
+    host.wait_for(WAIT, "an update of each watch", |seen| {
+        ["early", "first-late"].iter().all(|name| {
+            seen.iter()
+                .any(|d| d.event.meta.name == *name && d.event.kind == EventKind::Update)
+        })
+    })
+    .await;
+
+    host.stop().await;
+    let crds = Api::<CustomResourceDefinition>::all(t.client.clone());
+    if let Some(name) = crd.metadata.name.as_deref() {
+        let _ = crds.delete(name, &DeleteParams::background()).await;
+    }
+    t.ns.delete().await;
+}

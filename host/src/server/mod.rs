@@ -142,7 +142,8 @@ async fn healthz(State(state): State<Arc<ServerState>>) -> (StatusCode, String) 
     }
 }
 
-/// Readiness: every watch listed once and is connected; a standby says so.
+/// Readiness: every watch listed once and is connected; a standby says so. A watch still
+/// waiting for its target is named with the reason.
 async fn readyz(State(state): State<Arc<ServerState>>) -> (StatusCode, String) {
     if state.standby() {
         return (StatusCode::OK, "ok: standby, not the leader\n".into());
@@ -158,6 +159,9 @@ async fn readyz(State(state): State<Arc<ServerState>>) -> (StatusCode, String) {
         .iter()
         .filter(|w| !w.state.ready())
         .map(|w| {
+            if let Some(why) = w.state.waiting() {
+                return format!("watch {} waits for its target ({why})", w.name);
+            }
             let synced = w.state.synced.load(Ordering::Relaxed);
             format!(
                 "watch {} {}",
@@ -207,6 +211,7 @@ async fn status(State(state): State<Arc<ServerState>>) -> Json<Value> {
                 "resource": w.resource,
                 "synced": w.state.synced.load(Ordering::Relaxed),
                 "ready": w.state.ready(),
+                "waitingForTarget": w.state.waiting(),
                 "events": w.state.events.load(Ordering::Relaxed),
                 "listeners": (w.listeners)(),
                 "objects": objects,

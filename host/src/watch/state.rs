@@ -30,6 +30,9 @@ pub struct WatchState {
     pub events: AtomicU64,
     /// Every known object's computed status, by `namespace/name` (updated by the dispatcher).
     objects: Mutex<BTreeMap<String, (Status, String)>>,
+    /// Why the watch's target is not resolved yet (its kind not served, the API failing), while
+    /// it waits and retries; `None` once it is watching.
+    waiting: Mutex<Option<String>>,
 }
 
 fn now_ms() -> u64 {
@@ -66,6 +69,19 @@ impl WatchState {
             .clone()
     }
 
+    /// Records why the target is not resolved yet (`None`: it is, the watch tasks run).
+    pub fn set_waiting(&self, why: Option<String>) {
+        *self.waiting.lock().unwrap_or_else(PoisonError::into_inner) = why;
+    }
+
+    /// Why the target is not resolved yet, while the watch waits for it.
+    pub fn waiting(&self) -> Option<String> {
+        self.waiting
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
     /// Time since the last activity.
     pub fn idle(&self) -> Duration {
         Duration::from_millis(
@@ -75,12 +91,16 @@ impl WatchState {
 
     /// Whether every watch task is connected and has listed once.
     pub fn ready(&self) -> bool {
+        if self.waiting().is_some() {
+            return false;
+        }
         let tasks = self.tasks.load(Ordering::Relaxed);
         self.synced.load(Ordering::Relaxed) && self.connected.load(Ordering::Relaxed) >= tasks
     }
 
     /// Why the watch can no longer make progress, if it cannot: a dead task or dispatcher, or no
-    /// activity for longer than `max_idle`.
+    /// activity for longer than `max_idle`. A watch waiting for its target is not idle: it has
+    /// no watch tasks yet, and restarting the process would not serve its kind sooner.
     pub fn problem(&self, max_idle: Duration) -> Option<String> {
         let (alive, tasks) = (
             self.alive.load(Ordering::Relaxed),
@@ -93,7 +113,7 @@ impl WatchState {
             return Some("the dispatcher died".into());
         }
         let idle = self.idle();
-        (idle > max_idle).then(|| {
+        (idle > max_idle && self.waiting().is_none()).then(|| {
             format!(
                 "no watch activity for {}s (limit {}s)",
                 idle.as_secs(),
@@ -145,5 +165,20 @@ mod tests {
             .problem(Duration::from_secs(60))
             .unwrap()
             .contains("no watch activity"));
+    }
+
+    #[test]
+    fn a_watch_waiting_for_its_target_is_alive_and_not_ready() {
+        let s = WatchState::default();
+        s.dispatcher_alive.store(true, Ordering::Relaxed);
+        s.last_activity_ms.store(0, Ordering::Relaxed);
+        s.set_waiting(Some("kind Late not served".into()));
+        assert_eq!(s.problem(Duration::from_secs(60)), None);
+        // Even with a synced flag left over, waiting is not ready.
+        s.synced.store(true, Ordering::Relaxed);
+        assert!(!s.ready());
+        s.set_waiting(None);
+        assert!(s.ready());
+        assert!(s.problem(Duration::from_secs(60)).is_some());
     }
 }

@@ -173,6 +173,34 @@ pub enum Error {
     },
 }
 
+impl Error {
+    /// Whether only a change of the configuration (or of the CRD file) can fix this: an
+    /// unreadable or invalid CRD file, names the API server refused, namespaces on a
+    /// cluster-scoped resource, a resource that cannot be watched, a CRD the API server
+    /// found invalid. Everything else (a kind not served yet, API errors, timeouts, a missing
+    /// permission) may pass later, so the watch waits for it and retries.
+    pub fn is_permanent(&self) -> bool {
+        match self {
+            Error::ReadFailed { .. }
+            | Error::InvalidCrd(_)
+            | Error::NamesRejected { .. }
+            | Error::NotWatchable { .. }
+            | Error::ClusterScoped { .. } => true,
+            Error::CreateCrdFailed { source, .. } => {
+                matches!(&**source, kube::Error::Api(status) if status.code == 400 || status.code == 422)
+            }
+            Error::GetCrdFailed { .. }
+            | Error::WaitFailed { .. }
+            | Error::NotEstablished { .. }
+            | Error::CrdDeleted { .. }
+            | Error::NoServedVersion { .. }
+            | Error::DiscoveryFailed { .. }
+            | Error::GroupVersionNotServed { .. }
+            | Error::UnknownKind { .. } => false,
+        }
+    }
+}
+
 /// Result of resolving a target.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -761,6 +789,65 @@ mod tests {
 
     fn parse(text: &str) -> std::result::Result<CustomResourceDefinition, Problem> {
         parse_crd(text, Path::new("crd.yaml"))
+    }
+
+    #[test]
+    fn only_errors_a_config_change_fixes_are_permanent() {
+        let api = |code: u16| {
+            Box::new(kube::Error::Api(Box::new(kube::core::Status {
+                code,
+                ..Default::default()
+            })))
+        };
+        let name = || "things.x.dev".to_string();
+        let permanent = [
+            Error::ClusterScoped {
+                resource: "v1/Node".into(),
+                namespaces: vec!["a".into()],
+            },
+            Error::NamesRejected {
+                name: name(),
+                message: "taken".into(),
+            },
+            Error::NotWatchable {
+                resource: "v1/Binding".into(),
+                verbs: vec!["create".into()],
+            },
+            Error::CreateCrdFailed {
+                name: name(),
+                source: api(422),
+            },
+        ];
+        for err in &permanent {
+            assert!(err.is_permanent(), "{err}");
+        }
+        let passing = [
+            Error::UnknownKind {
+                api_version: "x.dev/v1".into(),
+                kind: "Late".into(),
+                plural: None,
+                available: vec![],
+            },
+            Error::GroupVersionNotServed {
+                api_version: "x.dev/v1".into(),
+            },
+            Error::CreateCrdFailed {
+                name: name(),
+                source: api(403),
+            },
+            Error::GetCrdFailed {
+                name: name(),
+                source: api(503),
+            },
+            Error::NotEstablished {
+                name: name(),
+                timeout: ESTABLISH_TIMEOUT,
+            },
+            Error::NoServedVersion { name: name() },
+        ];
+        for err in &passing {
+            assert!(!err.is_permanent(), "{err}");
+        }
     }
 
     fn parse_err(text: &str) -> String {
