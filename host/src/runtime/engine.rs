@@ -23,7 +23,8 @@ pub(crate) const EPOCH_TICK: Duration = Duration::from_millis(10);
 /// Settings of the [`Runtime`].
 #[derive(Clone)]
 pub struct RuntimeConfig {
-    /// Directory of the compiled-code cache (`None` disables it).
+    /// Directory of the compiled-code cache (`None` disables it). It keeps the 256 most recently
+    /// used entries of this engine; entries of other engines are removed.
     pub cache_dir: Option<PathBuf>,
     /// Try the pooling instance allocator first (falls back to on-demand when it cannot be used).
     pub pooling: bool,
@@ -83,6 +84,8 @@ struct Inner {
     spares: AtomicU32,
     /// How many spares may be alive at once.
     spare_budget: u32,
+    /// Compiled-code cache entries of this engine kept on disk (see [`DISK_CACHE_ENTRIES`]).
+    disk_cache_entries: usize,
 }
 
 impl Drop for Inner {
@@ -103,6 +106,11 @@ impl Runtime {
     /// # Errors
     /// [`Error::EngineFailed`] when no engine can be built.
     pub fn new(config: RuntimeConfig) -> Result<Self> {
+        Self::with_disk_cache_entries(config, DISK_CACHE_ENTRIES)
+    }
+
+    /// [`Runtime::new`] keeping at most `disk_cache_entries` compiled-code cache entries.
+    fn with_disk_cache_entries(config: RuntimeConfig, disk_cache_entries: usize) -> Result<Self> {
         let (engine, allocator) = build_engine(&config)?;
         tracing::info!(allocator = ?allocator, "wasm engine ready");
         let mut linker = Linker::new(&engine);
@@ -124,6 +132,7 @@ impl Runtime {
             cache_hits: std::sync::atomic::AtomicU64::new(0),
             spares: AtomicU32::new(0),
             spare_budget,
+            disk_cache_entries,
         })))
     }
 
@@ -227,13 +236,15 @@ impl Runtime {
         let Some(dir) = &self.0.config.cache_dir else {
             return Component::new(&self.0.engine, bytes);
         };
-        let path = dir.join(format!("{}-{}.cwasm", &digest[7..], self.engine_hash()));
+        let engine_hash = self.engine_hash();
+        let path = dir.join(format!("{}-{engine_hash}.cwasm", &digest[7..]));
         if path.exists() {
             // SAFETY: the file was written by `Engine::precompile_component` of an engine with the
             // same compatibility hash (part of the file name), in a directory this process owns.
             match unsafe { Component::deserialize_file(&self.0.engine, &path) } {
                 Ok(component) => {
                     self.0.cache_hits.fetch_add(1, Ordering::Relaxed);
+                    mark_used(&path);
                     tracing::debug!(%digest, path = %path.display(), "compiled code loaded from cache");
                     return Ok(component);
                 }
@@ -243,8 +254,11 @@ impl Runtime {
             }
         }
         let compiled = self.0.engine.precompile_component(bytes)?;
-        if let Err(err) = write_atomically(&path, &compiled) {
-            tracing::warn!(path = %path.display(), error = %err, "cannot write compiled-code cache");
+        match write_atomically(&path, &compiled) {
+            Ok(()) => evict(dir, &engine_hash, self.0.disk_cache_entries, &path),
+            Err(err) => {
+                tracing::warn!(path = %path.display(), error = %err, "cannot write compiled-code cache")
+            }
         }
         // SAFETY: `compiled` was produced just now by this engine.
         unsafe { Component::deserialize(&self.0.engine, &compiled) }
@@ -269,6 +283,13 @@ impl Runtime {
 /// large configuration to be loaded again at once (a hot swap back), without keeping every
 /// version a ConfigMap ever held. Older ones are loaded again from the disk cache.
 const MEMORY_CACHE_ENTRIES: usize = 64;
+
+/// Compiled-code cache entries (`<digest>-<engine hash>.cwasm` files) of the running engine
+/// kept on disk. After each new entry is written, the least recently used ones beyond this bound
+/// are removed (loading an entry counts as a use: it refreshes the file's modification time), and
+/// so are the entries of any other engine hash (another kubelisten or wasmtime version), which
+/// can never be loaded again. The bound is in entries, not bytes.
+const DISK_CACHE_ENTRIES: usize = 256;
 
 /// Room for one prewarmed spare instance, held while the spare exists
 /// ([`Runtime::reserve_spare`]).
@@ -371,6 +392,92 @@ fn spawn_ticker(engine: Engine, stop: Arc<AtomicBool>) {
     }
 }
 
+/// Marks the cache entry at `path` as just used (its modification time is what eviction goes
+/// by). A failure (an entry another process removed meanwhile, a read-only cache) only makes the
+/// entry an earlier candidate for eviction.
+fn mark_used(path: &Path) {
+    let touched =
+        std::fs::File::open(path).and_then(|file| file.set_modified(std::time::SystemTime::now()));
+    if let Err(err) = touched {
+        tracing::debug!(path = %path.display(), error = %err, "cannot mark a cache entry as used");
+    }
+}
+
+/// The engine hash in `name` if it is a cache entry's name (`<64 hex digest>-<16 hex>.cwasm`).
+fn cache_entry_engine(name: &str) -> Option<&str> {
+    let (digest, engine) = name.strip_suffix(".cwasm")?.split_once('-')?;
+    let lower_hex = |s: &str, len: usize| {
+        s.len() == len && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+    };
+    (lower_hex(digest, 64) && lower_hex(engine, 16)).then_some(engine)
+}
+
+/// Removes from the cache `dir` the entries of engines other than `engine_hash` and the least
+/// recently modified entries of this one beyond `keep` (counting `written`, which is kept).
+/// Only regular files named like cache entries are removed: other files (another process's
+/// write in progress, anything else put there) are left alone. The directory may be shared by
+/// several processes (`default_cache_dir` is per user), so a file that vanished meanwhile is no
+/// error; other errors are logged and never fail the compile.
+fn evict(dir: &Path, engine_hash: &str, keep: usize, written: &Path) {
+    let remove = |path: &Path, why: &'static str| match std::fs::remove_file(path) {
+        Ok(()) => {
+            tracing::debug!(path = %path.display(), reason = why, "compiled-code cache entry removed")
+        }
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+        Err(err) => {
+            tracing::warn!(path = %path.display(), error = %err, "cannot remove a compiled-code cache entry")
+        }
+    };
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(err) => {
+            tracing::warn!(dir = %dir.display(), error = %err, "cannot list the compiled-code cache");
+            return;
+        }
+    };
+    let mut ours = Vec::new();
+    for entry in entries {
+        let entry = match entry {
+            Ok(entry) => entry,
+            Err(err) => {
+                tracing::warn!(dir = %dir.display(), error = %err, "cannot list the compiled-code cache");
+                return;
+            }
+        };
+        let name = entry.file_name();
+        let Some(engine) = name.to_str().and_then(cache_entry_engine) else {
+            continue;
+        };
+        let path = entry.path();
+        // Not followed: a symlink or directory of that name is nothing this cache wrote.
+        let meta = match entry.metadata() {
+            Ok(meta) if meta.is_file() => meta,
+            Ok(_) => continue,
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(err) => {
+                tracing::warn!(path = %path.display(), error = %err, "cannot read a compiled-code cache entry");
+                continue;
+            }
+        };
+        if engine != engine_hash {
+            remove(&path, "compiled by another engine");
+        } else if path != written {
+            match meta.modified() {
+                Ok(modified) => ours.push((modified, path)),
+                Err(err) => {
+                    tracing::warn!(path = %path.display(), error = %err, "cannot read a compiled-code cache entry")
+                }
+            }
+        }
+    }
+    // The oldest first (ties in name order); `written` is the newest and counts as one.
+    ours.sort();
+    let excess = (ours.len() + 1).saturating_sub(keep.max(1));
+    for (_, path) in ours.into_iter().take(excess) {
+        remove(&path, "least recently used");
+    }
+}
+
 fn write_atomically(path: &Path, data: &[u8]) -> std::io::Result<()> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
@@ -378,4 +485,132 @@ fn write_atomically(path: &Path, data: &[u8]) -> std::io::Result<()> {
     let tmp = path.with_extension(format!("tmp{}", std::process::id()));
     std::fs::write(&tmp, data)?;
     std::fs::rename(&tmp, path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::SystemTime;
+
+    /// A runtime caching into `dir` that keeps `keep` entries on disk.
+    fn runtime(dir: &Path, keep: usize) -> Runtime {
+        Runtime::with_disk_cache_entries(
+            RuntimeConfig {
+                cache_dir: Some(dir.to_path_buf()),
+                pooling: false,
+                ..Default::default()
+            },
+            keep,
+        )
+        .unwrap()
+    }
+
+    /// A small component of its own (distinct bytes, so a distinct digest) and its cache path.
+    fn component(runtime: &Runtime, dir: &Path, n: u32) -> (Vec<u8>, PathBuf) {
+        let bytes = wat::parse_str(format!(
+            "(component (core module (func (export \"f{n}\"))))"
+        ))
+        .unwrap();
+        let digest = hex::encode(Sha256::digest(&bytes));
+        let path = dir.join(format!("{digest}-{}.cwasm", runtime.engine_hash()));
+        (bytes, path)
+    }
+
+    /// Sets the modification time of `path` to `hours` ago.
+    fn age(path: &Path, hours: u64) {
+        let then = SystemTime::now() - Duration::from_secs(hours * 3600);
+        std::fs::File::open(path)
+            .unwrap()
+            .set_modified(then)
+            .unwrap();
+    }
+
+    #[test]
+    fn entries_beyond_the_bound_are_evicted_least_recently_used_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let rt = runtime(dir.path(), 3);
+        let [a, b, c, d, e] = [1, 2, 3, 4, 5].map(|n| component(&rt, dir.path(), n));
+        for (bytes, _) in [&a, &b, &c] {
+            rt.compile(bytes).unwrap();
+        }
+        assert!(a.1.exists() && b.1.exists() && c.1.exists());
+        // By modification time, not by name or order of writing: b, then c, then a.
+        age(&a.1, 1);
+        age(&b.1, 3);
+        age(&c.1, 2);
+        rt.compile(&d.0).unwrap();
+        assert!(!b.1.exists(), "the oldest entry goes first");
+        assert!(a.1.exists() && c.1.exists() && d.1.exists());
+        rt.compile(&e.0).unwrap();
+        assert!(!c.1.exists());
+        assert!(a.1.exists() && d.1.exists() && e.1.exists());
+    }
+
+    #[test]
+    fn loading_an_entry_keeps_it_from_eviction() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = runtime(dir.path(), 2);
+        let [a, b, c] = [1, 2, 3].map(|n| component(&first, dir.path(), n));
+        first.compile(&a.0).unwrap();
+        first.compile(&b.0).unwrap();
+        age(&a.1, 3);
+        age(&b.1, 2);
+        // Another process (an empty memory cache) loads a from the disk cache: a hit ...
+        let second = runtime(dir.path(), 2);
+        second.compile(&a.0).unwrap();
+        assert_eq!(second.cache_hits(), 1);
+        // ... so b, not a, is the least recently used when c is written.
+        second.compile(&c.0).unwrap();
+        assert!(!b.1.exists(), "b was used least recently");
+        assert!(a.1.exists() && c.1.exists());
+    }
+
+    #[test]
+    fn other_engines_entries_go_and_other_files_stay() {
+        let dir = tempfile::tempdir().unwrap();
+        let rt = runtime(dir.path(), 2);
+        let ours = rt.engine_hash();
+        let other_engine = if ours == "0123456789abcdef" {
+            "fedcba9876543210"
+        } else {
+            "0123456789abcdef"
+        };
+        let digest = "ab".repeat(32);
+        let foreign = dir.path().join(format!("{digest}-{other_engine}.cwasm"));
+        let unrelated = [
+            "notes.txt".to_string(),
+            "module.cwasm".to_string(),
+            format!("{digest}-{ours}.cwasm.bak"),
+            // Another process's write in progress (write_atomically's temporary file).
+            format!("{digest}-{ours}.tmp4242"),
+            format!("{}-{ours}.cwasm", "AB".repeat(32)),
+            format!("{digest}-{other_engine}x.cwasm"),
+        ]
+        .map(|name| dir.path().join(name));
+        for path in unrelated.iter().chain([&foreign]) {
+            std::fs::write(path, b"x").unwrap();
+            age(path, 1000);
+        }
+        // A directory named like an entry is not one either.
+        let named_like_an_entry = dir.path().join(format!("{}-{ours}.cwasm", "cd".repeat(32)));
+        std::fs::create_dir(&named_like_an_entry).unwrap();
+        for n in 1..=4 {
+            rt.compile(&component(&rt, dir.path(), n).0).unwrap();
+        }
+        assert!(
+            !foreign.exists(),
+            "another engine's entry can never be loaded"
+        );
+        for path in &unrelated {
+            assert!(path.exists(), "{} was removed", path.display());
+        }
+        assert!(named_like_an_entry.is_dir());
+        let entries = std::fs::read_dir(dir.path())
+            .unwrap()
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .filter(|name| cache_entry_engine(name) == Some(ours.as_str()))
+            .count();
+        // The two newest entries, plus the directory.
+        assert_eq!(entries, 3);
+    }
 }
