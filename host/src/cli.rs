@@ -141,6 +141,7 @@ pub struct RunArgs {
     #[arg(
         long,
         env = "KUBELISTEN_LABEL_SELECTOR",
+        value_parser = label_selector,
         requires = "crd",
         conflicts_with = "config"
     )]
@@ -149,6 +150,7 @@ pub struct RunArgs {
     #[arg(
         long,
         env = "KUBELISTEN_FIELD_SELECTOR",
+        value_parser = field_selector,
         requires = "crd",
         conflicts_with = "config"
     )]
@@ -278,6 +280,16 @@ impl LimitFlags {
             limits.crash_loop_backoff_max = Duration::from_millis(ms);
         }
     }
+}
+
+/// `--label-selector`: checked like the API server would (see [`kubelisten::watch::selectors`]).
+fn label_selector(s: &str) -> Result<String, String> {
+    kubelisten::watch::selectors::check_label_selector(s).map(|()| s.to_string())
+}
+
+/// `--field-selector`: checked like the API server would (see [`kubelisten::watch::selectors`]).
+fn field_selector(s: &str) -> Result<String, String> {
+    kubelisten::watch::selectors::check_field_selector(s).map(|()| s.to_string())
 }
 
 #[cfg(test)]
@@ -441,6 +453,16 @@ mod tests {
             &["run", "--config", "k.yaml", "--modules-configmap", "ns/m"],
         ] {
             parse(ok).unwrap_or_else(|err| panic!("{ok:?}: {err}"));
+        }
+        let crd = ["run", "--crd", "c.yaml", "-l", "a.wasm"];
+        for (flag, bad, says) in [
+            ("--label-selector", "app=web,", "comma with no requirement"),
+            ("--field-selector", "metadata.name", "no operator"),
+        ] {
+            let err = parse(&[&crd[..], &[flag, bad]].concat())
+                .expect_err(bad)
+                .to_string();
+            assert!(err.contains(flag) && err.contains(says), "{err}");
         }
     }
 }

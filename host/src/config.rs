@@ -391,6 +391,17 @@ impl Validator<'_> {
             }
         }
         let selector = |s: Option<String>| s.filter(|s| !s.trim().is_empty());
+        use crate::watch::selectors::{check_field_selector, check_label_selector};
+        if let Some(s) = &raw.label_selector {
+            if let Err(why) = check_label_selector(s) {
+                return self.fail(&at.key("labelSelector"), why);
+            }
+        }
+        if let Some(s) = &raw.field_selector {
+            if let Err(why) = check_field_selector(s) {
+                return self.fail(&at.key("fieldSelector"), why);
+            }
+        }
         let listeners_at = at.key("listeners");
         if raw.listeners.is_empty() && self.listeners == Listeners::Required {
             return self.fail(
@@ -1320,6 +1331,15 @@ watches:
         assert_err(
             "watches:\n  - name: a\n    apiVersion: v1\n    kind: Pod\n    namespaces: [x, x]\n    listeners: [{module: x.wasm}]\n",
             &[":5:21: watches[0].namespaces[1]: namespace \"x\" is listed twice"],
+        );
+        // Selectors are checked as the API server would, at their place.
+        assert_err(
+            "watches:\n  - name: a\n    apiVersion: v1\n    kind: Pod\n    labelSelector: app in web\n    listeners: [{module: x.wasm}]\n",
+            &[":5:20: watches[0].labelSelector: `app in` needs a parenthesized list"],
+        );
+        assert_err(
+            "watches:\n  - name: a\n    apiVersion: v1\n    kind: Pod\n    fieldSelector: spec.nodeName\n    listeners: [{module: x.wasm}]\n",
+            &[":5:20: watches[0].fieldSelector: term \"spec.nodeName\" has no operator"],
         );
     }
 

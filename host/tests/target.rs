@@ -330,3 +330,79 @@ async fn a_malformed_crd_file_fails_before_touching_the_cluster() {
         )
     );
 }
+
+/// The config's selector checks agree with the API server: every selector in this corpus is
+/// refused by both or accepted by both (a list of ConfigMaps with it, 400 or not).
+#[tokio::test]
+async fn selector_checks_agree_with_the_api_server() {
+    use k8s_openapi::api::core::v1::ConfigMap;
+    use kube::api::ListParams;
+    use kubelisten::watch::selectors::{check_field_selector, check_label_selector};
+
+    let client = common::client().await;
+    let api: Api<ConfigMap> = Api::namespaced(client, "default");
+    let labels = [
+        "app",
+        "!app",
+        "app=web",
+        "app==web",
+        "app!=web",
+        "app=",
+        "app=web,tier!=db",
+        " app = web , tier in (a, b) ",
+        "env notin (prod)",
+        "x in ()",
+        "x in (a,,b)",
+        "kubelisten.dev/watch=true",
+        "replicas>2",
+        "replicas<-1",
+        "app=web,",
+        ",app",
+        "app=web tier=db",
+        "app in a,b",
+        "app in (a",
+        "app > two",
+        "app=-web",
+        "Example.com/app=x",
+        "/app=x",
+        "-app",
+        "!app=x",
+        "app=(x)",
+        "app ~= x",
+        "a=vvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvv",
+    ];
+    let fields = [
+        "metadata.name=x",
+        "metadata.name==x",
+        "metadata.name!=x,metadata.namespace=default",
+        "metadata.name=",
+        "metadata.name=a\\,b\\=c\\\\d",
+        "metadata.name=x,",
+        "metadata.name",
+        "metadata.name=a=b",
+        "metadata.name=a\\b",
+        "metadata.name=a\\",
+        "metadata.name=b!=c",
+    ];
+    let mut disagreements = Vec::new();
+    for (selector, ours, label) in labels
+        .iter()
+        .map(|s| (*s, check_label_selector(s), true))
+        .chain(fields.iter().map(|s| (*s, check_field_selector(s), false)))
+    {
+        let params = if label {
+            ListParams::default().labels(selector)
+        } else {
+            ListParams::default().fields(selector)
+        };
+        let server = match api.list(&params.limit(1)).await {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(status)) if status.code == 400 => Err(status.message.clone()),
+            Err(other) => panic!("{selector:?}: {other}"),
+        };
+        if ours.is_ok() != server.is_ok() {
+            disagreements.push(format!("{selector:?}: ours {ours:?}, server {server:?}"));
+        }
+    }
+    assert!(disagreements.is_empty(), "{}", disagreements.join("\n"));
+}
