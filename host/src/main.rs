@@ -188,10 +188,33 @@ fn run_cluster(runtime_config: RuntimeConfig, args: RunArgs) -> anyhow::Result<E
         .enable_all()
         .build()
         .context("starting the async runtime")?;
+    // The stop signals are caught from here on (the handlers are installed now, in the runtime):
+    // a SIGTERM while the modules ConfigMap is read or the watches are set up stops the run
+    // gracefully instead of getting the default action.
+    let mut shutdown = {
+        let _runtime = tokio.enter();
+        Box::pin(shutdown_signal())
+    };
     // Only a modules ConfigMap: its listeners.yaml (the --config format) names the watches.
     let from_configmap = args.config.is_none() && args.crd.is_none();
     let config = match &args.modules_configmap {
-        Some(source) if from_configmap => tokio.block_on(config_from_configmap(source))?,
+        Some(source) if from_configmap => {
+            let read = tokio.block_on(async {
+                tokio::select! {
+                    config = config_from_configmap(source) => Some(config),
+                    () = &mut shutdown => None,
+                }
+            });
+            let Some(config) = read else {
+                tracing::info!(
+                    namespace = %source.namespace,
+                    configmap = %source.name,
+                    "shutting down before the watches started (reading the modules ConfigMap)"
+                );
+                return Ok(ExitCode::SUCCESS);
+            };
+            config?
+        }
         _ => run_config(&args)?,
     };
     // Bad CRD files are startup errors even before the cluster is reachable.
@@ -235,7 +258,7 @@ fn run_cluster(runtime_config: RuntimeConfig, args: RunArgs) -> anyhow::Result<E
             &config,
             &settings,
             Some(cluster),
-            shutdown_signal(),
+            shutdown,
         )
         .await
     })?;
