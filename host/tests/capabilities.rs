@@ -340,3 +340,70 @@ async fn listener_failures_are_recorded_as_warning_events_rate_limited_per_objec
     assert!(event.series.is_none(), "published once, not as a series");
     t.ns.delete().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_guest_pages_through_a_list_with_continue_tokens() {
+    use k8s_openapi::api::core::v1::ConfigMap;
+
+    let t = Things::new().await;
+    let probe = with_caps(
+        harness::listener("probe", Mode::Classname),
+        "grants:\n  - {apiGroups: [''], resources: [configmaps], verbs: [list]}\n",
+    );
+    let config = t.watch(vec![probe]);
+    let capture = Arc::new(Capture::default());
+    let (runtime, cluster) = harness::cluster_runtime(&t.client, &config, capture.clone());
+    let host = TestHost::start_with_cluster(
+        t.client.clone(),
+        &runtime,
+        &config,
+        &settings(2),
+        Some(cluster),
+    )
+    .await;
+    host.wait_synced().await;
+
+    // Seven labelled ConfigMaps (and one without the label), read three at a time.
+    let label = format!("page-{}", common::random_suffix());
+    let cms: Api<ConfigMap> = Api::namespaced(t.client.clone(), t.ns.name());
+    for i in 0..8 {
+        let mut cm = ConfigMap::default();
+        cm.metadata.name = Some(format!("cm-{i}"));
+        if i < 7 {
+            cm.metadata.labels = Some([("page-test".to_string(), label.clone())].into());
+        }
+        cms.create(&PostParams::default(), &cm).await.unwrap();
+    }
+    let calls = json!([
+        {"op": "list-all", "ref": {"apiVersion": "v1", "kind": "ConfigMap"}, "limit": 3, "labelSelector": format!("page-test={label}")},
+    ]);
+    t.create(
+        "pager",
+        json!({}),
+        &[("kubelisten.dev/probe", &calls.to_string())],
+    )
+    .await;
+    let result = eventually("the probe result", async || probe_result(&capture, "pager")).await;
+    assert_eq!(
+        result["results"][0]["detail"],
+        json!({"items": 7, "pages": 3}),
+        "{result}"
+    );
+    host.stop().await;
+
+    // Three list requests reached the API server: the first without a token, two with one.
+    let audited = harness::audit_entries("kubelisten/probe");
+    let lists: Vec<&str> = audited
+        .iter()
+        .filter(|e| e["stage"] == "ResponseComplete")
+        .filter_map(|e| e["requestURI"].as_str())
+        .filter(|u| u.starts_with(&format!("/api/v1/namespaces/{}/configmaps?", t.ns.name())))
+        .collect();
+    assert_eq!(lists.len(), 3, "{lists:?}");
+    assert_eq!(
+        lists.iter().filter(|u| u.contains("continue=")).count(),
+        2,
+        "{lists:?}"
+    );
+    t.ns.delete().await;
+}

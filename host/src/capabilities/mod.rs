@@ -304,10 +304,15 @@ impl KubeCluster {
         let manager = format!("kubelisten/{}", caller.listener);
         let built = match request {
             ClusterRequest::Get(r) => req.get(&r.name, &GetParams::default()),
-            ClusterRequest::List { options, .. } => req.list(&ListParams {
+            ClusterRequest::List {
+                options,
+                continue_from,
+                ..
+            } => req.list(&ListParams {
                 label_selector: options.label_selector,
                 field_selector: options.field_selector,
                 limit: options.limit,
+                continue_token: continue_from.filter(|t| !t.is_empty()),
                 ..ListParams::default()
             }),
             ClusterRequest::Create(object) => req.create(
@@ -793,6 +798,7 @@ mod tests {
                         field_selector: None,
                         limit: None,
                     },
+                    continue_from: None,
                 },
             ),
             (
@@ -948,6 +954,7 @@ mod tests {
                 field_selector: None,
                 limit: None,
             },
+            continue_from: None,
         };
         match f.cluster.call(&f.caller, list("size=huge")) {
             Err(ApiError::Other(m)) => assert!(m.contains("larger than 8 MiB"), "{m}"),

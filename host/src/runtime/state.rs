@@ -208,6 +208,24 @@ impl cluster::Host for HostState {
             kind,
             namespace,
             options,
+            continue_from: None,
+        })
+    }
+
+    fn list_page(
+        &mut self,
+        api_version: String,
+        kind: String,
+        namespace: Option<String>,
+        options: ListOptions,
+        continue_from: Option<String>,
+    ) -> Result<String, ApiError> {
+        self.cluster_call(ClusterRequest::List {
+            api_version,
+            kind,
+            namespace,
+            options,
+            continue_from,
         })
     }
 

@@ -15,7 +15,7 @@ use crate::runtime::bindings::kubelisten::listener::cluster::{
 pub enum ClusterRequest {
     /// `get`
     Get(ObjectRef),
-    /// `list`
+    /// `list` and `list-page`
     List {
         /// apiVersion of the kind.
         api_version: String,
@@ -25,6 +25,8 @@ pub enum ClusterRequest {
         namespace: Option<String>,
         /// Selectors and limit.
         options: ListOptions,
+        /// The previous page's `metadata.continue` (`list-page`); `None` for the first page.
+        continue_from: Option<String>,
     },
     /// `create` (object JSON)
     Create(String),
