@@ -644,6 +644,8 @@ pub async fn run(
     if let Some(calls) = &calls {
         calls.stop_calls();
     }
+    // Nor go on computing: every guest call still running stops now.
+    runtime.halt_guests();
     election.cancel();
     if let Some(elector) = elector {
         let _ = elector.await;
@@ -736,6 +738,7 @@ mod tests {
         stop.send(()).unwrap();
         let ended = tokio::time::timeout(Duration::from_secs(3600), run).await;
         assert!(matches!(ended, Ok(Ok(()))), "{ended:?}");
+        assert!(runtime.halted(), "a run halts the guests it leaves behind");
     }
 
     #[tokio::test(start_paused = true)]

@@ -1415,3 +1415,50 @@ fn a_listener_joining_a_chain_gets_only_what_its_watch_has_caught_up_on() {
     catch_up_again.chain_generation = rejoined;
     assert_eq!(called(&catch_up_again), ["l"]);
 }
+
+#[test]
+fn halting_the_runtime_stops_running_guest_calls_at_once() {
+    let (rt, _capture, _cache) = runtime();
+    // Limits far beyond the test's watchdog: only the halt can end these calls in time.
+    let limits = Limits {
+        call_timeout: Duration::from_secs(600),
+        call_wall_timeout: Duration::from_secs(600),
+        crash_loop_threshold: 1000,
+        ..Limits::default()
+    };
+    let mut running = Vec::new();
+    for (mode, fault) in [
+        (Mode::Classname, "loop"),
+        (Mode::Reference, "loop"),
+        (Mode::Classname, "sleep"),
+        (Mode::Reference, "sleep"),
+    ] {
+        let faulty = Arc::new(Listener::load(&rt, &spec("faulty", mode, limits.clone())).unwrap());
+        let chain = Chain::new(vec![faulty]);
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(chain.dispatch(&event(EventKind::Create, "stuck", Some(fault))));
+        });
+        running.push((mode, fault, rx));
+    }
+    // Whether a call is under way yet or not: either way it ends with the halt.
+    std::thread::sleep(Duration::from_millis(200));
+    rt.halt_guests();
+    for (mode, fault, rx) in running {
+        let report = rx
+            .recv_timeout(Duration::from_secs(60))
+            .unwrap_or_else(|_| panic!("{mode:?} {fault}: the call went on after the halt"));
+        let outcome = &report.calls[0].outcome;
+        assert_eq!(
+            outcome.trap_kind(),
+            Some(TrapKind::Other),
+            "{mode:?} {fault}: {outcome:?}"
+        );
+        assert!(
+            outcome
+                .message()
+                .starts_with("stopped: kubelisten stopped all guest calls"),
+            "{mode:?} {fault}: {outcome:?}"
+        );
+    }
+}

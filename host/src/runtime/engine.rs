@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
+use tokio_util::sync::CancellationToken;
 use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
@@ -19,6 +20,10 @@ use super::{Error, Result};
 
 /// Interval of the epoch ticker; call deadlines are rounded up to whole ticks.
 pub(crate) const EPOCH_TICK: Duration = Duration::from_millis(10);
+
+/// The longest stretch, in epoch ticks, a guest runs between two checks of its deadline
+/// callback (time left, [`Runtime::halt_guests`]): 100 ms.
+pub const HALT_CHECK_TICKS: u64 = 10;
 
 /// Settings of the [`Runtime`].
 #[derive(Clone)]
@@ -86,6 +91,8 @@ struct Inner {
     spare_budget: u32,
     /// Compiled-code cache entries of this engine kept on disk (see [`DISK_CACHE_ENTRIES`]).
     disk_cache_entries: usize,
+    /// Cancelled by [`Runtime::halt_guests`]: every guest call stops at its next check.
+    halt: CancellationToken,
 }
 
 impl Drop for Inner {
@@ -133,7 +140,29 @@ impl Runtime {
             spares: AtomicU32::new(0),
             spare_budget,
             disk_cache_entries,
+            halt: CancellationToken::new(),
         })))
+    }
+
+    /// Stops every guest call of this runtime, for the end of a run: the leadership was lost
+    /// or the shutdown grace ran out, and a call still running must not go on computing (its
+    /// cluster calls are refused already, see `KubeCluster::stop_calls`). A guest running wasm
+    /// is interrupted at its next epoch check (every [`HALT_CHECK_TICKS`] ticks, 100 ms), a
+    /// guest waiting in `wasi:io/poll` at once; the call traps with kind `other`
+    /// ([`Halted`](super::trap::Halted)). Calls started later trap at their first check.
+    /// It cannot be undone.
+    pub fn halt_guests(&self) {
+        self.0.halt.cancel();
+    }
+
+    /// Whether [`Runtime::halt_guests`] was called.
+    pub fn halted(&self) -> bool {
+        self.0.halt.is_cancelled()
+    }
+
+    /// The token [`Runtime::halt_guests`] cancels, for each store.
+    pub(crate) fn halt_token(&self) -> CancellationToken {
+        self.0.halt.clone()
     }
 
     /// Reserves room for one prewarmed spare instance, or `None` when spares already hold their

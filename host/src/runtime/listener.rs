@@ -14,11 +14,11 @@ use wasmtime::Store;
 use super::backoff::{CrashLoop, CrashLoopConfig, Ticket};
 use super::bindings::{Event, Listener as ListenerWorld, ListenerPre, WatchError};
 use super::check;
-use super::engine::{Runtime, SpareTicket, EPOCH_TICK};
+use super::engine::{Runtime, SpareTicket, EPOCH_TICK, HALT_CHECK_TICKS};
 use super::host::ChainState;
 use super::limits::Limits;
 use super::state::HostState;
-use super::trap::TrapKind;
+use super::trap::{Halted, TrapKind};
 use super::{Error, Result};
 
 /// How a listener's instances live.
@@ -295,7 +295,7 @@ impl Handover<'_> {
                 return false;
             }
         };
-        p.store.set_epoch_deadline(new.epoch_ticks);
+        p.store.set_epoch_deadline(new.first_deadline());
         p.store.data_mut().start_call();
         let restored = contain_export(|| {
             p.instance
@@ -742,7 +742,7 @@ impl Listener {
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         let p = slot.as_mut()?;
-        p.store.set_epoch_deadline(self.epoch_ticks);
+        p.store.set_epoch_deadline(self.first_deadline());
         p.store.data_mut().start_call();
         let result = contain_export(|| {
             p.instance
@@ -771,27 +771,40 @@ impl Listener {
         }
     }
 
+    /// The first epoch deadline of a call: its time limit, or the halt check if sooner (the
+    /// deadline callback then extends it).
+    fn first_deadline(&self) -> u64 {
+        self.epoch_ticks.min(HALT_CHECK_TICKS)
+    }
+
     fn new_store(&self) -> Store<HostState> {
         let state = HostState::new(
             self.name.clone(),
             self.runtime.sink(),
             self.runtime.cluster(),
             &self.limits,
+            self.runtime.halt_token(),
         );
         let mut store = Store::new(self.runtime.engine(), state);
         store.limiter(|s| &mut s.limiter);
-        store.set_epoch_deadline(self.epoch_ticks);
+        store.set_epoch_deadline(self.first_deadline());
         // The deadline counts the guest's own time: time spent blocked in host calls (cluster
         // requests) is given back when the epoch deadline is reached, up to the call's
         // wall-clock cap. Waits in `wasi:io/poll` are bounded by the same budget (runtime/poll.rs).
+        // The callback also runs at least every HALT_CHECK_TICKS, to see a halt in time.
         store.epoch_deadline_callback(move |ctx| {
+            if ctx.data().halted() {
+                return Err(Halted.into());
+            }
             let left = ctx.data().time_left();
             if left.is_zero() {
                 return Ok(wasmtime::UpdateDeadline::Interrupt);
             }
             let left = left.as_millis().div_ceil(EPOCH_TICK.as_millis()).max(1);
             Ok(wasmtime::UpdateDeadline::Continue(
-                u64::try_from(left).unwrap_or(u64::MAX),
+                u64::try_from(left)
+                    .unwrap_or(u64::MAX)
+                    .min(HALT_CHECK_TICKS),
             ))
         });
         store
@@ -816,7 +829,7 @@ impl Listener {
     }
 
     fn prepare(&self, store: &mut Store<HostState>, ctx: &CallContext) {
-        store.set_epoch_deadline(self.epoch_ticks);
+        store.set_epoch_deadline(self.first_deadline());
         let state = store.data_mut();
         state.limiter.exceeded = None;
         state.log.object = ctx.object.clone();

@@ -6,7 +6,7 @@
 //! mode, its instance for as long as it asked. These replacements for wasmtime-wasi's
 //! synchronous `poll`, `pollable.block` and `pollable.ready` wait at most until the call's time
 //! limit and then trap with [`wasmtime::Trap::Interrupt`], which is classified as `deadline`
-//! like a busy loop.
+//! like a busy loop. A halt of the runtime ends the wait at once.
 
 use wasmtime::component::{HasData, Linker, Resource, ResourceTable};
 use wasmtime_wasi::p2::bindings::sync::io::poll;
@@ -15,10 +15,11 @@ use wasmtime_wasi_io::poll::DynPollable;
 
 use super::state::HostState;
 
-/// The resource table and the time the current call has left.
+/// The resource table, the time the current call has left, and the runtime's halt.
 pub(crate) struct BoundedPoll<'a> {
     table: &'a mut ResourceTable,
     left: std::time::Duration,
+    halt: tokio_util::sync::CancellationToken,
 }
 
 struct HasBoundedPoll;
@@ -33,9 +34,11 @@ pub(crate) fn shadow_wasi_poll(linker: &mut Linker<HostState>) -> wasmtime::Resu
     linker.allow_shadowing(true);
     let added = poll::add_to_linker::<HostState, HasBoundedPoll>(linker, |state| {
         let left = state.time_left();
+        let halt = state.halt_token().clone();
         BoundedPoll {
             table: state.table_mut(),
             left,
+            halt,
         }
     });
     linker.allow_shadowing(false);
@@ -43,17 +46,23 @@ pub(crate) fn shadow_wasi_poll(linker: &mut Linker<HostState>) -> wasmtime::Resu
 }
 
 impl BoundedPoll<'_> {
-    /// Runs `wait` for at most the time left, else traps as the deadline would.
+    /// Runs `wait` for at most the time left, else traps as the deadline would; a halt
+    /// ([`Runtime::halt_guests`](super::Runtime::halt_guests)) ends it at once.
     fn bounded<T>(
         &mut self,
         wait: impl AsyncFnOnce(&mut ResourceTable) -> wasmtime::Result<T>,
     ) -> wasmtime::Result<T> {
         let left = self.left;
         let table = &mut *self.table;
+        let halt = self.halt.clone();
         wasmtime_wasi::runtime::in_tokio(async move {
-            match tokio::time::timeout(left, wait(table)).await {
-                Ok(result) => result,
-                Err(_) => Err(wasmtime::Trap::Interrupt.into()),
+            tokio::select! {
+                biased;
+                () = halt.cancelled() => Err(super::trap::Halted.into()),
+                timed = tokio::time::timeout(left, wait(table)) => match timed {
+                    Ok(result) => result,
+                    Err(_) => Err(wasmtime::Trap::Interrupt.into()),
+                },
             }
         })
     }

@@ -3,6 +3,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use tokio_util::sync::CancellationToken;
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
@@ -35,6 +36,8 @@ pub(crate) struct HostState {
     pub(crate) call_budget: Duration,
     /// The wall-clock time a call may take, host calls included (`limits.call-wall-timeout`).
     pub(crate) wall_budget: Duration,
+    /// Cancelled when every guest call must stop (`Runtime::halt_guests`).
+    halt: CancellationToken,
 }
 
 impl HostState {
@@ -45,6 +48,7 @@ impl HostState {
         sink: Arc<dyn GuestLogSink>,
         cluster: Arc<dyn ClusterAccess>,
         limits: &Limits,
+        halt: CancellationToken,
     ) -> Self {
         let stdout = GuestOutput::default();
         let stderr = GuestOutput::default();
@@ -79,7 +83,18 @@ impl HostState {
             chain: ChainState::default(),
             stdout,
             stderr,
+            halt,
         }
+    }
+
+    /// Whether [`Runtime::halt_guests`](super::Runtime::halt_guests) stopped every call.
+    pub(crate) fn halted(&self) -> bool {
+        self.halt.is_cancelled()
+    }
+
+    /// The token [`Runtime::halt_guests`](super::Runtime::halt_guests) cancels.
+    pub(crate) fn halt_token(&self) -> &CancellationToken {
+        &self.halt
     }
 
     /// Starts the clock of a call (a listener export, `snapshot` or `restore`).

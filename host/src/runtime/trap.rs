@@ -39,6 +39,9 @@ impl TrapKind {
 
     /// Classifies the error of a failed call; `stderr` is what the guest wrote during the call.
     pub(crate) fn classify(err: &wasmtime::Error, limit_hit: bool, stderr: &str) -> (Self, String) {
+        if let Some(halted) = err.downcast_ref::<Halted>() {
+            return (TrapKind::Other, halted.to_string());
+        }
         if limit_hit || err.downcast_ref::<LimitExceeded>().is_some() {
             let message = err
                 .downcast_ref::<LimitExceeded>()
@@ -65,6 +68,11 @@ impl TrapKind {
         (kind, message)
     }
 }
+
+/// The error a guest call stops with after [`Runtime::halt_guests`](super::Runtime::halt_guests).
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+#[error("stopped: kubelisten stopped all guest calls (leadership lost or shutdown grace over)")]
+pub struct Halted;
 
 /// The panic line and the one after it (Rust prints `panicked at file:line:col:\nmessage`).
 fn panic_message(stderr: &str) -> Option<String> {
