@@ -9,6 +9,7 @@ use anyhow::Context;
 use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::AbortOnDropHandle;
 
 use crate::capabilities::events::FailureReporter;
 use crate::capabilities::KubeCluster;
@@ -20,7 +21,7 @@ use crate::metrics::{labels, Metrics};
 use crate::runtime::{Listener, Runtime};
 use crate::server::{ListenerStatus, ServerState, WatchEntry};
 use crate::watch::leader::LeaderConfig;
-use crate::watch::state::WatchState;
+use crate::watch::state::{TaskGuard, WatchState};
 use crate::watch::target;
 use crate::watch::watcher::{self, WatchSpec};
 
@@ -244,21 +245,51 @@ pub async fn start(
     if let Some(cluster) = &cluster {
         cluster.count_into(metrics.clone());
     }
-    let attempts =
-        futures::future::join_all(config.watches.iter().map(|w| resolve_once(&client, w))).await;
+    // Every first attempt runs at once; the start waits for them at most START_WAIT. One still
+    // running then goes on in its watch's background task.
+    let mut attempts: Vec<Option<FirstAttempt>> = config
+        .watches
+        .iter()
+        .map(|w| {
+            Some(AbortOnDropHandle::new(tokio::spawn(resolve_once(
+                client.clone(),
+                w.clone(),
+            ))))
+        })
+        .collect();
+    let mut outcomes: Vec<Option<Result<target::Target, Unresolved>>> =
+        config.watches.iter().map(|_| None).collect();
+    let _ = tokio::time::timeout(
+        START_WAIT,
+        futures::future::join_all(attempts.iter_mut().zip(outcomes.iter_mut()).map(
+            |(attempt, outcome)| async move {
+                if let Some(handle) = attempt {
+                    *outcome = Some(joined(handle.await));
+                }
+            },
+        )),
+    )
+    .await;
     let mut prepared = Vec::new();
-    for (watch, attempt) in config.watches.iter().zip(attempts) {
-        let target = match attempt {
-            Ok(target) => Ok(target),
-            Err(Unresolved::Failed(err)) if err.is_permanent() => {
-                return Err(anyhow::Error::new(err))
-                    .with_context(|| format!("watch {}: resolving the target", watch.name));
+    for ((watch, attempt), outcome) in config.watches.iter().zip(&mut attempts).zip(outcomes) {
+        let target = match (outcome, attempt.take()) {
+            (Some(outcome), _) => match outcome {
+                Ok(target) => Resolution::Resolved(target),
+                Err(Unresolved::Failed(err)) if err.is_permanent() => {
+                    return Err(anyhow::Error::new(err))
+                        .with_context(|| format!("watch {}: resolving the target", watch.name));
+                }
+                Err(unresolved) => {
+                    let why = unresolved.describe();
+                    tracing::warn!(watch = %watch.name, target = %watch.target, error = %why, "the watch's target cannot be resolved yet: the other watches start, this one retries");
+                    Resolution::Failed(why)
+                }
+            },
+            (None, Some(handle)) => {
+                tracing::warn!(watch = %watch.name, target = %watch.target, wait_s = START_WAIT.as_secs(), "the watch's target is not resolved yet: the other watches start, this one goes on");
+                Resolution::Pending(handle)
             }
-            Err(unresolved) => {
-                let why = unresolved.to_string();
-                tracing::warn!(watch = %watch.name, target = %watch.target, error = %why, "the watch's target cannot be resolved yet: the other watches start, this one retries");
-                Err(why)
-            }
+            (None, None) => unreachable!("every watch has its first attempt"),
         };
         let mut listeners = Vec::new();
         // With a modules ConfigMap, the chains come from it (loaded below), not from the config.
@@ -346,16 +377,25 @@ pub async fn start(
             .get_or_create(&labels([("watch", &*name)]))
             .clone();
         let resource = match target {
-            Ok(target) => {
+            Resolution::Resolved(target) => {
                 waiting.set(0);
                 tasks.spawn(&target, &mut watchers);
                 tracing::info!(watch = %name, resource = %target.describe(), listeners = chain.get().listeners().len(), "watching");
                 target.describe()
             }
-            Err(why) => {
+            Resolution::Failed(why) => {
                 waiting.set(1);
                 state.set_waiting(Some(why));
-                watchers.spawn(tasks.wait_for_target(watch.clone(), waiting));
+                watchers.spawn(tasks.wait_for_target(watch.clone(), waiting, None));
+                watch.target.to_string()
+            }
+            Resolution::Pending(first) => {
+                waiting.set(1);
+                state.set_waiting(Some(format!(
+                    "not resolved within {}s of the start; still trying",
+                    START_WAIT.as_secs()
+                )));
+                watchers.spawn(tasks.wait_for_target(watch.clone(), waiting, Some(first)));
                 watch.target.to_string()
             }
         };
@@ -412,6 +452,10 @@ pub const RESOLVE_TIMEOUT: Duration = Duration::from_secs(75);
 /// (the first pause is 1 s, doubling).
 pub const RESOLVE_RETRY_MAX: Duration = Duration::from_secs(30);
 
+/// How long [`start`] waits for the first attempts at resolving the targets before it starts
+/// the watches that did resolve; the others go on in the background.
+pub const START_WAIT: Duration = Duration::from_secs(10);
+
 /// Why one attempt at resolving a target did not succeed.
 #[derive(Debug, thiserror::Error)]
 enum Unresolved {
@@ -421,14 +465,42 @@ enum Unresolved {
     /// No answer within [`RESOLVE_TIMEOUT`].
     #[error("no answer from the API server within {}s", RESOLVE_TIMEOUT.as_secs())]
     TimedOut,
+    /// The attempt's task panicked (a bug).
+    #[error("resolving the target panicked: {0}")]
+    Panicked(String),
+}
+
+impl Unresolved {
+    /// The error with its causes (`cannot create CRD x: ... forbidden: ...`), for logs,
+    /// `/readyz` and `/status`.
+    fn describe(self) -> String {
+        format!("{:#}", anyhow::Error::new(self))
+    }
+}
+
+/// A first attempt still running in its own task (aborted if dropped).
+type FirstAttempt = AbortOnDropHandle<Result<target::Target, Unresolved>>;
+
+/// How a watch's first attempt ended within [`START_WAIT`].
+enum Resolution {
+    Resolved(target::Target),
+    Failed(String),
+    Pending(FirstAttempt),
+}
+
+/// The result of an attempt's task.
+fn joined(
+    result: Result<Result<target::Target, Unresolved>, tokio::task::JoinError>,
+) -> Result<target::Target, Unresolved> {
+    result.unwrap_or_else(|err| Err(Unresolved::Panicked(err.to_string())))
 }
 
 /// One attempt at resolving `watch`'s target, bounded by [`RESOLVE_TIMEOUT`].
 async fn resolve_once(
-    client: &kube::Client,
-    watch: &WatchConfig,
+    client: kube::Client,
+    watch: WatchConfig,
 ) -> Result<target::Target, Unresolved> {
-    match tokio::time::timeout(RESOLVE_TIMEOUT, target::resolve(client, watch)).await {
+    match tokio::time::timeout(RESOLVE_TIMEOUT, target::resolve(&client, &watch)).await {
         Ok(resolved) => resolved.map_err(Unresolved::Failed),
         Err(_) => Err(Unresolved::TimedOut),
     }
@@ -466,15 +538,17 @@ impl WatchTasks {
                 state: self.state.clone(),
                 metrics: self.metrics.clone(),
             };
-            self.state
-                .tasks
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            set.spawn(watcher::run(
+            let task = TaskGuard::new(self.state.clone());
+            let run = watcher::run(
                 self.client.clone(),
                 spec,
                 self.tx.clone(),
                 Some(self.chain.catch_up()),
-            ));
+            );
+            set.spawn(async move {
+                let _task = task;
+                run.await;
+            });
         }
     }
 
@@ -483,17 +557,32 @@ impl WatchTasks {
     /// when one of those ends (they run until aborted), which [`Running::failed`] reports.
     /// Every failed attempt is logged at warn and kept for `/readyz`; a permanent error now
     /// (the kind turned out cluster-scoped, say) is retried too, since the cluster may change.
-    async fn wait_for_target(self, watch: WatchConfig, waiting: Gauge) {
+    async fn wait_for_target(
+        self,
+        watch: WatchConfig,
+        waiting: Gauge,
+        first: Option<FirstAttempt>,
+    ) {
         let mut delay = Duration::from_secs(1);
         let mut attempts = 1u32;
+        let mut pending = first;
         let target = loop {
-            tokio::time::sleep(delay).await;
-            delay = (delay * 2).min(RESOLVE_RETRY_MAX);
-            attempts += 1;
-            match resolve_once(&self.client, &watch).await {
+            let attempt = match pending.take() {
+                Some(first) => joined(first.await),
+                None => {
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(RESOLVE_RETRY_MAX);
+                    attempts += 1;
+                    resolve_once(self.client.clone(), watch.clone()).await
+                }
+            };
+            // Each answer is progress for `/healthz`, so that the first list after a long wait
+            // is not measured from the start of the process.
+            self.state.activity();
+            match attempt {
                 Ok(target) => break target,
                 Err(unresolved) => {
-                    let why = unresolved.to_string();
+                    let why = unresolved.describe();
                     tracing::warn!(watch = %self.name, target = %watch.target, attempts, retry_in_s = delay.as_secs(), error = %why, "the watch's target cannot be resolved yet");
                     self.state.set_waiting(Some(why));
                 }
@@ -501,6 +590,7 @@ impl WatchTasks {
         };
         let mut set = tokio::task::JoinSet::new();
         self.spawn(&target, &mut set);
+        self.state.set_resource(target.describe());
         self.state.set_waiting(None);
         waiting.set(0);
         tracing::info!(watch = %self.name, resource = %target.describe(), attempts, listeners = self.chain.get().listeners().len(), "target resolved: watching");
@@ -779,21 +869,47 @@ mod tests {
         )
         .await
         .expect("started, with the watch waiting");
-        assert_eq!(tokio::time::Instant::now() - t0, RESOLVE_TIMEOUT);
+        // The start waits START_WAIT for the first attempt, not its whole RESOLVE_TIMEOUT.
+        assert_eq!(tokio::time::Instant::now() - t0, START_WAIT);
         let watch = &running.watches[0];
         assert_eq!(
             watch.state.waiting().as_deref(),
-            Some("no answer from the API server within 75s")
+            Some("not resolved within 10s of the start; still trying")
         );
         assert!(!watch.state.ready());
         assert_eq!(watch.resource, "v1/ConfigMap");
         assert!(metrics
             .encode()
             .contains("kubelisten_watch_waiting_for_target{watch=\"cms\"} 1"));
-        // It keeps retrying in the background (never answered here), and stops with the run.
+        // The first attempt goes on in the background until its own timeout, then it retries
+        // (never answered here); it stops with the run.
+        tokio::time::sleep(RESOLVE_TIMEOUT).await;
+        assert_eq!(
+            watch.state.waiting().as_deref(),
+            Some("no answer from the API server within 75s")
+        );
         tokio::time::sleep(Duration::from_secs(600)).await;
         assert!(watch.state.waiting().is_some());
         assert!(running.stop().await);
+    }
+
+    #[test]
+    fn why_a_target_waits_names_the_cause() {
+        let forbidden = kube::Error::Api(Box::new(kube::core::Status {
+            code: 403,
+            message: "customresourcedefinitions is forbidden: User \"sa\" cannot create".into(),
+            ..Default::default()
+        }));
+        let why = Unresolved::Failed(target::Error::CreateCrdFailed {
+            name: "things.x.dev".into(),
+            source: Box::new(forbidden),
+        })
+        .describe();
+        assert!(
+            why.starts_with("cannot create CRD things.x.dev: ") && why.contains("cannot create"),
+            "{why}"
+        );
+        assert!(why.contains("is forbidden: User \"sa\""), "{why}");
     }
 
     #[tokio::test(start_paused = true)]

@@ -447,6 +447,10 @@ fn cache_entry_engine(name: &str) -> Option<&str> {
 /// write in progress, anything else put there) are left alone. The directory may be shared by
 /// several processes (`default_cache_dir` is per user), so a file that vanished meanwhile is no
 /// error; other errors are logged and never fail the compile.
+/// How long an entry of another engine (kubelisten or wasmtime version) stays in the disk
+/// cache after its last use: a week.
+const FOREIGN_ENTRY_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
+
 fn evict(dir: &Path, engine_hash: &str, keep: usize, written: &Path) {
     let remove = |path: &Path, why: &'static str| match std::fs::remove_file(path) {
         Ok(()) => {
@@ -489,7 +493,17 @@ fn evict(dir: &Path, engine_hash: &str, keep: usize, written: &Path) {
             }
         };
         if engine != engine_hash {
-            remove(&path, "compiled by another engine");
+            // Another kubelisten or wasmtime version: never loadable by this one, but maybe by a
+            // version that runs beside it (an installed binary and a dev build share the
+            // default directory): removed once unused for FOREIGN_ENTRY_AGE.
+            let unused = meta
+                .modified()
+                .ok()
+                .and_then(|m| m.elapsed().ok())
+                .is_some_and(|age| age > FOREIGN_ENTRY_AGE);
+            if unused {
+                remove(&path, "compiled by another engine, unused for a week");
+            }
         } else if path != written {
             match meta.modified() {
                 Ok(modified) => ours.push((modified, path)),
@@ -606,6 +620,12 @@ mod tests {
         };
         let digest = "ab".repeat(32);
         let foreign = dir.path().join(format!("{digest}-{other_engine}.cwasm"));
+        // Another engine's entry used within the week: another version may be using it.
+        let foreign_recent = dir
+            .path()
+            .join(format!("{}-{other_engine}.cwasm", "ef".repeat(32)));
+        std::fs::write(&foreign_recent, b"x").unwrap();
+        age(&foreign_recent, 24);
         let unrelated = [
             "notes.txt".to_string(),
             "module.cwasm".to_string(),
@@ -628,8 +648,9 @@ mod tests {
         }
         assert!(
             !foreign.exists(),
-            "another engine's entry can never be loaded"
+            "another engine's entry unused for over a week is removed"
         );
+        assert!(foreign_recent.exists());
         for path in &unrelated {
             assert!(path.exists(), "{} was removed", path.display());
         }

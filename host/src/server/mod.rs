@@ -208,7 +208,7 @@ async fn status(State(state): State<Arc<ServerState>>) -> Json<Value> {
                 .collect();
             json!({
                 "name": w.name,
-                "resource": w.resource,
+                "resource": w.state.resource().unwrap_or_else(|| w.resource.clone()),
                 "synced": w.state.synced.load(Ordering::Relaxed),
                 "ready": w.state.ready(),
                 "waitingForTarget": w.state.waiting(),

@@ -99,7 +99,8 @@ fn lex(input: &str) -> Result<Vec<Token>, String> {
     let mut chars = input.chars().peekable();
     while let Some(c) = chars.next() {
         let token = match c {
-            c if c.is_whitespace() => continue,
+            // apimachinery's lexer skips these four only (not U+00A0 and other spaces).
+            ' ' | '\t' | '\r' | '\n' => continue,
             '!' if chars.peek() == Some(&'=') => {
                 chars.next();
                 Token::NotEq
@@ -118,7 +119,7 @@ fn lex(input: &str) -> Result<Vec<Token>, String> {
             c => {
                 let mut word = String::from(c);
                 while let Some(&next) = chars.peek() {
-                    if next.is_whitespace() || "!=<>(),".contains(next) {
+                    if " \t\r\n!=<>(),".contains(next) {
                         break;
                     }
                     word.push(next);
@@ -399,6 +400,8 @@ mod tests {
             ("!app=x", "takes no operator"),
             ("app=(x)", "expected a value for \"app\", found `(`"),
             ("app ~= x", "expected an operator"),
+            // A non-breaking space is part of the word, as for the API server.
+            ("app=\u{a0}web", "of label \"app\""),
             (&format!("a={}", "v".repeat(64)), "at most 63"),
         ] {
             let err = check_label_selector(bad).expect_err(bad);

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use crate::event::{EventKind, ResourceEvent};
 use crate::status::Status;
@@ -33,6 +33,8 @@ pub struct WatchState {
     /// Why the watch's target is not resolved yet (its kind not served, the API failing), while
     /// it waits and retries; `None` once it is watching.
     waiting: Mutex<Option<String>>,
+    /// The resource watched (`group/version/kind`), once a target that was waited for resolved.
+    resource: Mutex<Option<String>>,
 }
 
 fn now_ms() -> u64 {
@@ -82,6 +84,19 @@ impl WatchState {
             .clone()
     }
 
+    /// Records the resource a target that was waited for resolved to.
+    pub fn set_resource(&self, resource: String) {
+        *self.resource.lock().unwrap_or_else(PoisonError::into_inner) = Some(resource);
+    }
+
+    /// The resource a target that was waited for resolved to, once it did.
+    pub fn resource(&self) -> Option<String> {
+        self.resource
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
     /// Time since the last activity.
     pub fn idle(&self) -> Duration {
         Duration::from_millis(
@@ -123,20 +138,23 @@ impl WatchState {
     }
 }
 
-/// Counts a task as alive until dropped (also when the task is aborted).
-pub struct AliveGuard<'a>(pub &'a AtomicUsize);
+/// One watch task of a watch: counted as started and alive from its creation, before the task
+/// is spawned (so that no health check sees a task started and not yet alive), and as no longer
+/// alive when dropped: when the task ends or is aborted, polled or not. Move it into the task.
+pub struct TaskGuard(Arc<WatchState>);
 
-impl<'a> AliveGuard<'a> {
-    /// Marks one more task alive.
-    pub fn new(counter: &'a AtomicUsize) -> Self {
-        counter.fetch_add(1, Ordering::Relaxed);
-        Self(counter)
+impl TaskGuard {
+    /// Counts one more task of `state`, started and alive.
+    pub fn new(state: Arc<WatchState>) -> Self {
+        state.alive.fetch_add(1, Ordering::Relaxed);
+        state.tasks.fetch_add(1, Ordering::Relaxed);
+        Self(state)
     }
 }
 
-impl Drop for AliveGuard<'_> {
+impl Drop for TaskGuard {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
+        self.0.alive.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -146,12 +164,11 @@ mod tests {
 
     #[test]
     fn health_problems() {
-        let s = WatchState::default();
-        s.tasks.store(1, Ordering::Relaxed);
+        let s = Arc::new(WatchState::default());
         s.dispatcher_alive.store(true, Ordering::Relaxed);
         s.activity();
         {
-            let _alive = AliveGuard::new(&s.alive);
+            let _task = TaskGuard::new(s.clone());
             assert_eq!(s.problem(Duration::from_secs(60)), None);
             assert!(!s.ready());
             s.synced.store(true, Ordering::Relaxed);
@@ -159,7 +176,7 @@ mod tests {
             assert!(s.ready());
         }
         assert!(s.problem(Duration::from_secs(60)).unwrap().contains("died"));
-        let _alive = AliveGuard::new(&s.alive);
+        s.alive.fetch_add(1, Ordering::Relaxed);
         s.last_activity_ms.store(0, Ordering::Relaxed);
         assert!(s
             .problem(Duration::from_secs(60))

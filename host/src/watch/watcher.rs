@@ -15,7 +15,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use tokio::sync::mpsc;
 
-use super::state::{AliveGuard, WatchState};
+use super::state::WatchState;
 use crate::dispatch::Joined;
 use crate::event::{ObjectMeta, ObjectStatus, ResourceEvent, Tracker, WatchErrorInfo, WatchType};
 use crate::metrics::{labels, Metrics};
@@ -46,7 +46,8 @@ pub struct WatchSpec {
     pub timeout: Duration,
     /// Page size of lists.
     pub page_size: u32,
-    /// Health state shared with the server (the caller counts this task in `state.tasks`).
+    /// Health state shared with the server (the caller counts this task with a
+    /// [`TaskGuard`](super::state::TaskGuard) moved into it).
     pub state: Arc<WatchState>,
     /// Restart and relist counters.
     pub metrics: Arc<Metrics>,
@@ -157,8 +158,6 @@ pub async fn run(
     joined: Option<(u64, mpsc::UnboundedReceiver<Joined>)>,
 ) {
     let (caught_up, joined) = joined.map_or((0, None), |(generation, rx)| (generation, Some(rx)));
-    let state = spec.state.clone();
-    let _alive = AliveGuard::new(&state.alive);
     let mut reflector = Reflector {
         request: Request::new(DynamicObject::url_path(
             &spec.resource,
