@@ -145,7 +145,10 @@ impl Running {
     /// (the leadership was lost while they drain).
     pub async fn stop_unless(mut self, abort: impl Future<Output = ()>) -> Stopped {
         self.cancel.cancel();
-        self.watchers.shutdown().await;
+        // Not awaited: a task in a blocking section (the hot swap waiting for a chain to be
+        // unused) must not hold up the drain or the leadership check below. The dispatchers
+        // no longer take events.
+        self.watchers.abort_all();
         let drain = tokio::time::timeout(self.grace, async {
             while self.dispatchers.join_next().await.is_some() {}
         });
@@ -677,7 +680,11 @@ pub async fn run(
         tracing::info!("standby: waiting for the leadership");
         tokio::select! {
             () = &mut shutdown => {
+                // The election may have won the lock just now: it releases it before returning.
                 election.cancel();
+                if let Some(elector) = elector {
+                    let _ = elector.await;
+                }
                 return Ok(());
             }
             changed = leader_rx.wait_for(|leader| *leader) => {
@@ -694,17 +701,28 @@ pub async fn run(
     // A stop while the watches are being set up (CRDs registered, modules compiled, targets
     // resolved) ends the run there: nothing has been dispatched yet.
     let calls = cluster.clone();
+    // So does a leadership lost meanwhile: nothing may be dispatched without it.
     let started = tokio::select! {
-        started = start(client, runtime, config, settings, None, metrics.clone(), cluster) => Some(started),
+        started = start(client, runtime, config, settings, None, metrics.clone(), cluster) => Some(Ok(started)),
         () = &mut shutdown => None,
+        lost = leader_rx.wait_for(|leader| !*leader), if elector.is_some() => {
+            drop(lost);
+            Some(Err(()))
+        }
     };
     let result = match started {
         None => {
             tracing::info!("shutting down before the watches started");
             Ok(())
         }
-        Some(Err(err)) => Err(err),
-        Some(Ok(mut running)) => {
+        Some(Err(())) => {
+            server.set_leader(false);
+            Err(anyhow::anyhow!(
+                "lost the leadership while the watches were set up; stopped"
+            ))
+        }
+        Some(Ok(Err(err))) => Err(err),
+        Some(Ok(Ok(mut running))) => {
             server.set_watches(running.entries());
             let drain_leader = elector.is_some().then(|| leader_rx.clone());
             tokio::select! {

@@ -203,7 +203,8 @@ pub struct RunArgs {
         default_value = "lease"
     )]
     pub leader_election_lock: kubelisten::watch::leader::LockKind,
-    /// This replica's identity (default: the Pod name from HOSTNAME, else a random name).
+    /// This replica's identity (default: the Pod name from HOSTNAME, else `kubelisten`, with
+    /// a random suffix of this process).
     #[arg(long, env = "KUBELISTEN_LEADER_ELECTION_IDENTITY")]
     pub leader_election_identity: Option<String>,
     /// Lease duration in seconds (client-go default 15).

@@ -286,6 +286,10 @@ fn leader_config(args: &RunArgs) -> anyhow::Result<Option<LeaderConfig>> {
         renew > retry,
         "--renew-deadline must be longer than --retry-period"
     );
+    anyhow::ensure!(
+        !retry.is_zero(),
+        "--retry-period must be more than 0 (it paces every election request)"
+    );
     Ok(Some(LeaderConfig {
         namespace,
         name: args.leader_election_name.clone(),
@@ -454,6 +458,47 @@ mod tests {
         match cli.command {
             Command::Run(args) => *args,
             other => panic!("not run: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn leader_timings_must_leave_room_for_each_other() {
+        let base = [
+            "--crd",
+            "t.yaml",
+            "-l",
+            "a.wasm",
+            "--leader-election-namespace",
+            "ns",
+        ];
+        let leader = |extra: &[&str]| leader_config(&run_args(&[&base[..], extra].concat()));
+        let config = leader(&[
+            "--lease-duration",
+            "1.5",
+            "--renew-deadline",
+            "1.2",
+            "--retry-period",
+            "0.2",
+        ])
+        .expect("fractional timings")
+        .expect("on");
+        assert_eq!(config.lease_duration, Duration::from_millis(1500));
+        for (extra, wanted) in [
+            (
+                &["--retry-period", "0"][..],
+                "--retry-period must be more than 0",
+            ),
+            (
+                &["--lease-duration", "10", "--renew-deadline", "10"],
+                "--lease-duration must be longer than --renew-deadline",
+            ),
+            (
+                &["--renew-deadline", "2", "--retry-period", "2"],
+                "--renew-deadline must be longer than --retry-period",
+            ),
+        ] {
+            let err = leader(extra).expect_err(&format!("{extra:?}")).to_string();
+            assert!(err.contains(wanted), "{extra:?}: {err}");
         }
     }
 

@@ -273,3 +273,163 @@ async fn lease_lock_failovers() {
 async fn configmap_lock_failovers() {
     failovers("configmap").await;
 }
+
+/// The election against the API server in-process, as `identity` on `lock` `name`.
+fn elector(
+    client: &kube::Client,
+    ns: &str,
+    lock: kubelisten::watch::leader::LockKind,
+    name: &str,
+    identity: &str,
+) -> (
+    tokio::sync::watch::Receiver<bool>,
+    tokio_util::sync::CancellationToken,
+    tokio::task::JoinHandle<()>,
+) {
+    let config = kubelisten::watch::leader::LeaderConfig {
+        namespace: ns.to_string(),
+        name: name.to_string(),
+        identity: identity.to_string(),
+        lock,
+        lease_duration: Duration::from_secs(5),
+        renew_deadline: Duration::from_secs(3),
+        retry_period: Duration::from_millis(200),
+    };
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let task = tokio::spawn(kubelisten::watch::leader::run(
+        client.clone(),
+        config,
+        tx,
+        cancel.clone(),
+    ));
+    (rx, cancel, task)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_lock_objects_other_fields_survive_acquiring_renewing_and_releasing() {
+    use k8s_openapi::api::coordination::v1::Lease;
+    use k8s_openapi::api::core::v1::ConfigMap;
+    use kube::api::{Api, PostParams};
+    use kubelisten::watch::leader::LockKind;
+
+    let client = common::client().await;
+    let ns = common::TestNamespace::new(&client).await;
+    let labels = || Some([("app".to_string(), "keep".to_string())].into());
+    let notes = || Some([("note".to_string(), "keep".to_string())].into());
+    // A ConfigMap that holds data besides the lock (say, the config file), and a Lease with
+    // labels and annotations.
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), ns.name());
+    let mut cm = ConfigMap::default();
+    cm.metadata.name = Some("lock".into());
+    cm.metadata.labels = labels();
+    cm.metadata.annotations = notes();
+    cm.data = Some([("kubelisten.yaml".to_string(), "watches: []".to_string())].into());
+    cms.create(&PostParams::default(), &cm).await.unwrap();
+    let leases: Api<Lease> = Api::namespaced(client.clone(), ns.name());
+    let mut lease = Lease::default();
+    lease.metadata.name = Some("lock".into());
+    lease.metadata.labels = labels();
+    lease.metadata.annotations = notes();
+    leases.create(&PostParams::default(), &lease).await.unwrap();
+
+    for lock in [LockKind::Configmap, LockKind::Lease] {
+        let (mut leader, cancel, task) = elector(&client, ns.name(), lock, "lock", "keeper");
+        tokio::time::timeout(Duration::from_secs(30), leader.wait_for(|l| *l))
+            .await
+            .expect("leads within 30 s")
+            .unwrap();
+        // Renewals (retry period 200 ms) while someone else keeps changing the object's labels
+        // (a GitOps sync, `kubectl label`): renewals that meet a changed resourceVersion (409)
+        // are retried, not taken for a lost lock.
+        let hammer_until = tokio::time::Instant::now() + Duration::from_secs(3);
+        let mut n = 0u32;
+        while tokio::time::Instant::now() < hammer_until {
+            n += 1;
+            let patch = kube::api::Patch::Merge(
+                json!({"metadata": {"labels": {"touched": n.to_string()}}}),
+            );
+            let pp = kube::api::PatchParams::default();
+            match lock {
+                LockKind::Configmap => drop(cms.patch("lock", &pp, &patch).await.unwrap()),
+                LockKind::Lease => drop(leases.patch("lock", &pp, &patch).await.unwrap()),
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(*leader.borrow(), "{lock:?}: still the leader");
+        let check =
+            |labels: &Option<std::collections::BTreeMap<String, String>>,
+             annotations: &Option<std::collections::BTreeMap<String, String>>| {
+                assert_eq!(labels.as_ref().unwrap()["app"], "keep", "{lock:?}");
+                assert_eq!(annotations.as_ref().unwrap()["note"], "keep", "{lock:?}");
+            };
+        match lock {
+            LockKind::Configmap => {
+                let cm = cms.get("lock").await.unwrap();
+                check(&cm.metadata.labels, &cm.metadata.annotations);
+                assert_eq!(cm.data.unwrap()["kubelisten.yaml"], "watches: []");
+                let record =
+                    &cm.metadata.annotations.unwrap()["control-plane.alpha.kubernetes.io/leader"];
+                assert!(record.contains("\"holderIdentity\":\"keeper\""), "{record}");
+            }
+            LockKind::Lease => {
+                let lease = leases.get("lock").await.unwrap();
+                check(&lease.metadata.labels, &lease.metadata.annotations);
+                let spec = lease.spec.unwrap();
+                assert_eq!(spec.holder_identity.as_deref(), Some("keeper"));
+            }
+        }
+        cancel.cancel();
+        task.await.unwrap();
+        // Released, and still whole.
+        match lock {
+            LockKind::Configmap => {
+                let cm = cms.get("lock").await.unwrap();
+                assert_eq!(cm.data.unwrap()["kubelisten.yaml"], "watches: []");
+                let record =
+                    &cm.metadata.annotations.unwrap()["control-plane.alpha.kubernetes.io/leader"];
+                assert!(record.contains("\"holderIdentity\":\"\""), "{record}");
+            }
+            LockKind::Lease => {
+                let lease = leases.get("lock").await.unwrap();
+                check(&lease.metadata.labels, &lease.metadata.annotations);
+                assert_eq!(lease.spec.unwrap().holder_identity.as_deref(), Some(""));
+            }
+        }
+    }
+    ns.delete().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unreadable_configmap_record_is_held_until_it_expires_not_free() {
+    use k8s_openapi::api::core::v1::ConfigMap;
+    use kube::api::{Api, PostParams};
+    use kubelisten::watch::leader::LockKind;
+
+    let client = common::client().await;
+    let ns = common::TestNamespace::new(&client).await;
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), ns.name());
+    let mut cm = ConfigMap::default();
+    cm.metadata.name = Some("lock".into());
+    cm.metadata.annotations = Some(
+        [(
+            "control-plane.alpha.kubernetes.io/leader".to_string(),
+            "{\"holderIdentity\": 42".to_string(),
+        )]
+        .into(),
+    );
+    cms.create(&PostParams::default(), &cm).await.unwrap();
+    let (mut leader, cancel, task) =
+        elector(&client, ns.name(), LockKind::Configmap, "lock", "taker");
+    // Within the lease duration (5 s) of first seeing the record, it is not taken...
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(!*leader.borrow(), "an unreadable record was taken as free");
+    // ... and once it has not changed for that long, it is.
+    tokio::time::timeout(Duration::from_secs(30), leader.wait_for(|l| *l))
+        .await
+        .expect("takes the expired record within 30 s")
+        .unwrap();
+    cancel.cancel();
+    task.await.unwrap();
+    ns.delete().await;
+}

@@ -47,18 +47,29 @@ pub struct LeaderConfig {
     pub retry_period: Duration,
 }
 
-/// The identity: the Pod name (`HOSTNAME`) with a random suffix when absent.
+/// The identity: the Pod name (`HOSTNAME`, else `kubelisten`) and a random suffix of this
+/// process, as controller-runtime does (`<host>_<random>`). Two processes never share an
+/// identity, so neither can take the other's lock for its own: a container restarted in its
+/// Pod, or two replicas on one host network, are different holders.
 pub fn default_identity() -> String {
     let suffix = {
         use std::hash::{BuildHasher, Hasher};
         let mut h = std::collections::hash_map::RandomState::new().build_hasher();
         h.write_u32(std::process::id());
-        format!("{:08x}", h.finish() as u32)
+        format!("{:016x}", h.finish())
     };
     match std::env::var("HOSTNAME") {
-        Ok(host) if !host.is_empty() => host,
-        _ => format!("kubelisten-{suffix}"),
+        Ok(host) if !host.is_empty() => format!("{host}_{suffix}"),
+        _ => format!("kubelisten_{suffix}"),
     }
+}
+
+/// The lease duration as the record's whole seconds, rounded up (at least 1): a standby never
+/// takes over before this process's own renew deadline (`renew_deadline < lease_duration`) has
+/// passed, also for a fractional `--lease-duration`.
+fn record_seconds(lease: Duration) -> i64 {
+    let secs = lease.as_secs() + u64::from(lease.subsec_nanos() > 0);
+    i64::try_from(secs).unwrap_or(i64::MAX).max(1)
 }
 
 /// The lock record, as client-go's `LeaderElectionRecord`.
@@ -79,20 +90,31 @@ struct Record {
 
 const ANNOTATION: &str = "control-plane.alpha.kubernetes.io/leader";
 
+/// The holder of a lock record that cannot be read.
+const UNREADABLE: &str = "(unreadable record)";
+
 struct Elector {
     config: LeaderConfig,
     client: Client,
     observed: Option<(Record, Instant)>,
 }
 
+/// The lock object as read, to be written back with the new record (its other fields kept).
+enum LockObject {
+    Lease(Box<Lease>),
+    ConfigMap(Box<ConfigMap>),
+}
+
 impl Elector {
-    async fn get(&self) -> Result<Option<(Record, String)>, kube::Error> {
+    /// The lock object and its record, if it exists. A ConfigMap whose record cannot be read
+    /// counts as held by an unknown holder (it expires like any record), never as free.
+    async fn get(&self) -> Result<Option<(Record, LockObject)>, kube::Error> {
         let ns = &self.config.namespace;
         match self.config.lock {
             LockKind::Lease => {
                 let api: Api<Lease> = Api::namespaced(self.client.clone(), ns);
                 Ok(api.get_opt(&self.config.name).await?.map(|lease| {
-                    let spec = lease.spec.unwrap_or_default();
+                    let spec = lease.spec.clone().unwrap_or_default();
                     let record = Record {
                         holder_identity: spec.holder_identity.unwrap_or_default(),
                         lease_duration_seconds: spec.lease_duration_seconds.map_or(0, i64::from),
@@ -103,67 +125,92 @@ impl Elector {
                         renew_time: spec.renew_time.map(|t| t.0.to_string()).unwrap_or_default(),
                         leader_transitions: spec.lease_transitions.map_or(0, i64::from),
                     };
-                    (record, lease.metadata.resource_version.unwrap_or_default())
+                    (record, LockObject::Lease(Box::new(lease)))
                 }))
             }
             LockKind::Configmap => {
                 let api: Api<ConfigMap> = Api::namespaced(self.client.clone(), ns);
                 Ok(api.get_opt(&self.config.name).await?.map(|cm| {
-                    let record = cm
-                        .metadata
-                        .annotations
-                        .as_ref()
-                        .and_then(|a| a.get(ANNOTATION))
-                        .and_then(|text| serde_json::from_str(text).ok())
-                        .unwrap_or_default();
-                    (record, cm.metadata.resource_version.unwrap_or_default())
+                    let text = cm.metadata.annotations.as_ref().and_then(|a| a.get(ANNOTATION));
+                    let record = match text.map(|t| serde_json::from_str::<Record>(t)) {
+                        None => Record::default(),
+                        Some(Ok(record)) => record,
+                        Some(Err(err)) => {
+                            tracing::warn!(lock = %self.config.name, error = %err, "the leader record of the lock ConfigMap cannot be read: taken as held until it expires");
+                            Record {
+                                holder_identity: UNREADABLE.into(),
+                                lease_duration_seconds: i64::try_from(
+                                    self.config.lease_duration.as_secs(),
+                                )
+                                .unwrap_or(15),
+                                ..Record::default()
+                            }
+                        }
+                    };
+                    (record, LockObject::ConfigMap(Box::new(cm)))
                 }))
             }
         }
     }
 
-    /// Creates (rv `None`) or replaces (optimistic concurrency on `rv`) the lock record.
-    async fn put(&self, record: &Record, rv: Option<String>) -> Result<(), kube::Error> {
+    /// Creates the lock object (`current` `None`), or writes the record into the object as it
+    /// was read, keeping its other fields (data, labels, annotations, owner references, a
+    /// Lease's strategy), with optimistic concurrency on its resourceVersion.
+    async fn put(&self, record: &Record, current: Option<LockObject>) -> Result<(), kube::Error> {
         let ns = &self.config.namespace;
-        let meta = ObjectMeta {
+        let pp = PostParams::default();
+        let fresh = || ObjectMeta {
             name: Some(self.config.name.clone()),
             namespace: Some(ns.clone()),
-            resource_version: rv.clone(),
             ..ObjectMeta::default()
         };
-        let pp = PostParams::default();
         match self.config.lock {
             LockKind::Lease => {
                 let time = |t: &str| t.parse().ok().map(MicroTime);
-                let lease = Lease {
-                    metadata: meta,
-                    spec: Some(LeaseSpec {
-                        holder_identity: Some(record.holder_identity.clone()),
-                        lease_duration_seconds: i32::try_from(record.lease_duration_seconds).ok(),
-                        acquire_time: time(&record.acquire_time),
-                        renew_time: time(&record.renew_time),
-                        lease_transitions: i32::try_from(record.leader_transitions).ok(),
-                        ..LeaseSpec::default()
-                    }),
+                let (mut lease, exists) = match current {
+                    Some(LockObject::Lease(lease)) => (*lease, true),
+                    _ => (
+                        Lease {
+                            metadata: fresh(),
+                            spec: None,
+                        },
+                        false,
+                    ),
                 };
+                let spec = lease.spec.get_or_insert_with(LeaseSpec::default);
+                spec.holder_identity = Some(record.holder_identity.clone());
+                spec.lease_duration_seconds = i32::try_from(record.lease_duration_seconds).ok();
+                spec.acquire_time = time(&record.acquire_time);
+                spec.renew_time = time(&record.renew_time);
+                spec.lease_transitions = i32::try_from(record.leader_transitions).ok();
                 let api: Api<Lease> = Api::namespaced(self.client.clone(), ns);
-                match rv {
-                    None => api.create(&pp, &lease).await.map(drop),
-                    Some(_) => api.replace(&self.config.name, &pp, &lease).await.map(drop),
+                if exists {
+                    api.replace(&self.config.name, &pp, &lease).await.map(drop)
+                } else {
+                    api.create(&pp, &lease).await.map(drop)
                 }
             }
             LockKind::Configmap => {
-                let mut meta = meta;
                 let text = serde_json::to_string(record).map_err(kube::Error::SerdeError)?;
-                meta.annotations = Some([(ANNOTATION.to_string(), text)].into());
-                let cm = ConfigMap {
-                    metadata: meta,
-                    ..ConfigMap::default()
+                let (mut cm, exists) = match current {
+                    Some(LockObject::ConfigMap(cm)) => (*cm, true),
+                    _ => (
+                        ConfigMap {
+                            metadata: fresh(),
+                            ..ConfigMap::default()
+                        },
+                        false,
+                    ),
                 };
+                cm.metadata
+                    .annotations
+                    .get_or_insert_with(Default::default)
+                    .insert(ANNOTATION.to_string(), text);
                 let api: Api<ConfigMap> = Api::namespaced(self.client.clone(), ns);
-                match rv {
-                    None => api.create(&pp, &cm).await.map(drop),
-                    Some(_) => api.replace(&self.config.name, &pp, &cm).await.map(drop),
+                if exists {
+                    api.replace(&self.config.name, &pp, &cm).await.map(drop)
+                } else {
+                    api.create(&pp, &cm).await.map(drop)
                 }
             }
         }
@@ -173,10 +220,8 @@ impl Elector {
     async fn try_acquire_or_renew(&mut self) -> Result<bool, kube::Error> {
         let now = now_rfc3339();
         let me = &self.config.identity;
-        let duration = i64::try_from(self.config.lease_duration.as_secs())
-            .unwrap_or(15)
-            .max(1);
-        let Some((current, rv)) = self.get().await? else {
+        let duration = record_seconds(self.config.lease_duration);
+        let Some((current, object)) = self.get().await? else {
             let record = Record {
                 holder_identity: me.clone(),
                 lease_duration_seconds: duration,
@@ -221,20 +266,23 @@ impl Elector {
             renew_time: now,
             leader_transitions: current.leader_transitions + i64::from(!held_by_me),
         };
-        match self.put(&record, Some(rv)).await {
+        match self.put(&record, Some(object)).await {
             Ok(()) => {
                 self.observed = Some((record, Instant::now()));
                 Ok(true)
             }
-            // Someone else wrote first.
-            Err(kube::Error::Api(s)) if s.code == 409 => Ok(false),
+            // Someone else wrote first: another candidate took the expired lock...
+            Err(kube::Error::Api(s)) if s.code == 409 && !held_by_me => Ok(false),
+            // ...or, while this process holds it, someone changed the object (a label, an
+            // annotation): a failed attempt, retried until the renew deadline, as client-go
+            // does. The next read says whether the lock is still held.
             Err(err) => Err(err),
         }
     }
 
     /// Gives the lock up (holder cleared, 1 s duration) so a standby takes over at once.
     async fn release(&mut self) {
-        let Ok(Some((current, rv))) = self.get().await else {
+        let Ok(Some((current, object))) = self.get().await else {
             return;
         };
         if current.holder_identity != self.config.identity {
@@ -246,7 +294,7 @@ impl Elector {
             renew_time: now_rfc3339(),
             ..current
         };
-        match self.put(&record, Some(rv)).await {
+        match self.put(&record, Some(object)).await {
             Ok(()) => tracing::info!(identity = %self.config.identity, "leader lock released"),
             Err(err) => tracing::warn!(error = %err, "cannot release the leader lock"),
         }
@@ -361,7 +409,14 @@ async fn elect<L: Lock>(
         }
     }
     if renew_by.is_some() {
-        lock.release().await;
+        // Bounded like an attempt: a hung API server must not hold up the shutdown (the lock
+        // then expires on its own).
+        if tokio::time::timeout(attempt_timeout, lock.release())
+            .await
+            .is_err()
+        {
+            tracing::warn!(identity = %identity, "releasing the leader lock timed out: it expires on its own");
+        }
         leader.send_replace(false);
     }
 }
@@ -504,6 +559,25 @@ mod tests {
         let (script, _) = task.await.expect("election task");
         assert!(script.released, "the lock is released on cancel");
         assert!(!*rx.borrow());
+    }
+
+    #[test]
+    fn the_record_rounds_the_lease_up_and_identities_are_unique() {
+        assert_eq!(record_seconds(Duration::from_millis(1500)), 2);
+        assert_eq!(record_seconds(Duration::from_secs(15)), 15);
+        assert_eq!(record_seconds(Duration::from_millis(1)), 1);
+        assert_eq!(record_seconds(Duration::ZERO), 1);
+        let (a, b) = (default_identity(), default_identity());
+        assert_ne!(
+            a, b,
+            "two processes (here, two calls) never share an identity"
+        );
+        let (host, suffix) = a.rsplit_once('_').expect("host_suffix");
+        assert!(!host.is_empty());
+        assert!(
+            suffix.len() == 16 && suffix.chars().all(|c| c.is_ascii_hexdigit()),
+            "{a}"
+        );
     }
 
     #[tokio::test(start_paused = true)]
