@@ -186,6 +186,11 @@ impl Running {
         self.watchers.abort_all();
     }
 
+    /// The hot swap, when listeners come from a ConfigMap.
+    pub fn hotswap(&self) -> Option<Arc<HotSwap>> {
+        self.watches.first().and_then(|w| w.hotswap.clone())
+    }
+
     /// What `/status` shows of the running watches.
     pub fn entries(&self) -> Vec<WatchEntry> {
         self.watches.iter().map(RunningWatch::entry).collect()
@@ -724,6 +729,9 @@ pub async fn run(
         Some(Ok(Err(err))) => Err(err),
         Some(Ok(Ok(mut running))) => {
             server.set_watches(running.entries());
+            if let Some(swap) = running.hotswap() {
+                server.set_rejections(swap);
+            }
             let drain_leader = elector.is_some().then(|| leader_rx.clone());
             tokio::select! {
                 () = &mut shutdown => {

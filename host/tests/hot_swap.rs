@@ -337,6 +337,18 @@ async fn bad_updates_are_rejected_with_an_event_and_the_running_version_keeps_se
         !error.is_empty() && !error.starts_with("listener "),
         "the error says what is wrong, without repeating the listener's name: {status}"
     );
+    // The whole listeners.yaml of the last update is rejected, which only /status's top-level
+    // `rejected` can show (no listener carries it); v1 runs, so the process stays ready.
+    assert!(
+        status["rejected"]["*"]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("modul")),
+        "{status}"
+    );
+    assert_eq!(
+        s.host.get("/readyz").await,
+        (200, "ok: leader\n".to_string())
+    );
     let notes = notes_of(&events, "ModuleRejected").await;
     assert!(!notes.is_empty());
     // ... and the rejections are counted.
@@ -746,4 +758,38 @@ async fn notes_of(events: &Api<k8s_openapi::api::events::v1::Event>, reason: &st
         .filter(|e| e.reason.as_deref() == Some(reason))
         .filter_map(|e| e.note)
         .collect()
+}
+
+/// A process that starts with a module that does not load runs its chain without that listener:
+/// it says so in /readyz (503) until a good version arrives.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_listener_rejected_at_start_keeps_the_process_unready_until_a_good_version_comes() {
+    let s = setup(b"\0asm\x0d\0\x01\0garbage".to_vec()).await;
+    let (code, body) = s.host.get("/readyz").await;
+    assert_eq!(code, 503, "{body}");
+    assert!(
+        body.contains("listener counter: ") && body.contains("nothing runs in its place"),
+        "{body}"
+    );
+    push(
+        &s.cms,
+        LISTENERS,
+        &[("counter.wasm", guest_bytes("versioned-v1"))],
+    )
+    .await;
+    for _ in 0..300 {
+        if s.host.get("/readyz").await.0 == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        s.host.get("/readyz").await,
+        (200, "ok: leader\n".to_string())
+    );
+    let (_, body) = s.host.get("/status").await;
+    let status: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(status["rejected"], json!({}), "{status}");
+    s.host.stop().await;
+    s.t.ns.delete().await;
 }

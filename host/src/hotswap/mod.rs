@@ -57,6 +57,23 @@ impl FromStr for ModulesConfigMap {
     }
 }
 
+/// Longest wait for the API server's answer when the ConfigMap is first read.
+pub const LOAD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(75);
+
+/// Longest wait for the Event that reports a rejection (the update is applied meanwhile).
+const EVENT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Why [`HotSwap::load`] failed.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// The API server refused or failed the request.
+    #[error(transparent)]
+    Api(#[from] kube::Error),
+    /// No answer within [`LOAD_TIMEOUT`].
+    #[error("no answer from the API server within {}s", LOAD_TIMEOUT.as_secs())]
+    TimedOut,
+}
+
 /// One rejected part of an update.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rejection {
@@ -185,10 +202,13 @@ impl HotSwap {
     /// waited for by [`HotSwap::run`].
     ///
     /// # Errors
-    /// The API server could not be asked.
-    pub async fn load(&self) -> Result<Vec<Rejection>, kube::Error> {
+    /// The API server could not be asked, or did not answer within [`LOAD_TIMEOUT`].
+    pub async fn load(&self) -> Result<Vec<Rejection>, LoadError> {
         let api: Api<ConfigMap> = Api::namespaced(self.client.clone(), &self.source.namespace);
-        match api.get_opt(&self.source.name).await? {
+        let read = tokio::time::timeout(LOAD_TIMEOUT, api.get_opt(&self.source.name))
+            .await
+            .map_err(|_| LoadError::TimedOut)??;
+        match read {
             Some(cm) => Ok(self.apply(&cm).await),
             None => {
                 tracing::warn!(configmap = %format!("{}/{}", self.source.namespace, self.source.name), "modules ConfigMap not found; waiting for it");
@@ -247,8 +267,9 @@ impl HotSwap {
                     digest: None,
                     error: err.to_string(),
                 };
-                self.reject(&rejection).await;
+                self.reject(&rejection);
                 self.lock().applied = Some(content);
+                self.publish(&rejection).await;
                 return vec![rejection];
             }
         };
@@ -276,7 +297,7 @@ impl HotSwap {
                     }
                 }
                 Err(rejection) => {
-                    self.reject(&rejection).await;
+                    self.reject(&rejection);
                     // The running version (if any) keeps serving, as it was.
                     if let Some(kept) = self.lock().running.get(&entry.name).cloned() {
                         next.insert(entry.name.clone(), kept);
@@ -288,6 +309,10 @@ impl HotSwap {
         // The swap may wait (blocking) for calls in flight on the old chains.
         tokio::task::block_in_place(|| self.swap(&entries, next, &rejections));
         self.lock().applied = Some(content);
+        // The Events last: a slow Events API does not hold up the good listeners.
+        for rejection in &rejections {
+            self.publish(rejection).await;
+        }
         rejections
     }
 
@@ -473,7 +498,8 @@ impl HotSwap {
             .retain(|name, _| rejections.iter().any(|r| r.listener == *name));
     }
 
-    async fn reject(&self, rejection: &Rejection) {
+    /// Records `rejection`: logged, counted, kept for `/status` and `/readyz`.
+    fn reject(&self, rejection: &Rejection) {
         tracing::error!(listener = %rejection.listener, digest = ?rejection.digest, error = %rejection.error, "update of the modules ConfigMap rejected; whatever ran before keeps running");
         self.metrics
             .reloads
@@ -485,6 +511,11 @@ impl HotSwap {
         self.lock()
             .rejected
             .insert(rejection.listener.clone(), rejection.clone());
+    }
+
+    /// Reports `rejection` as a Warning Event on the ConfigMap, waiting at most
+    /// [`EVENT_TIMEOUT`].
+    async fn publish(&self, rejection: &Rejection) {
         let about = ObjectRef {
             api_version: "v1".into(),
             kind: "ConfigMap".into(),
@@ -497,19 +528,27 @@ impl HotSwap {
             "ModuleRejected"
         };
         let note = format!("listener {}: {}", rejection.listener, rejection.error);
-        if let Err(err) = self
-            .recorder
-            .publish(
+        let published = tokio::time::timeout(
+            EVENT_TIMEOUT,
+            self.recorder.publish(
                 "kubelisten",
                 &about,
                 Some(&self.source.namespace),
                 true,
                 reason,
                 &note,
-            )
-            .await
-        {
-            tracing::warn!(error = %err, "cannot record the rejection Event on the modules ConfigMap");
+            ),
+        )
+        .await;
+        match published {
+            Ok(Ok(_)) => {}
+            Ok(Err(err)) => {
+                tracing::warn!(error = %err, "cannot record the rejection Event on the modules ConfigMap")
+            }
+            Err(_) => tracing::warn!(
+                timeout_s = EVENT_TIMEOUT.as_secs(),
+                "recording the rejection Event on the modules ConfigMap timed out"
+            ),
         }
     }
 
@@ -537,6 +576,40 @@ impl HotSwap {
     /// Every rejection still on record (listener → rejection).
     pub fn rejected(&self) -> BTreeMap<String, Rejection> {
         self.lock().rejected.clone()
+    }
+
+    /// Rejected parts of the ConfigMap's content with nothing running in their place: a
+    /// listener whose first version was rejected (a process that just started, a new
+    /// listener), or the whole `listeners.yaml` while no listener runs. Their events go to the
+    /// chains without them.
+    pub fn unserved(&self) -> Vec<String> {
+        let state = self.lock();
+        state
+            .rejected
+            .values()
+            .filter(|r| {
+                if r.listener == "*" {
+                    state.running.is_empty()
+                } else {
+                    !state.running.contains_key(&r.listener)
+                }
+            })
+            .map(|r| format!("listener {}: {}", r.listener, r.error))
+            .collect()
+    }
+}
+
+impl crate::server::RejectionSource for HotSwap {
+    fn rejected(&self) -> BTreeMap<String, serde_json::Value> {
+        self.lock()
+            .rejected
+            .iter()
+            .map(|(name, r)| (name.clone(), rejection_json(r)))
+            .collect()
+    }
+
+    fn unserved(&self) -> Vec<String> {
+        HotSwap::unserved(self)
     }
 }
 

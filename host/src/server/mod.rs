@@ -53,6 +53,17 @@ pub struct ServerState {
     pub max_idle: Duration,
     /// Set when the run failed for good (a task died and the process is about to exit).
     pub fatal: Mutex<Option<String>>,
+    /// The hot swap's rejections, when listeners come from a ConfigMap.
+    pub rejections: Mutex<Option<Arc<dyn RejectionSource>>>,
+}
+
+/// What the hot swap rejected, for `/status` and `/readyz`.
+pub trait RejectionSource: Send + Sync {
+    /// Every rejection of the current content (listener, or `*` for `listeners.yaml`, to
+    /// `{digest, error}`).
+    fn rejected(&self) -> BTreeMap<String, Value>;
+    /// Rejections with nothing running in their place, described.
+    fn unserved(&self) -> Vec<String>;
 }
 
 impl ServerState {
@@ -64,7 +75,14 @@ impl ServerState {
             leader: Mutex::new(leader_election.then_some(false)),
             max_idle,
             fatal: Mutex::new(None),
+            rejections: Mutex::new(None),
         }
+    }
+
+    /// Shows the hot swap's rejections in `/status`, and fails `/readyz` while one has nothing
+    /// running in its place.
+    pub fn set_rejections(&self, source: Arc<dyn RejectionSource>) {
+        *Self::lock(&self.rejections) = Some(source);
     }
 
     fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -142,8 +160,9 @@ async fn healthz(State(state): State<Arc<ServerState>>) -> (StatusCode, String) 
     }
 }
 
-/// Readiness: every watch listed once and is connected; a standby says so. A watch still
-/// waiting for its target is named with the reason.
+/// Readiness: every watch listed once and is connected, and nothing the modules ConfigMap
+/// names is rejected with nothing in its place; a standby says so. A watch still waiting for
+/// its target is named with the reason.
 async fn readyz(State(state): State<Arc<ServerState>>) -> (StatusCode, String) {
     if state.standby() {
         return (StatusCode::OK, "ok: standby, not the leader\n".into());
@@ -155,10 +174,14 @@ async fn readyz(State(state): State<Arc<ServerState>>) -> (StatusCode, String) {
             "not ready: starting\n".into(),
         );
     }
-    let waiting: Vec<String> = watches
-        .iter()
-        .filter(|w| !w.state.ready())
-        .map(|w| {
+    let unserved = ServerState::lock(&state.rejections)
+        .as_ref()
+        .map(|r| r.unserved())
+        .unwrap_or_default();
+    let waiting: Vec<String> = unserved
+        .into_iter()
+        .map(|u| format!("{u} (rejected, and nothing runs in its place)"))
+        .chain(watches.iter().filter(|w| !w.state.ready()).map(|w| {
             if let Some(why) = w.state.waiting() {
                 return format!("watch {} waits for its target ({why})", w.name);
             }
@@ -172,7 +195,7 @@ async fn readyz(State(state): State<Arc<ServerState>>) -> (StatusCode, String) {
                     "has not listed yet"
                 }
             )
-        })
+        }))
         .collect();
     if waiting.is_empty() {
         (StatusCode::OK, "ok: leader\n".into())
@@ -218,5 +241,11 @@ async fn status(State(state): State<Arc<ServerState>>) -> Json<Value> {
             })
         })
         .collect();
-    Json(json!({"leader": *ServerState::lock(&state.leader), "watches": watches}))
+    let rejected = ServerState::lock(&state.rejections)
+        .as_ref()
+        .map(|r| r.rejected())
+        .unwrap_or_default();
+    Json(
+        json!({"leader": *ServerState::lock(&state.leader), "watches": watches, "rejected": rejected}),
+    )
 }

@@ -245,6 +245,9 @@ impl TestHost {
             settings.max_idle(),
         ));
         server.set_watches(running.entries());
+        if let Some(swap) = running.hotswap() {
+            server.set_rejections(swap);
+        }
         Self {
             running: Some(running),
             server,
