@@ -674,11 +674,14 @@ pub async fn run(
     let election = CancellationToken::new();
     let (leader_tx, mut leader_rx) = tokio::sync::watch::channel(false);
     let elector = settings.leader.clone().map(|leader| {
+        let health = Arc::new(crate::watch::leader::ElectionHealth::default());
+        server.set_election(health.clone(), leader.lease_duration);
         tokio::spawn(crate::watch::leader::run(
             client.clone(),
             leader,
             leader_tx,
             election.clone(),
+            health,
         ))
     });
     if elector.is_some() {

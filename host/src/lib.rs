@@ -7,6 +7,7 @@
 pub mod app;
 pub mod capabilities;
 pub mod config;
+pub mod connect;
 pub mod dispatch;
 pub mod event;
 pub mod hotswap;

@@ -243,9 +243,7 @@ fn run_cluster(runtime_config: RuntimeConfig, args: RunArgs) -> anyhow::Result<E
         watches_from_modules: from_configmap && args.modules_configmap.is_some(),
     };
     tokio.block_on(async {
-        let client = kube::Client::try_default().await.context(
-            "connecting to Kubernetes (in-cluster config, else KUBECONFIG or ~/.kube/config)",
-        )?;
+        let client = kubelisten::connect::client().await?;
         let cluster = app::cluster_access(&client, &config)?;
         let runtime = Runtime::new(RuntimeConfig {
             cluster: cluster.clone(),
@@ -308,9 +306,7 @@ fn leader_config(args: &RunArgs) -> anyhow::Result<Option<LeaderConfig>> {
 async fn config_from_configmap(
     source: &kubelisten::hotswap::ModulesConfigMap,
 ) -> anyhow::Result<Config> {
-    let client = kube::Client::try_default().await.context(
-        "connecting to Kubernetes (in-cluster config, else KUBECONFIG or ~/.kube/config)",
-    )?;
+    let client = kubelisten::connect::client().await?;
     let api: kube::Api<k8s_openapi::api::core::v1::ConfigMap> =
         kube::Api::namespaced(client, &source.namespace);
     let cm = api.get(&source.name).await.with_context(|| {

@@ -186,9 +186,7 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
     if args.offline {
         return run_offline(&args, &mut std::io::stdin().lock(), &mut std::io::stdout());
     }
-    let client = kube::Client::try_default().await.context(
-        "connecting to Kubernetes (in-cluster config, else KUBECONFIG or ~/.kube/config)",
-    )?;
+    let client = crate::connect::client().await?;
     let mut stdout = std::io::stdout();
     run_live(client, &args, &mut std::io::stdin().lock(), &mut stdout).await
 }

@@ -14,6 +14,7 @@ use axum::{Json, Router};
 use serde_json::{json, Value};
 
 use crate::metrics::Metrics;
+use crate::watch::leader::ElectionHealth;
 use crate::watch::state::WatchState;
 
 /// One listener as `/status` shows it.
@@ -55,6 +56,8 @@ pub struct ServerState {
     pub fatal: Mutex<Option<String>>,
     /// The hot swap's rejections, when listeners come from a ConfigMap.
     pub rejections: Mutex<Option<Arc<dyn RejectionSource>>>,
+    /// The leader election's attempts, and how long they may fail before a standby is unready.
+    pub election: Mutex<Option<(Arc<ElectionHealth>, Duration)>>,
 }
 
 /// What the hot swap rejected, for `/status` and `/readyz`.
@@ -76,7 +79,14 @@ impl ServerState {
             max_idle,
             fatal: Mutex::new(None),
             rejections: Mutex::new(None),
+            election: Mutex::new(None),
         }
+    }
+
+    /// Makes a standby unready while the election's attempts have failed (errors, no answer)
+    /// for longer than `lease_duration`: it could not take over if the leader died.
+    pub fn set_election(&self, health: Arc<ElectionHealth>, lease_duration: Duration) {
+        *Self::lock(&self.election) = Some((health, lease_duration));
     }
 
     /// Shows the hot swap's rejections in `/status`, and fails `/readyz` while one has nothing
@@ -165,6 +175,18 @@ async fn healthz(State(state): State<Arc<ServerState>>) -> (StatusCode, String) 
 /// its target is named with the reason.
 async fn readyz(State(state): State<Arc<ServerState>>) -> (StatusCode, String) {
     if state.standby() {
+        let failing = ServerState::lock(&state.election)
+            .as_ref()
+            .and_then(|(health, lease)| health.failing().filter(|(for_, _)| for_ > lease));
+        if let Some((for_, why)) = failing {
+            return (
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "not ready: standby, and the leader election has failed for {}s ({why}): it could not take over\n",
+                    for_.as_secs()
+                ),
+            );
+        }
         return (StatusCode::OK, "ok: standby, not the leader\n".into());
     }
     let watches = ServerState::lock(&state.watches);
@@ -248,4 +270,51 @@ async fn status(State(state): State<Arc<ServerState>>) -> Json<Value> {
     Json(
         json!({"leader": *ServerState::lock(&state.leader), "watches": watches, "rejected": rejected}),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+
+    use super::*;
+
+    async fn get(state: &Arc<ServerState>, path: &str) -> (u16, String) {
+        let response = router(state.clone())
+            .oneshot(
+                axum::http::Request::get(path)
+                    .body(axum::body::Body::empty())
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        (status, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    #[tokio::test]
+    async fn a_standby_whose_election_fails_for_a_lease_is_not_ready() {
+        let state = Arc::new(ServerState::new(
+            Arc::new(Metrics::new()),
+            true,
+            Duration::from_secs(60),
+        ));
+        let health = Arc::new(ElectionHealth::default());
+        state.set_election(health.clone(), Duration::from_millis(1));
+        assert_eq!(
+            get(&state, "/readyz").await,
+            (200, "ok: standby, not the leader\n".into())
+        );
+        health.failed("leases.coordination.k8s.io is forbidden".into());
+        std::thread::sleep(Duration::from_millis(5));
+        let (code, body) = get(&state, "/readyz").await;
+        assert_eq!(code, 503, "{body}");
+        assert!(
+            body.contains("leader election has failed") && body.contains("is forbidden"),
+            "{body}"
+        );
+        health.answered();
+        assert_eq!(get(&state, "/readyz").await.0, 200);
+    }
 }

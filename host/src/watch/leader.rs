@@ -72,6 +72,42 @@ fn record_seconds(lease: Duration) -> i64 {
     i64::try_from(secs).unwrap_or(i64::MAX).max(1)
 }
 
+/// How the election's attempts go, for `/readyz`: since when they fail (an error or no answer,
+/// as opposed to "another process holds the lock"), and the last failure.
+#[derive(Debug, Default)]
+pub struct ElectionHealth {
+    failing: std::sync::Mutex<Option<(std::time::Instant, String)>>,
+}
+
+impl ElectionHealth {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<(std::time::Instant, String)>> {
+        self.failing
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// An attempt failed with `why`.
+    pub(crate) fn failed(&self, why: String) {
+        let mut failing = self.lock();
+        let since = failing
+            .as_ref()
+            .map_or_else(std::time::Instant::now, |(s, _)| *s);
+        *failing = Some((since, why));
+    }
+
+    /// An attempt got its answer (held by this process or by another).
+    pub(crate) fn answered(&self) {
+        *self.lock() = None;
+    }
+
+    /// How long the attempts have been failing, and the last failure; `None` while they work.
+    pub fn failing(&self) -> Option<(Duration, String)> {
+        self.lock()
+            .as_ref()
+            .map(|(since, why)| (since.elapsed(), why.clone()))
+    }
+}
+
 /// The lock record, as client-go's `LeaderElectionRecord`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -331,13 +367,14 @@ pub async fn run(
     config: LeaderConfig,
     leader: watch::Sender<bool>,
     cancel: CancellationToken,
+    health: std::sync::Arc<ElectionHealth>,
 ) {
     let mut elector = Elector {
         config: config.clone(),
         client,
         observed: None,
     };
-    elect(&mut elector, &config, &leader, &cancel).await;
+    elect(&mut elector, &config, &leader, &cancel, &health).await;
 }
 
 /// The election loop of [`run`].
@@ -352,6 +389,7 @@ async fn elect<L: Lock>(
     config: &LeaderConfig,
     leader: &watch::Sender<bool>,
     cancel: &CancellationToken,
+    health: &ElectionHealth,
 ) {
     let identity = &config.identity;
     let retry = config.retry_period;
@@ -377,6 +415,11 @@ async fn elect<L: Lock>(
             () = cancel.cancelled() => break,
             result = tokio::time::timeout_at(cutoff, lock.try_acquire_or_renew()) => result,
         };
+        match &attempt {
+            Ok(Ok(_)) => health.answered(),
+            Ok(Err(err)) => health.failed(err.to_string()),
+            Err(_) => health.failed("no answer within the attempt timeout".into()),
+        }
         match attempt {
             Ok(Ok(true)) => {
                 if renew_by.is_none() {
@@ -512,7 +555,14 @@ mod tests {
         let token = cancel.clone();
         let task = tokio::spawn(async move {
             let mut script = script;
-            elect(&mut script, &config(), &tx, &token).await;
+            elect(
+                &mut script,
+                &config(),
+                &tx,
+                &token,
+                &ElectionHealth::default(),
+            )
+            .await;
             (script, Instant::now())
         });
         (rx, cancel, task)
@@ -559,6 +609,35 @@ mod tests {
         let (script, _) = task.await.expect("election task");
         assert!(script.released, "the lock is released on cancel");
         assert!(!*rx.borrow());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn failing_attempts_are_recorded_until_one_is_answered() {
+        let health = std::sync::Arc::new(ElectionHealth::default());
+        let (tx, _rx) = watch::channel(false);
+        let cancel = CancellationToken::new();
+        let (h, token) = (health.clone(), cancel.clone());
+        let task = tokio::spawn(async move {
+            // Two failures (1 s each, 2 s apart), then held elsewhere, then a failure.
+            let mut script = Script::new([
+                Step::FailAfter(Duration::from_secs(1)),
+                Step::FailAfter(Duration::from_secs(1)),
+                Step::Held(false),
+                Step::FailAfter(Duration::from_secs(1)),
+            ]);
+            elect(&mut script, &config(), &tx, &token, &h).await;
+        });
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let (_, why) = health.failing().expect("failing after the first attempt");
+        assert_eq!(why, "scripted failure");
+        // After the answered attempt (t = 6 s), nothing is failing...
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        assert!(health.failing().is_none());
+        // ... until the next failure (t = 9 s).
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        assert!(health.failing().is_some());
+        cancel.cancel();
+        task.await.unwrap();
     }
 
     #[test]
