@@ -302,6 +302,7 @@ fn elector(
         config,
         tx,
         cancel.clone(),
+        Default::default(),
     ));
     (rx, cancel, task)
 }
