@@ -91,6 +91,8 @@ struct Inner {
     spare_budget: u32,
     /// Compiled-code cache entries of this engine kept on disk (see [`DISK_CACHE_ENTRIES`]).
     disk_cache_entries: usize,
+    /// Bytes of this engine's compiled code kept on disk (see [`DISK_CACHE_BYTES`]).
+    disk_cache_bytes: u64,
     /// Cancelled by [`Runtime::halt_guests`]: every guest call stops at its next check.
     halt: CancellationToken,
 }
@@ -113,11 +115,16 @@ impl Runtime {
     /// # Errors
     /// [`Error::EngineFailed`] when no engine can be built.
     pub fn new(config: RuntimeConfig) -> Result<Self> {
-        Self::with_disk_cache_entries(config, DISK_CACHE_ENTRIES)
+        Self::with_disk_cache_bounds(config, DISK_CACHE_ENTRIES, DISK_CACHE_BYTES)
     }
 
-    /// [`Runtime::new`] keeping at most `disk_cache_entries` compiled-code cache entries.
-    fn with_disk_cache_entries(config: RuntimeConfig, disk_cache_entries: usize) -> Result<Self> {
+    /// [`Runtime::new`] keeping at most `disk_cache_entries` compiled-code cache entries and
+    /// `disk_cache_bytes` bytes.
+    fn with_disk_cache_bounds(
+        config: RuntimeConfig,
+        disk_cache_entries: usize,
+        disk_cache_bytes: u64,
+    ) -> Result<Self> {
         let (engine, allocator) = build_engine(&config)?;
         tracing::info!(allocator = ?allocator, "wasm engine ready");
         let mut linker = Linker::new(&engine);
@@ -140,6 +147,7 @@ impl Runtime {
             spares: AtomicU32::new(0),
             spare_budget,
             disk_cache_entries,
+            disk_cache_bytes,
             halt: CancellationToken::new(),
         })))
     }
@@ -284,7 +292,13 @@ impl Runtime {
         }
         let compiled = self.0.engine.precompile_component(bytes)?;
         match write_atomically(&path, &compiled) {
-            Ok(()) => evict(dir, &engine_hash, self.0.disk_cache_entries, &path),
+            Ok(()) => evict(
+                dir,
+                &engine_hash,
+                self.0.disk_cache_entries,
+                self.0.disk_cache_bytes,
+                &path,
+            ),
             Err(err) => {
                 tracing::warn!(path = %path.display(), error = %err, "cannot write compiled-code cache")
             }
@@ -315,10 +329,14 @@ const MEMORY_CACHE_ENTRIES: usize = 64;
 
 /// Compiled-code cache entries (`<digest>-<engine hash>.cwasm` files) of the running engine
 /// kept on disk. After each new entry is written, the least recently used ones beyond this bound
-/// are removed (loading an entry counts as a use: it refreshes the file's modification time), and
-/// so are the entries of any other engine hash (another kubelisten or wasmtime version), which
-/// can never be loaded again. The bound is in entries, not bytes.
+/// or beyond [`DISK_CACHE_BYTES`] are removed (loading an entry counts as a use: it refreshes
+/// the file's modification time), and so are the entries of any other engine hash (another
+/// kubelisten or wasmtime version) unused for [`FOREIGN_ENTRY_AGE`].
 const DISK_CACHE_ENTRIES: usize = 256;
+
+/// Bytes of compiled code of the running engine kept on disk (JavaScript and Python guests
+/// compile to tens of MiB each); the entry just written stays even if it alone is larger.
+const DISK_CACHE_BYTES: u64 = 1 << 30;
 
 /// Room for one prewarmed spare instance, held while the spare exists
 /// ([`Runtime::reserve_spare`]).
@@ -451,7 +469,7 @@ fn cache_entry_engine(name: &str) -> Option<&str> {
 /// cache after its last use: a week.
 const FOREIGN_ENTRY_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
 
-fn evict(dir: &Path, engine_hash: &str, keep: usize, written: &Path) {
+fn evict(dir: &Path, engine_hash: &str, keep: usize, max_bytes: u64, written: &Path) {
     let remove = |path: &Path, why: &'static str| match std::fs::remove_file(path) {
         Ok(()) => {
             tracing::debug!(path = %path.display(), reason = why, "compiled-code cache entry removed")
@@ -468,7 +486,7 @@ fn evict(dir: &Path, engine_hash: &str, keep: usize, written: &Path) {
             return;
         }
     };
-    let mut ours = Vec::new();
+    let (mut ours, mut written_bytes) = (Vec::new(), 0);
     for entry in entries {
         let entry = match entry {
             Ok(entry) => entry,
@@ -504,20 +522,29 @@ fn evict(dir: &Path, engine_hash: &str, keep: usize, written: &Path) {
             if unused {
                 remove(&path, "compiled by another engine, unused for a week");
             }
-        } else if path != written {
+        } else if path == written {
+            written_bytes = meta.len();
+        } else {
             match meta.modified() {
-                Ok(modified) => ours.push((modified, path)),
+                Ok(modified) => ours.push((modified, meta.len(), path)),
                 Err(err) => {
                     tracing::warn!(path = %path.display(), error = %err, "cannot read a compiled-code cache entry")
                 }
             }
         }
     }
-    // The oldest first (ties in name order); `written` is the newest and counts as one.
+    // The oldest first (ties in name order); `written` is the newest and counts as one. Removed
+    // while there are too many entries or too many bytes.
     ours.sort();
-    let excess = (ours.len() + 1).saturating_sub(keep.max(1));
-    for (_, path) in ours.into_iter().take(excess) {
+    let mut entries = ours.len() + 1;
+    let mut bytes = written_bytes + ours.iter().map(|(_, len, _)| len).sum::<u64>();
+    for (_, len, path) in ours {
+        if entries <= keep.max(1) && bytes <= max_bytes {
+            break;
+        }
         remove(&path, "least recently used");
+        entries -= 1;
+        bytes = bytes.saturating_sub(len);
     }
 }
 
@@ -537,13 +564,19 @@ mod tests {
 
     /// A runtime caching into `dir` that keeps `keep` entries on disk.
     fn runtime(dir: &Path, keep: usize) -> Runtime {
-        Runtime::with_disk_cache_entries(
+        runtime_with_bytes(dir, keep, DISK_CACHE_BYTES)
+    }
+
+    /// A runtime caching into `dir` that keeps `keep` entries and `bytes` bytes on disk.
+    fn runtime_with_bytes(dir: &Path, keep: usize, bytes: u64) -> Runtime {
+        Runtime::with_disk_cache_bounds(
             RuntimeConfig {
                 cache_dir: Some(dir.to_path_buf()),
                 pooling: false,
                 ..Default::default()
             },
             keep,
+            bytes,
         )
         .unwrap()
     }
@@ -587,6 +620,34 @@ mod tests {
         rt.compile(&e.0).unwrap();
         assert!(!c.1.exists());
         assert!(a.1.exists() && d.1.exists() && e.1.exists());
+    }
+
+    #[test]
+    fn entries_beyond_the_byte_budget_are_evicted_too() {
+        let dir = tempfile::tempdir().unwrap();
+        let probe = runtime(dir.path(), 100);
+        let [a, b, c] = [1, 2, 3].map(|n| component(&probe, dir.path(), n));
+        probe.compile(&a.0).unwrap();
+        let size = std::fs::metadata(&a.1).unwrap().len();
+        std::fs::remove_file(&a.1).unwrap();
+        // Room for two entries of this size, though a hundred entries are allowed.
+        let rt = runtime_with_bytes(dir.path(), 100, size * 2 + size / 2);
+        for (n, (bytes, path)) in [&a, &b].into_iter().enumerate() {
+            rt.compile(bytes).unwrap();
+            age(path, 3 - n as u64);
+        }
+        assert!(a.1.exists() && b.1.exists());
+        rt.compile(&c.0).unwrap();
+        assert!(
+            !a.1.exists(),
+            "the oldest entry goes when the bytes run out"
+        );
+        assert!(b.1.exists() && c.1.exists());
+        // An entry larger than the whole budget still stays: it was just written.
+        let tiny = runtime_with_bytes(dir.path(), 100, 1);
+        let (d, d_path) = component(&tiny, dir.path(), 4);
+        tiny.compile(&d).unwrap();
+        assert!(d_path.exists() && !b.1.exists() && !c.1.exists());
     }
 
     #[test]
