@@ -264,7 +264,7 @@ pub async fn run_live(
     table.header(out)?;
     let mut current: BTreeMap<ObjectIdentity, Option<ResourceStatus>> =
         ids.iter().map(|id| (id.clone(), None)).collect();
-    let deadline = (!args.timeout.is_zero()).then(|| tokio::time::Instant::now() + args.timeout);
+    let deadline = deadline_after(args.timeout);
     let outcome = loop {
         if let Some(outcome) = settled(&current, args.wait_for) {
             break outcome;
@@ -462,25 +462,30 @@ async fn identities(
         if id.name.is_empty() {
             bail!("{} ({}) has no metadata.name", doc.source, id.kind);
         }
-        if id.namespace.is_empty() {
-            let gk = GroupKind::of(&id);
-            let scope = match scopes.get(&gk) {
-                Some(scope) => scope.clone(),
-                None => {
-                    let scope = match discover(client, &gk)
-                        .await
-                        .with_context(|| format!("discovering the API of {gk}"))?
-                    {
-                        Some((_, scope)) => scope,
-                        None => crd_scopes.get(&gk).cloned().unwrap_or(Scope::Namespaced),
-                    };
-                    scopes.insert(gk, scope.clone());
-                    scope
-                }
-            };
-            if scope == Scope::Namespaced {
+        // The scope decides the namespace, whatever the manifest says: a cluster-scoped object
+        // with a `metadata.namespace` (Helm puts the release's on ClusterRoles) has none, as
+        // the API server ignores it; a namespaced one without gets the default.
+        let gk = GroupKind::of(&id);
+        let scope = match scopes.get(&gk) {
+            Some(scope) => scope.clone(),
+            None => {
+                let scope = match discover(client, &gk)
+                    .await
+                    .with_context(|| format!("discovering the API of {gk}"))?
+                {
+                    Some((_, scope)) => scope,
+                    None => crd_scopes.get(&gk).cloned().unwrap_or(Scope::Namespaced),
+                };
+                scopes.insert(gk, scope.clone());
+                scope
+            }
+        };
+        match scope {
+            Scope::Cluster => id.namespace.clear(),
+            Scope::Namespaced if id.namespace.is_empty() => {
                 id.namespace = default_namespace.clone();
             }
+            Scope::Namespaced => {}
         }
         ids.insert(id);
     }
@@ -488,6 +493,50 @@ async fn identities(
         ids.insert(resolve_object_arg(client, object, &default_namespace).await?);
     }
     Ok(ids)
+}
+
+/// The first resource of any served group (kubectl's group order) that `matches`. An API group
+/// that cannot be discovered (an aggregated API whose server is down, say metrics-server) is
+/// skipped, as kubectl does, instead of failing the whole lookup: aggregated discovery (two
+/// requests) first, then group by group.
+async fn find_in_every_group(
+    client: &kube::Client,
+    matches: &dyn Fn(&kube::api::ApiResource) -> bool,
+) -> anyhow::Result<Option<(kube::api::ApiResource, kube::discovery::ApiCapabilities)>> {
+    if let Ok(discovery) = kube::Discovery::new(client.clone()).run_aggregated().await {
+        return Ok(discovery
+            .groups_alphabetical()
+            .into_iter()
+            .flat_map(|g| g.recommended_resources())
+            .find(|(r, _)| matches(r)));
+    }
+    let mut names: Vec<String> = client
+        .list_api_groups()
+        .await
+        .context("discovering the API server's groups")?
+        .groups
+        .into_iter()
+        .map(|g| g.name)
+        .collect();
+    names.sort();
+    names.insert(0, String::new());
+    for name in names {
+        match kube::discovery::group(client, &name).await {
+            Ok(group) => {
+                if let Some(found) = group
+                    .recommended_resources()
+                    .into_iter()
+                    .find(|(r, _)| matches(r))
+                {
+                    return Ok(Some(found));
+                }
+            }
+            Err(err) => {
+                tracing::warn!(group = %name, error = %err, "skipping an API group that cannot be discovered")
+            }
+        }
+    }
+    Ok(None)
 }
 
 /// Resolves `kind[.group]/name` through discovery (kind or plural, any case). A kind with a
@@ -521,17 +570,7 @@ async fn resolve_object_arg(
                 return Err(err).with_context(|| format!("discovering the API group {group}"))
             }
         },
-        None => {
-            let discovery = kube::Discovery::new(client.clone())
-                .run()
-                .await
-                .context("discovering the API server's kinds")?;
-            discovery
-                .groups_alphabetical()
-                .into_iter()
-                .flat_map(|g| g.recommended_resources())
-                .find(|(r, _)| matches(r))
-        }
+        None => find_in_every_group(client, &matches).await?,
     };
     let (group, kind, scope) = match (found, group) {
         (Some((resource, caps)), _) => (resource.group, resource.kind, caps.scope),
@@ -720,6 +759,15 @@ fn one_line(text: &str) -> String {
     text.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
+/// When a wait of `timeout` ends: `None` for 0 (no timeout) and for a timeout too long to add
+/// to the clock (as good as none).
+fn deadline_after(timeout: Duration) -> Option<tokio::time::Instant> {
+    if timeout.is_zero() {
+        return None;
+    }
+    tokio::time::Instant::now().checked_add(timeout)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -749,6 +797,11 @@ mod tests {
         for bad in ["", "s", "10x", "1.5s", "-1s", "m5"] {
             assert!(parse_duration(bad).is_err(), "{bad}");
         }
+        // A timeout that overflows the clock is no timeout, not a panic.
+        let huge = parse_duration("10000000000000000000").unwrap();
+        assert_eq!(deadline_after(huge), None);
+        assert_eq!(deadline_after(Duration::ZERO), None);
+        assert!(deadline_after(Duration::from_secs(1)).is_some());
     }
 
     #[test]

@@ -692,3 +692,99 @@ async fn binary_status_exits_0_when_current_and_1_on_timeout() {
     assert!(text.contains("all 2 objects are Current"), "{text}");
     ns.delete().await;
 }
+
+/// A cluster-scoped object whose manifest carries a namespace (Helm puts the release's on
+/// ClusterRoles) is the object without one: found while it exists, and seen deleted.
+#[tokio::test]
+async fn a_cluster_scoped_manifest_with_a_namespace_is_matched() {
+    use k8s_openapi::api::rbac::v1::ClusterRole;
+
+    let client = common::client().await;
+    let ns = common::TestNamespace::new(&client).await;
+    let name = format!("kl-status-{}", common::random_suffix());
+    let roles: Api<ClusterRole> = Api::all(client.clone());
+    let role: ClusterRole =
+        serde_json::from_value(json!({"metadata": {"name": name}})).expect("role");
+    roles
+        .create(&PostParams::default(), &role)
+        .await
+        .expect("creating the ClusterRole");
+    let file = manifest_file(&format!(
+        "apiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRole\nmetadata:\n  name: {name}\n  namespace: {}\n",
+        ns.name()
+    ));
+    let path = file.path().to_str().expect("utf-8 temp path");
+
+    let args = status_args(&["-f", path, "--timeout", "30s"]);
+    let mut out = Vec::new();
+    let code = status_cli::run_live(client.clone(), &args, &mut std::io::empty(), &mut out)
+        .await
+        .expect("status command");
+    let text = String::from_utf8(out).expect("utf-8 output");
+    assert_eq!(code, ExitCode::SUCCESS, "{text}");
+    assert!(text.contains("all 1 objects are Current"), "{text}");
+
+    // While it exists, --for deleted waits (here: times out); once deleted, it ends.
+    let args = status_args(&["-f", path, "--for", "deleted", "--timeout", "2s"]);
+    let mut out = Vec::new();
+    let code = status_cli::run_live(client.clone(), &args, &mut std::io::empty(), &mut out)
+        .await
+        .expect("status command");
+    let text = String::from_utf8(out).expect("utf-8 output");
+    assert_eq!(
+        code,
+        ExitCode::FAILURE,
+        "an existing ClusterRole is not deleted:\n{text}"
+    );
+    roles
+        .delete(&name, &DeleteParams::default())
+        .await
+        .expect("deleting the ClusterRole");
+    let args = status_args(&["-f", path, "--for", "deleted", "--timeout", "30s"]);
+    let mut out = Vec::new();
+    let code = status_cli::run_live(client.clone(), &args, &mut std::io::empty(), &mut out)
+        .await
+        .expect("status command");
+    let text = String::from_utf8(out).expect("utf-8 output");
+    assert_eq!(code, ExitCode::SUCCESS, "{text}");
+    ns.delete().await;
+}
+
+/// `-k kind/name` without a group still resolves while an aggregated API is down (an
+/// APIService whose Service does not exist answers 503 to discovery), as kubectl does.
+#[tokio::test]
+async fn a_kind_is_found_while_an_aggregated_api_is_down() {
+    use k8s_openapi::kube_aggregator::pkg::apis::apiregistration::v1::APIService;
+
+    let client = common::client().await;
+    let ns = common::TestNamespace::new(&client).await;
+    let group = format!("down-{}.kubelisten.dev", common::random_suffix());
+    let services: Api<APIService> = Api::all(client.clone());
+    let service: APIService = serde_json::from_value(json!({
+        "metadata": {"name": format!("v1.{group}")},
+        "spec": {"group": group, "version": "v1", "groupPriorityMinimum": 1000,
+                 "versionPriority": 15, "insecureSkipTLSVerify": true,
+                 "service": {"namespace": ns.name(), "name": "nothing", "port": 443}}
+    }))
+    .expect("APIService");
+    services
+        .create(&PostParams::default(), &service)
+        .await
+        .expect("creating the APIService");
+    let cm: ConfigMap = serde_json::from_value(json!({"metadata": {"name": "cfg"}})).expect("cm");
+    Api::<ConfigMap>::namespaced(client.clone(), ns.name())
+        .create(&PostParams::default(), &cm)
+        .await
+        .expect("creating the ConfigMap");
+
+    let args = status_args(&["-k", "configmap/cfg", "-n", ns.name(), "--timeout", "30s"]);
+    let mut out = Vec::new();
+    let code = status_cli::run_live(client.clone(), &args, &mut std::io::empty(), &mut out).await;
+    let _ = services
+        .delete(&format!("v1.{group}"), &DeleteParams::default())
+        .await;
+    let text = String::from_utf8(out).expect("utf-8 output");
+    assert_eq!(code.expect("status command"), ExitCode::SUCCESS, "{text}");
+    assert!(text.contains("all 1 objects are Current"), "{text}");
+    ns.delete().await;
+}

@@ -131,8 +131,9 @@ impl ResourceStatus {
 
     /// Whether this object is InProgress because it is, or (transitively) generates, a Pod
     /// waiting to be scheduled within [`SCHEDULE_WINDOW`](super::SCHEDULE_WINDOW): such an
-    /// object should be re-read once the window has passed, as it may turn Failed without
-    /// any new event.
+    /// object should be re-read once the window has passed, without any new event. A Pod may
+    /// then turn Failed; a controller does not (an unschedulable Pod is not one of its failed
+    /// Pods, as in cli-utils), but its re-read refreshes the statuses of its generated Pods.
     pub fn is_unschedulable(&self) -> bool {
         if self.error.is_some() || self.status != Status::InProgress {
             return false;
