@@ -828,20 +828,36 @@ mod tests {
         );
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn a_stop_while_the_watches_are_set_up_ends_the_run() {
-        // Setting up the watch (discovery of its kind) waits for good.
-        let (client, _server) = crate::test_support::unanswering_api().await;
+    /// One watch of ConfigMaps (no listener to load: an empty chain), and a runtime.
+    fn configmap_watch() -> (Config, Runtime) {
         let config = crate::config::parse(
             "watches:\n  - name: cms\n    apiVersion: v1\n    kind: ConfigMap\n    listeners: [{module: x.wasm}]\n",
             std::path::Path::new("k.yaml"),
         )
         .unwrap();
+        let config = Config {
+            watches: config
+                .watches
+                .into_iter()
+                .map(|w| WatchConfig {
+                    listeners: Vec::new(),
+                    ..w
+                })
+                .collect(),
+        };
         let runtime = Runtime::new(crate::runtime::RuntimeConfig {
             cache_dir: None,
             ..Default::default()
         })
         .unwrap();
+        (config, runtime)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stop_while_the_watches_are_set_up_ends_the_run() {
+        // Setting up the watch (discovery of its kind) waits for good.
+        let (client, _server) = crate::test_support::unanswering_api().await;
+        let (config, runtime) = configmap_watch();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let settings = RunSettings::default();
         let run = run(client, &runtime, &config, &settings, None, async move {
@@ -863,28 +879,8 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_target_the_api_server_does_not_answer_for_waits_instead_of_holding_the_start() {
         let (client, _server) = crate::test_support::unanswering_api().await;
-        let config = crate::config::parse(
-            "watches:\n  - name: cms\n    apiVersion: v1\n    kind: ConfigMap\n    listeners: [{module: x.wasm}]\n",
-            std::path::Path::new("k.yaml"),
-        )
-        .unwrap();
-        let runtime = Runtime::new(crate::runtime::RuntimeConfig {
-            cache_dir: None,
-            ..Default::default()
-        })
-        .unwrap();
+        let (config, runtime) = configmap_watch();
         let settings = RunSettings::default();
-        // No module file to load: an empty chain.
-        let config = Config {
-            watches: config
-                .watches
-                .into_iter()
-                .map(|w| WatchConfig {
-                    listeners: Vec::new(),
-                    ..w
-                })
-                .collect(),
-        };
         let metrics = Arc::new(Metrics::new());
         let t0 = tokio::time::Instant::now();
         let running = start(

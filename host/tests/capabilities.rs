@@ -31,6 +31,25 @@ async fn eventually<T>(what: &str, mut check: impl AsyncFnMut() -> Option<T>) ->
     panic!("timed out waiting for {what}");
 }
 
+/// The host running the probe listener (classname) with the capabilities `caps` on `t`'s
+/// watch, synced, and what the probe logs.
+async fn start_probe(t: &Things, caps: &str) -> (TestHost, Arc<Capture>) {
+    let probe = with_caps(harness::listener("probe", Mode::Classname), caps);
+    let config = t.watch(vec![probe]);
+    let capture = Arc::new(Capture::default());
+    let (runtime, cluster) = harness::cluster_runtime(&t.client, &config, capture.clone());
+    let host = TestHost::start_with_cluster(
+        t.client.clone(),
+        &runtime,
+        &config,
+        &settings(2),
+        Some(cluster),
+    )
+    .await;
+    host.wait_synced().await;
+    (host, capture)
+}
+
 /// The `probe-result` log line of the probe listener for `object`.
 fn probe_result(capture: &Capture, object: &str) -> Option<Value> {
     capture.messages_of("probe").iter().rev().find_map(|m| {
@@ -99,22 +118,11 @@ async fn superpod_gets_a_pod_with_an_owner_reference_and_loses_it_on_delete() {
 async fn calls_outside_the_policy_are_refused_before_reaching_the_server() {
     let t = Things::new().await;
     let other = common::TestNamespace::new(&t.client).await;
-    let probe = with_caps(
-        harness::listener("probe", Mode::Classname),
+    let (host, capture) = start_probe(
+        &t,
         "grants:\n  - {apiGroups: [''], resources: [configmaps], verbs: [get]}\n  - {apiGroups: [watch.kubelisten.dev], resources: [things/status], verbs: [patch]}\n  - {apiGroups: [watch.kubelisten.dev], resources: [things], verbs: [get]}\n",
-    );
-    let config = t.watch(vec![probe]);
-    let capture = Arc::new(Capture::default());
-    let (runtime, cluster) = harness::cluster_runtime(&t.client, &config, capture.clone());
-    let host = TestHost::start_with_cluster(
-        t.client.clone(),
-        &runtime,
-        &config,
-        &settings(2),
-        Some(cluster),
     )
     .await;
-    host.wait_synced().await;
 
     let marker = format!("probe-target-{}", common::random_suffix());
     let calls = json!([
@@ -346,22 +354,11 @@ async fn a_guest_pages_through_a_list_with_continue_tokens() {
     use k8s_openapi::api::core::v1::ConfigMap;
 
     let t = Things::new().await;
-    let probe = with_caps(
-        harness::listener("probe", Mode::Classname),
+    let (host, capture) = start_probe(
+        &t,
         "grants:\n  - {apiGroups: [''], resources: [configmaps], verbs: [list]}\n",
-    );
-    let config = t.watch(vec![probe]);
-    let capture = Arc::new(Capture::default());
-    let (runtime, cluster) = harness::cluster_runtime(&t.client, &config, capture.clone());
-    let host = TestHost::start_with_cluster(
-        t.client.clone(),
-        &runtime,
-        &config,
-        &settings(2),
-        Some(cluster),
     )
     .await;
-    host.wait_synced().await;
 
     // Seven labelled ConfigMaps (and one without the label), read three at a time.
     let label = format!("page-{}", common::random_suffix());

@@ -693,6 +693,16 @@ async fn binary_status_exits_0_when_current_and_1_on_timeout() {
     ns.delete().await;
 }
 
+/// Runs `kubelisten status ARGV` against the cluster: the exit code and the output.
+async fn status(client: &Client, argv: &[&str]) -> (ExitCode, String) {
+    let args = status_args(argv);
+    let mut out = Vec::new();
+    let code = status_cli::run_live(client.clone(), &args, &mut std::io::empty(), &mut out)
+        .await
+        .expect("status command");
+    (code, String::from_utf8(out).expect("utf-8 output"))
+}
+
 /// A cluster-scoped object whose manifest carries a namespace (Helm puts the release's on
 /// ClusterRoles) is the object without one: found while it exists, and seen deleted.
 #[tokio::test]
@@ -715,22 +725,16 @@ async fn a_cluster_scoped_manifest_with_a_namespace_is_matched() {
     ));
     let path = file.path().to_str().expect("utf-8 temp path");
 
-    let args = status_args(&["-f", path, "--timeout", "30s"]);
-    let mut out = Vec::new();
-    let code = status_cli::run_live(client.clone(), &args, &mut std::io::empty(), &mut out)
-        .await
-        .expect("status command");
-    let text = String::from_utf8(out).expect("utf-8 output");
+    let (code, text) = status(&client, &["-f", path, "--timeout", "30s"]).await;
     assert_eq!(code, ExitCode::SUCCESS, "{text}");
     assert!(text.contains("all 1 objects are Current"), "{text}");
 
     // While it exists, --for deleted waits (here: times out); once deleted, it ends.
-    let args = status_args(&["-f", path, "--for", "deleted", "--timeout", "2s"]);
-    let mut out = Vec::new();
-    let code = status_cli::run_live(client.clone(), &args, &mut std::io::empty(), &mut out)
-        .await
-        .expect("status command");
-    let text = String::from_utf8(out).expect("utf-8 output");
+    let (code, text) = status(
+        &client,
+        &["-f", path, "--for", "deleted", "--timeout", "2s"],
+    )
+    .await;
     assert_eq!(
         code,
         ExitCode::FAILURE,
@@ -740,12 +744,11 @@ async fn a_cluster_scoped_manifest_with_a_namespace_is_matched() {
         .delete(&name, &DeleteParams::default())
         .await
         .expect("deleting the ClusterRole");
-    let args = status_args(&["-f", path, "--for", "deleted", "--timeout", "30s"]);
-    let mut out = Vec::new();
-    let code = status_cli::run_live(client.clone(), &args, &mut std::io::empty(), &mut out)
-        .await
-        .expect("status command");
-    let text = String::from_utf8(out).expect("utf-8 output");
+    let (code, text) = status(
+        &client,
+        &["-f", path, "--for", "deleted", "--timeout", "30s"],
+    )
+    .await;
     assert_eq!(code, ExitCode::SUCCESS, "{text}");
     ns.delete().await;
 }
@@ -758,6 +761,11 @@ async fn a_kind_is_found_while_an_aggregated_api_is_down() {
 
     let client = common::client().await;
     let ns = common::TestNamespace::new(&client).await;
+    let cm: ConfigMap = serde_json::from_value(json!({"metadata": {"name": "cfg"}})).expect("cm");
+    Api::<ConfigMap>::namespaced(client.clone(), ns.name())
+        .create(&PostParams::default(), &cm)
+        .await
+        .expect("creating the ConfigMap");
     let group = format!("down-{}.kubelisten.dev", common::random_suffix());
     let services: Api<APIService> = Api::all(client.clone());
     let service: APIService = serde_json::from_value(json!({
@@ -771,12 +779,8 @@ async fn a_kind_is_found_while_an_aggregated_api_is_down() {
         .create(&PostParams::default(), &service)
         .await
         .expect("creating the APIService");
-    let cm: ConfigMap = serde_json::from_value(json!({"metadata": {"name": "cfg"}})).expect("cm");
-    Api::<ConfigMap>::namespaced(client.clone(), ns.name())
-        .create(&PostParams::default(), &cm)
-        .await
-        .expect("creating the ConfigMap");
-
+    // Run before any assertion, so that the APIService is deleted whatever happens (it would
+    // hold up every namespace deletion of the cluster).
     let args = status_args(&["-k", "configmap/cfg", "-n", ns.name(), "--timeout", "30s"]);
     let mut out = Vec::new();
     let code = status_cli::run_live(client.clone(), &args, &mut std::io::empty(), &mut out).await;
