@@ -607,6 +607,36 @@ impl WatchTasks {
     }
 }
 
+/// Compiles the modules of `config`'s listeners (or those of the `modules` ConfigMap) into
+/// `runtime`'s caches, for a standby; see [`Runtime::precompile`].
+async fn precompile(
+    runtime: Runtime,
+    client: kube::Client,
+    config: Config,
+    modules: Option<ModulesConfigMap>,
+) {
+    let compiled = match &modules {
+        Some(source) => HotSwap::precompile(&runtime, &client, source).await,
+        None => {
+            let paths: Vec<_> = config
+                .watches
+                .iter()
+                .flat_map(|w| w.listeners.iter().map(|l| l.path.clone()))
+                .collect();
+            tokio::task::spawn_blocking(move || {
+                paths
+                    .iter()
+                    .filter_map(|path| std::fs::read(path).ok())
+                    .filter_map(|bytes| runtime.precompile(&bytes))
+                    .count()
+            })
+            .await
+            .unwrap_or(0)
+        }
+    };
+    tracing::info!(compiled, "standby: modules compiled ahead of a takeover");
+}
+
 /// Stops `running` gracefully. With leader election (`leader`), the drain still follows the
 /// leadership: when it is lost, in-flight events stop at once (a standby may be dispatching
 /// already) and this returns an error.
@@ -686,6 +716,14 @@ pub async fn run(
     });
     if elector.is_some() {
         tracing::info!("standby: waiting for the leadership");
+        // Meanwhile the modules are compiled, so that a takeover does not wait for the compiler
+        // (it finishes on its own; a takeover before that compiles what is missing itself).
+        tokio::spawn(precompile(
+            runtime.clone(),
+            client.clone(),
+            config.clone(),
+            settings.modules.clone(),
+        ));
         tokio::select! {
             () = &mut shutdown => {
                 // The election may have won the lock just now: it releases it before returning.

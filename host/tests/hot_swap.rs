@@ -793,3 +793,38 @@ async fn a_listener_rejected_at_start_keeps_the_process_unready_until_a_good_ver
     s.host.stop().await;
     s.t.ns.delete().await;
 }
+
+/// A standby compiles the ConfigMap's modules ahead of a takeover, without loading them.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_standby_precompiles_the_configmaps_modules() {
+    let t = Things::new().await;
+    let cms: Api<ConfigMap> = Api::namespaced(t.client.clone(), t.ns.name());
+    cms.create(
+        &PostParams::default(),
+        &configmap(
+            "modules",
+            LISTENERS,
+            &[("counter.wasm", guest_bytes("versioned-v1"))],
+        ),
+    )
+    .await
+    .unwrap();
+    let runtime = harness::runtime();
+    let source = ModulesConfigMap {
+        namespace: t.ns.name().into(),
+        name: "modules".into(),
+    };
+    let compiled = kubelisten::hotswap::HotSwap::precompile(&runtime, &t.client, &source).await;
+    assert_eq!(compiled, 1);
+    assert_eq!(runtime.memory_cache_len(), 1);
+    // A ConfigMap that is not there compiles nothing (its load reports it).
+    let missing = ModulesConfigMap {
+        namespace: t.ns.name().into(),
+        name: "absent".into(),
+    };
+    assert_eq!(
+        kubelisten::hotswap::HotSwap::precompile(&runtime, &t.client, &missing).await,
+        0
+    );
+    t.ns.delete().await;
+}

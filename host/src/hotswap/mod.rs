@@ -217,6 +217,48 @@ impl HotSwap {
         }
     }
 
+    /// Compiles the modules the ConfigMap `source` holds now into `runtime`'s caches, without
+    /// loading or running anything (a standby, so that taking over does not compile). Returns
+    /// how many compiled; anything unreadable is left for the load to report.
+    pub async fn precompile(
+        runtime: &Runtime,
+        client: &Client,
+        source: &ModulesConfigMap,
+    ) -> usize {
+        let api: Api<ConfigMap> = Api::namespaced(client.clone(), &source.namespace);
+        let Ok(Ok(Some(cm))) = tokio::time::timeout(LOAD_TIMEOUT, api.get_opt(&source.name)).await
+        else {
+            return 0;
+        };
+        let binary: BTreeMap<String, Vec<u8>> = cm
+            .binary_data
+            .iter()
+            .flatten()
+            .map(|(k, v)| (k.clone(), v.0.clone()))
+            .collect();
+        let text = cm.data.as_ref().and_then(|d| d.get("listeners.yaml"));
+        let entries = match text.map(|t| {
+            if source::is_config_format(t) {
+                source::parse_config(t).map(|c| source::entries_of(&c))
+            } else {
+                source::parse(t)
+            }
+        }) {
+            Some(Ok(entries)) => entries,
+            _ => return 0,
+        };
+        let runtime = runtime.clone();
+        tokio::task::spawn_blocking(move || {
+            entries
+                .iter()
+                .filter_map(|entry| source::module_bytes(entry, &binary).ok())
+                .filter_map(|bytes| runtime.precompile(&bytes))
+                .count()
+        })
+        .await
+        .unwrap_or(0)
+    }
+
     /// Watches the ConfigMap and applies every change until the task is dropped.
     pub async fn run(self: Arc<Self>) {
         let api: Api<ConfigMap> = Api::namespaced(self.client.clone(), &self.source.namespace);

@@ -260,6 +260,14 @@ impl Runtime {
         Ok((component, digest))
     }
 
+    /// Compiles `bytes` into the caches (memory and disk) ahead of use, so that loading a
+    /// listener of that module later does not wait for the compiler: a standby does this while
+    /// it waits for the leadership, so that a failover does not compile. Returns the module's
+    /// digest, or `None` when it does not compile (that is reported when it is loaded).
+    pub fn precompile(&self, bytes: &[u8]) -> Option<String> {
+        self.compile(bytes).ok().map(|(_, digest)| digest)
+    }
+
     /// How many compiled components the memory cache holds.
     pub fn memory_cache_len(&self) -> usize {
         self.0
@@ -648,6 +656,18 @@ mod tests {
         let (d, d_path) = component(&tiny, dir.path(), 4);
         tiny.compile(&d).unwrap();
         assert!(d_path.exists() && !b.1.exists() && !c.1.exists());
+    }
+
+    #[test]
+    fn a_precompiled_module_is_loaded_from_the_memory_cache() {
+        let dir = tempfile::tempdir().unwrap();
+        let rt = runtime(dir.path(), 10);
+        let (bytes, _) = component(&rt, dir.path(), 1);
+        let digest = rt.precompile(&bytes).expect("compiles");
+        assert_eq!(rt.cache_hits(), 0);
+        assert_eq!(rt.compile(&bytes).unwrap().1, digest);
+        assert_eq!(rt.cache_hits(), 1, "no second compilation");
+        assert_eq!(rt.precompile(b"not wasm"), None);
     }
 
     #[test]
