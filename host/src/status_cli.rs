@@ -321,7 +321,9 @@ enum Outcome {
 }
 
 /// Done when every object has the wanted status; Failed when waiting for Current and one is
-/// Failed.
+/// Failed. This is a wait, not cli-utils' `aggregate`: waiting for deletion, a Failed or Unknown
+/// object keeps the wait going (it may still be deleted) until the timeout, where the
+/// aggregate would report it at once.
 fn settled(
     current: &BTreeMap<ObjectIdentity, Option<ResourceStatus>>,
     wait_for: WaitFor,
