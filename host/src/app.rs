@@ -608,15 +608,17 @@ impl WatchTasks {
 }
 
 /// Compiles the modules of `config`'s listeners (or those of the `modules` ConfigMap) into
-/// `runtime`'s caches, for a standby; see [`Runtime::precompile`].
+/// `runtime`'s caches, for a standby, until `stop` is set (checked between modules); see
+/// [`Runtime::precompile`].
 async fn precompile(
     runtime: Runtime,
     client: kube::Client,
     config: Config,
     modules: Option<ModulesConfigMap>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
 ) {
     let compiled = match &modules {
-        Some(source) => HotSwap::precompile(&runtime, &client, source).await,
+        Some(source) => HotSwap::precompile(&runtime, &client, source, stop).await,
         None => {
             let paths: Vec<_> = config
                 .watches
@@ -626,6 +628,7 @@ async fn precompile(
             tokio::task::spawn_blocking(move || {
                 paths
                     .iter()
+                    .take_while(|_| !stop.load(std::sync::atomic::Ordering::Relaxed))
                     .filter_map(|path| std::fs::read(path).ok())
                     .filter_map(|bytes| runtime.precompile(&bytes))
                     .count()
@@ -716,16 +719,23 @@ pub async fn run(
     });
     if elector.is_some() {
         tracing::info!("standby: waiting for the leadership");
-        // Meanwhile the modules are compiled, so that a takeover does not wait for the compiler
-        // (it finishes on its own; a takeover before that compiles what is missing itself).
-        tokio::spawn(precompile(
+        // Meanwhile the modules are compiled, so that a takeover does not wait for the compiler.
+        // A takeover stops it and waits for the module being compiled (the start would compile
+        // it again otherwise); a shutdown stops it after that module.
+        let stop_warming = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let warming = tokio::spawn(precompile(
             runtime.clone(),
             client.clone(),
             config.clone(),
             settings.modules.clone(),
+            stop_warming.clone(),
         ));
+        let stop_warming = move || {
+            stop_warming.store(true, std::sync::atomic::Ordering::Relaxed);
+        };
         tokio::select! {
             () = &mut shutdown => {
+                stop_warming();
                 // The election may have won the lock just now: it releases it before returning.
                 election.cancel();
                 if let Some(elector) = elector {
@@ -734,11 +744,13 @@ pub async fn run(
                 return Ok(());
             }
             changed = leader_rx.wait_for(|leader| *leader) => {
+                stop_warming();
                 if changed.is_err() {
                     anyhow::bail!("leader election ended");
                 }
             }
         }
+        let _ = warming.await;
         server.set_leader(true);
     } else {
         metrics.leader.set(1);

@@ -471,12 +471,15 @@ async fn identities(
         let scope = match scopes.get(&gk) {
             Some(scope) => scope.clone(),
             None => {
-                let scope = match discover(client, &gk)
-                    .await
-                    .with_context(|| format!("discovering the API of {gk}"))?
-                {
-                    Some((_, scope)) => scope,
-                    None => crd_scopes.get(&gk).cloned().unwrap_or(Scope::Namespaced),
+                let scope = match discover(client, &gk).await {
+                    Ok(Some((_, scope))) => scope,
+                    Ok(None) => crd_scopes.get(&gk).cloned().unwrap_or(Scope::Namespaced),
+                    // An API that cannot be asked now (an aggregated API that is down): the
+                    // manifest decides, as before scopes were looked up for every object.
+                    Err(err) => {
+                        tracing::warn!(kind = %gk, error = %format!("{err:#}"), "cannot discover the kind's scope; taking the manifest's namespace as given");
+                        crd_scopes.get(&gk).cloned().unwrap_or(Scope::Namespaced)
+                    }
                 };
                 scopes.insert(gk, scope.clone());
                 scope

@@ -814,16 +814,27 @@ async fn a_standby_precompiles_the_configmaps_modules() {
         namespace: t.ns.name().into(),
         name: "modules".into(),
     };
-    let compiled = kubelisten::hotswap::HotSwap::precompile(&runtime, &t.client, &source).await;
+    let compiled =
+        kubelisten::hotswap::HotSwap::precompile(&runtime, &t.client, &source, Default::default())
+            .await;
     assert_eq!(compiled, 1);
     assert_eq!(runtime.memory_cache_len(), 1);
+    // Stopped (a takeover or a shutdown came first): nothing more is compiled.
+    let stopped = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let fresh = harness::runtime();
+    assert_eq!(
+        kubelisten::hotswap::HotSwap::precompile(&fresh, &t.client, &source, stopped).await,
+        0
+    );
+    assert_eq!(fresh.memory_cache_len(), 0);
     // A ConfigMap that is not there compiles nothing (its load reports it).
     let missing = ModulesConfigMap {
         namespace: t.ns.name().into(),
         name: "absent".into(),
     };
     assert_eq!(
-        kubelisten::hotswap::HotSwap::precompile(&runtime, &t.client, &missing).await,
+        kubelisten::hotswap::HotSwap::precompile(&runtime, &t.client, &missing, Default::default())
+            .await,
         0
     );
     t.ns.delete().await;

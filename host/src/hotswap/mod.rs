@@ -218,12 +218,14 @@ impl HotSwap {
     }
 
     /// Compiles the modules the ConfigMap `source` holds now into `runtime`'s caches, without
-    /// loading or running anything (a standby, so that taking over does not compile). Returns
-    /// how many compiled; anything unreadable is left for the load to report.
+    /// loading or running anything (a standby, so that taking over does not compile), until
+    /// `stop` is set (checked between modules). Returns how many compiled; anything unreadable
+    /// is left for the load to report.
     pub async fn precompile(
         runtime: &Runtime,
         client: &Client,
         source: &ModulesConfigMap,
+        stop: Arc<std::sync::atomic::AtomicBool>,
     ) -> usize {
         let api: Api<ConfigMap> = Api::namespaced(client.clone(), &source.namespace);
         let Ok(Ok(Some(cm))) = tokio::time::timeout(LOAD_TIMEOUT, api.get_opt(&source.name)).await
@@ -251,6 +253,7 @@ impl HotSwap {
         tokio::task::spawn_blocking(move || {
             entries
                 .iter()
+                .take_while(|_| !stop.load(std::sync::atomic::Ordering::Relaxed))
                 .filter_map(|entry| source::module_bytes(entry, &binary).ok())
                 .filter_map(|bytes| runtime.precompile(&bytes))
                 .count()
@@ -311,7 +314,7 @@ impl HotSwap {
                 };
                 self.reject(&rejection);
                 self.lock().applied = Some(content);
-                self.publish(&rejection).await;
+                self.publish_all(std::slice::from_ref(&rejection)).await;
                 return vec![rejection];
             }
         };
@@ -352,9 +355,7 @@ impl HotSwap {
         tokio::task::block_in_place(|| self.swap(&entries, next, &rejections));
         self.lock().applied = Some(content);
         // The Events last: a slow Events API does not hold up the good listeners.
-        for rejection in &rejections {
-            self.publish(rejection).await;
-        }
+        self.publish_all(&rejections).await;
         rejections
     }
 
@@ -454,7 +455,9 @@ impl HotSwap {
                 }
             }
         }
-        let old = std::mem::take(&mut self.lock().running);
+        // A copy: `running` keeps the old versions until the new ones are in (at the end), so
+        // `/readyz` never sees an empty set while the swap waits for calls in flight.
+        let old = self.lock().running.clone();
         // The new grants first: a new version never runs with the old ones (calls still in
         // flight on the old version may see the new ones).
         if let Some(cluster) = &self.cluster {
@@ -555,8 +558,23 @@ impl HotSwap {
             .insert(rejection.listener.clone(), rejection.clone());
     }
 
-    /// Reports `rejection` as a Warning Event on the ConfigMap, waiting at most
-    /// [`EVENT_TIMEOUT`].
+    /// Reports each rejection as a Warning Event on the ConfigMap, waiting at most
+    /// [`EVENT_TIMEOUT`] for all of them (the next update waits meanwhile).
+    async fn publish_all(&self, rejections: &[Rejection]) {
+        let all = async {
+            for rejection in rejections {
+                self.publish(rejection).await;
+            }
+        };
+        if tokio::time::timeout(EVENT_TIMEOUT, all).await.is_err() {
+            tracing::warn!(
+                timeout_s = EVENT_TIMEOUT.as_secs(),
+                "recording the rejection Events on the modules ConfigMap timed out"
+            );
+        }
+    }
+
+    /// Reports `rejection` as a Warning Event on the ConfigMap.
     async fn publish(&self, rejection: &Rejection) {
         let about = ObjectRef {
             api_version: "v1".into(),
@@ -570,27 +588,19 @@ impl HotSwap {
             "ModuleRejected"
         };
         let note = format!("listener {}: {}", rejection.listener, rejection.error);
-        let published = tokio::time::timeout(
-            EVENT_TIMEOUT,
-            self.recorder.publish(
+        if let Err(err) = self
+            .recorder
+            .publish(
                 "kubelisten",
                 &about,
                 Some(&self.source.namespace),
                 true,
                 reason,
                 &note,
-            ),
-        )
-        .await;
-        match published {
-            Ok(Ok(_)) => {}
-            Ok(Err(err)) => {
-                tracing::warn!(error = %err, "cannot record the rejection Event on the modules ConfigMap")
-            }
-            Err(_) => tracing::warn!(
-                timeout_s = EVENT_TIMEOUT.as_secs(),
-                "recording the rejection Event on the modules ConfigMap timed out"
-            ),
+            )
+            .await
+        {
+            tracing::warn!(error = %err, "cannot record the rejection Event on the modules ConfigMap");
         }
     }
 

@@ -541,7 +541,7 @@ fn evict(dir: &Path, engine_hash: &str, keep: usize, max_bytes: u64, written: &P
             }
         }
     }
-    // The oldest first (ties in name order); `written` is the newest and counts as one. Removed
+    // The oldest first (ties by size, then name); `written` is the newest and counts as one. Removed
     // while there are too many entries or too many bytes.
     ours.sort();
     let mut entries = ours.len() + 1;
@@ -560,7 +560,10 @@ fn write_atomically(path: &Path, data: &[u8]) -> std::io::Result<()> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
-    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    // Unique per write, also within a process (two compiles of one module at once).
+    static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = WRITES.fetch_add(1, Ordering::Relaxed);
+    let tmp = path.with_extension(format!("tmp{}-{n}", std::process::id()));
     std::fs::write(&tmp, data)?;
     std::fs::rename(&tmp, path)
 }

@@ -173,12 +173,14 @@ impl Elector {
                         Some(Ok(record)) => record,
                         Some(Err(err)) => {
                             tracing::warn!(lock = %self.config.name, error = %err, "the leader record of the lock ConfigMap cannot be read: taken as held until it expires");
+                            // The object's version is part of the stand-in: a record that keeps
+                            // being rewritten (renewed by someone) never expires.
                             Record {
-                                holder_identity: UNREADABLE.into(),
-                                lease_duration_seconds: i64::try_from(
-                                    self.config.lease_duration.as_secs(),
-                                )
-                                .unwrap_or(15),
+                                holder_identity: format!(
+                                    "{UNREADABLE} at resourceVersion {}",
+                                    cm.metadata.resource_version.as_deref().unwrap_or("")
+                                ),
+                                lease_duration_seconds: record_seconds(self.config.lease_duration),
                                 ..Record::default()
                             }
                         }
@@ -411,9 +413,18 @@ async fn elect<L: Lock>(
         let cutoff = renew_by.map_or(started + attempt_timeout, |by| {
             by.min(started + attempt_timeout)
         });
+        let attempt = tokio::time::timeout_at(cutoff, lock.try_acquire_or_renew());
+        tokio::pin!(attempt);
         let attempt = tokio::select! {
-            () = cancel.cancelled() => break,
-            result = tokio::time::timeout_at(cutoff, lock.try_acquire_or_renew()) => result,
+            () = cancel.cancelled() => {
+                // The write may land anyway: let the attempt finish (it is bounded by the
+                // cutoff), and release what it won.
+                if matches!((&mut attempt).await, Ok(Ok(true))) {
+                    renew_by.get_or_insert(started + config.renew_deadline);
+                }
+                break;
+            }
+            result = &mut attempt => result,
         };
         match &attempt {
             Ok(Ok(_)) => health.answered(),
@@ -481,6 +492,8 @@ mod tests {
     enum Step {
         /// Returns at once: whether the lock is held.
         Held(bool),
+        /// Returns after this long: the lock is held.
+        HeldAfter(Duration),
         /// Fails after this long.
         FailAfter(Duration),
         /// Never returns.
@@ -513,6 +526,10 @@ mod tests {
             async move {
                 match step {
                     Step::Held(held) => Ok(held),
+                    Step::HeldAfter(after) => {
+                        tokio::time::sleep(after).await;
+                        Ok(true)
+                    }
                     Step::FailAfter(after) => {
                         tokio::time::sleep(after).await;
                         Err("scripted failure".to_string())
@@ -657,6 +674,16 @@ mod tests {
             suffix.len() == 16 && suffix.chars().all(|c| c.is_ascii_hexdigit()),
             "{a}"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stop_during_the_winning_attempt_releases_what_it_won() {
+        let (_rx, cancel, task) = spawn(Script::new([Step::HeldAfter(Duration::from_secs(1))]));
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        cancel.cancel();
+        let (script, _) = task.await.expect("election task");
+        assert_eq!(script.attempts, 1);
+        assert!(script.released, "the lock the attempt won is released");
     }
 
     #[tokio::test(start_paused = true)]
