@@ -232,12 +232,7 @@ impl HotSwap {
         else {
             return 0;
         };
-        let binary: BTreeMap<String, Vec<u8>> = cm
-            .binary_data
-            .iter()
-            .flatten()
-            .map(|(k, v)| (k.clone(), v.0.clone()))
-            .collect();
+        let binary = binary_of(&cm);
         let text = cm.data.as_ref().and_then(|d| d.get("listeners.yaml"));
         let entries = match text.map(|t| {
             if source::is_config_format(t) {
@@ -286,12 +281,7 @@ impl HotSwap {
     /// Applies one version of the ConfigMap; returns what was rejected.
     pub async fn apply(&self, cm: &ConfigMap) -> Vec<Rejection> {
         let _one_at_a_time = self.current.lock().await;
-        let binary: BTreeMap<String, Vec<u8>> = cm
-            .binary_data
-            .iter()
-            .flatten()
-            .map(|(k, v)| (k.clone(), v.0.clone()))
-            .collect();
+        let binary = binary_of(cm);
         let text = cm
             .data
             .as_ref()
@@ -675,6 +665,15 @@ fn wait_until_unused(retired: &[Arc<Chain>]) {
         }
         std::thread::sleep(std::time::Duration::from_millis(1));
     }
+}
+
+/// The ConfigMap's `binaryData`, by key.
+fn binary_of(cm: &ConfigMap) -> BTreeMap<String, Vec<u8>> {
+    cm.binary_data
+        .iter()
+        .flatten()
+        .map(|(k, v)| (k.clone(), v.0.clone()))
+        .collect()
 }
 
 fn rejection_json(r: &Rejection) -> serde_json::Value {
