@@ -72,9 +72,7 @@ impl Default for RunSettings {
 pub struct RunningWatch {
     /// The watch's name.
     pub name: Arc<str>,
-    /// The resource watched (`group/version/kind`).
-    pub resource: String,
-    /// Its state.
+    /// Its state (the resource watched among it).
     pub state: Arc<WatchState>,
     /// Its chain (swapped by the hot swap).
     pub chain: Arc<ChainSlot>,
@@ -87,7 +85,6 @@ impl RunningWatch {
     pub fn entry(&self) -> WatchEntry {
         WatchEntry {
             name: self.name.to_string(),
-            resource: self.resource.clone(),
             state: self.state.clone(),
             listeners: {
                 let (name, chain, hotswap) =
@@ -255,49 +252,41 @@ pub async fn start(
     }
     // Every first attempt runs at once; the start waits for them at most START_WAIT. One still
     // running then goes on in its watch's background task.
-    let mut attempts: Vec<Option<FirstAttempt>> = config
+    let mut attempts: Vec<FirstAttempt> = config
         .watches
         .iter()
-        .map(|w| {
-            Some(AbortOnDropHandle::new(tokio::spawn(resolve_once(
-                client.clone(),
-                w.clone(),
-            ))))
-        })
+        .map(|w| AbortOnDropHandle::new(tokio::spawn(resolve_once(client.clone(), w.clone()))))
         .collect();
     let mut outcomes: Vec<Option<Result<target::Target, Unresolved>>> =
         config.watches.iter().map(|_| None).collect();
     let _ = tokio::time::timeout(
         START_WAIT,
-        futures::future::join_all(attempts.iter_mut().zip(outcomes.iter_mut()).map(
-            |(attempt, outcome)| async move {
-                if let Some(handle) = attempt {
-                    *outcome = Some(joined(handle.await));
-                }
-            },
-        )),
+        futures::future::join_all(
+            attempts
+                .iter_mut()
+                .zip(outcomes.iter_mut())
+                .map(|(attempt, outcome)| async move { *outcome = Some(joined(attempt.await)) }),
+        ),
     )
     .await;
     let mut prepared = Vec::new();
-    for ((watch, attempt), outcome) in config.watches.iter().zip(&mut attempts).zip(outcomes) {
-        let target = match (outcome, attempt.take()) {
-            (Some(outcome), _) => match outcome {
-                Ok(target) => Resolution::Resolved(target),
-                Err(Unresolved::Failed(err)) if err.is_permanent() => {
-                    return Err(anyhow::Error::new(err))
-                        .with_context(|| format!("watch {}: resolving the target", watch.name));
-                }
-                Err(unresolved) => {
-                    let why = unresolved.describe();
-                    tracing::warn!(watch = %watch.name, target = %watch.target, error = %why, "the watch's target cannot be resolved yet: the other watches start, this one retries");
-                    Resolution::Failed(why)
-                }
-            },
-            (None, Some(handle)) => {
-                tracing::warn!(watch = %watch.name, target = %watch.target, wait_s = START_WAIT.as_secs(), "the watch's target is not resolved yet: the other watches start, this one goes on");
-                Resolution::Pending(handle)
+    for ((watch, attempt), outcome) in config.watches.iter().zip(attempts).zip(outcomes) {
+        let target = match outcome {
+            Some(Ok(target)) => Resolution::Resolved(target),
+            Some(Err(Unresolved::Failed(err))) if err.is_permanent() => {
+                return Err(anyhow::Error::new(err))
+                    .with_context(|| format!("watch {}: resolving the target", watch.name));
             }
-            (None, None) => unreachable!("every watch has its first attempt"),
+            Some(Err(unresolved)) => {
+                let why = unresolved.describe();
+                tracing::warn!(watch = %watch.name, target = %watch.target, error = %why, "the watch's target cannot be resolved yet: the other watches start, this one retries");
+                Resolution::Failed(why)
+            }
+            // Still running: it goes on in the watch's background task.
+            None => {
+                tracing::warn!(watch = %watch.name, target = %watch.target, wait_s = START_WAIT.as_secs(), "the watch's target is not resolved yet: the other watches start, this one goes on");
+                Resolution::Pending(attempt)
+            }
         };
         let mut listeners = Vec::new();
         // With a modules ConfigMap, the chains come from it (loaded below), not from the config.
@@ -384,32 +373,32 @@ pub async fn start(
             .waiting_for_target
             .get_or_create(&labels([("watch", &*name)]))
             .clone();
-        let resource = match target {
+        // Until its target resolves, a watch shows the resource as configured.
+        state.set_resource(watch.target.to_string());
+        let (why, first) = match target {
             Resolution::Resolved(target) => {
                 waiting.set(0);
+                state.set_resource(target.describe());
                 tasks.spawn(&target, &mut watchers);
                 tracing::info!(watch = %name, resource = %target.describe(), listeners = chain.get().listeners().len(), "watching");
-                target.describe()
+                (None, None)
             }
-            Resolution::Failed(why) => {
-                waiting.set(1);
-                state.set_waiting(Some(why));
-                watchers.spawn(tasks.wait_for_target(watch.clone(), waiting, None));
-                watch.target.to_string()
-            }
-            Resolution::Pending(first) => {
-                waiting.set(1);
-                state.set_waiting(Some(format!(
+            Resolution::Failed(why) => (Some(why), None),
+            Resolution::Pending(first) => (
+                Some(format!(
                     "not resolved within {}s of the start; still trying",
                     START_WAIT.as_secs()
-                )));
-                watchers.spawn(tasks.wait_for_target(watch.clone(), waiting, Some(first)));
-                watch.target.to_string()
-            }
+                )),
+                Some(first),
+            ),
         };
+        if let Some(why) = why {
+            waiting.set(1);
+            state.set_waiting(Some(why));
+            watchers.spawn(tasks.wait_for_target(watch.clone(), waiting, first));
+        }
         watches.push(RunningWatch {
             name: name.clone(),
-            resource,
             state: state.clone(),
             chain: chain.clone(),
             hotswap: hotswap.clone(),
@@ -952,7 +941,7 @@ mod tests {
             Some("not resolved within 10s of the start; still trying")
         );
         assert!(!watch.state.ready());
-        assert_eq!(watch.resource, "v1/ConfigMap");
+        assert_eq!(watch.state.resource(), "v1/ConfigMap");
         assert!(metrics
             .encode()
             .contains("kubelisten_watch_waiting_for_target{watch=\"cms\"} 1"));

@@ -77,8 +77,9 @@ struct Setup {
     cms: Api<ConfigMap>,
 }
 
-async fn setup(first: Vec<u8>) -> Setup {
-    let t = Things::new().await;
+/// Creates the ConfigMap `modules` in `t`'s namespace: [`LISTENERS`] with `first` as
+/// `counter.wasm`.
+async fn modules_configmap(t: &Things, first: Vec<u8>) -> Api<ConfigMap> {
     let cms: Api<ConfigMap> = Api::namespaced(t.client.clone(), t.ns.name());
     cms.create(
         &PostParams::default(),
@@ -86,6 +87,12 @@ async fn setup(first: Vec<u8>) -> Setup {
     )
     .await
     .unwrap();
+    cms
+}
+
+async fn setup(first: Vec<u8>) -> Setup {
+    let t = Things::new().await;
+    let cms = modules_configmap(&t, first).await;
     let config = t.watch(vec![]);
     let capture = Arc::new(Capture::default());
     let runtime = harness::runtime_with_cluster(&t.client, &config, capture.clone());
@@ -446,17 +453,7 @@ async fn a_revert_after_a_partly_rejected_update_restores_the_last_good_version(
 #[tokio::test(flavor = "multi_thread")]
 async fn a_config_file_names_the_watches_and_the_configmap_supplies_the_listeners() {
     let t = Things::new().await;
-    let cms: Api<ConfigMap> = Api::namespaced(t.client.clone(), t.ns.name());
-    cms.create(
-        &PostParams::default(),
-        &configmap(
-            "modules",
-            LISTENERS,
-            &[("counter.wasm", guest_bytes("versioned-v1"))],
-        ),
-    )
-    .await
-    .unwrap();
+    modules_configmap(&t, guest_bytes("versioned-v1")).await;
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("kubelisten.yaml");
     std::fs::write(
@@ -798,17 +795,7 @@ async fn a_listener_rejected_at_start_keeps_the_process_unready_until_a_good_ver
 #[tokio::test(flavor = "multi_thread")]
 async fn a_standby_precompiles_the_configmaps_modules() {
     let t = Things::new().await;
-    let cms: Api<ConfigMap> = Api::namespaced(t.client.clone(), t.ns.name());
-    cms.create(
-        &PostParams::default(),
-        &configmap(
-            "modules",
-            LISTENERS,
-            &[("counter.wasm", guest_bytes("versioned-v1"))],
-        ),
-    )
-    .await
-    .unwrap();
+    modules_configmap(&t, guest_bytes("versioned-v1")).await;
     let runtime = harness::runtime();
     let source = ModulesConfigMap {
         namespace: t.ns.name().into(),

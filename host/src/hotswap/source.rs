@@ -570,6 +570,7 @@ mod tests {
         );
     }
 
+    /// An entry for `module` (a `binaryData` key or a path).
     fn compressed_entry(module: &str) -> Entry {
         Entry {
             name: "l".into(),
@@ -673,14 +674,7 @@ mod tests {
             ("c.wasm.gz".to_string(), b"not gzip".to_vec()),
             ("d.wasm.zst".to_string(), b"not zstd".to_vec()),
         ]);
-        let entry = |module: &str| Entry {
-            name: "l".into(),
-            watch: None,
-            module: module.into(),
-            mode: Mode::Classname,
-            limits: Limits::default(),
-            capabilities: Capabilities::default(),
-        };
+        let entry = compressed_entry;
         assert_eq!(module_bytes(&entry("a.wasm"), &binary).unwrap(), b"\0asm");
         assert_eq!(
             module_bytes(&entry("b.wasm.gz"), &binary).unwrap(),

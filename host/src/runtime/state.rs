@@ -218,13 +218,7 @@ impl cluster::Host for HostState {
         namespace: Option<String>,
         options: ListOptions,
     ) -> Result<String, ApiError> {
-        self.cluster_call(ClusterRequest::List {
-            api_version,
-            kind,
-            namespace,
-            options,
-            continue_from: None,
-        })
+        self.list_page(api_version, kind, namespace, options, None)
     }
 
     fn list_page(

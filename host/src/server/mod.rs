@@ -34,9 +34,7 @@ pub struct ListenerStatus {
 pub struct WatchEntry {
     /// The watch's name.
     pub name: String,
-    /// `group/version/kind`.
-    pub resource: String,
-    /// Its state.
+    /// Its state (the resource watched among it).
     pub state: Arc<WatchState>,
     /// Its listeners as they are now (running digest, last rejected update).
     pub listeners: Arc<dyn Fn() -> Vec<ListenerStatus> + Send + Sync>,
@@ -253,7 +251,7 @@ async fn status(State(state): State<Arc<ServerState>>) -> Json<Value> {
                 .collect();
             json!({
                 "name": w.name,
-                "resource": w.state.resource().unwrap_or_else(|| w.resource.clone()),
+                "resource": w.state.resource(),
                 "synced": w.state.synced.load(Ordering::Relaxed),
                 "ready": w.state.ready(),
                 "waitingForTarget": w.state.waiting(),

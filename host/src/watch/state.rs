@@ -33,8 +33,9 @@ pub struct WatchState {
     /// Why the watch's target is not resolved yet (its kind not served, the API failing), while
     /// it waits and retries; `None` once it is watching.
     waiting: Mutex<Option<String>>,
-    /// The resource watched (`group/version/kind`), once a target that was waited for resolved.
-    resource: Mutex<Option<String>>,
+    /// The resource watched (`group/version/kind`), or the target as configured while the watch
+    /// waits for it.
+    resource: Mutex<String>,
 }
 
 fn now_ms() -> u64 {
@@ -84,13 +85,13 @@ impl WatchState {
             .clone()
     }
 
-    /// Records the resource a target that was waited for resolved to.
+    /// Records the resource watched (or the target as configured, while it is waited for).
     pub fn set_resource(&self, resource: String) {
-        *self.resource.lock().unwrap_or_else(PoisonError::into_inner) = Some(resource);
+        *self.resource.lock().unwrap_or_else(PoisonError::into_inner) = resource;
     }
 
-    /// The resource a target that was waited for resolved to, once it did.
-    pub fn resource(&self) -> Option<String> {
+    /// The resource watched, or the target as configured while the watch waits for it.
+    pub fn resource(&self) -> String {
         self.resource
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
