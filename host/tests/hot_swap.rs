@@ -572,16 +572,12 @@ async fn a_configmap_that_defines_the_watches_cannot_change_them_while_running()
     .await;
     let events: Api<k8s_openapi::api::events::v1::Event> =
         Api::namespaced(t.client.clone(), t.ns.name());
-    eventually("a ListenersRejected Event naming the changed watch", || {
-        let events = events.clone();
-        let notes = tokio::task::block_in_place(|| {
-            tokio::runtime::Handle::current()
-                .block_on(async move { notes_of(&events, "ListenersRejected").await })
-        });
-        notes
-            .iter()
-            .any(|n| n.contains("changed: things") && n.contains("restart"))
-    })
+    wait_for_note(
+        &events,
+        "ListenersRejected",
+        "a ListenersRejected Event naming the changed watch",
+        |n| n.contains("changed: things") && n.contains("restart"),
+    )
     .await;
     served_by("second", "v1").await;
 
@@ -717,13 +713,14 @@ async fn grant_changes_apply_to_an_unchanged_module_and_unknown_watches_are_reje
 
     let events: Api<k8s_openapi::api::events::v1::Event> =
         Api::namespaced(t.client.clone(), t.ns.name());
-    let notes = notes_of(&events, "ModuleRejected").await;
-    assert!(
-        notes
-            .iter()
-            .any(|n| n.starts_with("listener stray: no watch \"nope\"")),
-        "a Warning Event names the stray entry: {notes:?}"
-    );
+    // Events are published after the swap, so the grant change can be seen before them.
+    wait_for_note(
+        &events,
+        "ModuleRejected",
+        "a Warning Event naming the stray entry",
+        |n| n.starts_with("listener stray: no watch \"nope\""),
+    )
+    .await;
     let (_, metrics) = host.get("/metrics").await;
     let reloads = |listener: &str, outcome: &str| {
         metrics.lines().find_map(|l| {
@@ -742,6 +739,24 @@ async fn grant_changes_apply_to_an_unchanged_module_and_unknown_watches_are_reje
     );
     host.stop().await;
     t.ns.delete().await;
+}
+
+/// Waits (up to 30 s) until an Event in `events` with `reason` has a note that `matches`.
+async fn wait_for_note(
+    events: &Api<k8s_openapi::api::events::v1::Event>,
+    reason: &str,
+    what: &str,
+    matches: impl Fn(&str) -> bool,
+) {
+    let mut notes = Vec::new();
+    for _ in 0..150 {
+        notes = notes_of(events, reason).await;
+        if notes.iter().any(|n| matches(n)) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    panic!("timed out waiting for {what}; {reason} notes: {notes:?}");
 }
 
 /// The notes of the Events in `events` with `reason`.
