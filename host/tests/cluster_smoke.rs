@@ -168,7 +168,10 @@ async fn watch_with_bookmarks_receives_bookmark() {
         .resource_version
         .expect("list has a resourceVersion");
 
-    let wp = WatchParams::default().timeout(5); // bookmarks are on by default in kube-rs
+    // Bookmarks are on by default in kube-rs. The API server sends one about 2 s before the
+    // watch's timeout (once, if the watch is past `start_rv` by then): 20 s leaves room for a
+    // slow status patch.
+    let wp = WatchParams::default().timeout(20);
     assert!(wp.bookmarks);
     let mut events = api
         .watch(&wp, &start_rv)

@@ -28,7 +28,8 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::authorization::v1::{
-    ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec,
+    ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec, SubjectAccessReview,
+    SubjectAccessReviewSpec,
 };
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod};
@@ -414,11 +415,79 @@ configMapGenerator:
             &["apply", "--server-side", "--force-conflicts", "-f", "-"],
             Some(&list(rest)),
         );
-        Self {
+        let installed = Self {
             dir,
             ns,
             workload,
             objects,
+        };
+        installed.wait_for_bindings(client).await;
+        installed
+    }
+
+    /// Waits (up to 30 s each) until every binding applied is in force for the ServiceAccount:
+    /// the API server's authorizer reads Roles and bindings through informers, so a request
+    /// made just after the apply may still be refused.
+    async fn wait_for_bindings(&self, client: &kube::Client) {
+        let user = format!(
+            "system:serviceaccount:{}:{}",
+            self.ns,
+            self.service_account()
+        );
+        let reviews = Api::<SubjectAccessReview>::all(client.clone());
+        let first = |v: &Value| v.get(0).and_then(Value::as_str).map(str::to_string);
+        for binding in self
+            .objects
+            .iter()
+            .filter(|o| o["kind"] == "RoleBinding" || o["kind"] == "ClusterRoleBinding")
+        {
+            let role_ref = &binding["roleRef"];
+            let Some(role) = self.objects.iter().find(|o| {
+                o["kind"] == role_ref["kind"] && o["metadata"]["name"] == role_ref["name"]
+            }) else {
+                continue; // A role of the cluster's own (none here today).
+            };
+            let rule = &role["rules"][0];
+            let resource = first(&rule["resources"]).unwrap_or_default();
+            let (resource, subresource) = match resource.split_once('/') {
+                Some((r, s)) => (r.to_string(), Some(s.to_string())),
+                None => (resource, None),
+            };
+            let review = SubjectAccessReview {
+                spec: SubjectAccessReviewSpec {
+                    user: Some(user.clone()),
+                    resource_attributes: Some(ResourceAttributes {
+                        verb: first(&rule["verbs"]),
+                        group: first(&rule["apiGroups"]),
+                        resource: Some(resource),
+                        subresource,
+                        name: first(&rule["resourceNames"]),
+                        namespace: binding["metadata"]["namespace"]
+                            .as_str()
+                            .map(str::to_string),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                },
+                ..Default::default()
+            };
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                let answer = reviews
+                    .create(&PostParams::default(), &review)
+                    .await
+                    .unwrap();
+                if answer.status.is_some_and(|s| s.allowed) {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "binding {} is not in force for {user}: {:?}",
+                    binding["metadata"]["name"],
+                    review.spec.resource_attributes
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
         }
     }
 

@@ -46,7 +46,7 @@ async fn health_readiness_and_metrics_match_what_happened() {
     ]);
     let runtime = harness::runtime();
     let mut host = t.start_host(&runtime, &config, &settings(4)).await;
-    for _ in 0..100 {
+    for _ in 0..600 {
         if get(&host, "/readyz").await.0 == 200 {
             break;
         }
@@ -148,9 +148,16 @@ async fn health_readiness_and_metrics_match_what_happened() {
     );
 
     // A dead watch task makes the process unhealthy.
+    // (An aborted task is dropped when a worker thread gets to it.)
     host.kill_watch_tasks();
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let (code, body) = get(&host, "/healthz").await;
+    let (mut code, mut body) = get(&host, "/healthz").await;
+    for _ in 0..300 {
+        if code == 503 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        (code, body) = get(&host, "/healthz").await;
+    }
     assert_eq!(code, 503, "{body}");
     assert!(body.contains("watch tasks died"), "{body}");
     host.stop().await;

@@ -28,7 +28,9 @@ fn replay(extra: &[&str]) -> std::process::Output {
         .arg(format!("{}:reference", guest("rust-metrics").display()))
         .arg("--listener")
         .arg(guest("faulty"))
-        .args(["--call-timeout-ms", "200"])
+        // Generous: the memory fault must fill its limit before the time limit, even while the
+        // other tests compile their modules.
+        .args(["--call-timeout-ms", "1000"])
         .args(extra)
         .arg(demo_events())
         .output()

@@ -440,6 +440,27 @@ const CURRENT_DEPLOYMENT_STATUS: &str = r#"{"observedGeneration": 1, "replicas":
     {"type": "Available", "status": "True"},
     {"type": "Progressing", "status": "True", "reason": "NewReplicaSetAvailable"}]}"#;
 
+/// Output that a test reads while the command still writes it.
+#[derive(Clone, Default)]
+struct SharedOut(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl SharedOut {
+    fn text(&self) -> String {
+        String::from_utf8(self.0.lock().unwrap().clone()).expect("utf-8 output")
+    }
+}
+
+impl std::io::Write for SharedOut {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 #[tokio::test]
 async fn status_command_exits_0_when_objects_become_current() {
     let client = common::client().await;
@@ -449,12 +470,19 @@ async fn status_command_exits_0_when_objects_become_current() {
     let path = file.path().to_str().expect("utf-8 temp path");
     let args = status_args(&["-f", path, "-n", ns.name(), "--timeout", "60s"]);
 
-    let mut out = Vec::new();
+    let out = SharedOut::default();
+    let mut writer = out.clone();
     let mut stdin = std::io::empty();
     let (code, ()) = tokio::join!(
-        status_cli::run_live(client.clone(), &args, &mut stdin, &mut out),
+        status_cli::run_live(client.clone(), &args, &mut stdin, &mut writer),
         async {
-            tokio::time::sleep(Duration::from_secs(1)).await;
+            // Once the command has reported the Deployment in progress, it becomes available.
+            for _ in 0..300 {
+                if out.text().contains("LessReplicas: Replicas: 0/1") {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
             patch_status(
                 &api,
                 "web",
@@ -463,7 +491,7 @@ async fn status_command_exits_0_when_objects_become_current() {
             .await;
         }
     );
-    let text = String::from_utf8(out).expect("utf-8 output");
+    let text = out.text();
     assert_eq!(code.expect("status command"), ExitCode::SUCCESS, "{text}");
     assert!(
         text.contains("LessReplicas: Replicas: 0/1"),
@@ -485,8 +513,9 @@ async fn status_command_exits_1_on_timeout_and_on_failure_with_the_reason() {
     let file = manifest_file(&web_manifests(ns.name()));
     let path = file.path().to_str().expect("utf-8 temp path");
 
-    // Timeout, text.
-    let args = status_args(&["-f", path, "-n", ns.name(), "--timeout", "2s"]);
+    // Timeout, text (the Deployment never becomes available here; 10 s leaves a loaded machine
+    // time to list both kinds first).
+    let args = status_args(&["-f", path, "-n", ns.name(), "--timeout", "10s"]);
     let mut out = Vec::new();
     let started = Instant::now();
     let code = status_cli::run_live(client.clone(), &args, &mut std::io::empty(), &mut out)
@@ -494,9 +523,9 @@ async fn status_command_exits_1_on_timeout_and_on_failure_with_the_reason() {
         .expect("status command");
     let text = String::from_utf8(out).expect("utf-8 output");
     assert_eq!(code, ExitCode::FAILURE, "{text}");
-    assert!(started.elapsed() < Duration::from_secs(20));
+    assert!(started.elapsed() < Duration::from_secs(60));
     assert!(
-        text.contains("timed out after 2s: 1 of 2 objects are Current"),
+        text.contains("timed out after 10s: 1 of 2 objects are Current"),
         "{text}"
     );
     let web_line = text
@@ -510,7 +539,16 @@ async fn status_command_exits_1_on_timeout_and_on_failure_with_the_reason() {
     );
 
     // Timeout, JSON lines: one result per object, then the summary.
-    let args = status_args(&["-f", path, "-n", ns.name(), "--timeout", "2s", "-o", "json"]);
+    let args = status_args(&[
+        "-f",
+        path,
+        "-n",
+        ns.name(),
+        "--timeout",
+        "10s",
+        "-o",
+        "json",
+    ]);
     let mut out = Vec::new();
     let code = status_cli::run_live(client.clone(), &args, &mut std::io::empty(), &mut out)
         .await
@@ -667,7 +705,7 @@ async fn binary_status_exits_0_when_current_and_1_on_timeout() {
     let manifests = web_manifests(ns.name());
 
     let out = kubelisten(
-        &["status", "-f", "-", "-n", ns.name(), "--timeout", "2s"],
+        &["status", "-f", "-", "-n", ns.name(), "--timeout", "10s"],
         &manifests,
     );
     let text = String::from_utf8_lossy(&out.stdout);

@@ -19,12 +19,13 @@ const KIND: &str = "Survivor";
 const PLURAL: &str = "survivors";
 const OBJECTS: usize = 30;
 
-/// Retries `op` until the API server answers (it is down for a while in this test).
+/// Retries `op` until the API server answers (it is down for a while in this test; its
+/// restart may take up to `cluster.sh`'s 120 s readiness wait, so this retries for 180 s).
 async fn retry<T, F: std::future::Future<Output = Result<T, kube::Error>>>(
     what: &str,
     mut op: impl FnMut() -> F,
 ) -> Option<T> {
-    for _ in 0..600 {
+    for _ in 0..1800 {
         match op().await {
             Ok(v) => return Some(v),
             Err(kube::Error::Api(s)) if s.code == 409 || s.code == 404 => return None,
@@ -91,20 +92,21 @@ async fn apiserver_restart_loses_and_duplicates_nothing() {
     .unwrap();
     let deleted = writer.await.unwrap();
 
-    let finals: HashMap<String, String> = t
-        .api
-        .list(&ListParams::default())
-        .await
-        .unwrap()
-        .items
-        .into_iter()
-        .map(|o| {
-            (
-                o.metadata.name.unwrap(),
-                o.metadata.resource_version.unwrap(),
-            )
-        })
-        .collect();
+    let finals: HashMap<String, String> = retry("list", || {
+        let api = t.api.clone();
+        async move { api.list(&ListParams::default()).await }
+    })
+    .await
+    .expect("the objects can be listed")
+    .items
+    .into_iter()
+    .map(|o| {
+        (
+            o.metadata.name.unwrap(),
+            o.metadata.resource_version.unwrap(),
+        )
+    })
+    .collect();
     assert_eq!(finals.len() + deleted.len(), OBJECTS);
     host.wait_for(
         Duration::from_secs(180),

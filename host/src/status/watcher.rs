@@ -15,7 +15,9 @@
 //! not serve (its CRD is not installed) is *parked*: nothing is reported for it until a
 //! CustomResourceDefinition defining it becomes Established, then its watches start; when
 //! that CRD is deleted (or the kind's list answers 404) they stop and the kind is parked
-//! again. Expired resource versions and dropped connections are retried with backoff.
+//! again. Every object of the kind that was present is then reported NotFound: deleting a
+//! CRD deletes its objects, and their DELETE events may not arrive before the watch stops.
+//! Expired resource versions and dropped connections are retried with backoff.
 //!
 //! An InProgress object that is, or generates, a Pod waiting to be scheduled
 //! ([`ResourceStatus::is_unschedulable`]) is read again once after
@@ -36,6 +38,7 @@ use serde_json::Value;
 use tokio::sync::mpsc;
 use tokio::task::{AbortHandle, JoinHandle, JoinSet};
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 use super::{compute_live, ObjectIdentity, ResourceStatus, SCHEDULE_WINDOW};
 
@@ -319,8 +322,9 @@ enum KindState {
     Resolving,
     /// Not served: waiting for its CRD.
     Parked,
-    /// Watched since `epoch`.
-    Running { epoch: u64, tasks: Vec<AbortHandle> },
+    /// Watched since `epoch`; `gone` stops its targets, which first report their objects
+    /// NotFound.
+    Running { epoch: u64, gone: CancellationToken },
 }
 
 struct Driver {
@@ -504,7 +508,7 @@ impl Driver {
                 .collect(),
         };
         let wanted = self.wanted.get(&gk).cloned().unwrap_or_default();
-        let mut handles = Vec::new();
+        let gone = CancellationToken::new();
         for namespace in namespaces {
             let key: TargetKey = (gk.clone(), namespace.clone(), epoch);
             self.pending_sync.insert(key.clone());
@@ -527,23 +531,15 @@ impl Driver {
                 driver: self.msg_tx.clone(),
             };
             tracing::debug!(target = %target.describe(), "watch starting");
-            handles.push(self.tasks.spawn(target.run()));
+            self.tasks.spawn(target.run(gone.clone()));
         }
-        self.kinds.insert(
-            gk,
-            KindState::Running {
-                epoch,
-                tasks: handles,
-            },
-        );
+        self.kinds.insert(gk, KindState::Running { epoch, gone });
     }
 
     /// Stops `gk`'s watches (if any) and waits for its CRD.
     fn park(&mut self, gk: GroupKind) {
-        if let Some(KindState::Running { epoch, tasks }) = self.kinds.remove(&gk) {
-            for task in tasks {
-                task.abort();
-            }
+        if let Some(KindState::Running { epoch, gone }) = self.kinds.remove(&gk) {
+            gone.cancel();
             self.pending_sync
                 .retain(|(k, _, e)| !(k == &gk && *e == epoch));
         }
@@ -664,7 +660,9 @@ impl Target {
         }
     }
 
-    async fn run(self) {
+    /// Watches until the consumer goes away or `gone` is cancelled (the kind is no longer
+    /// served), when every object still cached is reported NotFound.
+    async fn run(self, gone: CancellationToken) {
         let api = self.api(self.namespace.as_deref());
         let mut stream = watcher(api, watcher::Config::default())
             .default_backoff()
@@ -676,6 +674,17 @@ impl Target {
             let next_recheck = state.rechecks.iter().min_by_key(|(_, at)| **at);
             let recheck_at = next_recheck.map(|(_, at)| *at);
             let result = tokio::select! {
+                biased;
+                () = gone.cancelled() => {
+                    let cached: Vec<ObjectIdentity> = state.cache.keys().cloned().collect();
+                    tracing::debug!(target = %self.describe(), objects = cached.len(), "kind gone; its objects are reported NotFound");
+                    for id in cached {
+                        if self.on_delete(&mut state, id).await.is_err() {
+                            break;
+                        }
+                    }
+                    return;
+                }
                 event = stream.next() => match event {
                     Some(event) => self.on_event(&mut state, event).await,
                     None => return,
