@@ -200,14 +200,14 @@ impl Chain {
         // (and nobody rolls back) once per attempt while it is backed off, and the event that
         // takes the probe after a backoff is the only one to run the chain. A paused attempt
         // costs no conversion of the event either.
-        let mut tickets = Vec::with_capacity(self.listeners.len());
+        let mut admitted = Admitted(std::collections::VecDeque::with_capacity(
+            self.listeners.len(),
+        ));
         for (index, listener) in self.listeners_for(event, self.listeners.len()) {
             match listener.admit() {
-                Ok(ticket) => tickets.push(ticket),
+                Ok(ticket) => admitted.0.push_back((index, listener, ticket)),
                 Err((skipped, held)) => {
-                    for ((_, admitted), ticket) in self.listeners_for(event, index).zip(tickets) {
-                        admitted.release_probe(ticket);
-                    }
+                    // Dropping `admitted` hands back the tickets taken so far.
                     report.calls.push(timed(listener, export, || skipped));
                     report.failed_at = Some(index);
                     report.backed_off = Some(held);
@@ -222,8 +222,7 @@ impl Chain {
             chain: ChainState::default(),
             namespace: event.meta.namespace.clone(),
         };
-        let mut admitted = self.listeners_for(event, self.listeners.len()).zip(tickets);
-        for ((index, listener), ticket) in admitted.by_ref() {
+        while let Some((index, listener, ticket)) = admitted.0.pop_front() {
             let record = timed(listener, export, || {
                 listener.call_event_admitted(export, &wit, &ctx, ticket)
             });
@@ -234,10 +233,8 @@ impl Chain {
                 break;
             }
         }
-        // Listeners after a failure were admitted but not called.
-        for ((_, listener), ticket) in admitted {
-            listener.release_probe(ticket);
-        }
+        // Listeners after a failure were admitted but not called: their tickets go back.
+        drop(admitted);
         if let Some(failed) = report.failed_at {
             ctx.event_kind = Export::Rollback.as_str();
             for (_, listener) in self.listeners_for(event, failed).rev() {
@@ -308,5 +305,18 @@ fn timed(listener: &Listener, export: Export, call: impl FnOnce() -> Outcome) ->
         export,
         outcome,
         duration: start.elapsed(),
+    }
+}
+
+/// Calls admitted by [`Chain::dispatch`] and not made yet: their tickets are handed back when
+/// this is dropped, also when a panic in host code (the event's conversion, say) unwinds the
+/// dispatch, so no probe stays held until its lease runs out.
+struct Admitted<'a>(std::collections::VecDeque<(usize, &'a Arc<Listener>, crate::runtime::Ticket)>);
+
+impl Drop for Admitted<'_> {
+    fn drop(&mut self) {
+        for (_, listener, ticket) in self.0.drain(..) {
+            listener.release_probe(ticket);
+        }
     }
 }
