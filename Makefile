@@ -65,7 +65,9 @@ reliability: ## fault injection + bounded soak (own control plane)
 
 reliability-ci: ## short fault-injection run on the debug binary (needs `make guests`); fails on loss, duplicates, a dead host
 	cargo build -p kubelisten
-	BENCH_SKIP_BUILD=1 REL_KL=target/debug/kubelisten REL_DURATION=10 REL_SOAK=60 bench/reliability.sh
+	# REL_UNSEEN_SLACK 2 s (1 s in the documented run): the debug binary on a busy CI machine can
+	# be that far behind when its leader is killed, which is not a dropped delete.
+	BENCH_SKIP_BUILD=1 REL_KL=target/debug/kubelisten REL_DURATION=10 REL_SOAK=60 REL_UNSEEN_SLACK=2 bench/reliability.sh
 
 cluster-up: ## start the local kube-apiserver + etcd
 	deploy/local/cluster.sh up

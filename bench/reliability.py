@@ -136,14 +136,35 @@ def restart_etcd(args):
     cmd = open(f"/proc/{pid}/cmdline", "rb").read().split(b"\0")[:-1]
     proc_env = dict(x.split(b"=", 1) for x in open(f"/proc/{pid}/environ", "rb").read().split(b"\0") if b"=" in x)
     os.kill(pid, signal.SIGKILL)
-    while os.path.exists(f"/proc/{pid}") and open(f"/proc/{pid}/stat").read().split()[2] != "Z":
+    while True:
+        try:
+            if open(f"/proc/{pid}/stat").read().split()[2] == "Z":
+                break
+        except FileNotFoundError:
+            break  # reaped
         time.sleep(0.05)
     time.sleep(args.outage)
     log = open(os.path.join(args.run_dir, "logs", "etcd.log"), "ab")
     p = subprocess.Popen(cmd, env=proc_env, stdout=log, stderr=log, start_new_session=True)
     path = os.path.join(args.run_dir, "env")
     text = open(path).read().replace(f"ETCD_PID={pid}", f"ETCD_PID={p.pid}")
-    open(path, "w").write(text)
+    with open(path + ".tmp", "w") as f:
+        f.write(text)
+    os.replace(path + ".tmp", path)
+    # Back only once etcd answers its health check (the scenario's checks read through it).
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            with urllib.request.urlopen(f"{env['ETCD_URL']}/health", timeout=5) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        if p.poll() is not None:
+            raise RuntimeError(f"etcd exited {p.returncode} after its restart (see logs/etcd.log)")
+        if time.monotonic() > deadline:
+            raise RuntimeError("etcd not healthy 60 s after its restart")
+        time.sleep(0.2)
 
 
 class Stream:
@@ -238,12 +259,20 @@ def final_state(kube, ns, names):
     """name -> (uid, resourceVersion as int), or None when no object of that name exists."""
     out = {}
     for nm in names:
-        for _ in range(50):
+        # Only a 200 or a 404 says what exists: anything else (the API server reconnecting to
+        # etcd after a fault, say) is retried, for up to 60 s.
+        deadline = time.monotonic() + 60
+        st = body = None
+        while True:
             try:
                 st, body, _, _ = kube.request("GET", kube.path(ns, nm))
-                break
             except Exception:
-                time.sleep(0.2)
+                st = body = None
+            if st in (200, 404):
+                break
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"reading {ns}/{nm}: no answer but {st} for 60 s")
+            time.sleep(0.2)
         out[nm] = (body["metadata"]["uid"], int(body["metadata"]["resourceVersion"])) if st == 200 else None
     return out
 
@@ -778,9 +807,15 @@ def bad_hot_swap(args, kube):
             raise RuntimeError(f"the good module is not running: {ls}")
         s, res["fault_s"], final = run_stream(args, kube, ns, 0, swaps)
         r = settle([c], ns, final, (), None)
-        st, evs, _, _ = kube.request("GET", f"/apis/events.k8s.io/v1/namespaces/{ns}/events")
-        rejected_events = [e for e in (evs or {}).get("items", []) if e.get("reason") == "ModuleRejected"
-                           and e.get("regarding", {}).get("name") == "modules"]
+        # The host publishes rejection Events after the swap (bounded to 10 s): wait for them.
+        deadline = time.monotonic() + 30
+        while True:
+            st, evs, _, _ = kube.request("GET", f"/apis/events.k8s.io/v1/namespaces/{ns}/events")
+            rejected_events = [e for e in (evs or {}).get("items", []) if e.get("reason") == "ModuleRejected"
+                               and e.get("regarding", {}).get("name") == "modules"]
+            if rejected_events or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
         bad = [x for x in steps if "rejected" in x]
         res.update(sent=s.sent, failed_requests=s.failed, noop_deletes=s.noop, delivered=r["delivered"],
                    replayed=r["replayed"], lost=len(r["lost"]), lost_names=r["lost"][:10],

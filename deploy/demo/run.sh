@@ -27,11 +27,17 @@ RUST_LOG=${RUST_LOG:-info,cranelift=warn,wasmtime=warn} NO_COLOR=1 "$bin" run \
   --retry-attempts 2 --retry-base-ms 100 >"$log" 2>&1 &
 pid=$!
 trap 'kill $pid 2>/dev/null || true' EXIT
-for _ in $(seq 1 300); do
-  curl -fsS "http://127.0.0.1:$port/readyz" >/dev/null 2>&1 && break
-  kill -0 $pid 2>/dev/null || { cat "$log"; exit 1; }
-  sleep 0.2
-done
+# until CONDITION (a command) holds: polls it every 0.2 s for up to 120 s; on a timeout or if
+# kubelisten exits meanwhile, shows the log and fails.
+until_() {
+  for _ in $(seq 1 600); do
+    "$@" && return 0
+    kill -0 $pid 2>/dev/null || { cat "$log"; echo "kubelisten exited" >&2; exit 1; }
+    sleep 0.2
+  done
+  cat "$log"; echo "timed out waiting for: $*" >&2; exit 1
+}
+until_ curl -fsS "http://127.0.0.1:$port/readyz" -o /dev/null
 curl -sS "http://127.0.0.1:$port/readyz"
 
 superpod() { # name [fault]
@@ -53,7 +59,11 @@ superpod panicky panic
 superpod looper loop
 superpod hog memory
 superpod api
-sleep 4
+# Each SuperPod gets its Pod, and each of the three faults is contained (a trap logged).
+pods() { [[ $(kubectl -n demo get pods -o name | wc -l) -ge $1 ]]; }
+traps() { [[ $(grep -c 'listener trapped' "$log") -ge $1 ]]; }
+until_ pods 5
+until_ traps 3
 
 say "Pods created by the superpod listener (owner: the SuperPod)"
 kubectl -n demo get pods -o custom-columns=NAME:.metadata.name,OWNER:.metadata.ownerReferences[0].name
@@ -63,22 +73,31 @@ kubectl -n demo get superpods -o custom-columns=NAME:.metadata.name,POD:.status.
 say "update web, delete api"
 kubectl -n demo patch superpod web --type merge -p '{"spec":{"replicas":3}}' >/dev/null
 kubectl -n demo delete superpod api >/dev/null
-sleep 2
+# The api Pod goes with its SuperPod (the superpod listener deletes it).
+api_pod_gone() { ! kubectl -n demo get pods -o name | grep -q '/api'; }
+until_ api_pod_gone
 kubectl -n demo get pods -o name
 
 say "what the listeners said (guest log lines, tagged by the host)"
-grep -E 'kubelisten::guest' "$log" | sed -E 's/^[^ ]+ +//' | cut -c1-180 | tail -n 20
+{ grep -E 'kubelisten::guest' "$log" || true; } | sed -E 's/^[^ ]+ +//' | cut -c1-180 | tail -n 20
 say "contained faults (each followed by normal service)"
-grep -E 'listener trapped|crash loop' "$log" | sed -E 's/^[^ ]+ +//' | cut -c1-180 | tail -n 10
+{ grep -E 'listener trapped|crash loop' "$log" || true; } | sed -E 's/^[^ ]+ +//' | cut -c1-180 | tail -n 10
 say "Warning Events recorded on the failing objects"
-kubectl -n demo get events.events.k8s.io -o custom-columns=OBJECT:.regarding.name,TYPE:.type,REASON:.reason --field-selector type=Warning 2>/dev/null | head -n 10
+kubectl -n demo get events.events.k8s.io -o custom-columns=OBJECT:.regarding.name,TYPE:.type,REASON:.reason --field-selector type=Warning 2>/dev/null | head -n 10 || true
 
 say "/metrics (listener calls and traps)"
-curl -sS "http://127.0.0.1:$port/metrics" | grep -E '^kubelisten_(listener_calls|listener_traps|events)_total' | head -n 20
+curl -sS "http://127.0.0.1:$port/metrics" | { grep -E '^kubelisten_(listener_calls|listener_traps|events)_total' || true; } | head -n 20 || true
 say "/status (objects and their computed status)"
 curl -sS "http://127.0.0.1:$port/status" | python3 -c 'import json,sys; s=json.load(sys.stdin); [print(k, v["status"], v["message"]) for w in s["watches"] for k,v in w["objects"].items()]'
 
 say "graceful stop (SIGTERM)"
 kill -TERM $pid
-wait $pid && echo "kubelisten exited 0"
 trap - EXIT
+if wait $pid; then
+  echo "kubelisten exited 0"
+else
+  code=$?
+  cat "$log"
+  echo "kubelisten exited $code" >&2
+  exit 1
+fi
