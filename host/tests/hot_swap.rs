@@ -139,6 +139,12 @@ async fn modules_configmap(t: &Things, first: Vec<u8>) -> Api<ConfigMap> {
 async fn setup(first: Vec<u8>) -> Setup {
     let t = Things::new().await;
     let cms = modules_configmap(&t, first).await;
+    host_for(t, cms).await
+}
+
+/// A host on `t`'s watch with no listeners of its own, taking them from the ConfigMap
+/// `modules` of `cms` (which must exist).
+async fn host_for(t: Things, cms: Api<ConfigMap>) -> Setup {
     let config = t.watch(vec![]);
     let capture = Arc::new(Capture::default());
     let runtime = harness::runtime_with_cluster(&t.client, &config, capture.clone());
@@ -883,6 +889,47 @@ async fn a_listener_rejected_at_start_keeps_the_process_unready_until_a_good_ver
     let (_, body) = s.host.get("/status").await;
     let status: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(status["rejected"], json!({}), "{status}");
+    s.host.stop().await;
+    s.t.ns.delete().await;
+}
+
+/// A module given as a file path that is not there yet (a volume mounted after the update) is
+/// rejected, then loaded once the file appears, with no change of the ConfigMap.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_module_file_that_appears_later_is_loaded_without_a_configmap_change() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("counter.wasm");
+    let listeners = LISTENERS.replace("counter.wasm", &file.display().to_string());
+    let t = Things::new().await;
+    let cms: Api<ConfigMap> = Api::namespaced(t.client.clone(), t.ns.name());
+    cms.create(
+        &PostParams::default(),
+        &configmap("modules", &listeners, &[]),
+    )
+    .await
+    .unwrap();
+    let s = host_for(t, cms).await;
+    let (code, body) = s.host.get("/readyz").await;
+    assert_eq!(code, 503, "{body}");
+    let rejection = s.host.rejection("counter").expect("rejected: no such file");
+    assert!(rejection.digest.is_none(), "{rejection:?}");
+
+    // The file appears (written elsewhere and renamed in, as a volume update would).
+    let v1 = guest_bytes("versioned-v1");
+    std::fs::write(dir.path().join(".counter.tmp"), &v1).unwrap();
+    std::fs::rename(dir.path().join(".counter.tmp"), &file).unwrap();
+    counter_runs(&s.host, &v1).await;
+    body_until(&s.host, "/readyz", "ready once the file is loaded", |b| {
+        b == "ok: leader\n"
+    })
+    .await;
+    assert!(s.host.rejection("counter").is_none());
+    s.t.create("a", json!({}), &[]).await;
+    let capture = s.capture.clone();
+    eventually("v1 from the file to serve", || {
+        lines(&capture).iter().any(|l| l.0 == "v1" && l.1 == "a")
+    })
+    .await;
     s.host.stop().await;
     s.t.ns.delete().await;
 }

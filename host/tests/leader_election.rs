@@ -142,7 +142,7 @@ fn spawn(
         .env("KUBECONFIG", common::kubeconfig_path())
         .env(
             "RUST_LOG",
-            "warn,kubelisten::dispatch=debug,kubelisten::watch::leader=info",
+            "warn,kubelisten::dispatch=debug,kubelisten::watch::leader=info,kubelisten::app=info",
         )
         .stderr(Stdio::piped())
         .stdout(Stdio::null())
@@ -162,6 +162,11 @@ fn spawn(
                 }
                 Some(m @ ("became the leader" | "leader lock released")) => {
                     lock_log.lock().unwrap().push((id, m.to_string(), at));
+                }
+                Some("standby: modules compiled ahead of a takeover") => {
+                    let compiled = v["fields"]["compiled"].as_u64().unwrap_or(0);
+                    let m = format!("precompiled {compiled}");
+                    lock_log.lock().unwrap().push((id, m, at));
                 }
                 _ => {}
             }
@@ -261,6 +266,13 @@ async fn failovers(lock: &str) {
         let new_leader = leader_of(&replicas, Duration::from_secs(30)).await;
         let id = replicas[new_leader].id;
         let acquired = logged_after(&lock_log, id, "became the leader", killed_at).await;
+        // While it waited, the standby compiled the listener's module (a takeover does not
+        // wait for the compiler).
+        let precompiled = logged_after(&lock_log, id, "precompiled 1", 0).await;
+        assert!(
+            precompiled <= acquired,
+            "replica {id} compiled after taking over"
+        );
         let takeover = Duration::from_micros(u64::try_from(acquired - killed_at).unwrap());
         assert!(
             takeover <= bound,

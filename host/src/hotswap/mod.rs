@@ -63,6 +63,10 @@ pub const LOAD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(75)
 /// Longest wait for the Event that reports a rejection (the update is applied meanwhile).
 const EVENT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// How often the files of modules rejected because they could not be read (a volume not
+/// mounted yet) are looked for again; the ConfigMap is applied again once one is there.
+pub const FILE_RECHECK: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Why [`HotSwap::load`] failed.
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
@@ -101,6 +105,10 @@ struct Current {
     pinned: Option<Vec<crate::config::WatchConfig>>,
     /// Set while the ConfigMap's watches differ from the pinned ones.
     watches_changed: Option<String>,
+    /// The last ConfigMap handled, to apply again when a missing module file appears.
+    last: Option<ConfigMap>,
+    /// Module files of the last content that were not there ([`FILE_RECHECK`]).
+    missing_files: Vec<std::path::PathBuf>,
 }
 
 /// The hot-swap machinery of one process.
@@ -257,7 +265,8 @@ impl HotSwap {
         .unwrap_or(0)
     }
 
-    /// Watches the ConfigMap and applies every change until the task is dropped.
+    /// Watches the ConfigMap and applies every change until the task is dropped; meanwhile,
+    /// every [`FILE_RECHECK`], looks again for module files that were not there.
     pub async fn run(self: Arc<Self>) {
         let api: Api<ConfigMap> = Api::namespaced(self.client.clone(), &self.source.namespace);
         let config =
@@ -266,21 +275,49 @@ impl HotSwap {
             .default_backoff()
             .applied_objects()
             .boxed();
-        while let Some(item) = stream.next().await {
-            match item {
-                Ok(cm) => {
-                    self.apply(&cm).await;
-                }
-                Err(err) => {
-                    tracing::warn!(error = %err, "watching the modules ConfigMap failed; retrying")
+        loop {
+            tokio::select! {
+                item = stream.next() => match item {
+                    Some(Ok(cm)) => {
+                        self.apply(&cm).await;
+                    }
+                    Some(Err(err)) => {
+                        tracing::warn!(error = %err, "watching the modules ConfigMap failed; retrying");
+                    }
+                    None => return,
+                },
+                () = tokio::time::sleep(FILE_RECHECK) => {
+                    self.recheck_missing_files().await;
                 }
             }
         }
     }
 
+    /// Applies the last ConfigMap again if a module file it names that was not there is now a
+    /// regular file (a volume mounted after the update); returns what was rejected then, or
+    /// `None` when no such file appeared.
+    pub async fn recheck_missing_files(&self) -> Option<Vec<Rejection>> {
+        let _one_at_a_time = self.current.lock().await;
+        let last = {
+            let mut state = self.lock();
+            let appeared = state.missing_files.iter().find(|path| path.is_file())?;
+            tracing::info!(path = %appeared.display(), "a module file that was not there is now; applying the modules ConfigMap again");
+            // Not the same content as far as the module files go: apply it again.
+            state.applied = None;
+            state.last.clone()?
+        };
+        Some(self.apply_locked(&last).await)
+    }
+
     /// Applies one version of the ConfigMap; returns what was rejected.
     pub async fn apply(&self, cm: &ConfigMap) -> Vec<Rejection> {
         let _one_at_a_time = self.current.lock().await;
+        self.apply_locked(cm).await
+    }
+
+    /// [`HotSwap::apply`], with `current` held by the caller.
+    async fn apply_locked(&self, cm: &ConfigMap) -> Vec<Rejection> {
+        self.lock().last = Some(cm.clone());
         let binary = binary_of(cm);
         let text = cm
             .data
@@ -303,12 +340,17 @@ impl HotSwap {
                     error: err.to_string(),
                 };
                 self.reject(&rejection);
-                self.lock().applied = Some(content);
+                {
+                    let mut state = self.lock();
+                    state.applied = Some(content);
+                    state.missing_files.clear();
+                }
                 self.publish_all(std::slice::from_ref(&rejection)).await;
                 return vec![rejection];
             }
         };
         let mut rejections = Vec::new();
+        let mut missing_files = Vec::new();
         let mut next: HashMap<String, (Entry, Arc<Listener>)> = HashMap::new();
         for entry in &entries {
             let built = match self.watch_of(entry) {
@@ -332,6 +374,15 @@ impl HotSwap {
                     }
                 }
                 Err(rejection) => {
+                    let path = std::path::Path::new(&entry.module);
+                    // A module file that is not there: looked for again until it is.
+                    if rejection.digest.is_none()
+                        && path.is_absolute()
+                        && !binary.contains_key(&entry.module)
+                        && !path.is_file()
+                    {
+                        missing_files.push(path.to_path_buf());
+                    }
                     self.reject(&rejection);
                     // The running version (if any) keeps serving, as it was.
                     if let Some(kept) = self.lock().running.get(&entry.name).cloned() {
@@ -343,7 +394,11 @@ impl HotSwap {
         }
         // The swap may wait (blocking) for calls in flight on the old chains.
         tokio::task::block_in_place(|| self.swap(&entries, next, &rejections));
-        self.lock().applied = Some(content);
+        {
+            let mut state = self.lock();
+            state.applied = Some(content);
+            state.missing_files = missing_files;
+        }
         // The Events last: a slow Events API does not hold up the good listeners.
         self.publish_all(&rejections).await;
         rejections
