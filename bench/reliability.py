@@ -813,7 +813,8 @@ def bad_hot_swap(args, kube):
             st, evs, _, _ = kube.request("GET", f"/apis/events.k8s.io/v1/namespaces/{ns}/events")
             rejected_events = [e for e in (evs or {}).get("items", []) if e.get("reason") == "ModuleRejected"
                                and e.get("regarding", {}).get("name") == "modules"]
-            if rejected_events or time.monotonic() > deadline:
+            count = sum((e.get("series") or {}).get("count", 1) for e in rejected_events)
+            if count >= len([x for x in steps if "rejected" in x]) or time.monotonic() > deadline:
                 break
             time.sleep(0.5)
         bad = [x for x in steps if "rejected" in x]

@@ -37,7 +37,7 @@ until_() {
   done
   cat "$log"; echo "timed out waiting for: $*" >&2; exit 1
 }
-until_ curl -fsS "http://127.0.0.1:$port/readyz" -o /dev/null
+until_ curl -fsS "http://127.0.0.1:$port/readyz" -o /dev/null 2>/dev/null
 curl -sS "http://127.0.0.1:$port/readyz"
 
 superpod() { # name [fault]
@@ -59,11 +59,11 @@ superpod panicky panic
 superpod looper loop
 superpod hog memory
 superpod api
-# Each SuperPod gets its Pod, and each of the three faults is contained (a trap logged).
-pods() { [[ $(kubectl -n demo get pods -o name | wc -l) -ge $1 ]]; }
-traps() { [[ $(grep -c 'listener trapped' "$log") -ge $1 ]]; }
+# Each SuperPod gets its Pod, and each of the three faults is contained (its trap logged).
+pods() { [[ $(kubectl -n demo get pods -o name 2>/dev/null | wc -l) -ge $1 ]]; }
+trapped() { grep -q "listener trapped.*trap=\"$1\"" "$log"; }
 until_ pods 5
-until_ traps 3
+for fault in panic deadline memory; do until_ trapped "$fault"; done
 
 say "Pods created by the superpod listener (owner: the SuperPod)"
 kubectl -n demo get pods -o custom-columns=NAME:.metadata.name,OWNER:.metadata.ownerReferences[0].name
@@ -74,7 +74,7 @@ say "update web, delete api"
 kubectl -n demo patch superpod web --type merge -p '{"spec":{"replicas":3}}' >/dev/null
 kubectl -n demo delete superpod api >/dev/null
 # The api Pod goes with its SuperPod (the superpod listener deletes it).
-api_pod_gone() { ! kubectl -n demo get pods -o name | grep -q '/api'; }
+api_pod_gone() { [[ -z $(kubectl -n demo get pods -o name 2>/dev/null | grep '/api') ]]; }
 until_ api_pod_gone
 kubectl -n demo get pods -o name
 
@@ -88,7 +88,7 @@ kubectl -n demo get events.events.k8s.io -o custom-columns=OBJECT:.regarding.nam
 say "/metrics (listener calls and traps)"
 curl -sS "http://127.0.0.1:$port/metrics" | { grep -E '^kubelisten_(listener_calls|listener_traps|events)_total' || true; } | head -n 20 || true
 say "/status (objects and their computed status)"
-curl -sS "http://127.0.0.1:$port/status" | python3 -c 'import json,sys; s=json.load(sys.stdin); [print(k, v["status"], v["message"]) for w in s["watches"] for k,v in w["objects"].items()]'
+curl -sS "http://127.0.0.1:$port/status" | python3 -c 'import json,sys; s=json.load(sys.stdin); [print(k, v["status"], v["message"]) for w in s["watches"] for k,v in w["objects"].items()]' || true
 
 say "graceful stop (SIGTERM)"
 kill -TERM $pid

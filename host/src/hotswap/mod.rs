@@ -275,6 +275,8 @@ impl HotSwap {
             .default_backoff()
             .applied_objects()
             .boxed();
+        let mut recheck = tokio::time::interval(FILE_RECHECK);
+        recheck.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 item = stream.next() => match item {
@@ -286,7 +288,7 @@ impl HotSwap {
                     }
                     None => return,
                 },
-                () = tokio::time::sleep(FILE_RECHECK) => {
+                _ = recheck.tick() => {
                     self.recheck_missing_files().await;
                 }
             }
@@ -298,10 +300,17 @@ impl HotSwap {
     /// `None` when no such file appeared.
     pub async fn recheck_missing_files(&self) -> Option<Vec<Rejection>> {
         let _one_at_a_time = self.current.lock().await;
+        let missing = self.lock().missing_files.clone();
+        if missing.is_empty() {
+            return None;
+        }
+        // Looked for without the state's lock (which /readyz and /status take): a slow
+        // filesystem holds up nothing else.
+        let appeared =
+            tokio::task::block_in_place(|| missing.into_iter().find(|path| path.is_file()))?;
+        tracing::info!(path = %appeared.display(), "a module file that was not there is now; applying the modules ConfigMap again");
         let last = {
             let mut state = self.lock();
-            let appeared = state.missing_files.iter().find(|path| path.is_file())?;
-            tracing::info!(path = %appeared.display(), "a module file that was not there is now; applying the modules ConfigMap again");
             // Not the same content as far as the module files go: apply it again.
             state.applied = None;
             state.last.clone()?
@@ -353,6 +362,11 @@ impl HotSwap {
         let mut missing_files = Vec::new();
         let mut next: HashMap<String, (Entry, Arc<Listener>)> = HashMap::new();
         for entry in &entries {
+            let path = std::path::Path::new(&entry.module);
+            // Looked at before the read: a file that appears just after a failed read is still
+            // looked for again.
+            let file_missing =
+                path.is_absolute() && !binary.contains_key(&entry.module) && !path.is_file();
             let built = match self.watch_of(entry) {
                 Ok(_) => self.build(entry, &binary).await,
                 Err(error) => Err(Rejection {
@@ -374,13 +388,8 @@ impl HotSwap {
                     }
                 }
                 Err(rejection) => {
-                    let path = std::path::Path::new(&entry.module);
                     // A module file that is not there: looked for again until it is.
-                    if rejection.digest.is_none()
-                        && path.is_absolute()
-                        && !binary.contains_key(&entry.module)
-                        && !path.is_file()
-                    {
+                    if file_missing && rejection.digest.is_none() {
                         missing_files.push(path.to_path_buf());
                     }
                     self.reject(&rejection);

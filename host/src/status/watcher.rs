@@ -15,8 +15,11 @@
 //! not serve (its CRD is not installed) is *parked*: nothing is reported for it until a
 //! CustomResourceDefinition defining it becomes Established, then its watches start; when
 //! that CRD is deleted (or the kind's list answers 404) they stop and the kind is parked
-//! again. Every object of the kind that was present is then reported NotFound: deleting a
-//! CRD deletes its objects, and their DELETE events may not arrive before the watch stops.
+//! again. When its CRD is deleted, every object of the kind that was present is reported
+//! NotFound: deleting a CRD deletes its objects, and their DELETE events may not arrive before
+//! the watch stops. (A 404 alone reports nothing: it can be passing, as while an API server
+//! restarts.) The watches of a kind started again begin once the previous ones have stopped,
+//! so no stale report follows a fresh one.
 //! Expired resource versions and dropped connections are retried with backoff.
 //!
 //! An InProgress object that is, or generates, a Pod waiting to be scheduled
@@ -39,6 +42,7 @@ use tokio::sync::mpsc;
 use tokio::task::{AbortHandle, JoinHandle, JoinSet};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use super::{compute_live, ObjectIdentity, ResourceStatus, SCHEDULE_WINDOW};
 
@@ -322,9 +326,20 @@ enum KindState {
     Resolving,
     /// Not served: waiting for its CRD.
     Parked,
-    /// Watched since `epoch`; `gone` stops its targets, which first report their objects
-    /// NotFound.
-    Running { epoch: u64, gone: CancellationToken },
+    /// Watched since `epoch` by the targets in `tracker`; `gone` stops them.
+    Running {
+        epoch: u64,
+        gone: Gone,
+        tracker: TaskTracker,
+    },
+}
+
+/// Stops the targets of one epoch of a kind: `report` first has them report every cached
+/// object NotFound (the CRD was deleted); `stop` only stops them.
+#[derive(Clone, Default)]
+struct Gone {
+    report: CancellationToken,
+    stop: CancellationToken,
 }
 
 struct Driver {
@@ -338,6 +353,8 @@ struct Driver {
     sync_sent: bool,
     epoch: u64,
     tasks: JoinSet<()>,
+    /// Targets of kinds parked, until they have stopped: the kind's next targets wait for them.
+    retiring: HashMap<GroupKind, TaskTracker>,
     crd_watch: Option<AbortHandle>,
     msg_tx: mpsc::UnboundedSender<Msg>,
     msg_rx: mpsc::UnboundedReceiver<Msg>,
@@ -370,6 +387,7 @@ impl Driver {
             sync_sent: false,
             epoch: 0,
             tasks: JoinSet::new(),
+            retiring: HashMap::new(),
             crd_watch: None,
             msg_tx,
             msg_rx,
@@ -401,7 +419,7 @@ impl Driver {
                     if matches!(self.kinds.get(&gk), Some(KindState::Running { epoch: e, .. }) if *e == epoch)
                     {
                         tracing::info!(kind = %gk, "kind no longer served; parked until its CRD is installed");
-                        self.park(gk);
+                        self.park(gk, false);
                     }
                 }
                 Msg::Fatal(err) => {
@@ -418,7 +436,7 @@ impl Driver {
                 Msg::CrdDeleted { gk } => {
                     if matches!(self.kinds.get(&gk), Some(KindState::Running { .. })) {
                         tracing::info!(kind = %gk, "CRD deleted; stopping its watches");
-                        self.park(gk);
+                        self.park(gk, true);
                     }
                 }
             }
@@ -481,7 +499,7 @@ impl Driver {
             Ok(Some((resource, scope))) => self.start(gk, resource, scope),
             Ok(None) => {
                 tracing::info!(kind = %gk, "kind not served (CRD not installed?); parked");
-                self.park(gk);
+                self.park(gk, false);
             }
             Err(source) => {
                 let err = WatchError::Discovery {
@@ -508,7 +526,9 @@ impl Driver {
                 .collect(),
         };
         let wanted = self.wanted.get(&gk).cloned().unwrap_or_default();
-        let gone = CancellationToken::new();
+        let gone = Gone::default();
+        let tracker = TaskTracker::new();
+        let previous = self.retiring.remove(&gk);
         for namespace in namespaces {
             let key: TargetKey = (gk.clone(), namespace.clone(), epoch);
             self.pending_sync.insert(key.clone());
@@ -531,15 +551,39 @@ impl Driver {
                 driver: self.msg_tx.clone(),
             };
             tracing::debug!(target = %target.describe(), "watch starting");
-            self.tasks.spawn(target.run(gone.clone()));
+            let (gone, previous) = (gone.clone(), previous.clone());
+            self.tasks.spawn(tracker.track_future(async move {
+                if let Some(previous) = previous {
+                    previous.wait().await;
+                }
+                target.run(gone).await;
+            }));
         }
-        self.kinds.insert(gk, KindState::Running { epoch, gone });
+        tracker.close();
+        self.kinds.insert(
+            gk,
+            KindState::Running {
+                epoch,
+                gone,
+                tracker,
+            },
+        );
     }
 
-    /// Stops `gk`'s watches (if any) and waits for its CRD.
-    fn park(&mut self, gk: GroupKind) {
-        if let Some(KindState::Running { epoch, gone }) = self.kinds.remove(&gk) {
-            gone.cancel();
+    /// Stops `gk`'s watches (if any; with `report`, after they report their objects NotFound)
+    /// and waits for its CRD.
+    fn park(&mut self, gk: GroupKind, report: bool) {
+        if let Some(KindState::Running {
+            epoch,
+            gone,
+            tracker,
+        }) = self.kinds.remove(&gk)
+        {
+            if report {
+                gone.report.cancel();
+            }
+            gone.stop.cancel();
+            self.retiring.insert(gk.clone(), tracker);
             self.pending_sync
                 .retain(|(k, _, e)| !(k == &gk && *e == epoch));
         }
@@ -660,9 +704,9 @@ impl Target {
         }
     }
 
-    /// Watches until the consumer goes away or `gone` is cancelled (the kind is no longer
-    /// served), when every object still cached is reported NotFound.
-    async fn run(self, gone: CancellationToken) {
+    /// Watches until the consumer goes away or `gone` stops it (the kind is no longer served);
+    /// when the CRD was deleted, every object still cached is reported NotFound first.
+    async fn run(self, gone: Gone) {
         let api = self.api(self.namespace.as_deref());
         let mut stream = watcher(api, watcher::Config::default())
             .default_backoff()
@@ -675,7 +719,10 @@ impl Target {
             let recheck_at = next_recheck.map(|(_, at)| *at);
             let result = tokio::select! {
                 biased;
-                () = gone.cancelled() => {
+                () = gone.stop.cancelled() => {
+                    if !gone.report.is_cancelled() {
+                        return;
+                    }
                     let cached: Vec<ObjectIdentity> = state.cache.keys().cloned().collect();
                     tracing::debug!(target = %self.describe(), objects = cached.len(), "kind gone; its objects are reported NotFound");
                     for id in cached {
