@@ -107,6 +107,7 @@ fn spawn(
     lock: &str,
     spans: Arc<Mutex<Vec<Span>>>,
     lock_log: LockLog,
+    kubeconfig: &std::path::Path,
 ) -> Replica {
     let port = free_port();
     let mut child = Command::new(env!("CARGO_BIN_EXE_kubelisten"))
@@ -139,7 +140,7 @@ fn spawn(
             "--shutdown-grace",
             "5",
         ])
-        .env("KUBECONFIG", common::kubeconfig_path())
+        .env("KUBECONFIG", kubeconfig)
         .env(
             "RUST_LOG",
             "warn,kubelisten::dispatch=debug,kubelisten::watch::leader=info,kubelisten::app=info",
@@ -221,15 +222,10 @@ async fn failovers(lock: &str) {
     common::apply_crd_yaml(&t.client, &harness::crd_yaml(GROUP, KIND, PLURAL)).await;
     let spans: Arc<Mutex<Vec<Span>>> = Arc::default();
     let lock_log: LockLog = Arc::default();
+    let admin = common::kubeconfig_path();
     let spawn = |id| {
-        spawn(
-            id,
-            &t.crd,
-            t.ns.name(),
-            lock,
-            spans.clone(),
-            lock_log.clone(),
-        )
+        let (spans, lock_log) = (spans.clone(), lock_log.clone());
+        spawn(id, &t.crd, t.ns.name(), lock, spans, lock_log, &admin)
     };
     let mut replicas = vec![spawn(0), spawn(1)];
     let mut next_id = 2;
@@ -514,4 +510,71 @@ async fn an_unreadable_configmap_record_is_held_until_it_expires_not_free() {
     cancel.cancel();
     task.await.unwrap();
     ns.delete().await;
+}
+
+/// A kubeconfig in `dir` for the API server of the admin kubeconfig, as ServiceAccount
+/// `ns/name` (created, with no rights of its own).
+async fn service_account_kubeconfig(
+    client: &kube::Client,
+    dir: &std::path::Path,
+    ns: &str,
+    name: &str,
+) -> std::path::PathBuf {
+    let token = common::mint_token(client, ns, name, &[], 600).await;
+    let admin_path = common::kubeconfig_path();
+    let admin = std::fs::read_to_string(&admin_path).unwrap();
+    let admin: Value = serde_saphyr::from_str(&admin).unwrap();
+    let mut cluster = admin["clusters"][0]["cluster"].clone();
+    if let Some(ca) = cluster["certificate-authority"].as_str() {
+        // A relative CA path is relative to the admin kubeconfig's directory.
+        let ca = admin_path.parent().unwrap().join(ca);
+        cluster["certificate-authority"] = json!(ca);
+    }
+    let kubeconfig = json!({
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "local", "cluster": cluster}],
+        "users": [{"name": name, "user": {"token": token}}],
+        "contexts": [{"name": "local", "context": {"cluster": "local", "user": name}}],
+        "current-context": "local",
+    });
+    let path = dir.join("kubeconfig");
+    std::fs::write(&path, kubeconfig.to_string()).unwrap();
+    path
+}
+
+/// A standby whose election requests are refused (its ServiceAccount may not touch the lock)
+/// is not ready once they have failed for a lease, and says why: the process wires the
+/// election's health into `/readyz`.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_standby_whose_election_is_refused_is_not_ready() {
+    let t = Things::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig =
+        service_account_kubeconfig(&t.client, dir.path(), t.ns.name(), "no-rights").await;
+    let replica = spawn(
+        0,
+        &t.crd,
+        t.ns.name(),
+        "lease",
+        Arc::default(),
+        Arc::default(),
+        &kubeconfig,
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let body = loop {
+        let body = readyz(replica.port).await.unwrap_or_default();
+        if body.contains("leader election has failed") || Instant::now() > deadline {
+            break body;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(
+        body.contains("leader election has failed") && body.contains("forbidden"),
+        "/readyz: {body:?}"
+    );
+    nix_term(&replica.child);
+    let status = replica.wait();
+    assert!(status.success(), "a standby stops with exit 0: {status:?}");
+    t.ns.delete().await;
 }
