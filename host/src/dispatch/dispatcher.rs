@@ -369,10 +369,26 @@ impl Dispatcher {
                 }
                 match backed_off {
                     Some(held) => wait_out_backoff(&state, held, &mut swaps).await,
-                    None => tokio::time::sleep(retry.delay(attempt)).await,
+                    None => sleep_alive(&state, retry.delay(attempt)).await,
                 }
             }
         }
+    }
+}
+
+/// Sleeps `delay` (a retry's backoff), recording watch activity every few seconds: with every
+/// worker waiting to retry, nothing else reads the watch, and a long retry backoff must not
+/// make `/healthz` fail (a restart would only relist everything and start the retries over).
+async fn sleep_alive(state: &WatchState, delay: Duration) {
+    const BEAT: Duration = Duration::from_secs(5);
+    let until = tokio::time::Instant::now() + delay;
+    loop {
+        state.activity();
+        let now = tokio::time::Instant::now();
+        if now >= until {
+            return;
+        }
+        tokio::time::sleep((until - now).min(BEAT)).await;
     }
 }
 
@@ -603,6 +619,35 @@ mod tests {
             );
         }
         waiting.await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_long_retry_backoff_keeps_the_watch_alive() {
+        let state = Arc::new(WatchState::default());
+        let sleeping = tokio::spawn({
+            let state = state.clone();
+            async move {
+                let started = tokio::time::Instant::now();
+                sleep_alive(&state, Duration::from_secs(120)).await;
+                started.elapsed()
+            }
+        });
+        // 22 beats of 5 s: the whole 120 s but its last few seconds.
+        for _ in 0..22 {
+            // Paused time moves the tokio clock, not the wall clock the state reads: reset it
+            // to "long ago" and check the sleep marks activity again within a beat.
+            state
+                .last_activity_ms
+                .store(0, std::sync::atomic::Ordering::Relaxed);
+            tokio::time::sleep(Duration::from_millis(5001)).await;
+            assert_ne!(
+                state
+                    .last_activity_ms
+                    .load(std::sync::atomic::Ordering::Relaxed),
+                0
+            );
+        }
+        assert_eq!(sleeping.await.unwrap(), Duration::from_secs(120));
     }
 
     /// Waits out a 300 s hold whose `settled` channel is `settled`; returns the (paused) time
