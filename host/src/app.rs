@@ -127,6 +127,8 @@ pub struct Running {
     pub watches: Vec<RunningWatch>,
     cancel: CancellationToken,
     watchers: tokio::task::JoinSet<()>,
+    /// The hot swap's task, in `watchers`.
+    hotswap_task: Option<tokio::task::AbortHandle>,
     dispatchers: tokio::task::JoinSet<()>,
     grace: Duration,
 }
@@ -141,11 +143,15 @@ impl Running {
     /// [`Running::stop`], except that in-flight events are aborted as soon as `abort` resolves
     /// (the leadership was lost while they drain).
     pub async fn stop_unless(mut self, abort: impl Future<Output = ()>) -> Stopped {
+        // The list/watch tasks stop reading and send what they already received (the rest of
+        // a list's diff, say, with the deletes it found); each dispatcher handles everything
+        // until its watch's tasks are done. Not awaited: a task in a blocking section (the hot
+        // swap waiting for a chain to be unused) must not hold up the drain or the leadership
+        // check below; the hot swap stops now.
         self.cancel.cancel();
-        // Not awaited: a task in a blocking section (the hot swap waiting for a chain to be
-        // unused) must not hold up the drain or the leadership check below. The dispatchers
-        // no longer take events.
-        self.watchers.abort_all();
+        if let Some(swap) = &self.hotswap_task {
+            swap.abort();
+        }
         let drain = tokio::time::timeout(self.grace, async {
             while self.dispatchers.join_next().await.is_some() {}
         });
@@ -368,6 +374,7 @@ pub async fn start(
             tx,
             chain: chain.clone(),
             timeout: settings.watch_timeout,
+            stop: cancel.child_token(),
         };
         let waiting = metrics
             .waiting_for_target
@@ -427,15 +434,16 @@ pub async fn start(
                 .set(1);
         }
     }
-    if let Some(swap) = &hotswap {
-        // Ends only with the process; a dead hot-swap watcher counts as a dead watch task.
-        watchers.spawn(swap.clone().run());
-    }
+    // Ends only with the process; a dead hot-swap watcher counts as a dead watch task.
+    let hotswap_task = hotswap
+        .as_ref()
+        .map(|swap| watchers.spawn(swap.clone().run()));
     Ok(Running {
         metrics,
         watches,
         cancel,
         watchers,
+        hotswap_task,
         dispatchers,
         grace: settings.shutdown_grace,
     })
@@ -512,6 +520,8 @@ struct WatchTasks {
     tx: mpsc::Sender<crate::watch::watcher::WatchOutput>,
     chain: Arc<ChainSlot>,
     timeout: Duration,
+    /// A graceful stop: the list/watch tasks stop reading and send what they hold.
+    stop: CancellationToken,
 }
 
 impl WatchTasks {
@@ -541,6 +551,7 @@ impl WatchTasks {
                 spec,
                 self.tx.clone(),
                 Some(self.chain.catch_up()),
+                self.stop.clone(),
             );
             set.spawn(async move {
                 let _task = task;
@@ -564,14 +575,21 @@ impl WatchTasks {
         let mut attempts = 1u32;
         let mut pending = first;
         let target = loop {
-            let attempt = match pending.take() {
-                Some(first) => joined(first.await),
-                None => {
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(RESOLVE_RETRY_MAX);
-                    attempts += 1;
-                    resolve_once(self.client.clone(), watch.clone()).await
+            let attempt = async {
+                match pending.take() {
+                    Some(first) => joined(first.await),
+                    None => {
+                        tokio::time::sleep(delay).await;
+                        delay = (delay * 2).min(RESOLVE_RETRY_MAX);
+                        attempts += 1;
+                        resolve_once(self.client.clone(), watch.clone()).await
+                    }
                 }
+            };
+            // A graceful stop ends the wait (nothing was received for this watch).
+            let attempt = tokio::select! {
+                attempt = attempt => attempt,
+                () = self.stop.cancelled() => return,
             };
             // Each answer is progress for `/healthz`, so that the first list after a long wait
             // is not measured from the start of the process.
@@ -591,7 +609,7 @@ impl WatchTasks {
         self.state.set_waiting(None);
         waiting.set(0);
         tracing::info!(watch = %self.name, resource = %target.describe(), attempts, listeners = self.chain.get().listeners().len(), "target resolved: watching");
-        // The tasks run until aborted (dropping the set aborts them with this task).
+        // The tasks run until stopped or aborted (dropping the set aborts them with this task).
         set.join_next().await;
     }
 }
@@ -840,6 +858,7 @@ mod tests {
             watches: Vec::new(),
             cancel: CancellationToken::new(),
             watchers: tokio::task::JoinSet::new(),
+            hotswap_task: None,
             dispatchers,
             grace,
         };

@@ -168,10 +168,12 @@ fn object_key(event: &ResourceEvent) -> String {
 
 impl Dispatcher {
     /// Runs until `rx` is closed and everything queued is handled. On `cancel` (a graceful
-    /// stop) it closes `rx` and drains: the events already in the channel and the queues are
-    /// still handled, in order, because a queued delete would not come back at the next start
-    /// (the object is gone from the list). The caller bounds the drain with its grace period
-    /// and aborts the task when it runs out or when leadership is lost.
+    /// stop) it drains: the watch's list/watch tasks stop reading and send what they already
+    /// received, and every event in the channel and the queues is still handled, in order,
+    /// until those tasks are done (every sender of `rx` dropped), because a queued delete would
+    /// not come back at the next start (the object is gone from the list). The caller bounds
+    /// the drain with its grace period and aborts the task when it runs out or when leadership
+    /// is lost.
     pub async fn run(self, mut rx: mpsc::Receiver<WatchOutput>, cancel: CancellationToken) {
         let workers = self.config.workers.max(1);
         let capacity = self.config.queue_capacity.max(1);
@@ -231,7 +233,6 @@ impl Dispatcher {
                 biased;
                 _ = cancel.cancelled(), if !draining => {
                     draining = true;
-                    rx.close();
                     tracing::info!(watch = %self.watch, queued = queues.queued, in_flight = tasks.len(), "stopping: handling the events already received");
                 }
                 Some(done) = tasks.join_next_with_id(), if !tasks.is_empty() => {

@@ -14,6 +14,7 @@ use kube::Client;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
 use super::state::WatchState;
 use crate::dispatch::Joined;
@@ -144,8 +145,13 @@ struct WatchLine {
     object: Box<RawValue>,
 }
 
-/// Runs the list/watch loop until `tx` is closed, sending events, errors and sync marks.
-/// Transport failures are retried with exponential backoff (200 ms up to 30 s).
+/// Runs the list/watch loop until `tx` is closed or `stop` is cancelled, sending events, errors
+/// and sync marks. Transport failures are retried with exponential backoff (200 ms up to 30 s).
+///
+/// `stop` (a graceful shutdown) ends the loop without losing what was received: it stops
+/// reading the watch stream and abandons requests not answered yet, but the events already
+/// taken from the API server (the rest of a list's diff, such as the deletes it found, or a
+/// catch-up) are still sent; the dispatcher drains them before the process exits.
 ///
 /// `joined` ([`ChainSlot::catch_up`](crate::dispatch::ChainSlot::catch_up)) names listeners
 /// that joined the chain after the first list; each time, every object this task knows is sent
@@ -156,6 +162,7 @@ pub async fn run(
     spec: WatchSpec,
     tx: mpsc::Sender<WatchOutput>,
     joined: Option<(u64, mpsc::UnboundedReceiver<Joined>)>,
+    stop: CancellationToken,
 ) {
     let (caught_up, joined) = joined.map_or((0, None), |(generation, rx)| (generation, Some(rx)));
     let mut reflector = Reflector {
@@ -172,9 +179,13 @@ pub async fn run(
         lists: 0,
         joined,
         caught_up,
+        stop: stop.clone(),
     };
     let mut delay = Duration::from_millis(200);
     loop {
+        if stop.is_cancelled() {
+            return;
+        }
         let result = match reflector.resource_version.clone() {
             None => reflector.list().await,
             Some(rv) => reflector.watch(&rv).await,
@@ -201,7 +212,10 @@ pub async fn run(
                     return;
                 }
                 if !expired {
-                    tokio::time::sleep(delay).await;
+                    tokio::select! {
+                        () = tokio::time::sleep(delay) => {}
+                        () = stop.cancelled() => return,
+                    }
                     delay = (delay * 2).min(Duration::from_secs(30));
                 }
             }
@@ -222,6 +236,8 @@ struct Reflector {
     joined: Option<mpsc::UnboundedReceiver<Joined>>,
     /// The chain generation this task has caught up with; stamped on every event it sends.
     caught_up: u64,
+    /// A graceful stop (see [`run`]).
+    stop: CancellationToken,
 }
 
 impl Drop for Reflector {
@@ -242,6 +258,19 @@ impl Reflector {
         }
         if connected {
             self.spec.state.activity();
+        }
+    }
+
+    /// `request`'s answer ([`answered`]), or [`Failure::Closed`] when the stop comes first:
+    /// nothing was received from it yet.
+    async fn answered<T>(
+        &self,
+        what: &str,
+        request: impl std::future::Future<Output = kube::Result<T>>,
+    ) -> Result<T, Failure> {
+        tokio::select! {
+            answer = answered(what, request) => answer,
+            () = self.stop.cancelled() => Err(Failure::Closed),
         }
     }
 
@@ -271,7 +300,9 @@ impl Reflector {
                 .request
                 .list(&params)
                 .map_err(|e| Failure::Build(e.to_string()))?;
-            let text = answered("a list page", self.client.request_text(req)).await?;
+            let text = self
+                .answered("a list page", self.client.request_text(req))
+                .await?;
             let page: ListPage =
                 serde_json::from_str(&text).map_err(|e| Failure::Decode(e.to_string()))?;
             items.extend(page.items);
@@ -337,7 +368,9 @@ impl Reflector {
             http::header::ACCEPT_ENCODING,
             http::HeaderValue::from_static("identity"),
         );
-        let reader = answered("the watch request", self.client.request_stream(req)).await?;
+        let reader = self
+            .answered("the watch request", self.client.request_stream(req))
+            .await?;
         // Silence while waiting for the next line (not while this task waits on back-pressure
         // or a catch-up) longer than this: the peer is gone.
         let limit = Duration::from_secs(u64::from(timeout));
@@ -357,12 +390,15 @@ impl Reflector {
         let mut lines = reader.lines();
         let silent = tokio::time::sleep(limit);
         tokio::pin!(silent);
+        let stop = self.stop.clone();
         loop {
             silent.as_mut().reset(tokio::time::Instant::now() + limit);
             // A join first (rare, and it must not wait behind a steady stream of lines), then a
             // line, and silence only when no line is there.
             let line = tokio::select! {
                 biased;
+                // A graceful stop: every line read so far has been sent.
+                () = stop.cancelled() => return Err(Failure::Closed),
                 Some(joined) = recv_joined(&mut self.joined) => {
                     self.catch_up(joined).await?;
                     continue;
@@ -636,7 +672,13 @@ mod tests {
         // Room for one event: the task blocks on the second until the test reads.
         let (tx, mut rx) = mpsc::channel(1);
         let (joined_tx, joined_rx) = mpsc::unbounded_channel::<Joined>();
-        let task = tokio::spawn(run(client, spec, tx, Some((0, joined_rx))));
+        let task = tokio::spawn(run(
+            client,
+            spec,
+            tx,
+            Some((0, joined_rx)),
+            Default::default(),
+        ));
         for name in ["o1", "o2"] {
             let event = next_event(&mut rx).await;
             assert_eq!(
