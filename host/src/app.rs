@@ -610,7 +610,13 @@ impl WatchTasks {
         waiting.set(0);
         tracing::info!(watch = %self.name, resource = %target.describe(), attempts, listeners = self.chain.get().listeners().len(), "target resolved: watching");
         // The tasks run until stopped or aborted (dropping the set aborts them with this task).
-        set.join_next().await;
+        // One ending on its own ends this task (reported as a dead watch task); on a stop, each
+        // is waited for, as it may still send the deletes it holds.
+        while set.join_next().await.is_some() {
+            if !self.stop.is_cancelled() {
+                break;
+            }
+        }
     }
 }
 

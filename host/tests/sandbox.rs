@@ -619,20 +619,33 @@ fn run_dispatcher(
             ..test_dispatcher(Arc::new(kubelisten::dispatch::ChainSlot::new(chain)))
         };
         let (tx, rx) = tokio::sync::mpsc::channel(16);
+        let sent = events.len();
         for event in events {
             tx.send(WatchOutput::Event(Arc::new(event))).await.unwrap();
         }
         let cancel = tokio_util::sync::CancellationToken::new();
-        let open = if stop_first {
+        let mut seen: Vec<kubelisten::dispatch::dispatcher::Dispatched> = Vec::new();
+        if stop_first {
             cancel.cancel();
-            Some(tx)
-        } else {
-            drop(tx);
-            None
-        };
-        dispatcher.run(rx, cancel).await;
-        drop(open);
-        let mut seen = Vec::new();
+        }
+        let run = tokio::spawn(dispatcher.run(rx, cancel));
+        if stop_first {
+            // Stopped, the dispatcher handles what it has received, and goes on until its
+            // watch's tasks (the senders) are done: they may still hold events to send.
+            while seen.iter().filter(|a| a.report.succeeded()).count() < sent {
+                let attempt = tokio::time::timeout(Duration::from_secs(60), attempts.recv())
+                    .await
+                    .expect("the received events are handled after the stop")
+                    .expect("observer open");
+                seen.push(attempt);
+            }
+            assert!(!run.is_finished(), "the drain waits for the senders");
+        }
+        drop(tx);
+        tokio::time::timeout(Duration::from_secs(60), run)
+            .await
+            .expect("the run ends once the senders are gone")
+            .unwrap();
         while let Ok(attempt) = attempts.try_recv() {
             seen.push(attempt);
         }
@@ -1333,7 +1346,7 @@ fn a_graceful_stop_still_delivers_the_events_already_received() {
     .map(|(kind, name)| event(kind, name, None))
     .collect();
     // The stop comes before the dispatcher has taken anything; the sender stays open, as a
-    // watch that is being shut down may still hold it.
+    // watch that is being shut down holds it while it sends what it has.
     let attempts = run_dispatcher(
         Chain::new(vec![logger]),
         Default::default(),

@@ -13,6 +13,8 @@ mod harness;
 
 use std::time::Duration;
 
+use futures::StreamExt;
+
 use harness::{delete, listener, patch_spec, settings, Proxy, TestHost, Things};
 use kubelisten::event::EventKind;
 use kubelisten::runtime::Mode;
@@ -194,6 +196,70 @@ async fn a_watch_whose_connection_goes_silent_is_reopened() {
         [(EventKind::Create, "before"), (EventKind::Create, "after")],
         "{}",
         harness::describe(&seen)
+    );
+    t.ns.delete().await;
+}
+
+/// A graceful stop under back-pressure still handles the deletes a relist found: the diff's
+/// deletes that do not fit in the dispatcher's channel (256) and queue (1) are held by the
+/// list/watch task when the stop comes, and are sent and handled before the stop returns (they
+/// were dropped: those objects are no longer listed, so the next start would not see them).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_graceful_stop_under_back_pressure_handles_the_deletes_a_relist_found() {
+    const OBJECTS: usize = 300;
+    let t = Things::for_crd(GROUP, KIND, PLURAL).await;
+    common::apply_crd_yaml(&t.client, &harness::crd_yaml(GROUP, KIND, PLURAL)).await;
+    let name = |i: usize| format!("obj-{i}");
+    // Each call naps 20 ms (the annotation is on the deleted object too).
+    futures::stream::iter(0..OBJECTS)
+        .for_each_concurrent(16, |i| {
+            let t = &t;
+            async move {
+                t.create(&name(i), json!({}), &[("kubelisten.dev/fault", "nap")])
+                    .await;
+            }
+        })
+        .await;
+    let (proxy, host_client) = proxied_client().await;
+    let config = t.watch(vec![listener("faulty", Mode::Reference)]);
+    let runtime = harness::runtime();
+    let mut run = settings(1);
+    run.dispatch.queue_capacity = 1;
+    run.shutdown_grace = Duration::from_secs(120);
+    let mut host = TestHost::start(host_client, &runtime, &config, &run).await;
+    host.wait_for(Duration::from_secs(120), "every initial create", |seen| {
+        seen.len() >= OBJECTS
+    })
+    .await;
+    host.wait_synced().await;
+
+    // Every object is deleted during a gap that expires the host's resourceVersion: its relist
+    // finds 300 deletes.
+    proxy.cut();
+    futures::stream::iter(0..OBJECTS)
+        .for_each_concurrent(16, |i| {
+            let t = &t;
+            async move { delete(&t.api, &name(i)).await }
+        })
+        .await;
+    harness::compact_etcd();
+    proxy.restore();
+    host.wait_for(Duration::from_secs(120), "the first delete", |seen| {
+        seen.iter().any(|d| d.event.kind == EventKind::Delete)
+    })
+    .await;
+    let seen = host.stop().await;
+    let mut deleted: Vec<&str> = seen
+        .iter()
+        .filter(|d| d.event.kind == EventKind::Delete && d.report.succeeded())
+        .map(|d| d.event.meta.name.as_str())
+        .collect();
+    deleted.sort_unstable();
+    deleted.dedup();
+    assert_eq!(
+        deleted.len(),
+        OBJECTS,
+        "every delete the relist found was handled"
     );
     t.ns.delete().await;
 }

@@ -148,10 +148,11 @@ struct WatchLine {
 /// Runs the list/watch loop until `tx` is closed or `stop` is cancelled, sending events, errors
 /// and sync marks. Transport failures are retried with exponential backoff (200 ms up to 30 s).
 ///
-/// `stop` (a graceful shutdown) ends the loop without losing what was received: it stops
-/// reading the watch stream and abandons requests not answered yet, but the events already
-/// taken from the API server (the rest of a list's diff, such as the deletes it found, or a
-/// catch-up) are still sent; the dispatcher drains them before the process exits.
+/// `stop` (a graceful shutdown) ends the loop without losing what would not come back: it stops
+/// reading the watch stream and abandons requests not answered yet, but the deletes a list's
+/// diff found (first in the diff) are still sent, and the dispatcher drains them before the
+/// process exits: those objects are no longer listed, so the next start would not see them.
+/// The diff's creates and updates, and a catch-up, are not: the next start's list has them.
 ///
 /// `joined` ([`ChainSlot::catch_up`](crate::dispatch::ChainSlot::catch_up)) names listeners
 /// that joined the chain after the first list; each time, every object this task knows is sent
@@ -326,6 +327,11 @@ impl Reflector {
             }
         }
         for event in self.tracker.relist(listed) {
+            // Stopped: the deletes (first in the diff) still go out; the rest comes back with
+            // the next start's list.
+            if self.stop.is_cancelled() && event.kind != crate::event::EventKind::Delete {
+                return Err(Failure::Closed);
+            }
             self.emit(event).await?;
         }
         self.resource_version = Some(resource_version);
@@ -484,6 +490,10 @@ impl Reflector {
         let events = self.tracker.snapshot(&only, generation);
         tracing::info!(watch = %self.spec.name, listeners = ?only, objects = events.len(), "listeners joined the chain: sending them the existing objects");
         for event in events {
+            // Stopped: the next start's list reaches every listener anyway.
+            if self.stop.is_cancelled() {
+                return Err(Failure::Closed);
+            }
             self.send(WatchOutput::Event(Arc::new(event))).await?;
         }
         // From here on, this task's events reach the joined listeners too.
