@@ -605,9 +605,15 @@ mod tests {
             }
         });
         // 58 beats of 5 s: the whole 300 s wait but its last few seconds.
-        for _ in 0..58 {
+        activity_every_beat(&state, 58).await;
+        waiting.await.unwrap();
+    }
+
+    /// Checks, `beats` times, that something marks `state` active within a beat (5 s).
+    async fn activity_every_beat(state: &WatchState, beats: usize) {
+        for _ in 0..beats {
             // Paused time moves the tokio clock, not the wall clock the state reads: reset it
-            // to "long ago" and check the wait marks activity again within a beat.
+            // to "long ago" and check activity is marked again within a beat.
             state
                 .last_activity_ms
                 .store(0, std::sync::atomic::Ordering::Relaxed);
@@ -619,7 +625,6 @@ mod tests {
                 0
             );
         }
-        waiting.await.unwrap();
     }
 
     #[tokio::test(start_paused = true)]
@@ -634,20 +639,7 @@ mod tests {
             }
         });
         // 22 beats of 5 s: the whole 120 s but its last few seconds.
-        for _ in 0..22 {
-            // Paused time moves the tokio clock, not the wall clock the state reads: reset it
-            // to "long ago" and check the sleep marks activity again within a beat.
-            state
-                .last_activity_ms
-                .store(0, std::sync::atomic::Ordering::Relaxed);
-            tokio::time::sleep(Duration::from_millis(5001)).await;
-            assert_ne!(
-                state
-                    .last_activity_ms
-                    .load(std::sync::atomic::Ordering::Relaxed),
-                0
-            );
-        }
+        activity_every_beat(&state, 22).await;
         assert_eq!(sleeping.await.unwrap(), Duration::from_secs(120));
     }
 
