@@ -808,23 +808,23 @@ def bad_hot_swap(args, kube):
         s, res["fault_s"], final = run_stream(args, kube, ns, 0, swaps)
         r = settle([c], ns, final, (), None)
         # The host publishes rejection Events after the swap (bounded to 10 s): wait for them.
+        bad = [x for x in steps if "rejected" in x]
         deadline = time.monotonic() + 30
         while True:
             st, evs, _, _ = kube.request("GET", f"/apis/events.k8s.io/v1/namespaces/{ns}/events")
             rejected_events = [e for e in (evs or {}).get("items", []) if e.get("reason") == "ModuleRejected"
                                and e.get("regarding", {}).get("name") == "modules"]
             count = sum((e.get("series") or {}).get("count", 1) for e in rejected_events)
-            if count >= len([x for x in steps if "rejected" in x]) or time.monotonic() > deadline:
+            if count >= len(bad) or time.monotonic() > deadline:
                 break
             time.sleep(0.5)
-        bad = [x for x in steps if "rejected" in x]
         res.update(sent=s.sent, failed_requests=s.failed, noop_deletes=s.noop, delivered=r["delivered"],
                    replayed=r["replayed"], lost=len(r["lost"]), lost_names=r["lost"][:10],
                    late_after_successor=r["late_after_successor"],
                    duplicated=r["duplicated"], objects=len(final), host_alive=c.alive(), steps=steps,
                    rejection_events=len(rejected_events),
                    # The Event recorder folds repeats of one reason on one object into a series.
-                   rejection_event_count=sum((e.get("series") or {}).get("count", 1) for e in rejected_events),
+                   rejection_event_count=count,
                    rejection_event_notes=[e.get("note") for e in rejected_events][:3],
                    rejected=bool(bad) and all(x["rejected"] and x["running_unchanged"] for x in bad)
                    and bool(rejected_events),

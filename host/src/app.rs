@@ -561,8 +561,9 @@ impl WatchTasks {
     }
 
     /// Retries resolving `watch`'s target with backoff (1 s doubling to
-    /// [`RESOLVE_RETRY_MAX`]) until it resolves, then runs its list/watch tasks. Returns only
-    /// when one of those ends (they run until aborted), which [`Running::failed`] reports.
+    /// [`RESOLVE_RETRY_MAX`]) until it resolves, then runs its list/watch tasks. Returns when
+    /// one of those ends on its own, which [`Running::failed`] reports; on a graceful stop, at
+    /// once while still waiting, else once all of them are done.
     /// Every failed attempt is logged at warn and kept for `/readyz`; a permanent error now
     /// (the kind turned out cluster-scoped, say) is retried too, since the cluster may change.
     async fn wait_for_target(

@@ -146,7 +146,7 @@ async fn crd_established_and_custom_resource_lifecycle() {
 /// only receives bookmarks *newer* than the resourceVersion it started from, so on
 /// an otherwise idle resource no bookmark is ever sent. Hence: start the watch,
 /// write once (MODIFIED) so the resource's RV moves past the start, and then the
-/// pre-timeout BOOKMARK arrives before the server closes the 5 s watch.
+/// pre-timeout BOOKMARK arrives before the server closes the 20 s watch.
 /// We assert that it arrives and carries an RV at least as new as the write, not when.
 #[tokio::test]
 async fn watch_with_bookmarks_receives_bookmark() {

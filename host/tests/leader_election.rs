@@ -1,6 +1,6 @@
 //! Two kubelisten processes with leader election against the local control plane: exactly one
-//! dispatches; after `kill -9` of the leader the other takes over within lease duration + retry
-//! period; no event is dispatched by both at overlapping times; a graceful stop releases the lock,
+//! dispatches; after `kill -9` of the leader the other takes the lock within lease duration +
+//! two retry periods (and a second of slack); no event is dispatched by both at overlapping times; a graceful stop releases the lock,
 //! so the standby takes over without waiting for the lease to expire. Both with the Lease and
 //! with the ConfigMap lock.
 //!
@@ -181,7 +181,8 @@ fn spawn(
     }
 }
 
-async fn readyz(port: u16) -> Option<String> {
+/// `/readyz` of the process on `port`: (status code, body).
+async fn readyz(port: u16) -> Option<(u16, String)> {
     let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await
         .ok()?;
@@ -192,7 +193,9 @@ async fn readyz(port: u16) -> Option<String> {
         .ok()?;
     let mut out = String::new();
     stream.read_to_string(&mut out).await.ok()?;
-    out.split("\r\n\r\n").nth(1).map(str::to_string)
+    let (head, body) = out.split_once("\r\n\r\n")?;
+    let code = head.split(' ').nth(1)?.parse().ok()?;
+    Some((code, body.to_string()))
 }
 
 /// Waits until exactly one of `replicas` says it leads; returns its index in `replicas`.
@@ -203,7 +206,7 @@ async fn leader_of(replicas: &[Replica], within: Duration) -> usize {
         for (i, r) in replicas.iter().enumerate() {
             if readyz(r.port)
                 .await
-                .is_some_and(|b| b.contains("leader") && !b.contains("standby"))
+                .is_some_and(|(_, b)| b.contains("leader") && !b.contains("standby"))
             {
                 leaders.push(i);
             }
@@ -499,8 +502,9 @@ async fn an_unreadable_configmap_record_is_held_until_it_expires_not_free() {
     cms.create(&PostParams::default(), &cm).await.unwrap();
     let (mut leader, cancel, task) =
         elector(&client, ns.name(), LockKind::Configmap, "lock", "taker");
-    // Within the lease duration (8 s) of first seeing the record, it is not taken...
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Within the lease duration (8 s) of first seeing the record, it is not taken (checked
+    // near its end)...
+    tokio::time::sleep(Duration::from_secs(6)).await;
     assert!(!*leader.borrow(), "an unreadable record was taken as free");
     // ... and once it has not changed for that long, it is.
     tokio::time::timeout(Duration::from_secs(60), leader.wait_for(|l| *l))
@@ -562,13 +566,14 @@ async fn a_standby_whose_election_is_refused_is_not_ready() {
         &kubeconfig,
     );
     let deadline = Instant::now() + Duration::from_secs(60);
-    let body = loop {
-        let body = readyz(replica.port).await.unwrap_or_default();
+    let (code, body) = loop {
+        let (code, body) = readyz(replica.port).await.unwrap_or_default();
         if body.contains("leader election has failed") || Instant::now() > deadline {
-            break body;
+            break (code, body);
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
+    assert_eq!(code, 503, "/readyz: {body:?}");
     assert!(
         body.contains("leader election has failed") && body.contains("forbidden"),
         "/readyz: {body:?}"

@@ -596,7 +596,9 @@ fn test_dispatcher(
 
 /// Runs `events` through a dispatcher over `chain`, sharing `state`, and returns every attempt
 /// it made. With `stop_first`, the dispatcher is told to stop (a graceful shutdown) before it
-/// takes anything, while the channel stays open; otherwise the channel closes after the events.
+/// takes anything, while the channel stays open: once every event has succeeded (each waited
+/// for up to 60 s), the run must still be going, and must end once the channel closes.
+/// Otherwise the channel closes after the events.
 fn run_dispatcher(
     chain: Chain,
     retry: kubelisten::dispatch::dispatcher::RetryPolicy,

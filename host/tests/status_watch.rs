@@ -515,13 +515,8 @@ async fn status_command_exits_1_on_timeout_and_on_failure_with_the_reason() {
 
     // Timeout, text (the Deployment never becomes available here; 10 s leaves a loaded machine
     // time to list both kinds first).
-    let args = status_args(&["-f", path, "-n", ns.name(), "--timeout", "10s"]);
-    let mut out = Vec::new();
     let started = Instant::now();
-    let code = status_cli::run_live(client.clone(), &args, &mut std::io::empty(), &mut out)
-        .await
-        .expect("status command");
-    let text = String::from_utf8(out).expect("utf-8 output");
+    let (code, text) = status(&client, &["-f", path, "-n", ns.name(), "--timeout", "10s"]).await;
     assert_eq!(code, ExitCode::FAILURE, "{text}");
     assert!(started.elapsed() < Duration::from_secs(60));
     assert!(
@@ -586,13 +581,12 @@ async fn status_command_exits_1_on_timeout_and_on_failure_with_the_reason() {
             "ready": false, "restartCount": 3, "state": {"waiting": {"reason": "CrashLoopBackOff"}}}]}),
     )
     .await;
-    let args = status_args(&["-k", "pod/crash", "-n", ns.name(), "--timeout", "60s"]);
-    let mut out = Vec::new();
     let started = Instant::now();
-    let code = status_cli::run_live(client.clone(), &args, &mut std::io::empty(), &mut out)
-        .await
-        .expect("status command");
-    let text = String::from_utf8(out).expect("utf-8 output");
+    let (code, text) = status(
+        &client,
+        &["-k", "pod/crash", "-n", ns.name(), "--timeout", "60s"],
+    )
+    .await;
     assert_eq!(code, ExitCode::FAILURE, "{text}");
     assert!(
         started.elapsed() < Duration::from_secs(30),
@@ -610,23 +604,22 @@ async fn status_command_exits_1_on_timeout_and_on_failure_with_the_reason() {
 async fn status_command_for_deleted_treats_absent_objects_as_not_found() {
     let client = common::client().await;
     let ns = common::TestNamespace::new(&client).await;
-    let args = status_args(&[
-        "-k",
-        "configmap/absent",
-        "-k",
-        &format!("Thing.none{}.kubelisten.test/t", common::random_suffix()),
-        "-n",
-        ns.name(),
-        "--for",
-        "deleted",
-        "--timeout",
-        "30s",
-    ]);
-    let mut out = Vec::new();
-    let code = status_cli::run_live(client.clone(), &args, &mut std::io::empty(), &mut out)
-        .await
-        .expect("status command");
-    let text = String::from_utf8(out).expect("utf-8 output");
+    let (code, text) = status(
+        &client,
+        &[
+            "-k",
+            "configmap/absent",
+            "-k",
+            &format!("Thing.none{}.kubelisten.test/t", common::random_suffix()),
+            "-n",
+            ns.name(),
+            "--for",
+            "deleted",
+            "--timeout",
+            "30s",
+        ],
+    )
+    .await;
     assert_eq!(code, ExitCode::SUCCESS, "{text}");
     assert!(text.contains("all 2 objects are NotFound"), "{text}");
     ns.delete().await;
@@ -778,6 +771,7 @@ async fn a_cluster_scoped_manifest_with_a_namespace_is_matched() {
         ExitCode::FAILURE,
         "an existing ClusterRole is not deleted:\n{text}"
     );
+    assert!(text.contains("timed out after 2s"), "{text}");
     roles
         .delete(&name, &DeleteParams::default())
         .await

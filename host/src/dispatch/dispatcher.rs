@@ -167,13 +167,13 @@ fn object_key(event: &ResourceEvent) -> String {
 }
 
 impl Dispatcher {
-    /// Runs until `rx` is closed and everything queued is handled. On `cancel` (a graceful
-    /// stop) it drains: the watch's list/watch tasks stop reading and send what they already
-    /// received, and every event in the channel and the queues is still handled, in order,
-    /// until those tasks are done (every sender of `rx` dropped), because a queued delete would
-    /// not come back at the next start (the object is gone from the list). The caller bounds
-    /// the drain with its grace period and aborts the task when it runs out or when leadership
-    /// is lost.
+    /// Runs until `rx` is closed (every sender dropped) and everything queued is handled. A
+    /// graceful stop is a drain: the watch's list/watch tasks stop reading and send what must
+    /// not be lost (see [`crate::watch::watcher::run`]), and every event in the channel and the
+    /// queues is still handled, in order, because a queued delete would not come back at the
+    /// next start (the object is gone from the list). `cancel` (the stop) only has what is left
+    /// logged. The caller bounds the drain with its grace period and aborts the task when it
+    /// runs out or when leadership is lost.
     pub async fn run(self, mut rx: mpsc::Receiver<WatchOutput>, cancel: CancellationToken) {
         let workers = self.config.workers.max(1);
         let capacity = self.config.queue_capacity.max(1);
@@ -377,11 +377,14 @@ impl Dispatcher {
     }
 }
 
+/// How often a worker that waits (a retry's backoff, a crash-loop backoff) records watch
+/// activity.
+const BEAT: Duration = Duration::from_secs(5);
+
 /// Sleeps `delay` (a retry's backoff), recording watch activity every few seconds: with every
 /// worker waiting to retry, nothing else reads the watch, and a long retry backoff must not
 /// make `/healthz` fail (a restart would only relist everything and start the retries over).
 async fn sleep_alive(state: &WatchState, delay: Duration) {
-    const BEAT: Duration = Duration::from_secs(5);
     let until = tokio::time::Instant::now() + delay;
     loop {
         state.activity();
@@ -404,7 +407,6 @@ async fn wait_out_backoff(
     held: Held,
     swaps: &mut tokio::sync::watch::Receiver<u64>,
 ) {
-    const BEAT: Duration = Duration::from_secs(5);
     let Held {
         wait, mut settled, ..
     } = held;

@@ -60,7 +60,8 @@ impl FromStr for ModulesConfigMap {
 /// Longest wait for the API server's answer when the ConfigMap is first read.
 pub const LOAD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(75);
 
-/// Longest wait for the Event that reports a rejection (the update is applied meanwhile).
+/// Longest wait for the Events that report one update's rejections, all together (they are
+/// published after the swap).
 const EVENT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// How often the files of modules rejected because they could not be read (a volume not
@@ -105,10 +106,9 @@ struct Current {
     pinned: Option<Vec<crate::config::WatchConfig>>,
     /// Set while the ConfigMap's watches differ from the pinned ones.
     watches_changed: Option<String>,
-    /// The last ConfigMap handled, to apply again when a missing module file appears.
-    last: Option<ConfigMap>,
-    /// Module files of the last content that were not there ([`FILE_RECHECK`]).
-    missing_files: Vec<std::path::PathBuf>,
+    /// The last ConfigMap handled and the module files it names that were not there, while
+    /// there are some: it is applied again when one appears ([`FILE_RECHECK`]).
+    missing_files: Option<(ConfigMap, Vec<std::path::PathBuf>)>,
 }
 
 /// The hot-swap machinery of one process.
@@ -242,15 +242,8 @@ impl HotSwap {
         };
         let binary = binary_of(&cm);
         let text = cm.data.as_ref().and_then(|d| d.get("listeners.yaml"));
-        let entries = match text.map(|t| {
-            if source::is_config_format(t) {
-                source::parse_config(t).map(|c| source::entries_of(&c))
-            } else {
-                source::parse(t)
-            }
-        }) {
-            Some(Ok(entries)) => entries,
-            _ => return 0,
+        let Some(Ok(entries)) = text.map(|t| source::parse(t)) else {
+            return 0;
         };
         let runtime = runtime.clone();
         tokio::task::spawn_blocking(move || {
@@ -296,26 +289,23 @@ impl HotSwap {
     }
 
     /// Applies the last ConfigMap again if a module file it names that was not there is now a
-    /// regular file (a volume mounted after the update); returns what was rejected then, or
-    /// `None` when no such file appeared.
-    pub async fn recheck_missing_files(&self) -> Option<Vec<Rejection>> {
+    /// regular file (a volume mounted after the update).
+    async fn recheck_missing_files(&self) {
         let _one_at_a_time = self.current.lock().await;
-        let missing = self.lock().missing_files.clone();
-        if missing.is_empty() {
-            return None;
-        }
+        let Some((last, missing)) = self.lock().missing_files.clone() else {
+            return;
+        };
         // Looked for without the state's lock (which /readyz and /status take): a slow
         // filesystem holds up nothing else.
-        let appeared =
-            tokio::task::block_in_place(|| missing.into_iter().find(|path| path.is_file()))?;
-        tracing::info!(path = %appeared.display(), "a module file that was not there is now; applying the modules ConfigMap again");
-        let last = {
-            let mut state = self.lock();
-            // Not the same content as far as the module files go: apply it again.
-            state.applied = None;
-            state.last.clone()?
+        let Some(appeared) =
+            tokio::task::block_in_place(|| missing.into_iter().find(|path| path.is_file()))
+        else {
+            return;
         };
-        Some(self.apply_locked(&last).await)
+        tracing::info!(path = %appeared.display(), "a module file that was not there is now; applying the modules ConfigMap again");
+        // Not the same content as far as the module files go: apply it again.
+        self.lock().applied = None;
+        self.apply_locked(&last).await;
     }
 
     /// Applies one version of the ConfigMap; returns what was rejected.
@@ -326,7 +316,6 @@ impl HotSwap {
 
     /// [`HotSwap::apply`], with `current` held by the caller.
     async fn apply_locked(&self, cm: &ConfigMap) -> Vec<Rejection> {
-        self.lock().last = Some(cm.clone());
         let binary = binary_of(cm);
         let text = cm
             .data
@@ -352,7 +341,7 @@ impl HotSwap {
                 {
                     let mut state = self.lock();
                     state.applied = Some(content);
-                    state.missing_files.clear();
+                    state.missing_files = None;
                 }
                 self.publish_all(std::slice::from_ref(&rejection)).await;
                 return vec![rejection];
@@ -406,7 +395,7 @@ impl HotSwap {
         {
             let mut state = self.lock();
             state.applied = Some(content);
-            state.missing_files = missing_files;
+            state.missing_files = (!missing_files.is_empty()).then(|| (cm.clone(), missing_files));
         }
         // The Events last: a slow Events API does not hold up the good listeners.
         self.publish_all(&rejections).await;

@@ -396,7 +396,9 @@ impl Reflector {
         let mut lines = reader.lines();
         let silent = tokio::time::sleep(limit);
         tokio::pin!(silent);
-        let stop = self.stop.clone();
+        // Built once, not per line.
+        let stopped = self.stop.clone().cancelled_owned();
+        tokio::pin!(stopped);
         loop {
             silent.as_mut().reset(tokio::time::Instant::now() + limit);
             // A join first (rare, and it must not wait behind a steady stream of lines), then a
@@ -404,7 +406,7 @@ impl Reflector {
             let line = tokio::select! {
                 biased;
                 // A graceful stop: every line read so far has been sent.
-                () = stop.cancelled() => return Err(Failure::Closed),
+                () = &mut stopped => return Err(Failure::Closed),
                 Some(joined) = recv_joined(&mut self.joined) => {
                     self.catch_up(joined).await?;
                     continue;
