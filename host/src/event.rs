@@ -324,6 +324,51 @@ fn key_of(meta: &ObjectMeta) -> String {
     }
 }
 
+/// The items of a list that could not be read, for [`Tracker::relist`].
+#[derive(Debug, Default)]
+pub struct Unreadable {
+    /// The tracker keys of those whose uid or name could be read.
+    keys: HashSet<String>,
+    /// Whether one of them could not even be named.
+    unnamed: bool,
+}
+
+impl Unreadable {
+    /// Notes a listed item that could not be read, by the tracker key its metadata still gives
+    /// (its uid, else `namespace/name`), if any.
+    pub fn note(&mut self, raw: &str) {
+        let value = serde_json::from_str::<Value>(raw).unwrap_or_default();
+        let field = |name: &str| {
+            value
+                .pointer(&format!("/metadata/{name}"))
+                .and_then(Value::as_str)
+                .filter(|s| !s.is_empty())
+        };
+        let key = match (field("uid"), field("name"), field("namespace")) {
+            (Some(uid), _, _) => Some(uid.to_string()),
+            (None, Some(name), Some(namespace)) => Some(format!("{namespace}/{name}")),
+            (None, Some(name), None) => Some(name.to_string()),
+            (None, None, _) => None,
+        };
+        match key {
+            Some(key) => {
+                self.keys.insert(key);
+            }
+            None => self.unnamed = true,
+        }
+    }
+
+    /// How many items were noted with a key, and whether one had none.
+    pub fn count(&self) -> (usize, bool) {
+        (self.keys.len(), self.unnamed)
+    }
+
+    /// Whether the object known under `key` must be kept by a relist.
+    fn keeps(&self, key: &str) -> bool {
+        self.unnamed || self.keys.contains(key)
+    }
+}
+
 impl Tracker {
     /// Turns one raw watch event into a [`ResourceEvent`], or `None` for a duplicate.
     pub fn apply(
@@ -372,15 +417,21 @@ impl Tracker {
     /// the gap is delivered as the old object's delete, then the new object's create, the order
     /// in which they happened. Dispatch queues are per `namespace/name`, so a listener that owns
     /// children by name never sees the new object before the old one is gone.
+    ///
+    /// A listed item the watch could not read (`unreadable`) is not taken for gone: the object
+    /// it names keeps its last known state and no delete is reported for it (a false delete
+    /// would have listeners tear down what still exists). When not even its name can be read,
+    /// no object absent from the list is reported deleted this time; a later relist reports them.
     pub fn relist(
         &mut self,
         listed: Vec<(Arc<str>, ObjectMeta, ObjectStatus)>,
+        unreadable: &Unreadable,
     ) -> Vec<ResourceEvent> {
         let present: HashSet<String> = listed.iter().map(|(_, meta, _)| key_of(meta)).collect();
         let gone: Vec<String> = self
             .seen
             .keys()
-            .filter(|k| !present.contains(*k))
+            .filter(|k| !present.contains(*k) && !unreadable.keeps(k))
             .cloned()
             .collect();
         let mut events = Vec::with_capacity(gone.len() + listed.len());
@@ -559,13 +610,19 @@ mod tests {
                 })
                 .collect()
         };
-        let first = t.relist(listed(&[("a", "1"), ("b", "2"), ("c", "3")]));
+        let first = t.relist(
+            listed(&[("a", "1"), ("b", "2"), ("c", "3")]),
+            &Unreadable::default(),
+        );
         assert_eq!(first.len(), 3);
         assert!(first
             .iter()
             .all(|e| (e.kind, e.initial) == (EventKind::Create, true)));
         // Gap: a unchanged, b changed, c deleted, d created.
-        let events = t.relist(listed(&[("a", "1"), ("b", "5"), ("d", "6")]));
+        let events = t.relist(
+            listed(&[("a", "1"), ("b", "5"), ("d", "6")]),
+            &Unreadable::default(),
+        );
         let summary: Vec<_> = events
             .iter()
             .map(|e| (e.kind, e.meta.name.as_str(), e.initial))
@@ -594,9 +651,9 @@ mod tests {
             let meta = ObjectMeta::from_json(&raw).unwrap();
             (Arc::<str>::from(raw), meta, ObjectStatus::default())
         };
-        t.relist(vec![mk("old", "1")]);
+        t.relist(vec![mk("old", "1")], &Unreadable::default());
         // Gap: ns/x deleted and created again (a new uid).
-        let events = t.relist(vec![mk("new", "9")]);
+        let events = t.relist(vec![mk("new", "9")], &Unreadable::default());
         let summary: Vec<_> = events
             .iter()
             .map(|e| (e.kind, e.meta.uid.as_str()))
@@ -605,5 +662,47 @@ mod tests {
             summary,
             vec![(EventKind::Delete, "old"), (EventKind::Create, "new")]
         );
+    }
+
+    #[test]
+    fn relist_keeps_what_it_could_not_read() {
+        let mk = |name: &str, rv: &str| {
+            let raw = format!(
+                r#"{{"apiVersion":"v1","kind":"ConfigMap","metadata":{{"name":"{name}","namespace":"ns","uid":"u-{name}","resourceVersion":"{rv}"}}}}"#
+            );
+            let meta = ObjectMeta::from_json(&raw).unwrap();
+            (Arc::<str>::from(raw), meta, ObjectStatus::default())
+        };
+        let mut t = Tracker::default();
+        t.relist(
+            vec![mk("a", "1"), mk("b", "2"), mk("c", "3")],
+            &Unreadable::default(),
+        );
+        // b is listed but unreadable (its labels are not strings); c is really gone.
+        let mut unreadable = Unreadable::default();
+        unreadable
+            .note(r#"{"metadata":{"name":"b","namespace":"ns","uid":"u-b","labels":{"x":1}}}"#);
+        assert_eq!(unreadable.count(), (1, false));
+        let events = t.relist(vec![mk("a", "1")], &unreadable);
+        let summary: Vec<_> = events
+            .iter()
+            .map(|e| (e.kind, e.meta.name.as_str()))
+            .collect();
+        assert_eq!(summary, vec![(EventKind::Delete, "c")]);
+        assert_eq!(t.len(), 2, "b is still known");
+        // An item without even a name: nothing absent is taken for gone this time ...
+        let mut unnamed = Unreadable::default();
+        unnamed.note("[1, 2]");
+        assert_eq!(unnamed.count(), (0, true));
+        assert!(t.relist(vec![mk("a", "1")], &unnamed).is_empty());
+        assert_eq!(t.len(), 2);
+        // ... and the next readable list reports b's delete with its last known state.
+        let events = t.relist(vec![mk("a", "1")], &Unreadable::default());
+        assert_eq!(events.len(), 1);
+        assert_eq!(
+            (events[0].kind, events[0].meta.name.as_str()),
+            (EventKind::Delete, "b")
+        );
+        assert!(events[0].object.contains(r#""resourceVersion":"2""#));
     }
 }

@@ -18,7 +18,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::state::WatchState;
 use crate::dispatch::Joined;
-use crate::event::{ObjectMeta, ObjectStatus, ResourceEvent, Tracker, WatchErrorInfo, WatchType};
+use crate::event::{
+    ObjectMeta, ObjectStatus, ResourceEvent, Tracker, Unreadable, WatchErrorInfo, WatchType,
+};
 use crate::metrics::{labels, Metrics};
 
 /// What one watch reports to the dispatcher.
@@ -146,7 +148,10 @@ struct WatchLine {
 }
 
 /// Runs the list/watch loop until `tx` is closed or `stop` is cancelled, sending events, errors
-/// and sync marks. Transport failures are retried with exponential backoff (200 ms up to 30 s).
+/// and sync marks. Failures are retried with exponential backoff (200 ms up to 30 s), as is a
+/// watch that ends at once without a line; the backoff starts over once a watch has worked
+/// (received a line or stayed open a while), and an expired resourceVersion after such a watch
+/// is relisted at once.
 ///
 /// `stop` (a graceful shutdown) ends the loop without losing what would not come back: it stops
 /// reading the watch stream and abandons requests not answered yet, but the deletes a list's
@@ -178,21 +183,42 @@ pub async fn run(
         resource_version: None,
         connected: false,
         lists: 0,
+        lines: 0,
         joined,
         caught_up,
         stop: stop.clone(),
     };
-    let mut delay = Duration::from_millis(200);
+    let mut delay = FIRST_RETRY;
     loop {
         if stop.is_cancelled() {
             return;
         }
-        let result = match reflector.resource_version.clone() {
+        let watching = reflector.resource_version.clone();
+        let (lines_before, started) = (reflector.lines, tokio::time::Instant::now());
+        let result = match &watching {
             None => reflector.list().await,
-            Some(rv) => reflector.watch(&rv).await,
+            Some(rv) => reflector.watch(rv).await,
         };
-        match result {
-            Ok(()) => delay = Duration::from_millis(200),
+        // A watch that received something, or stayed open a while, worked: the backoff starts
+        // over. A list alone does not reset it (a list whose watch fails at once, again and
+        // again, must not be retried in a tight loop).
+        let worked = watching.is_some()
+            && (reflector.lines > lines_before
+                || started.elapsed()
+                    >= QUICK_WATCH
+                        .min(Duration::from_secs(reflector.timeout_seconds().into()) / 2));
+        if worked {
+            delay = FIRST_RETRY;
+        }
+        let wait = match result {
+            Ok(()) => {
+                if watching.is_some() && !worked {
+                    // As client-go's "very short watch": a server (or a proxy) that ends every
+                    // watch at once would otherwise be asked again without pause.
+                    tracing::warn!(watch = %reflector.spec.name, retry_in_ms = delay.as_millis() as u64, "the watch ended at once without any event; reopening it after a backoff");
+                }
+                watching.is_some() && !worked
+            }
             Err(Failure::Closed) => return,
             Err(failure) => {
                 reflector.set_connected(false);
@@ -212,17 +238,32 @@ pub async fn run(
                 {
                     return;
                 }
-                if !expired {
-                    tokio::select! {
-                        () = tokio::time::sleep(delay) => {}
-                        () = stop.cancelled() => return,
-                    }
-                    delay = (delay * 2).min(Duration::from_secs(30));
-                }
+                // A resourceVersion expires in normal operation (etcd compaction): after a
+                // watch that worked, the relist is at once. An expiry right after a list (the
+                // list's own version already gone, or a continue token too old) waits like
+                // any other failure.
+                !(expired && worked)
             }
+        };
+        if wait {
+            tokio::select! {
+                () = tokio::time::sleep(delay) => {}
+                () = stop.cancelled() => return,
+            }
+            delay = (delay * 2).min(LAST_RETRY);
         }
     }
 }
+
+/// The first wait after a failed list or watch; it doubles with each failure in a row.
+const FIRST_RETRY: Duration = Duration::from_millis(200);
+
+/// The longest wait between two attempts.
+const LAST_RETRY: Duration = Duration::from_secs(30);
+
+/// A watch that ends sooner than this (or half its `timeoutSeconds`, if less) without a single
+/// line did not work, and is retried after a backoff.
+const QUICK_WATCH: Duration = Duration::from_secs(1);
 
 struct Reflector {
     client: Client,
@@ -233,6 +274,8 @@ struct Reflector {
     resource_version: Option<String>,
     connected: bool,
     lists: u64,
+    /// Events and bookmarks read from watch streams (not errors), to tell a watch that worked.
+    lines: u64,
     /// Listeners joining the chain (see [`run`]).
     joined: Option<mpsc::UnboundedReceiver<Joined>>,
     /// The chain generation this task has caught up with; stamped on every event it sends.
@@ -275,6 +318,13 @@ impl Reflector {
         }
     }
 
+    /// The watch's server-side `timeoutSeconds`: the spec's, between 1 and 290 s.
+    fn timeout_seconds(&self) -> u32 {
+        u32::try_from(self.spec.timeout.as_secs())
+            .unwrap_or(290)
+            .clamp(1, 290)
+    }
+
     async fn send(&self, out: WatchOutput) -> Result<(), Failure> {
         self.tx.send(out).await.map_err(|_| Failure::Closed)
     }
@@ -313,10 +363,21 @@ impl Reflector {
             }
         };
         tracing::debug!(watch = %self.spec.name, objects = items.len(), %resource_version, "listed");
+        let mut unreadable = Unreadable::default();
         let listed: Vec<_> = items
             .into_iter()
-            .filter_map(|item| self.object(item.get()))
+            .filter_map(|item| {
+                let object = self.object(item.get());
+                if object.is_none() {
+                    unreadable.note(item.get());
+                }
+                object
+            })
             .collect();
+        let (named, unnamed) = unreadable.count();
+        if named > 0 || unnamed {
+            tracing::warn!(watch = %self.spec.name, unreadable = named, unnamed, "listed objects could not be read: they keep their last known state, and no delete is reported for them (none at all this time when one has no name)");
+        }
         if self.lists == 0 {
             // The first list reaches every listener of the chain as it is now, including any
             // that joined before it: nothing to catch up on.
@@ -326,7 +387,7 @@ impl Reflector {
                 }
             }
         }
-        for event in self.tracker.relist(listed) {
+        for event in self.tracker.relist(listed, &unreadable) {
             // Stopped: the deletes (first in the diff) still go out; the rest comes back with
             // the next start's list.
             if self.stop.is_cancelled() && event.kind != crate::event::EventKind::Delete {
@@ -356,9 +417,7 @@ impl Reflector {
 
     /// Watches from `rv` until the server ends the stream; keeps `resource_version` current.
     async fn watch(&mut self, rv: &str) -> Result<(), Failure> {
-        let timeout = u32::try_from(self.spec.timeout.as_secs())
-            .unwrap_or(290)
-            .clamp(1, 290);
+        let timeout = self.timeout_seconds();
         let params = WatchParams {
             label_selector: self.spec.label_selector.clone(),
             field_selector: self.spec.field_selector.clone(),
@@ -434,6 +493,7 @@ impl Reflector {
                 "MODIFIED" => WatchType::Modified,
                 "DELETED" => WatchType::Deleted,
                 "BOOKMARK" => {
+                    self.lines += 1;
                     if let Some(rv) = bookmark_rv(parsed.object.get()) {
                         self.resource_version = Some(rv);
                     }
@@ -460,6 +520,7 @@ impl Reflector {
                     continue;
                 }
             };
+            self.lines += 1;
             let Some((object, meta, status)) = self.object(parsed.object.get()) else {
                 continue;
             };
@@ -577,6 +638,7 @@ mod tests {
     use http_body::Frame;
     use http_body_util::StreamBody;
     use kube::core::GroupVersionKind;
+    use std::sync::atomic::AtomicUsize;
     use tokio::sync::oneshot;
 
     type Chunks = BoxStream<'static, Result<Frame<Bytes>, std::io::Error>>;
@@ -638,6 +700,172 @@ mod tests {
         (Client::new(service, "default"), lines_tx)
     }
 
+    /// A fake API server answering the `n`th list (0-based) with `list(n)` and the `n`th watch
+    /// with the whole body `watch(n)` at once; every request is reported as (is a watch, when).
+    fn scripted_api(
+        list: impl Fn(usize) -> String + Send + Sync + 'static,
+        watch: impl Fn(usize) -> String + Send + Sync + 'static,
+    ) -> (
+        Client,
+        mpsc::UnboundedReceiver<(bool, tokio::time::Instant)>,
+    ) {
+        let (seen_tx, seen_rx) = mpsc::unbounded_channel();
+        let (lists, watches) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let service = tower::service_fn(move |req: http::Request<kube::client::Body>| {
+            let is_watch = req.uri().query().is_some_and(|q| q.contains("watch=true"));
+            let _ = seen_tx.send((is_watch, tokio::time::Instant::now()));
+            let body = if is_watch {
+                watch(watches.fetch_add(1, Ordering::Relaxed))
+            } else {
+                list(lists.fetch_add(1, Ordering::Relaxed))
+            };
+            async move {
+                Ok::<_, std::convert::Infallible>(
+                    http::Response::builder()
+                        .status(200)
+                        .header(http::header::CONTENT_TYPE, "application/json")
+                        .body(kube::client::Body::from(body.into_bytes()))
+                        .unwrap(),
+                )
+            }
+        });
+        (Client::new(service, "default"), seen_rx)
+    }
+
+    const EMPTY_LIST: &str = r#"{"metadata":{"resourceVersion":"7"},"items":[]}"#;
+
+    const EXPIRED: &str = r#"{"type":"ERROR","object":{"kind":"Status","apiVersion":"v1","status":"Failure","message":"too old resource version","reason":"Expired","code":410}}"#;
+
+    #[tokio::test(flavor = "current_thread", start_paused = true)]
+    async fn a_listed_object_that_cannot_be_read_is_not_reported_deleted() {
+        // o2's labels are not strings in the second list; the third has no o2 at all.
+        let unreadable = r#"{"apiVersion":"test.kubelisten.dev/v1","kind":"Thing","metadata":{"name":"o2","namespace":"ns","uid":"uid-o2","resourceVersion":"5","labels":{"a":1}}}"#;
+        let (client, _seen) = scripted_api(
+            move |n| {
+                let items = match n {
+                    0 => format!("{},{}", object("o1", 1), object("o2", 2)),
+                    1 => format!("{},{unreadable}", object("o1", 1)),
+                    _ => object("o1", 1),
+                };
+                format!(r#"{{"metadata":{{"resourceVersion":"9"}},"items":[{items}]}}"#)
+            },
+            |_| format!("{EXPIRED}\n"),
+        );
+        let (tx, mut rx) = mpsc::channel(1000);
+        let task = tokio::spawn(run(client, things_spec(), tx, None, Default::default()));
+        let mut seen = Vec::new();
+        while seen.len() < 5 {
+            seen.push(match rx.recv().await {
+                Some(WatchOutput::Event(event)) => {
+                    format!("{} {}", event.kind.as_str(), event.meta.name)
+                }
+                Some(WatchOutput::Error(error)) => format!("error {}", error.code),
+                None => panic!("the watch ended"),
+            });
+        }
+        task.abort();
+        assert_eq!(
+            seen,
+            [
+                "create o1",
+                "create o2",
+                "error 410",
+                "error 410",
+                "delete o2"
+            ],
+            "o2's delete only once a list no longer has it"
+        );
+    }
+
+    fn things_spec() -> WatchSpec {
+        WatchSpec {
+            name: "things".into(),
+            resource: ApiResource::from_gvk_with_plural(
+                &GroupVersionKind::gvk("test.kubelisten.dev", "v1", "Thing"),
+                "things",
+            ),
+            namespace: Some("ns".into()),
+            label_selector: None,
+            field_selector: None,
+            timeout: Duration::from_secs(290),
+            page_size: 500,
+            state: Arc::default(),
+            metrics: Arc::default(),
+        }
+    }
+
+    /// The times of the next `n` requests of one kind (watches or lists), skipping the others.
+    async fn next_requests(
+        seen: &mut mpsc::UnboundedReceiver<(bool, tokio::time::Instant)>,
+        watches: bool,
+        n: usize,
+    ) -> Vec<tokio::time::Instant> {
+        let mut times = Vec::new();
+        while times.len() < n {
+            let (is_watch, at) = seen.recv().await.expect("the fake API server is gone");
+            if is_watch == watches {
+                times.push(at);
+            }
+        }
+        times
+    }
+
+    /// Milliseconds between successive times (paused clock: exact, but for timer rounding).
+    fn gaps_ms(times: &[tokio::time::Instant]) -> Vec<u64> {
+        times
+            .windows(2)
+            .map(|w| u64::try_from((w[1] - w[0]).as_millis()).unwrap())
+            .collect()
+    }
+
+    /// Whether each gap is the expected one, within the timer's rounding.
+    fn about(gaps: &[u64], expected: &[u64]) -> bool {
+        gaps.len() == expected.len()
+            && gaps
+                .iter()
+                .zip(expected)
+                .all(|(gap, want)| *gap >= *want && *gap <= *want + 5)
+    }
+
+    #[tokio::test(flavor = "current_thread", start_paused = true)]
+    async fn a_watch_that_ends_at_once_without_a_line_is_reopened_after_a_growing_backoff() {
+        let (client, mut seen) = scripted_api(|_| EMPTY_LIST.into(), |_| String::new());
+        let (tx, _rx) = mpsc::channel(1000);
+        let task = tokio::spawn(run(client, things_spec(), tx, None, Default::default()));
+        let first = next_requests(&mut seen, false, 1).await;
+        let watches = next_requests(&mut seen, true, 6).await;
+        assert_eq!(
+            gaps_ms(&[first[0], watches[0]]),
+            vec![0],
+            "the first watch follows the list"
+        );
+        let gaps = gaps_ms(&watches);
+        assert!(about(&gaps, &[200, 400, 800, 1600, 3200]), "{gaps:?}");
+        task.abort();
+        // Re-watched from the list's version each time: no relist.
+        while let Ok((is_watch, _)) = seen.try_recv() {
+            assert!(is_watch, "a list after an empty watch");
+        }
+    }
+
+    #[tokio::test(flavor = "current_thread", start_paused = true)]
+    async fn an_expiry_after_a_working_watch_relists_at_once_and_one_right_after_a_list_waits() {
+        // Watches 0 and 3 work (a line, then the expiry); 1, 2 and 4 expire at once.
+        let (client, mut seen) = scripted_api(
+            |_| EMPTY_LIST.into(),
+            move |n| match n {
+                0 | 3 => format!("{}{EXPIRED}\n", modified("o1", 8 + n as u64)),
+                _ => format!("{EXPIRED}\n"),
+            },
+        );
+        let (tx, _rx) = mpsc::channel(1000);
+        let task = tokio::spawn(run(client, things_spec(), tx, None, Default::default()));
+        let lists = next_requests(&mut seen, false, 6).await;
+        task.abort();
+        let gaps = gaps_ms(&lists);
+        assert!(about(&gaps, &[0, 200, 400, 0, 200]), "{gaps:?}");
+    }
+
     async fn next_event(rx: &mut mpsc::Receiver<WatchOutput>) -> Arc<ResourceEvent> {
         match rx.recv().await {
             Some(WatchOutput::Event(event)) => event,
@@ -667,20 +895,7 @@ mod tests {
             object("o2", 2)
         );
         let (client, lines) = fake_api(list);
-        let spec = WatchSpec {
-            name: "things".into(),
-            resource: ApiResource::from_gvk_with_plural(
-                &GroupVersionKind::gvk("test.kubelisten.dev", "v1", "Thing"),
-                "things",
-            ),
-            namespace: Some("ns".into()),
-            label_selector: None,
-            field_selector: None,
-            timeout: Duration::from_secs(290),
-            page_size: 500,
-            state: Arc::default(),
-            metrics: Arc::default(),
-        };
+        let spec = things_spec();
         // Room for one event: the task blocks on the second until the test reads.
         let (tx, mut rx) = mpsc::channel(1);
         let (joined_tx, joined_rx) = mpsc::unbounded_channel::<Joined>();
