@@ -1478,3 +1478,103 @@ fn halting_the_runtime_stops_running_guest_calls_at_once() {
         );
     }
 }
+
+/// Runs `event` through a dispatcher over `slot` whose retries wait 300 s (3 attempts), calls
+/// `then` once the first attempt has failed, drops the sender and returns every attempt once
+/// the run has ended. Waits are bounded by 60 s: a retry's wait that is not cut short fails it.
+fn retried_after_a_long_backoff(
+    slot: Arc<kubelisten::dispatch::ChainSlot>,
+    event: kubelisten::ResourceEvent,
+    then: impl FnOnce(&tokio_util::sync::CancellationToken),
+) -> Vec<kubelisten::dispatch::dispatcher::Dispatched> {
+    use kubelisten::dispatch::dispatcher::{Dispatcher, DispatcherConfig, RetryPolicy};
+    use kubelisten::watch::watcher::WatchOutput;
+    let tokio = tokio::runtime::Runtime::new().unwrap();
+    tokio.block_on(async move {
+        let (observer, mut attempts) = tokio::sync::mpsc::unbounded_channel();
+        let dispatcher = Dispatcher {
+            config: DispatcherConfig {
+                retry: RetryPolicy {
+                    attempts: 3,
+                    base: Duration::from_secs(300),
+                    max: Duration::from_secs(300),
+                },
+                ..DispatcherConfig::default()
+            },
+            observer: Some(observer),
+            ..test_dispatcher(slot)
+        };
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        tx.send(WatchOutput::Event(Arc::new(event))).await.unwrap();
+        let stop = tokio_util::sync::CancellationToken::new();
+        let run = tokio::spawn(dispatcher.run(rx, stop.clone()));
+        let first = tokio::time::timeout(Duration::from_secs(60), attempts.recv())
+            .await
+            .expect("a first attempt")
+            .expect("observer open");
+        assert!(!first.report.succeeded(), "{:?}", first.report.calls);
+        then(&stop);
+        drop(tx);
+        tokio::time::timeout(Duration::from_secs(60), run)
+            .await
+            .expect("the retries' waits were cut short")
+            .unwrap();
+        let mut seen = vec![first];
+        while let Ok(attempt) = attempts.try_recv() {
+            seen.push(attempt);
+        }
+        seen
+    })
+}
+
+#[test]
+fn a_graceful_stop_makes_an_events_remaining_attempts_without_waiting() {
+    let (rt, _capture, _cache) = runtime();
+    let faulty = load(&rt, "faulty", Mode::Classname);
+    let slot = Arc::new(kubelisten::dispatch::ChainSlot::new(Chain::new(vec![
+        faulty,
+    ])));
+    let attempts = retried_after_a_long_backoff(
+        slot,
+        event(EventKind::Delete, "a", Some("error")),
+        tokio_util::sync::CancellationToken::cancel,
+    );
+    // Every attempt was made (none lost in a sleep the grace period would cut), and failed.
+    let made: Vec<_> = attempts
+        .iter()
+        .map(|a| (a.attempt, a.report.calls[0].outcome.label()))
+        .collect();
+    assert_eq!(made, vec![(1, "error"), (2, "error"), (3, "error")]);
+}
+
+#[test]
+fn a_hot_swap_ends_a_retrys_wait_and_the_new_module_is_tried_at_once() {
+    let (rt, _capture, _cache) = runtime();
+    let faulty = load(&rt, "faulty", Mode::Classname);
+    let slot = Arc::new(kubelisten::dispatch::ChainSlot::new(Chain::new(vec![
+        faulty,
+    ])));
+    // The fix: a module that handles the event, under the listener's name (as a hot swap of
+    // a new version of the module does).
+    let limits = Limits {
+        call_timeout: Duration::from_secs(5),
+        ..Limits::default()
+    };
+    let fixed = ListenerSpec {
+        name: "faulty".into(),
+        ..spec("rust-logger", Mode::Classname, limits)
+    };
+    let fixed = Arc::new(Listener::load(&rt, &fixed).unwrap());
+    let attempts = retried_after_a_long_backoff(
+        slot.clone(),
+        event(EventKind::Update, "a", Some("error")),
+        |_| {
+            slot.set(Chain::new(vec![fixed]));
+        },
+    );
+    let made: Vec<_> = attempts
+        .iter()
+        .map(|a| (a.attempt, a.report.calls[0].outcome.label()))
+        .collect();
+    assert_eq!(made, vec![(1, "error"), (2, "ok")]);
+}

@@ -217,7 +217,7 @@ impl Dispatcher {
                 let Some((key, event)) = queues.next() else {
                     break;
                 };
-                let task = tasks.spawn(self.handle(event));
+                let task = tasks.spawn(self.handle(event, cancel.clone()));
                 keys.insert(task.id(), key);
             }
             depth.set(i64::try_from(queues.queued).unwrap_or(i64::MAX));
@@ -306,10 +306,16 @@ impl Dispatcher {
         }
     }
 
-    /// Handles one event with retries.
+    /// Handles one event with retries. A retry's backoff ends early when the chain is replaced
+    /// (a hot swap: the new module may be the fix, so it is tried at once) and at a graceful
+    /// stop (`stop`): from then on the event's remaining attempts are made without waiting, so
+    /// they fit in the grace period instead of being aborted in a sleep. A crash-loop wait also
+    /// ends on a swap, but not on a stop (the listener is not called before its probe is due,
+    /// and the grace period bounds the wait).
     fn handle(
         &self,
         event: Arc<ResourceEvent>,
+        stop: CancellationToken,
     ) -> impl std::future::Future<Output = ()> + Send + 'static {
         let chain = self.chain.clone();
         let observer = self.observer.clone();
@@ -370,7 +376,7 @@ impl Dispatcher {
                 }
                 match backed_off {
                     Some(held) => wait_out_backoff(&state, held, &mut swaps).await,
-                    None => sleep_alive(&state, retry.delay(attempt)).await,
+                    None => retry_wait(&state, retry.delay(attempt), &mut swaps, &stop).await,
                 }
             }
         }
@@ -384,15 +390,31 @@ const BEAT: Duration = Duration::from_secs(5);
 /// Sleeps `delay` (a retry's backoff), recording watch activity every few seconds: with every
 /// worker waiting to retry, nothing else reads the watch, and a long retry backoff must not
 /// make `/healthz` fail (a restart would only relist everything and start the retries over).
-async fn sleep_alive(state: &WatchState, delay: Duration) {
+/// Ends early when a new chain is set (`swaps`, subscribed before the failed attempt) or at a
+/// graceful stop (`stop`).
+async fn retry_wait(
+    state: &WatchState,
+    delay: Duration,
+    swaps: &mut tokio::sync::watch::Receiver<u64>,
+    stop: &CancellationToken,
+) {
     let until = tokio::time::Instant::now() + delay;
+    let mut swaps_open = true;
     loop {
         state.activity();
         let now = tokio::time::Instant::now();
         if now >= until {
             return;
         }
-        tokio::time::sleep((until - now).min(BEAT)).await;
+        tokio::select! {
+            () = tokio::time::sleep((until - now).min(BEAT)) => {}
+            () = stop.cancelled() => return,
+            // As in `wait_out_backoff`: an error is a sender gone with nothing new.
+            changed = swaps.changed(), if swaps_open => match changed {
+                Ok(()) => return,
+                Err(_) => swaps_open = false,
+            },
+        }
     }
 }
 
@@ -635,8 +657,15 @@ mod tests {
         let sleeping = tokio::spawn({
             let state = state.clone();
             async move {
+                let slot = crate::dispatch::ChainSlot::default();
                 let started = tokio::time::Instant::now();
-                sleep_alive(&state, Duration::from_secs(120)).await;
+                retry_wait(
+                    &state,
+                    Duration::from_secs(120),
+                    &mut slot.swaps(),
+                    &CancellationToken::new(),
+                )
+                .await;
                 started.elapsed()
             }
         });
@@ -682,6 +711,42 @@ mod tests {
         let (settle, settled) = tokio::sync::watch::channel(0u64);
         drop(settle);
         assert_eq!(held_for_300s(settled).await, Duration::from_secs(300));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_swap_or_a_stop_ends_a_retrys_wait() {
+        let slot = Arc::new(crate::dispatch::ChainSlot::default());
+        let stop = CancellationToken::new();
+        let wait = |mut swaps: tokio::sync::watch::Receiver<u64>, stop: CancellationToken| {
+            let state = WatchState::default();
+            tokio::spawn(async move {
+                let started = tokio::time::Instant::now();
+                retry_wait(&state, Duration::from_secs(300), &mut swaps, &stop).await;
+                started.elapsed()
+            })
+        };
+        // A swap 7 s in.
+        let waiting = wait(slot.swaps(), stop.clone());
+        tokio::time::sleep(Duration::from_secs(7)).await;
+        slot.set(crate::dispatch::Chain::default());
+        assert_eq!(waiting.await.unwrap(), Duration::from_secs(7));
+        // A swap between the subscription (before the attempt) and the wait: no wait at all.
+        let swaps = slot.swaps();
+        slot.set(crate::dispatch::Chain::default());
+        assert_eq!(wait(swaps, stop.clone()).await.unwrap(), Duration::ZERO);
+        // A stop 3 s in; and once stopped, no wait.
+        let waiting = wait(slot.swaps(), stop.clone());
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        stop.cancel();
+        assert_eq!(waiting.await.unwrap(), Duration::from_secs(3));
+        assert_eq!(wait(slot.swaps(), stop).await.unwrap(), Duration::ZERO);
+        // Neither: the whole delay, also when the slot is gone (nor does it spin).
+        let swaps = slot.swaps();
+        drop(slot);
+        assert_eq!(
+            wait(swaps, CancellationToken::new()).await.unwrap(),
+            Duration::from_secs(300)
+        );
     }
 
     #[test]
