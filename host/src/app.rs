@@ -365,7 +365,7 @@ pub async fn start(
         state
             .dispatcher_alive
             .store(true, std::sync::atomic::Ordering::Relaxed);
-        let (tx, rx) = mpsc::channel(256);
+        let (tx, rx) = mpsc::channel(settings.dispatch.handover_capacity());
         let tasks = WatchTasks {
             client: client.clone(),
             name: name.clone(),
@@ -702,9 +702,8 @@ pub async fn run(
     ));
     let stop_server = CancellationToken::new();
     if let Some(addr) = settings.health_addr {
-        let listener = tokio::net::TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("binding the health port {addr}"))?;
+        let listener =
+            crate::server::bind(addr).with_context(|| format!("binding the health port {addr}"))?;
         tracing::info!(addr = %listener.local_addr().unwrap_or(addr), "serving /healthz, /readyz, /metrics, /status");
         let (state, stop) = (server.clone(), stop_server.clone());
         tokio::spawn(async move {

@@ -182,8 +182,9 @@ pub struct RunArgs {
     /// Port of /healthz, /readyz, /metrics and /status (0 turns the server off).
     #[arg(long, env = "KUBELISTEN_HEALTH_PORT", default_value_t = 8080)]
     pub health_port: u16,
-    /// Address the health server binds.
-    #[arg(long, env = "KUBELISTEN_HEALTH_BIND", default_value = "0.0.0.0")]
+    /// Address the health server binds: `::` (the default) is dual-stack, IPv4 and IPv6 (IPv4
+    /// only where the kernel has no IPv6).
+    #[arg(long, env = "KUBELISTEN_HEALTH_BIND", default_value = "::")]
     pub health_bind: std::net::IpAddr,
     /// Turns leader election on, with the lock in this namespace.
     #[arg(long, env = "KUBELISTEN_LEADER_ELECTION_NAMESPACE")]
@@ -299,6 +300,26 @@ mod tests {
 
     fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
         Cli::try_parse_from(["kubelisten"].iter().chain(args))
+    }
+
+    #[tokio::test]
+    async fn the_default_health_address_takes_ipv4_and_ipv6() {
+        let Cli {
+            command: Command::Run(run),
+            ..
+        } = parse(&["run", "--crd", "crd.yaml", "-l", "a.wasm"]).expect("defaults")
+        else {
+            panic!("not run");
+        };
+        let listener =
+            kubelisten::server::bind(std::net::SocketAddr::new(run.health_bind, 0)).expect("bound");
+        let port = listener.local_addr().expect("address").port();
+        for ip in ["127.0.0.1", "::1"] {
+            let ip: std::net::IpAddr = ip.parse().expect("an address");
+            tokio::net::TcpStream::connect((ip, port))
+                .await
+                .unwrap_or_else(|err| panic!("{ip}: {err}"));
+        }
     }
 
     #[test]

@@ -21,6 +21,9 @@ pub struct Metrics {
     registry: Mutex<Registry>,
     /// `kubelisten_events_total{watch,kind}`: events received per watch and kind.
     pub events: Family<Labels, Counter>,
+    /// `kubelisten_catch_up_events_total{watch}`: `initial` creates replayed from memory to
+    /// listeners that joined a running chain (not in `events`: the API server did not send them).
+    pub catch_ups: Family<Labels, Counter>,
     /// `kubelisten_listener_calls_total{listener,export,outcome}`.
     pub calls: Family<Labels, Counter>,
     /// `kubelisten_listener_traps_total{listener,trap}`.
@@ -79,6 +82,7 @@ impl Metrics {
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("kubelisten");
         let events = Family::<Labels, Counter>::default();
+        let catch_ups = Family::<Labels, Counter>::default();
         let calls = Family::<Labels, Counter>::default();
         let traps = Family::<Labels, Counter>::default();
         let call_duration = Family::<Labels, Histogram>::new_with_constructor(
@@ -99,6 +103,11 @@ impl Metrics {
             "events",
             "Events received per watch and kind",
             events.clone(),
+        );
+        registry.register(
+            "catch_up_events",
+            "Creates replayed to listeners that joined a running chain, per watch",
+            catch_ups.clone(),
         );
         registry.register(
             "listener_calls",
@@ -179,6 +188,7 @@ impl Metrics {
         Self {
             registry: Mutex::new(registry),
             events,
+            catch_ups,
             calls,
             traps,
             call_duration,

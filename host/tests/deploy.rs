@@ -508,33 +508,16 @@ configMapGenerator:
     /// /var/run/secrets/kubernetes.io/serviceaccount and KUBERNETES_SERVICE_HOST/PORT.
     async fn service_account_kubeconfig(&self, client: &kube::Client) -> PathBuf {
         let token = common::mint_token(client, &self.ns, &self.service_account(), &[], 3600).await;
-        let admin = std::fs::read_to_string(common::kubeconfig_path()).unwrap();
-        let admin: Value = serde_saphyr::from_str(&admin).unwrap();
-        let cluster = &admin["clusters"][0]["cluster"];
         let sa_dir = self.dir.path().join("serviceaccount");
         std::fs::create_dir_all(&sa_dir).unwrap();
         std::fs::write(sa_dir.join("token"), &token).unwrap();
         std::fs::write(sa_dir.join("namespace"), &self.ns).unwrap();
-        let ca = match cluster["certificate-authority-data"].as_str() {
-            Some(data) => json!({"certificate-authority-data": data}),
-            None => json!({"certificate-authority": cluster["certificate-authority"]}),
-        };
-        let mut cluster_entry = json!({"server": cluster["server"]});
-        cluster_entry
-            .as_object_mut()
-            .unwrap()
-            .extend(ca.as_object().unwrap().clone());
-        let kubeconfig = json!({
-            "apiVersion": "v1",
-            "kind": "Config",
-            "clusters": [{"name": "in-cluster", "cluster": cluster_entry}],
-            "users": [{"name": "kubelisten", "user": {"tokenFile": sa_dir.join("token")}}],
-            "contexts": [{"name": "in-cluster", "context": {
-                "cluster": "in-cluster", "user": "kubelisten", "namespace": self.ns}}],
-            "current-context": "in-cluster",
-        });
         let path = self.dir.path().join("kubeconfig");
-        std::fs::write(&path, kubeconfig.to_string()).unwrap();
+        common::user_kubeconfig(
+            &path,
+            json!({ "tokenFile": sa_dir.join("token") }),
+            Some(&self.ns),
+        );
         path
     }
 

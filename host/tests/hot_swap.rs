@@ -878,12 +878,20 @@ async fn a_listener_rejected_at_start_keeps_the_process_unready_until_a_good_ver
 async fn a_module_file_that_appears_later_is_loaded_without_a_configmap_change() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("counter.wasm");
-    let listeners = LISTENERS.replace("counter.wasm", &file.display().to_string());
+    // Beside it, a module that never loads: the re-apply does not report it a second time.
+    let listeners = format!(
+        "{}  - name: broken\n    module: broken.wasm\n",
+        LISTENERS.replace("counter.wasm", &file.display().to_string())
+    );
     let t = Things::new().await;
     let cms: Api<ConfigMap> = Api::namespaced(t.client.clone(), t.ns.name());
     cms.create(
         &PostParams::default(),
-        &configmap("modules", &listeners, &[]),
+        &configmap(
+            "modules",
+            &listeners,
+            &[("broken.wasm", b"not wasm".to_vec())],
+        ),
     )
     .await
     .unwrap();
@@ -892,17 +900,28 @@ async fn a_module_file_that_appears_later_is_loaded_without_a_configmap_change()
     assert_eq!(code, 503, "{body}");
     let rejection = s.host.rejection("counter").expect("rejected: no such file");
     assert!(rejection.digest.is_none(), "{rejection:?}");
+    let broken = s.host.rejection("broken").expect("rejected: not wasm");
+    let broken_rejected =
+        r#"kubelisten_listener_reloads_total{listener="broken",outcome="rejected"} 1"#;
+    let (_, metrics) = s.host.get("/metrics").await;
+    assert!(metrics.lines().any(|l| l == broken_rejected), "{metrics}");
 
     // The file appears (written elsewhere and renamed in, as a volume update would).
     let v1 = guest_bytes("versioned-v1");
     std::fs::write(dir.path().join(".counter.tmp"), &v1).unwrap();
     std::fs::rename(dir.path().join(".counter.tmp"), &file).unwrap();
     counter_runs(&s.host, &v1).await;
-    body_until(&s.host, "/readyz", "ready once the file is loaded", |b| {
-        b == "ok: leader\n"
+    body_until(&s.host, "/readyz", "only broken keeps it unready", |b| {
+        b.contains("broken") && !b.contains("counter")
     })
     .await;
     assert!(s.host.rejection("counter").is_none());
+    assert_eq!(s.host.rejection("broken"), Some(broken), "still on record");
+    let (_, metrics) = s.host.get("/metrics").await;
+    assert!(
+        metrics.lines().any(|l| l == broken_rejected),
+        "broken's rejection counted once: {metrics}"
+    );
     s.t.create("a", json!({}), &[]).await;
     let capture = s.capture.clone();
     eventually("v1 from the file to serve", || {

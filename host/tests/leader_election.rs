@@ -525,25 +525,8 @@ async fn service_account_kubeconfig(
     name: &str,
 ) -> std::path::PathBuf {
     let token = common::mint_token(client, ns, name, &[], 600).await;
-    let admin_path = common::kubeconfig_path();
-    let admin = std::fs::read_to_string(&admin_path).unwrap();
-    let admin: Value = serde_saphyr::from_str(&admin).unwrap();
-    let mut cluster = admin["clusters"][0]["cluster"].clone();
-    if let Some(ca) = cluster["certificate-authority"].as_str() {
-        // A relative CA path is relative to the admin kubeconfig's directory.
-        let ca = admin_path.parent().unwrap().join(ca);
-        cluster["certificate-authority"] = json!(ca);
-    }
-    let kubeconfig = json!({
-        "apiVersion": "v1",
-        "kind": "Config",
-        "clusters": [{"name": "local", "cluster": cluster}],
-        "users": [{"name": name, "user": {"token": token}}],
-        "contexts": [{"name": "local", "context": {"cluster": "local", "user": name}}],
-        "current-context": "local",
-    });
     let path = dir.join("kubeconfig");
-    std::fs::write(&path, kubeconfig.to_string()).unwrap();
+    common::user_kubeconfig(&path, json!({ "token": token }), None);
     path
 }
 

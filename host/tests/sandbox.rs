@@ -1,6 +1,7 @@
 //! The sandbox core without a cluster: modes, fault containment, crash-loop backoff, chains,
 //! `check` and `replay`. Needs the guests (`make guests`).
 
+mod common;
 mod support;
 
 use std::sync::atomic::Ordering;
@@ -594,6 +595,30 @@ fn test_dispatcher(
     }
 }
 
+/// A dispatcher over `slot` with `retry`, sharing `state`, and the receiver of every attempt it
+/// makes.
+fn observed_dispatcher(
+    slot: Arc<kubelisten::dispatch::ChainSlot>,
+    retry: kubelisten::dispatch::dispatcher::RetryPolicy,
+    state: Arc<kubelisten::watch::state::WatchState>,
+) -> (
+    kubelisten::dispatch::dispatcher::Dispatcher,
+    tokio::sync::mpsc::UnboundedReceiver<kubelisten::dispatch::dispatcher::Dispatched>,
+) {
+    use kubelisten::dispatch::dispatcher::{Dispatcher, DispatcherConfig};
+    let (observer, attempts) = tokio::sync::mpsc::unbounded_channel();
+    let dispatcher = Dispatcher {
+        config: DispatcherConfig {
+            retry,
+            ..DispatcherConfig::default()
+        },
+        observer: Some(observer),
+        state,
+        ..test_dispatcher(slot)
+    };
+    (dispatcher, attempts)
+}
+
 /// Runs `events` through a dispatcher over `chain`, sharing `state`, and returns every attempt
 /// it made. With `stop_first`, the dispatcher is told to stop (a graceful shutdown) before it
 /// takes anything, while the channel stays open: once every event has succeeded (each waited
@@ -606,20 +631,11 @@ fn run_dispatcher(
     events: Vec<kubelisten::ResourceEvent>,
     stop_first: bool,
 ) -> Vec<kubelisten::dispatch::dispatcher::Dispatched> {
-    use kubelisten::dispatch::dispatcher::{Dispatcher, DispatcherConfig};
     use kubelisten::watch::watcher::WatchOutput;
     let tokio = tokio::runtime::Runtime::new().unwrap();
     tokio.block_on(async move {
-        let (observer, mut attempts) = tokio::sync::mpsc::unbounded_channel();
-        let dispatcher = Dispatcher {
-            config: DispatcherConfig {
-                retry,
-                ..DispatcherConfig::default()
-            },
-            observer: Some(observer),
-            state,
-            ..test_dispatcher(Arc::new(kubelisten::dispatch::ChainSlot::new(chain)))
-        };
+        let slot = Arc::new(kubelisten::dispatch::ChainSlot::new(chain));
+        let (dispatcher, mut attempts) = observed_dispatcher(slot, retry, state);
         let (tx, rx) = tokio::sync::mpsc::channel(16);
         let sent = events.len();
         for event in events {
@@ -655,30 +671,6 @@ fn run_dispatcher(
     })
 }
 
-/// A `Write` into a shared buffer: captures the host's log lines in a test.
-#[derive(Clone, Default)]
-struct LogBuffer(Arc<std::sync::Mutex<Vec<u8>>>);
-
-impl std::io::Write for LogBuffer {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .extend_from_slice(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl LogBuffer {
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
-    }
-}
-
 #[test]
 fn error_export_calls_are_counted_and_their_failures_logged() {
     use kubelisten::dispatch::dispatcher::Dispatcher;
@@ -690,7 +682,7 @@ fn error_export_calls_are_counted_and_their_failures_logged() {
         load(&rt, "rust-logger", Mode::Reference),
     ]);
     let metrics = Arc::new(kubelisten::metrics::Metrics::default());
-    let logs = LogBuffer::default();
+    let logs = common::SharedBuffer::default();
     let subscriber = tracing_subscriber::fmt()
         .with_writer({
             let logs = logs.clone();
@@ -1487,23 +1479,16 @@ fn retried_after_a_long_backoff(
     event: kubelisten::ResourceEvent,
     then: impl FnOnce(&tokio_util::sync::CancellationToken),
 ) -> Vec<kubelisten::dispatch::dispatcher::Dispatched> {
-    use kubelisten::dispatch::dispatcher::{Dispatcher, DispatcherConfig, RetryPolicy};
+    use kubelisten::dispatch::dispatcher::RetryPolicy;
     use kubelisten::watch::watcher::WatchOutput;
     let tokio = tokio::runtime::Runtime::new().unwrap();
     tokio.block_on(async move {
-        let (observer, mut attempts) = tokio::sync::mpsc::unbounded_channel();
-        let dispatcher = Dispatcher {
-            config: DispatcherConfig {
-                retry: RetryPolicy {
-                    attempts: 3,
-                    base: Duration::from_secs(300),
-                    max: Duration::from_secs(300),
-                },
-                ..DispatcherConfig::default()
-            },
-            observer: Some(observer),
-            ..test_dispatcher(slot)
+        let retry = RetryPolicy {
+            attempts: 3,
+            base: Duration::from_secs(300),
+            max: Duration::from_secs(300),
         };
+        let (dispatcher, mut attempts) = observed_dispatcher(slot, retry, Arc::default());
         let (tx, rx) = tokio::sync::mpsc::channel(16);
         tx.send(WatchOutput::Event(Arc::new(event))).await.unwrap();
         let stop = tokio_util::sync::CancellationToken::new();

@@ -440,27 +440,6 @@ const CURRENT_DEPLOYMENT_STATUS: &str = r#"{"observedGeneration": 1, "replicas":
     {"type": "Available", "status": "True"},
     {"type": "Progressing", "status": "True", "reason": "NewReplicaSetAvailable"}]}"#;
 
-/// Output that a test reads while the command still writes it.
-#[derive(Clone, Default)]
-struct SharedOut(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
-
-impl SharedOut {
-    fn text(&self) -> String {
-        String::from_utf8(self.0.lock().unwrap().clone()).expect("utf-8 output")
-    }
-}
-
-impl std::io::Write for SharedOut {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 #[tokio::test]
 async fn status_command_exits_0_when_objects_become_current() {
     let client = common::client().await;
@@ -470,7 +449,7 @@ async fn status_command_exits_0_when_objects_become_current() {
     let path = file.path().to_str().expect("utf-8 temp path");
     let args = status_args(&["-f", path, "-n", ns.name(), "--timeout", "60s"]);
 
-    let out = SharedOut::default();
+    let out = common::SharedBuffer::default();
     let mut writer = out.clone();
     let mut stdin = std::io::empty();
     let (code, ()) = tokio::join!(
@@ -812,7 +791,21 @@ async fn a_kind_is_found_while_an_aggregated_api_is_down() {
         .await
         .expect("creating the APIService");
     // Run before any assertion, so that the APIService is deleted whatever happens (it would
-    // hold up every namespace deletion of the cluster).
+    // hold up every namespace deletion of the cluster). First, until the API server reports the
+    // aggregated API down (its discovery answers 503), so the command meets it down.
+    let mut seen_down = None;
+    for _ in 0..300 {
+        let request = http::Request::get(format!("/apis/{group}/v1"))
+            .body(Vec::new())
+            .expect("a request");
+        match client.request_text(request).await {
+            Err(kube::Error::Api(status)) if status.code == 503 => {
+                seen_down = Some(status.message);
+                break;
+            }
+            _ => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
     let args = status_args(&["-k", "configmap/cfg", "-n", ns.name(), "--timeout", "30s"]);
     let mut out = Vec::new();
     let code = status_cli::run_live(client.clone(), &args, &mut std::io::empty(), &mut out).await;
@@ -820,6 +813,7 @@ async fn a_kind_is_found_while_an_aggregated_api_is_down() {
         .delete(&format!("v1.{group}"), &DeleteParams::default())
         .await;
     let text = String::from_utf8(out).expect("utf-8 output");
+    assert!(seen_down.is_some(), "the aggregated API never answered 503");
     assert_eq!(code.expect("status command"), ExitCode::SUCCESS, "{text}");
     assert!(text.contains("all 1 objects are Current"), "{text}");
     ns.delete().await;

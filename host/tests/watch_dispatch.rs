@@ -372,6 +372,17 @@ async fn a_listener_that_joins_a_running_chain_gets_the_existing_objects() {
         seen.iter().any(|d| d.event.meta.name == "after")
     })
     .await;
+    // The catch-up is counted apart from what the API server sent.
+    let (_, metrics) = host.get("/metrics").await;
+    for series in [
+        r#"kubelisten_events_total{watch="things",kind="create"} 3"#,
+        r#"kubelisten_catch_up_events_total{watch="things"} 2"#,
+    ] {
+        assert!(
+            metrics.lines().any(|line| line == series),
+            "{series} missing in:\n{metrics}"
+        );
+    }
     let seen = host.stop().await;
 
     let calls_of = |listener: &str| -> Vec<String> {

@@ -70,6 +70,15 @@ impl Default for DispatcherConfig {
     }
 }
 
+impl DispatcherConfig {
+    /// The capacity of the channel the watch's tasks hand events over in: the queue's, at
+    /// most 256. With the queue, at most twice `queue_capacity` events wait, so a small
+    /// `--queue-capacity` bounds memory as it says.
+    pub fn handover_capacity(&self) -> usize {
+        self.queue_capacity.clamp(1, 256)
+    }
+}
+
 /// One attempt at one event, as reported to an observer (tests, metrics).
 #[derive(Debug, Clone)]
 pub struct Dispatched {
@@ -212,6 +221,11 @@ impl Dispatcher {
             received(EventKind::Delete.as_str()),
             received("error"),
         );
+        let catch_ups = self
+            .metrics
+            .catch_ups
+            .get_or_create(&labels([("watch", &self.watch)]))
+            .clone();
         loop {
             while tasks.len() < workers {
                 let Some((key, event)) = queues.next() else {
@@ -258,13 +272,18 @@ impl Dispatcher {
                         // Progress: under back-pressure the watch reads nothing from the API
                         // server while it waits for this queue, and must not look dead.
                         self.state.activity();
-                        self.state.events.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        self.state.track(&event);
-                        match event.kind {
-                            EventKind::Create => creates.inc(),
-                            EventKind::Update => updates.inc(),
-                            EventKind::Delete => deletes.inc(),
-                        };
+                        if event.only.is_some() {
+                            // A catch-up replays what the watch already reported.
+                            catch_ups.inc();
+                        } else {
+                            self.state.events.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            self.state.track(&event);
+                            match event.kind {
+                                EventKind::Create => creates.inc(),
+                                EventKind::Update => updates.inc(),
+                                EventKind::Delete => deletes.inc(),
+                            };
+                        }
                         queues.push(event);
                     }
                     Some(WatchOutput::Error(error)) => {
@@ -747,6 +766,18 @@ mod tests {
             wait(swaps, CancellationToken::new()).await.unwrap(),
             Duration::from_secs(300)
         );
+    }
+
+    #[test]
+    fn the_handover_is_no_larger_than_the_queue() {
+        let with = |queue_capacity| DispatcherConfig {
+            queue_capacity,
+            ..DispatcherConfig::default()
+        };
+        assert_eq!(with(1).handover_capacity(), 1);
+        assert_eq!(with(0).handover_capacity(), 1);
+        assert_eq!(with(100).handover_capacity(), 100);
+        assert_eq!(DispatcherConfig::default().handover_capacity(), 256);
     }
 
     #[test]

@@ -305,17 +305,19 @@ impl HotSwap {
         tracing::info!(path = %appeared.display(), "a module file that was not there is now; applying the modules ConfigMap again");
         // Not the same content as far as the module files go: apply it again.
         self.lock().applied = None;
-        self.apply_locked(&last).await;
+        self.apply_locked(&last, true).await;
     }
 
     /// Applies one version of the ConfigMap; returns what was rejected.
     pub async fn apply(&self, cm: &ConfigMap) -> Vec<Rejection> {
         let _one_at_a_time = self.current.lock().await;
-        self.apply_locked(cm).await
+        self.apply_locked(cm, false).await
     }
 
-    /// [`HotSwap::apply`], with `current` held by the caller.
-    async fn apply_locked(&self, cm: &ConfigMap) -> Vec<Rejection> {
+    /// [`HotSwap::apply`], with `current` held by the caller. `again`: the same ConfigMap
+    /// applied once more (a module file appeared); a rejection identical to the one already
+    /// on record for its listener is not reported again (log, counter, Event).
+    async fn apply_locked(&self, cm: &ConfigMap, again: bool) -> Vec<Rejection> {
         let binary = binary_of(cm);
         let text = cm
             .data
@@ -348,6 +350,8 @@ impl HotSwap {
             }
         };
         let mut rejections = Vec::new();
+        // Those reported (all but the repeated ones of a re-apply).
+        let mut reported = Vec::new();
         let mut missing_files = Vec::new();
         let mut next: HashMap<String, (Entry, Arc<Listener>)> = HashMap::new();
         for entry in &entries {
@@ -381,7 +385,12 @@ impl HotSwap {
                     if file_missing && rejection.digest.is_none() {
                         missing_files.push(path.to_path_buf());
                     }
-                    self.reject(&rejection);
+                    let repeated =
+                        again && self.lock().rejected.get(&rejection.listener) == Some(&rejection);
+                    if !repeated {
+                        self.reject(&rejection);
+                        reported.push(rejection.clone());
+                    }
                     // The running version (if any) keeps serving, as it was.
                     if let Some(kept) = self.lock().running.get(&entry.name).cloned() {
                         next.insert(entry.name.clone(), kept);
@@ -398,7 +407,7 @@ impl HotSwap {
             state.missing_files = (!missing_files.is_empty()).then(|| (cm.clone(), missing_files));
         }
         // The Events last: a slow Events API does not hold up the good listeners.
-        self.publish_all(&rejections).await;
+        self.publish_all(&reported).await;
         rejections
     }
 

@@ -128,6 +128,51 @@ pub fn router(state: Arc<ServerState>) -> Router {
         .with_state(state)
 }
 
+/// Binds the health server's address. The unspecified IPv6 address (`::`, the default) is
+/// bound dual-stack, IPv4 included whatever `net.ipv6.bindv6only` says, so the kubelet's probes
+/// reach it on IPv4, IPv6 and dual-stack clusters alike; where the kernel has no IPv6 at all,
+/// `0.0.0.0` (the same port) is bound instead.
+///
+/// # Errors
+/// The address cannot be bound (in use, not allowed).
+pub fn bind(addr: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+    let std = if addr.ip() == IpAddr::V6(Ipv6Addr::UNSPECIFIED) {
+        match dual_stack(addr) {
+            Ok(listener) => listener,
+            Err(err)
+                if !matches!(
+                    err.kind(),
+                    std::io::ErrorKind::AddrInUse | std::io::ErrorKind::PermissionDenied
+                ) =>
+            {
+                tracing::warn!(error = %err, "no IPv6 here: the health server binds IPv4 only (0.0.0.0)");
+                std::net::TcpListener::bind(SocketAddr::new(
+                    IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+                    addr.port(),
+                ))?
+            }
+            Err(err) => return Err(err),
+        }
+    } else {
+        std::net::TcpListener::bind(addr)?
+    };
+    std.set_nonblocking(true)?;
+    tokio::net::TcpListener::from_std(std)
+}
+
+/// A listening IPv6 socket on `addr` that takes IPv4 connections too.
+fn dual_stack(addr: std::net::SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::IPV6, Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_only_v6(false)?;
+    // As std and tokio do for a listener: a restart may bind while old connections linger.
+    socket.set_reuse_address(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    Ok(socket.into())
+}
+
 /// Serves `router(state)` on `listener` until `shutdown`.
 ///
 /// # Errors

@@ -63,6 +63,65 @@ pub fn kubeconfig_path() -> PathBuf {
     }
 }
 
+/// Writes to `path` a kubeconfig for the test cluster (the one of [`kubeconfig_path`], its CA
+/// path made absolute) that authenticates with `user` (a kubeconfig user entry, such as
+/// `{"token": ...}` or `{"tokenFile": ...}`), in `namespace` if one is given.
+pub fn user_kubeconfig(path: &std::path::Path, user: serde_json::Value, namespace: Option<&str>) {
+    let admin_path = kubeconfig_path();
+    let admin = std::fs::read_to_string(&admin_path).unwrap();
+    let admin: serde_json::Value = serde_saphyr::from_str(&admin).unwrap();
+    let mut cluster = admin["clusters"][0]["cluster"].clone();
+    if let Some(ca) = cluster["certificate-authority"].as_str() {
+        // A relative CA path is relative to the admin kubeconfig's directory.
+        let ca = admin_path.parent().unwrap().join(ca);
+        cluster["certificate-authority"] = serde_json::json!(ca);
+    }
+    let mut context = serde_json::json!({"cluster": "local", "user": "user"});
+    if let Some(namespace) = namespace {
+        context["namespace"] = serde_json::json!(namespace);
+    }
+    let kubeconfig = serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "local", "cluster": cluster}],
+        "users": [{"name": "user", "user": user}],
+        "contexts": [{"name": "local", "context": context}],
+        "current-context": "local",
+    });
+    std::fs::write(path, kubeconfig.to_string()).unwrap();
+}
+
+/// A `Write` into a shared buffer: captures what a command or the host's logger writes.
+#[derive(Clone, Default)]
+pub struct SharedBuffer(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl SharedBuffer {
+    /// What was written so far.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(
+            &self
+                .0
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        )
+        .into_owned()
+    }
+}
+
+impl std::io::Write for SharedBuffer {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 /// The kube client configuration for the test cluster (see [`kubeconfig_path`]).
 pub async fn config() -> Config {
     install_crypto_provider();
