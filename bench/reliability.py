@@ -96,7 +96,7 @@ def free_port():
 
 def kl_env():
     """kubelisten's environment: its health/metrics server on a free loopback port, so runs never
-    collide with another kubelisten on the default 0.0.0.0:8080. Returns (env, port)."""
+    collide with another kubelisten on the default port 8080. Returns (env, port)."""
     port = free_port()
     return {"RUST_LOG": "info", "KUBELISTEN_HEALTH_BIND": "127.0.0.1", "KUBELISTEN_HEALTH_PORT": str(port)}, port
 

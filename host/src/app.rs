@@ -413,7 +413,10 @@ pub async fn start(
         let dispatcher = Dispatcher {
             watch: name,
             chain,
-            config: settings.dispatch.clone(),
+            config: DispatcherConfig {
+                stop_grace: settings.shutdown_grace,
+                ..settings.dispatch.clone()
+            },
             observer: observer.clone(),
             state,
             failures: Some(failures.clone()),

@@ -314,7 +314,12 @@ mod tests {
         let listener =
             kubelisten::server::bind(std::net::SocketAddr::new(run.health_bind, 0)).expect("bound");
         let port = listener.local_addr().expect("address").port();
-        for ip in ["127.0.0.1", "::1"] {
+        // IPv6 loopback is not everywhere (a container with IPv6 turned off): then IPv4 only.
+        let ipv6 = std::net::TcpListener::bind("[::1]:0").is_ok();
+        for ip in ["127.0.0.1", "::1"]
+            .into_iter()
+            .take(if ipv6 { 2 } else { 1 })
+        {
             let ip: std::net::IpAddr = ip.parse().expect("an address");
             tokio::net::TcpStream::connect((ip, port))
                 .await

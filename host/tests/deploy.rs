@@ -616,14 +616,6 @@ fn run_help() -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// Plain HTTP/1.1 GET on 127.0.0.1: (status, body).
 fn http_get(port: u16, path: &str) -> std::io::Result<(u16, String)> {
     let mut stream = TcpStream::connect(("127.0.0.1", port))?;
@@ -837,7 +829,7 @@ async fn runs_with_nothing_but_its_service_account_token() {
 
     let help = run_help();
     let features = Features {
-        health: help.contains("--health-port").then(free_port),
+        health: help.contains("--health-port").then(common::free_port),
         leader_election: help.contains("--leader-election-namespace"),
         modules_configmap: help.contains("--modules-configmap"),
     };

@@ -762,6 +762,8 @@ async fn grant_changes_apply_to_an_unchanged_module_and_unknown_watches_are_reje
     };
     assert_eq!(outcome("granted").await, "ok");
 
+    let swaps = || *host.chain(0).swaps().borrow();
+    let before = swaps();
     // The same module without grants, plus an entry for a watch that does not exist.
     push(
         &cms,
@@ -781,6 +783,9 @@ async fn grant_changes_apply_to_an_unchanged_module_and_unknown_watches_are_reje
         revoked,
         "the grant removed from the ConfigMap still applies"
     );
+    // The grant change sets the chain again (ending the waits of events retrying on it) ...
+    let regranted = swaps();
+    assert!(regranted > before, "{before} -> {regranted}");
 
     let events: Api<k8s_openapi::api::events::v1::Event> =
         Api::namespaced(t.client.clone(), t.ns.name());
@@ -808,6 +813,19 @@ async fn grant_changes_apply_to_an_unchanged_module_and_unknown_watches_are_reje
         Some("1"),
         "a grant change keeps the instance: {metrics}"
     );
+    // ... an update that leaves the chain as it is does not.
+    push(
+        &cms,
+        "listeners:\n  - name: probe\n    module: probe.wasm\n  - {name: stray2, watch: nope, module: probe.wasm}\n",
+        &[("probe.wasm", guest_bytes("probe"))],
+    )
+    .await;
+    // (Its Event joins the series of the first stray entry's: look at the rejections.)
+    eventually("the second stray entry's rejection", || {
+        host.rejection("stray2").is_some()
+    })
+    .await;
+    assert_eq!(swaps(), regranted, "the unchanged chain was set again");
     host.stop().await;
     t.ns.delete().await;
 }

@@ -74,14 +74,6 @@ async fn logged_after(log: &LockLog, id: usize, message: &str, after: i64) -> i6
     );
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// Microseconds since the epoch of an RFC 3339 UTC timestamp.
 fn micros(ts: &str) -> i64 {
     let (date, time) = ts.trim_end_matches('Z').split_once('T').unwrap();
@@ -109,7 +101,7 @@ fn spawn(
     lock_log: LockLog,
     kubeconfig: &std::path::Path,
 ) -> Replica {
-    let port = free_port();
+    let port = common::free_port();
     let mut child = Command::new(env!("CARGO_BIN_EXE_kubelisten"))
         .args(["--log-format", "json", "run", "--crd"])
         .arg(crd)

@@ -1513,7 +1513,7 @@ fn retried_after_a_long_backoff(
 }
 
 #[test]
-fn a_graceful_stop_makes_an_events_remaining_attempts_without_waiting() {
+fn a_graceful_stop_makes_the_attempts_whose_waits_would_outlast_the_drain_at_once() {
     let (rt, _capture, _cache) = runtime();
     let faulty = load(&rt, "faulty", Mode::Classname);
     let slot = Arc::new(kubelisten::dispatch::ChainSlot::new(Chain::new(vec![
@@ -1524,7 +1524,8 @@ fn a_graceful_stop_makes_an_events_remaining_attempts_without_waiting() {
         event(EventKind::Delete, "a", Some("error")),
         tokio_util::sync::CancellationToken::cancel,
     );
-    // Every attempt was made (none lost in a sleep the grace period would cut), and failed.
+    // Every attempt was made (none lost in a sleep the grace period, 30 s, would cut), and
+    // failed.
     let made: Vec<_> = attempts
         .iter()
         .map(|a| (a.attempt, a.report.calls[0].outcome.label()))

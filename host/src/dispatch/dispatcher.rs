@@ -58,6 +58,9 @@ pub struct DispatcherConfig {
     pub queue_capacity: usize,
     /// Retries of failed events.
     pub retry: RetryPolicy,
+    /// How long the drain of a graceful stop may take (`--shutdown-grace`): after the stop, a
+    /// retry's wait that would end later is skipped (see [`Dispatcher::run`]).
+    pub stop_grace: Duration,
 }
 
 impl Default for DispatcherConfig {
@@ -66,6 +69,7 @@ impl Default for DispatcherConfig {
             workers: 8,
             queue_capacity: 1024,
             retry: RetryPolicy::default(),
+            stop_grace: Duration::from_secs(30),
         }
     }
 }
@@ -199,6 +203,11 @@ impl Dispatcher {
         let mut next_error: Option<crate::event::WatchErrorInfo> = None;
         let mut rx_open = true;
         let mut draining = false;
+        let stop = Stop {
+            token: cancel.clone(),
+            at: Arc::default(),
+            grace: self.config.stop_grace,
+        };
         self.state
             .dispatcher_alive
             .store(true, std::sync::atomic::Ordering::Relaxed);
@@ -231,7 +240,7 @@ impl Dispatcher {
                 let Some((key, event)) = queues.next() else {
                     break;
                 };
-                let task = tasks.spawn(self.handle(event, cancel.clone()));
+                let task = tasks.spawn(self.handle(event, stop.clone()));
                 keys.insert(task.id(), key);
             }
             depth.set(i64::try_from(queues.queued).unwrap_or(i64::MAX));
@@ -247,6 +256,7 @@ impl Dispatcher {
                 biased;
                 _ = cancel.cancelled(), if !draining => {
                     draining = true;
+                    let _ = stop.at.set(tokio::time::Instant::now());
                     tracing::info!(watch = %self.watch, queued = queues.queued, in_flight = tasks.len(), "stopping: handling the events already received");
                 }
                 Some(done) = tasks.join_next_with_id(), if !tasks.is_empty() => {
@@ -326,15 +336,16 @@ impl Dispatcher {
     }
 
     /// Handles one event with retries. A retry's backoff ends early when the chain is replaced
-    /// (a hot swap: the new module may be the fix, so it is tried at once) and at a graceful
-    /// stop (`stop`): from then on the event's remaining attempts are made without waiting, so
-    /// they fit in the grace period instead of being aborted in a sleep. A crash-loop wait also
-    /// ends on a swap, but not on a stop (the listener is not called before its probe is due,
-    /// and the grace period bounds the wait).
+    /// (a hot swap: the new module may be the fix, so it is tried at once). After a graceful
+    /// stop, a retry's wait that would end after the drain's deadline (the stop plus
+    /// [`DispatcherConfig::stop_grace`]) is skipped: the attempt is made at once instead of
+    /// being aborted in its sleep; shorter waits are kept, so a brief outage downstream does
+    /// not use up the attempts. A crash-loop wait also ends on a swap, but not on a stop (the
+    /// listener is not called before its probe is due, and the grace period bounds the wait).
     fn handle(
         &self,
         event: Arc<ResourceEvent>,
-        stop: CancellationToken,
+        stop: Stop,
     ) -> impl std::future::Future<Output = ()> + Send + 'static {
         let chain = self.chain.clone();
         let observer = self.observer.clone();
@@ -351,7 +362,8 @@ impl Dispatcher {
                 // Subscribed before the attempt, so a swap during it ends a backoff wait at once.
                 let mut swaps = chain.swaps();
                 let started = Instant::now();
-                let (chain_, event_) = (chain.get(), event.clone());
+                let attempted = chain.get();
+                let (chain_, event_) = (attempted.clone(), event.clone());
                 let report = match tokio::task::spawn_blocking(move || chain_.dispatch(&event_))
                     .await
                 {
@@ -395,7 +407,14 @@ impl Dispatcher {
                 }
                 match backed_off {
                     Some(held) => wait_out_backoff(&state, held, &mut swaps).await,
-                    None => retry_wait(&state, retry.delay(attempt), &mut swaps, &stop).await,
+                    None => {
+                        let swapped = Swapped {
+                            slot: &chain,
+                            attempted: &attempted,
+                            swaps: &mut swaps,
+                        };
+                        retry_wait(&state, retry.delay(attempt), swapped, &stop).await;
+                    }
                 }
             }
         }
@@ -406,31 +425,62 @@ impl Dispatcher {
 /// activity.
 const BEAT: Duration = Duration::from_secs(5);
 
+/// A graceful stop, as the event tasks see it.
+#[derive(Clone)]
+struct Stop {
+    /// Cancelled at the stop.
+    token: CancellationToken,
+    /// When the dispatcher saw the stop.
+    at: Arc<std::sync::OnceLock<tokio::time::Instant>>,
+    /// How long the drain may take from then.
+    grace: Duration,
+}
+
+impl Stop {
+    /// When the drain runs out (from `now` if the dispatcher has not noted the stop yet).
+    fn deadline(&self, now: tokio::time::Instant) -> tokio::time::Instant {
+        self.at.get().copied().unwrap_or(now) + self.grace
+    }
+}
+
+/// What tells a retry's wait that the chain was replaced: the slot, the chain the failed
+/// attempt ran on, and the slot's swaps (subscribed before that attempt took its chain).
+struct Swapped<'a> {
+    slot: &'a ChainSlot,
+    attempted: &'a Arc<super::Chain>,
+    swaps: &'a mut tokio::sync::watch::Receiver<u64>,
+}
+
 /// Sleeps `delay` (a retry's backoff), recording watch activity every few seconds: with every
 /// worker waiting to retry, nothing else reads the watch, and a long retry backoff must not
 /// make `/healthz` fail (a restart would only relist everything and start the retries over).
-/// Ends early when a new chain is set (`swaps`, subscribed before the failed attempt) or at a
-/// graceful stop (`stop`).
-async fn retry_wait(
-    state: &WatchState,
-    delay: Duration,
-    swaps: &mut tokio::sync::watch::Receiver<u64>,
-    stop: &CancellationToken,
-) {
+///
+/// Ends early when a chain other than the one the failed attempt ran on is set (a swap that
+/// came before the attempt took its chain does not count), and, after a graceful stop, at
+/// once if the wait would end after the drain's deadline.
+async fn retry_wait(state: &WatchState, delay: Duration, swapped: Swapped<'_>, stop: &Stop) {
     let until = tokio::time::Instant::now() + delay;
-    let mut swaps_open = true;
+    let (mut swaps_open, mut stopped) = (true, false);
     loop {
         state.activity();
         let now = tokio::time::Instant::now();
         if now >= until {
             return;
         }
+        if !stopped && stop.token.is_cancelled() {
+            stopped = true;
+            if until > stop.deadline(now) {
+                return;
+            }
+        }
         tokio::select! {
             () = tokio::time::sleep((until - now).min(BEAT)) => {}
-            () = stop.cancelled() => return,
+            // Looked at once, in the next turn of the loop.
+            () = stop.token.cancelled(), if !stopped => {}
             // As in `wait_out_backoff`: an error is a sender gone with nothing new.
-            changed = swaps.changed(), if swaps_open => match changed {
-                Ok(()) => return,
+            changed = swapped.swaps.changed(), if swaps_open => match changed {
+                Ok(()) if !Arc::ptr_eq(&swapped.slot.get(), swapped.attempted) => return,
+                Ok(()) => {}
                 Err(_) => swaps_open = false,
             },
         }
@@ -677,12 +727,17 @@ mod tests {
             let state = state.clone();
             async move {
                 let slot = crate::dispatch::ChainSlot::default();
+                let swapped = Swapped {
+                    slot: &slot,
+                    attempted: &slot.get(),
+                    swaps: &mut slot.swaps(),
+                };
                 let started = tokio::time::Instant::now();
                 retry_wait(
                     &state,
                     Duration::from_secs(120),
-                    &mut slot.swaps(),
-                    &CancellationToken::new(),
+                    swapped,
+                    &stop_with(Duration::from_secs(30)),
                 )
                 .await;
                 started.elapsed()
@@ -732,40 +787,93 @@ mod tests {
         assert_eq!(held_for_300s(settled).await, Duration::from_secs(300));
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn a_swap_or_a_stop_ends_a_retrys_wait() {
-        let slot = Arc::new(crate::dispatch::ChainSlot::default());
-        let stop = CancellationToken::new();
-        let wait = |mut swaps: tokio::sync::watch::Receiver<u64>, stop: CancellationToken| {
+    /// A stop whose drain may take `grace`.
+    fn stop_with(grace: Duration) -> Stop {
+        Stop {
+            token: CancellationToken::new(),
+            at: Arc::default(),
+            grace,
+        }
+    }
+
+    /// Waits out a 300 s retry backoff after an attempt on `attempted` (subscribed to `slot`'s
+    /// swaps by `swaps`); returns the (paused) time it took.
+    fn wait_300s(
+        slot: Arc<crate::dispatch::ChainSlot>,
+        attempted: Arc<crate::dispatch::Chain>,
+        mut swaps: tokio::sync::watch::Receiver<u64>,
+        stop: Stop,
+    ) -> tokio::task::JoinHandle<Duration> {
+        tokio::spawn(async move {
             let state = WatchState::default();
-            tokio::spawn(async move {
-                let started = tokio::time::Instant::now();
-                retry_wait(&state, Duration::from_secs(300), &mut swaps, &stop).await;
-                started.elapsed()
-            })
-        };
+            let started = tokio::time::Instant::now();
+            let swapped = Swapped {
+                slot: &slot,
+                attempted: &attempted,
+                swaps: &mut swaps,
+            };
+            retry_wait(&state, Duration::from_secs(300), swapped, &stop).await;
+            started.elapsed()
+        })
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_swap_ends_a_retrys_wait() {
+        let slot = Arc::new(crate::dispatch::ChainSlot::default());
+        let never = || stop_with(Duration::from_secs(30));
         // A swap 7 s in.
-        let waiting = wait(slot.swaps(), stop.clone());
+        let waiting = wait_300s(slot.clone(), slot.get(), slot.swaps(), never());
         tokio::time::sleep(Duration::from_secs(7)).await;
         slot.set(crate::dispatch::Chain::default());
         assert_eq!(waiting.await.unwrap(), Duration::from_secs(7));
-        // A swap between the subscription (before the attempt) and the wait: no wait at all.
+        // A swap after the subscription and after the attempt took its chain: no wait at all.
+        let (swaps, attempted) = (slot.swaps(), slot.get());
+        slot.set(crate::dispatch::Chain::default());
+        let waited = wait_300s(slot.clone(), attempted, swaps, never());
+        assert_eq!(waited.await.unwrap(), Duration::ZERO);
+        // A swap after the subscription but before the attempt took its chain: the attempt ran
+        // on the new chain already, so the whole wait.
         let swaps = slot.swaps();
         slot.set(crate::dispatch::Chain::default());
-        assert_eq!(wait(swaps, stop.clone()).await.unwrap(), Duration::ZERO);
-        // A stop 3 s in; and once stopped, no wait.
-        let waiting = wait(slot.swaps(), stop.clone());
-        tokio::time::sleep(Duration::from_secs(3)).await;
-        stop.cancel();
-        assert_eq!(waiting.await.unwrap(), Duration::from_secs(3));
-        assert_eq!(wait(slot.swaps(), stop).await.unwrap(), Duration::ZERO);
-        // Neither: the whole delay, also when the slot is gone (nor does it spin).
-        let swaps = slot.swaps();
+        let waited = wait_300s(slot.clone(), slot.get(), swaps, never());
+        assert_eq!(waited.await.unwrap(), Duration::from_secs(300));
+        // The slot gone: the whole wait (nor does it spin: the paused clock would not move).
+        let (swaps, attempted) = (slot.swaps(), slot.get());
+        let waiting = wait_300s(Arc::new(Default::default()), attempted, swaps, never());
         drop(slot);
-        assert_eq!(
-            wait(swaps, CancellationToken::new()).await.unwrap(),
-            Duration::from_secs(300)
-        );
+        assert_eq!(waiting.await.unwrap(), Duration::from_secs(300));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn after_a_stop_only_a_retrys_wait_that_outlasts_the_drain_is_skipped() {
+        let slot = Arc::new(crate::dispatch::ChainSlot::default());
+        // The stop 3 s in, with 400 s to drain: the 300 s wait is kept.
+        let stop = stop_with(Duration::from_secs(400));
+        let waiting = wait_300s(slot.clone(), slot.get(), slot.swaps(), stop.clone());
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        stop.token.cancel();
+        assert_eq!(waiting.await.unwrap(), Duration::from_secs(300));
+        // With 30 s to drain it would end too late: the attempt is made at the stop.
+        let stop = stop_with(Duration::from_secs(30));
+        let waiting = wait_300s(slot.clone(), slot.get(), slot.swaps(), stop.clone());
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        stop.token.cancel();
+        assert_eq!(waiting.await.unwrap(), Duration::from_secs(3));
+        // Stopped 100 s ago with 350 s to drain (the dispatcher noted when): a 300 s wait
+        // starting now would end 50 s too late, so it is skipped ...
+        let stop = stop_with(Duration::from_secs(350));
+        let _ = stop.at.set(tokio::time::Instant::now());
+        stop.token.cancel();
+        tokio::time::sleep(Duration::from_secs(100)).await;
+        let waited = wait_300s(slot.clone(), slot.get(), slot.swaps(), stop);
+        assert_eq!(waited.await.unwrap(), Duration::ZERO);
+        // ... and with 400 s to drain, kept.
+        let stop = stop_with(Duration::from_secs(400));
+        let _ = stop.at.set(tokio::time::Instant::now());
+        stop.token.cancel();
+        tokio::time::sleep(Duration::from_secs(100)).await;
+        let waited = wait_300s(slot.clone(), slot.get(), slot.swaps(), stop);
+        assert_eq!(waited.await.unwrap(), Duration::from_secs(300));
     }
 
     #[test]

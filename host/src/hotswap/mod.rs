@@ -510,14 +510,20 @@ impl HotSwap {
         // A copy: `running` keeps the old versions until the new ones are in (at the end), so
         // `/readyz` never sees an empty set while the swap waits for calls in flight.
         let old = self.lock().running.clone();
+        // Listeners whose grants this update changes.
+        let regranted: std::collections::HashSet<&str> = next
+            .iter()
+            .filter(|(name, (entry, _))| {
+                old.get(*name)
+                    .is_none_or(|(prev, _)| prev.capabilities != entry.capabilities)
+            })
+            .map(|(name, _)| name.as_str())
+            .collect();
         // The new grants first: a new version never runs with the old ones (calls still in
         // flight on the old version may see the new ones).
         if let Some(cluster) = &self.cluster {
             for (name, (entry, _)) in &next {
-                let changed = old
-                    .get(name)
-                    .is_none_or(|(prev, _)| prev.capabilities != entry.capabilities);
-                if changed {
+                if regranted.contains(name.as_str()) {
                     cluster.set_capabilities(name, entry.capabilities.clone());
                     tracing::info!(listener = %name, grants = entry.capabilities.grants.len(), "capabilities set from the modules ConfigMap");
                 }
@@ -535,7 +541,20 @@ impl HotSwap {
         let guards: Vec<_> = pairs.iter().map(|(_, new)| new.begin_handover()).collect();
         let mut retired = Vec::new();
         for (watch, listeners) in chains {
-            if let Some(slot) = self.slots.get(&watch) {
+            let Some(slot) = self.slots.get(&watch) else {
+                continue;
+            };
+            // A chain left as it was (the same instances, in order, with the same grants) is
+            // not set again: a set ends the waits of events retrying on it.
+            let current = slot.get();
+            let unchanged = current.listeners().len() == listeners.len()
+                && current
+                    .listeners()
+                    .iter()
+                    .zip(&listeners)
+                    .all(|(now, next)| Arc::ptr_eq(now, next))
+                && !listeners.iter().any(|l| regranted.contains(&**l.name()));
+            if !unchanged {
                 retired.push(slot.set(Chain::new(listeners)));
             }
         }

@@ -129,9 +129,10 @@ pub fn router(state: Arc<ServerState>) -> Router {
 }
 
 /// Binds the health server's address. The unspecified IPv6 address (`::`, the default) is
-/// bound dual-stack, IPv4 included whatever `net.ipv6.bindv6only` says, so the kubelet's probes
-/// reach it on IPv4, IPv6 and dual-stack clusters alike; where the kernel has no IPv6 at all,
-/// `0.0.0.0` (the same port) is bound instead.
+/// always bound dual-stack, IPv4 included whatever `net.ipv6.bindv6only` says, so the
+/// kubelet's probes reach it on IPv4, IPv6 and dual-stack clusters alike (to serve IPv6 only,
+/// bind a specific IPv6 address); where the kernel has no IPv6 at all, `0.0.0.0` (the same
+/// port) is bound instead.
 ///
 /// # Errors
 /// The address cannot be bound (in use, not allowed).
@@ -140,10 +141,17 @@ pub fn bind(addr: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpListen
     let std = if addr.ip() == IpAddr::V6(Ipv6Addr::UNSPECIFIED) {
         match dual_stack(addr) {
             Ok(listener) => listener,
+            // No IPv6 in this kernel (or none configured): the socket cannot be made, the
+            // dual-stack option is refused, or there is no IPv6 address to bind.
             Err(err)
-                if !matches!(
-                    err.kind(),
-                    std::io::ErrorKind::AddrInUse | std::io::ErrorKind::PermissionDenied
+                if matches!(
+                    err.raw_os_error(),
+                    Some(
+                        libc::EAFNOSUPPORT
+                            | libc::EPROTONOSUPPORT
+                            | libc::EADDRNOTAVAIL
+                            | libc::EINVAL
+                    )
                 ) =>
             {
                 tracing::warn!(error = %err, "no IPv6 here: the health server binds IPv4 only (0.0.0.0)");
@@ -166,7 +174,9 @@ fn dual_stack(addr: std::net::SocketAddr) -> std::io::Result<std::net::TcpListen
     use socket2::{Domain, Protocol, Socket, Type};
     let socket = Socket::new(Domain::IPV6, Type::STREAM, Some(Protocol::TCP))?;
     socket.set_only_v6(false)?;
-    // As std and tokio do for a listener: a restart may bind while old connections linger.
+    // As std and tokio do for a listener on Unix: a restart may bind while old connections
+    // linger.
+    #[cfg(unix)]
     socket.set_reuse_address(true)?;
     socket.bind(&addr.into())?;
     socket.listen(1024)?;

@@ -149,9 +149,9 @@ struct WatchLine {
 
 /// Runs the list/watch loop until `tx` is closed or `stop` is cancelled, sending events, errors
 /// and sync marks. Failures are retried with exponential backoff (200 ms up to 30 s), as is a
-/// watch that ends at once without a line; the backoff starts over once a watch has worked
-/// (received a line or stayed open a while), and an expired resourceVersion after such a watch
-/// is relisted at once.
+/// watch that ends at once without an event or bookmark; the backoff starts over once a watch
+/// has worked (its stream received one, or stayed open a while), and an expired
+/// resourceVersion after such a watch is relisted at once.
 ///
 /// `stop` (a graceful shutdown) ends the loop without losing what would not come back: it stops
 /// reading the watch stream and abandons requests not answered yet, but the deletes a list's
@@ -184,6 +184,7 @@ pub async fn run(
         connected: false,
         lists: 0,
         lines: 0,
+        opened: None,
         joined,
         caught_up,
         stop: stop.clone(),
@@ -194,19 +195,22 @@ pub async fn run(
             return;
         }
         let watching = reflector.resource_version.clone();
-        let (lines_before, started) = (reflector.lines, tokio::time::Instant::now());
+        let lines_before = reflector.lines;
+        reflector.opened = None;
         let result = match &watching {
             None => reflector.list().await,
             Some(rv) => reflector.watch(rv).await,
         };
-        // A watch that received something, or stayed open a while, worked: the backoff starts
-        // over. A list alone does not reset it (a list whose watch fails at once, again and
-        // again, must not be retried in a tight loop).
+        // A watch whose stream received something, or stayed open a while, worked: the backoff
+        // starts over. A list alone does not reset it (a list whose watch fails at once, again
+        // and again, must not be retried in a tight loop), nor does a request that failed,
+        // however long it took (an overloaded server answering 429 or 5xx slowly).
+        let quick = QUICK_WATCH.min(Duration::from_secs(reflector.timeout_seconds().into()) / 2);
         let worked = watching.is_some()
             && (reflector.lines > lines_before
-                || started.elapsed()
-                    >= QUICK_WATCH
-                        .min(Duration::from_secs(reflector.timeout_seconds().into()) / 2));
+                || reflector
+                    .opened
+                    .is_some_and(|opened| opened.elapsed() >= quick));
         if worked {
             delay = FIRST_RETRY;
         }
@@ -214,7 +218,9 @@ pub async fn run(
             Ok(()) => {
                 if watching.is_some() && !worked {
                     // As client-go's "very short watch": a server (or a proxy) that ends every
-                    // watch at once would otherwise be asked again without pause.
+                    // watch at once would otherwise be asked again without pause. Not connected
+                    // meanwhile: nothing is watched.
+                    reflector.set_connected(false);
                     tracing::warn!(watch = %reflector.spec.name, retry_in_ms = delay.as_millis() as u64, "the watch ended at once without any event; reopening it after a backoff");
                 }
                 watching.is_some() && !worked
@@ -239,9 +245,9 @@ pub async fn run(
                     return;
                 }
                 // A resourceVersion expires in normal operation (etcd compaction): after a
-                // watch that worked, the relist is at once. An expiry right after a list (the
-                // list's own version already gone, or a continue token too old) waits like
-                // any other failure.
+                // watch that worked, the relist is at once. An expiry from a watch that received
+                // nothing (say right after a list whose own version is already gone), or from a
+                // list (a continue token too old), waits like any other failure.
                 !(expired && worked)
             }
         };
@@ -276,6 +282,8 @@ struct Reflector {
     lists: u64,
     /// Events and bookmarks read from watch streams (not errors), to tell a watch that worked.
     lines: u64,
+    /// When the current watch's stream opened (its response headers came), if it did.
+    opened: Option<tokio::time::Instant>,
     /// Listeners joining the chain (see [`run`]).
     joined: Option<mpsc::UnboundedReceiver<Joined>>,
     /// The chain generation this task has caught up with; stamped on every event it sends.
@@ -436,6 +444,7 @@ impl Reflector {
         let reader = self
             .answered("the watch request", self.client.request_stream(req))
             .await?;
+        self.opened = Some(tokio::time::Instant::now());
         // Silence while waiting for the next line (not while this task waits on back-pressure
         // or a catch-up) longer than this: the peer is gone.
         let limit = Duration::from_secs(u64::from(timeout));
@@ -705,24 +714,38 @@ mod tests {
     fn scripted_api(
         list: impl Fn(usize) -> String + Send + Sync + 'static,
         watch: impl Fn(usize) -> String + Send + Sync + 'static,
-    ) -> (
-        Client,
-        mpsc::UnboundedReceiver<(bool, tokio::time::Instant)>,
-    ) {
+    ) -> (Client, Requests) {
+        scripted_replies(list, move |n| (Duration::ZERO, 200, watch(n)))
+    }
+
+    /// Every request a scripted fake API server answered: (is a watch, when).
+    type Requests = mpsc::UnboundedReceiver<(bool, tokio::time::Instant)>;
+
+    /// [`scripted_api`] whose `n`th watch is answered after a while, with a status:
+    /// `watch(n)` is (after, status, body).
+    fn scripted_replies(
+        list: impl Fn(usize) -> String + Send + Sync + 'static,
+        watch: impl Fn(usize) -> (Duration, u16, String) + Send + Sync + 'static,
+    ) -> (Client, Requests) {
         let (seen_tx, seen_rx) = mpsc::unbounded_channel();
         let (lists, watches) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
         let service = tower::service_fn(move |req: http::Request<kube::client::Body>| {
             let is_watch = req.uri().query().is_some_and(|q| q.contains("watch=true"));
             let _ = seen_tx.send((is_watch, tokio::time::Instant::now()));
-            let body = if is_watch {
+            let (after, status, body) = if is_watch {
                 watch(watches.fetch_add(1, Ordering::Relaxed))
             } else {
-                list(lists.fetch_add(1, Ordering::Relaxed))
+                (
+                    Duration::ZERO,
+                    200,
+                    list(lists.fetch_add(1, Ordering::Relaxed)),
+                )
             };
             async move {
+                tokio::time::sleep(after).await;
                 Ok::<_, std::convert::Infallible>(
                     http::Response::builder()
-                        .status(200)
+                        .status(status)
                         .header(http::header::CONTENT_TYPE, "application/json")
                         .body(kube::client::Body::from(body.into_bytes()))
                         .unwrap(),
@@ -796,7 +819,7 @@ mod tests {
 
     /// The times of the next `n` requests of one kind (watches or lists), skipping the others.
     async fn next_requests(
-        seen: &mut mpsc::UnboundedReceiver<(bool, tokio::time::Instant)>,
+        seen: &mut Requests,
         watches: bool,
         n: usize,
     ) -> Vec<tokio::time::Instant> {
@@ -846,6 +869,22 @@ mod tests {
         while let Ok((is_watch, _)) = seen.try_recv() {
             assert!(is_watch, "a list after an empty watch");
         }
+    }
+
+    #[tokio::test(flavor = "current_thread", start_paused = true)]
+    async fn a_watch_request_that_fails_slowly_does_not_reset_the_backoff() {
+        let failed = r#"{"kind":"Status","apiVersion":"v1","status":"Failure","message":"busy","reason":"InternalError","code":500}"#;
+        let (client, mut seen) = scripted_replies(
+            |_| EMPTY_LIST.into(),
+            move |_| (Duration::from_secs(2), 500, failed.to_string()),
+        );
+        let (tx, _rx) = mpsc::channel(1000);
+        let task = tokio::spawn(run(client, things_spec(), tx, None, Default::default()));
+        let watches = next_requests(&mut seen, true, 5).await;
+        task.abort();
+        let gaps = gaps_ms(&watches);
+        // 2 s for the answer, then the backoff, growing.
+        assert!(about(&gaps, &[2200, 2400, 2800, 3600]), "{gaps:?}");
     }
 
     #[tokio::test(flavor = "current_thread", start_paused = true)]

@@ -91,6 +91,17 @@ pub fn user_kubeconfig(path: &std::path::Path, user: serde_json::Value, namespac
     std::fs::write(path, kubeconfig.to_string()).unwrap();
 }
 
+/// A TCP port free now on every address (the host's health server binds `::`, dual-stack;
+/// IPv4 only where there is no IPv6).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("[::]:0")
+        .or_else(|_| std::net::TcpListener::bind("0.0.0.0:0"))
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 /// A `Write` into a shared buffer: captures what a command or the host's logger writes.
 #[derive(Clone, Default)]
 pub struct SharedBuffer(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);

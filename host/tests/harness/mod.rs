@@ -183,6 +183,8 @@ pub fn settings(workers: usize) -> RunSettings {
                 base: Duration::from_millis(50),
                 max: Duration::from_millis(200),
             },
+            // `app::start` takes it from `shutdown_grace`.
+            ..DispatcherConfig::default()
         },
         watch_timeout: Duration::from_secs(30),
         shutdown_grace: Duration::from_secs(10),
