@@ -817,7 +817,7 @@ async fn a_kind_is_found_while_an_aggregated_api_is_down() {
         let _ = services
             .delete(&format!("v1.{group}"), &DeleteParams::default())
             .await;
-        panic!("the aggregated API never answered 503");
+        panic!("the API server never found the aggregated API down (Available=False)");
     }
     let args = status_args(&["-k", "configmap/cfg", "-n", ns.name(), "--timeout", "30s"]);
     let mut out = Vec::new();

@@ -362,8 +362,12 @@ impl Dispatcher {
                 // Subscribed before the attempt, so a swap during it ends a backoff wait at once.
                 let mut swaps = chain.swaps();
                 let started = Instant::now();
-                let attempted = chain.get();
-                let (chain_, event_) = (attempted.clone(), event.clone());
+                let chain_ = chain.get();
+                // Only its address, to tell a later swap: a strong reference held through the
+                // Events and the wait below would hold up a swap's state hand-over, which waits
+                // for the old chain to be unused.
+                let attempted = Arc::downgrade(&chain_);
+                let event_ = event.clone();
                 let report = match tokio::task::spawn_blocking(move || chain_.dispatch(&event_))
                     .await
                 {
@@ -413,7 +417,9 @@ impl Dispatcher {
                             attempted: &attempted,
                             swaps: &mut swaps,
                         };
-                        retry_wait(&state, retry.delay(attempt), swapped, &stop).await;
+                        let next_attempt = (finished - started) * 2;
+                        let delay = retry.delay(attempt);
+                        retry_wait(&state, delay, swapped, &stop, next_attempt).await;
                     }
                 }
             }
@@ -437,9 +443,9 @@ struct Stop {
 }
 
 impl Stop {
-    /// When the drain runs out (from `now` if the dispatcher has not noted the stop yet).
-    fn deadline(&self, now: tokio::time::Instant) -> tokio::time::Instant {
-        self.at.get().copied().unwrap_or(now) + self.grace
+    /// When the drain runs out (the stop noted now if the dispatcher has not yet).
+    fn deadline(&self) -> tokio::time::Instant {
+        *self.at.get_or_init(tokio::time::Instant::now) + self.grace
     }
 }
 
@@ -447,7 +453,8 @@ impl Stop {
 /// attempt ran on, and the slot's swaps (subscribed before that attempt took its chain).
 struct Swapped<'a> {
     slot: &'a ChainSlot,
-    attempted: &'a Arc<super::Chain>,
+    /// Weak: it keeps the address (no new chain can take it), not the chain.
+    attempted: &'a std::sync::Weak<super::Chain>,
     swaps: &'a mut tokio::sync::watch::Receiver<u64>,
 }
 
@@ -457,8 +464,16 @@ struct Swapped<'a> {
 ///
 /// Ends early when a chain other than the one the failed attempt ran on is set (a swap that
 /// came before the attempt took its chain does not count), and, after a graceful stop, at
-/// once if the wait would end after the drain's deadline.
-async fn retry_wait(state: &WatchState, delay: Duration, swapped: Swapped<'_>, stop: &Stop) {
+/// once unless the wait and then `next_attempt` (the time allowed for the attempt after it)
+/// end before the drain's deadline. A wait that is kept holds its worker and its object's
+/// later events meanwhile.
+async fn retry_wait(
+    state: &WatchState,
+    delay: Duration,
+    swapped: Swapped<'_>,
+    stop: &Stop,
+    next_attempt: Duration,
+) {
     let until = tokio::time::Instant::now() + delay;
     let (mut swaps_open, mut stopped) = (true, false);
     loop {
@@ -469,7 +484,7 @@ async fn retry_wait(state: &WatchState, delay: Duration, swapped: Swapped<'_>, s
         }
         if !stopped && stop.token.is_cancelled() {
             stopped = true;
-            if until > stop.deadline(now) {
+            if until + next_attempt > stop.deadline() {
                 return;
             }
         }
@@ -479,7 +494,9 @@ async fn retry_wait(state: &WatchState, delay: Duration, swapped: Swapped<'_>, s
             () = stop.token.cancelled(), if !stopped => {}
             // As in `wait_out_backoff`: an error is a sender gone with nothing new.
             changed = swapped.swaps.changed(), if swaps_open => match changed {
-                Ok(()) if !Arc::ptr_eq(&swapped.slot.get(), swapped.attempted) => return,
+                Ok(()) if !std::ptr::eq(Arc::as_ptr(&swapped.slot.get()), swapped.attempted.as_ptr()) => {
+                    return
+                }
                 Ok(()) => {}
                 Err(_) => swaps_open = false,
             },
@@ -729,7 +746,7 @@ mod tests {
                 let slot = crate::dispatch::ChainSlot::default();
                 let swapped = Swapped {
                     slot: &slot,
-                    attempted: &slot.get(),
+                    attempted: &Arc::downgrade(&slot.get()),
                     swaps: &mut slot.swaps(),
                 };
                 let started = tokio::time::Instant::now();
@@ -738,6 +755,7 @@ mod tests {
                     Duration::from_secs(120),
                     swapped,
                     &stop_with(Duration::from_secs(30)),
+                    Duration::ZERO,
                 )
                 .await;
                 started.elapsed()
@@ -801,18 +819,31 @@ mod tests {
     fn wait_300s(
         slot: Arc<crate::dispatch::ChainSlot>,
         attempted: Arc<crate::dispatch::Chain>,
+        swaps: tokio::sync::watch::Receiver<u64>,
+        stop: Stop,
+    ) -> tokio::task::JoinHandle<Duration> {
+        wait_300s_then(slot, attempted, swaps, stop, Duration::ZERO)
+    }
+
+    /// [`wait_300s`], with `next_attempt` allowed for the attempt after the wait.
+    fn wait_300s_then(
+        slot: Arc<crate::dispatch::ChainSlot>,
+        attempted: Arc<crate::dispatch::Chain>,
         mut swaps: tokio::sync::watch::Receiver<u64>,
         stop: Stop,
+        next_attempt: Duration,
     ) -> tokio::task::JoinHandle<Duration> {
         tokio::spawn(async move {
             let state = WatchState::default();
             let started = tokio::time::Instant::now();
+            let attempted = Arc::downgrade(&attempted);
             let swapped = Swapped {
                 slot: &slot,
                 attempted: &attempted,
                 swaps: &mut swaps,
             };
-            retry_wait(&state, Duration::from_secs(300), swapped, &stop).await;
+            let delay = Duration::from_secs(300);
+            retry_wait(&state, delay, swapped, &stop, next_attempt).await;
             started.elapsed()
         })
     }
@@ -867,13 +898,30 @@ mod tests {
         tokio::time::sleep(Duration::from_secs(100)).await;
         let waited = wait_300s(slot.clone(), slot.get(), slot.swaps(), stop);
         assert_eq!(waited.await.unwrap(), Duration::ZERO);
-        // ... and with 400 s to drain, kept.
+        // ... and with 400 s to drain, kept, unless the attempt after it may take too long.
         let stop = stop_with(Duration::from_secs(400));
         let _ = stop.at.set(tokio::time::Instant::now());
         stop.token.cancel();
         tokio::time::sleep(Duration::from_secs(100)).await;
-        let waited = wait_300s(slot.clone(), slot.get(), slot.swaps(), stop);
+        let waited = wait_300s(slot.clone(), slot.get(), slot.swaps(), stop.clone());
         assert_eq!(waited.await.unwrap(), Duration::from_secs(300));
+        let stop = stop_with(Duration::from_secs(400));
+        let _ = stop.at.set(tokio::time::Instant::now());
+        stop.token.cancel();
+        let swaps = slot.swaps();
+        let attempt = Duration::from_secs(90);
+        let waited = wait_300s_then(slot.clone(), slot.get(), swaps, stop.clone(), attempt);
+        assert_eq!(
+            waited.await.unwrap(),
+            Duration::from_secs(300),
+            "300 + 90 < 400"
+        );
+        let stop = stop_with(Duration::from_secs(400));
+        let _ = stop.at.set(tokio::time::Instant::now());
+        stop.token.cancel();
+        let attempt = Duration::from_secs(101);
+        let waited = wait_300s_then(slot.clone(), slot.get(), slot.swaps(), stop, attempt);
+        assert_eq!(waited.await.unwrap(), Duration::ZERO, "300 + 101 > 400");
     }
 
     #[test]

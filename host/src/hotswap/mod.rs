@@ -510,12 +510,15 @@ impl HotSwap {
         // A copy: `running` keeps the old versions until the new ones are in (at the end), so
         // `/readyz` never sees an empty set while the swap waits for calls in flight.
         let old = self.lock().running.clone();
-        // Listeners whose grants this update changes.
+        // Listeners whose grants this update changes (none without cluster access, where
+        // grants change nothing).
         let regranted: std::collections::HashSet<&str> = next
             .iter()
             .filter(|(name, (entry, _))| {
-                old.get(*name)
-                    .is_none_or(|(prev, _)| prev.capabilities != entry.capabilities)
+                self.cluster.is_some()
+                    && old
+                        .get(*name)
+                        .is_none_or(|(prev, _)| prev.capabilities != entry.capabilities)
             })
             .map(|(name, _)| name.as_str())
             .collect();

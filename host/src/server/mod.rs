@@ -152,6 +152,9 @@ pub fn bind(addr: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpListen
                             | libc::EADDRNOTAVAIL
                             | libc::EINVAL
                     )
+                ) || matches!(
+                    err.kind(),
+                    std::io::ErrorKind::AddrNotAvailable | std::io::ErrorKind::Unsupported
                 ) =>
             {
                 tracing::warn!(error = %err, "no IPv6 here: the health server binds IPv4 only (0.0.0.0)");
