@@ -104,6 +104,16 @@ fn stall_margin(timeout: Duration) -> Duration {
 }
 
 impl Failure {
+    /// Whether the API server answered the request (with an error status or an unreadable
+    /// body), as opposed to not being reached or not answering at all.
+    fn answered(&self) -> bool {
+        match self {
+            Failure::Expired(_) | Failure::Build(_) | Failure::Decode(_) => true,
+            Failure::Request(kube::Error::Api(_)) => true,
+            Failure::Request(_) | Failure::Stalled(_) | Failure::Closed => false,
+        }
+    }
+
     fn info(&self) -> WatchErrorInfo {
         match self {
             Failure::Expired(message) => WatchErrorInfo {
@@ -189,7 +199,12 @@ pub async fn run(
         caught_up,
         stop: stop.clone(),
     };
-    let mut delay = FIRST_RETRY;
+    // Two backoffs, each growing with its failures in a row: while the API server does not
+    // answer at all (down, unreachable), and while it answers but no watch works (a watch that
+    // ends at once, an expiry right after a list, error statuses). Once it answers again after
+    // an outage, the outage's long backoff no longer applies: the relist that usually follows
+    // a restart comes at once, not up to 30 s later.
+    let (mut unanswered, mut futile) = (Backoff::default(), Backoff::default());
     loop {
         if stop.is_cancelled() {
             return;
@@ -201,40 +216,58 @@ pub async fn run(
             None => reflector.list().await,
             Some(rv) => reflector.watch(rv).await,
         };
-        // A watch whose stream received something, or stayed open a while, worked: the backoff
-        // starts over. A list alone does not reset it (a list whose watch fails at once, again
-        // and again, must not be retried in a tight loop), nor does a request that failed,
-        // however long it took (an overloaded server answering 429 or 5xx slowly).
+        // A watch whose stream received something, or stayed open a while, worked: both
+        // backoffs start over. A list alone does not reset the futile one (a list whose watch
+        // fails at once, again and again, must not be retried in a tight loop), nor does a
+        // request that failed, however long it took (a busy server answering 429 or 5xx slowly).
         let quick = QUICK_WATCH.min(Duration::from_secs(reflector.timeout_seconds().into()) / 2);
         let worked = watching.is_some()
             && (reflector.lines > lines_before
                 || reflector
                     .opened
                     .is_some_and(|opened| opened.elapsed() >= quick));
+        let answered = reflector.opened.is_some()
+            || match &result {
+                Ok(()) => true,
+                Err(failure) => failure.answered(),
+            };
         if worked {
-            delay = FIRST_RETRY;
+            futile = Backoff::default();
+        }
+        if answered {
+            unanswered = Backoff::default();
         }
         let wait = match result {
+            Ok(()) if watching.is_none() || worked => None,
             Ok(()) => {
-                if watching.is_some() && !worked {
-                    // As client-go's "very short watch": a server (or a proxy) that ends every
-                    // watch at once would otherwise be asked again without pause. Not connected
-                    // meanwhile: nothing is watched.
-                    reflector.set_connected(false);
-                    tracing::warn!(watch = %reflector.spec.name, retry_in_ms = delay.as_millis() as u64, "the watch ended at once without any event; reopening it after a backoff");
-                }
-                watching.is_some() && !worked
+                // As client-go's "very short watch": a server (or a proxy) that ends every
+                // watch at once would otherwise be asked again without pause. Not connected
+                // meanwhile: nothing is watched.
+                reflector.set_connected(false);
+                let wait = futile.next();
+                tracing::warn!(watch = %reflector.spec.name, retry_in_ms = wait.as_millis() as u64, "the watch ended at once without any event; reopening it after a backoff");
+                Some(wait)
             }
             Err(Failure::Closed) => return,
             Err(failure) => {
                 reflector.set_connected(false);
                 let expired = matches!(failure, Failure::Expired(_))
                     || matches!(&failure, Failure::Request(kube::Error::Api(s)) if s.code == 410);
+                // A resourceVersion expires in normal operation (etcd compaction): after a
+                // watch that worked, the relist is at once. An expiry from a watch that did not
+                // work (say right after a list whose own version is already gone), or from a
+                // list (a continue token too old), waits like any other failure.
+                let wait = match (expired && worked, answered) {
+                    (true, _) => None,
+                    (false, true) => Some(futile.next()),
+                    (false, false) => Some(unanswered.next()),
+                };
+                let retry_in_ms = wait.map_or(0, |w| w.as_millis() as u64);
                 if expired {
-                    tracing::info!(watch = %reflector.spec.name, error = %failure, "resourceVersion expired, relisting");
+                    tracing::info!(watch = %reflector.spec.name, error = %failure, retry_in_ms, "resourceVersion expired, relisting");
                     reflector.resource_version = None;
                 } else {
-                    tracing::warn!(watch = %reflector.spec.name, error = %failure, retry_in_ms = delay.as_millis() as u64, "watch request failed");
+                    tracing::warn!(watch = %reflector.spec.name, error = %failure, retry_in_ms, "watch request failed");
                 }
                 if reflector
                     .tx
@@ -244,20 +277,31 @@ pub async fn run(
                 {
                     return;
                 }
-                // A resourceVersion expires in normal operation (etcd compaction): after a
-                // watch that worked, the relist is at once. An expiry from a watch that received
-                // nothing (say right after a list whose own version is already gone), or from a
-                // list (a continue token too old), waits like any other failure.
-                !(expired && worked)
+                wait
             }
         };
-        if wait {
+        if let Some(wait) = wait {
             tokio::select! {
-                () = tokio::time::sleep(delay) => {}
+                () = tokio::time::sleep(wait) => {}
                 () = stop.cancelled() => return,
             }
-            delay = (delay * 2).min(LAST_RETRY);
         }
+    }
+}
+
+/// Failures in a row of one kind, and the wait after the next one: [`FIRST_RETRY`] doubling up
+/// to [`LAST_RETRY`].
+#[derive(Default)]
+struct Backoff(u32);
+
+impl Backoff {
+    /// Counts a failure; returns the wait after it.
+    fn next(&mut self) -> Duration {
+        let wait = FIRST_RETRY
+            .saturating_mul(1 << self.0.min(16))
+            .min(LAST_RETRY);
+        self.0 = self.0.saturating_add(1);
+        wait
     }
 }
 
@@ -715,41 +759,39 @@ mod tests {
         list: impl Fn(usize) -> String + Send + Sync + 'static,
         watch: impl Fn(usize) -> String + Send + Sync + 'static,
     ) -> (Client, Requests) {
-        scripted_replies(list, move |n| (Duration::ZERO, 200, watch(n)))
+        scripted_replies(list, move |n| Some((Duration::ZERO, 200, watch(n))))
     }
 
     /// Every request a scripted fake API server answered: (is a watch, when).
     type Requests = mpsc::UnboundedReceiver<(bool, tokio::time::Instant)>;
 
     /// [`scripted_api`] whose `n`th watch is answered after a while, with a status:
-    /// `watch(n)` is (after, status, body).
+    /// `watch(n)` is (after, status, body), or `None` for a connection refused.
     fn scripted_replies(
         list: impl Fn(usize) -> String + Send + Sync + 'static,
-        watch: impl Fn(usize) -> (Duration, u16, String) + Send + Sync + 'static,
+        watch: impl Fn(usize) -> Option<(Duration, u16, String)> + Send + Sync + 'static,
     ) -> (Client, Requests) {
         let (seen_tx, seen_rx) = mpsc::unbounded_channel();
         let (lists, watches) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
         let service = tower::service_fn(move |req: http::Request<kube::client::Body>| {
             let is_watch = req.uri().query().is_some_and(|q| q.contains("watch=true"));
             let _ = seen_tx.send((is_watch, tokio::time::Instant::now()));
-            let (after, status, body) = if is_watch {
+            let reply = if is_watch {
                 watch(watches.fetch_add(1, Ordering::Relaxed))
             } else {
-                (
-                    Duration::ZERO,
-                    200,
-                    list(lists.fetch_add(1, Ordering::Relaxed)),
-                )
+                let body = list(lists.fetch_add(1, Ordering::Relaxed));
+                Some((Duration::ZERO, 200, body))
             };
             async move {
+                let Some((after, status, body)) = reply else {
+                    return Err(std::io::Error::from(std::io::ErrorKind::ConnectionRefused));
+                };
                 tokio::time::sleep(after).await;
-                Ok::<_, std::convert::Infallible>(
-                    http::Response::builder()
-                        .status(status)
-                        .header(http::header::CONTENT_TYPE, "application/json")
-                        .body(kube::client::Body::from(body.into_bytes()))
-                        .unwrap(),
-                )
+                Ok(http::Response::builder()
+                    .status(status)
+                    .header(http::header::CONTENT_TYPE, "application/json")
+                    .body(kube::client::Body::from(body.into_bytes()))
+                    .unwrap())
             }
         });
         (Client::new(service, "default"), seen_rx)
@@ -876,7 +918,7 @@ mod tests {
         let failed = r#"{"kind":"Status","apiVersion":"v1","status":"Failure","message":"busy","reason":"InternalError","code":500}"#;
         let (client, mut seen) = scripted_replies(
             |_| EMPTY_LIST.into(),
-            move |_| (Duration::from_secs(2), 500, failed.to_string()),
+            move |_| Some((Duration::from_secs(2), 500, failed.to_string())),
         );
         let (tx, _rx) = mpsc::channel(1000);
         let task = tokio::spawn(run(client, things_spec(), tx, None, Default::default()));
@@ -885,6 +927,42 @@ mod tests {
         let gaps = gaps_ms(&watches);
         // 2 s for the answer, then the backoff, growing.
         assert!(about(&gaps, &[2200, 2400, 2800, 3600]), "{gaps:?}");
+    }
+
+    #[tokio::test(flavor = "current_thread", start_paused = true)]
+    async fn once_the_api_server_answers_again_an_outages_backoff_no_longer_applies() {
+        // A restart: the first watch works, then six are refused (the server is down), then
+        // the restarted server answers the old version with an expiry, and the relist's watch
+        // works.
+        let (client, mut seen) = scripted_replies(
+            |_| EMPTY_LIST.into(),
+            move |n| match n {
+                0 | 8 => Some((Duration::ZERO, 200, modified("o1", 8 + n as u64))),
+                1..=6 => None,
+                _ => Some((Duration::ZERO, 200, format!("{EXPIRED}\n"))),
+            },
+        );
+        let (tx, _rx) = mpsc::channel(1000);
+        let task = tokio::spawn(run(client, things_spec(), tx, None, Default::default()));
+        let mut requests = Vec::new();
+        while requests.len() < 11 {
+            requests.push(seen.recv().await.expect("the fake API server is gone"));
+        }
+        task.abort();
+        let kinds: Vec<bool> = requests.iter().map(|(watch, _)| *watch).collect();
+        let times: Vec<_> = requests.iter().map(|(_, at)| *at).collect();
+        // list, watch (works, ends), 6 refused watches, the expired watch, list, watch.
+        let mut expected = vec![false];
+        expected.extend([true; 8]);
+        expected.extend([false, true]);
+        assert_eq!(kinds, expected);
+        let gaps = gaps_ms(&times);
+        // The watch that worked is reopened at once; the outage's backoff; then 200 ms after
+        // the expiry (not the 12.8 s the outage had reached), and the relist's watch at once.
+        assert!(
+            about(&gaps, &[0, 0, 200, 400, 800, 1600, 3200, 6400, 200, 0]),
+            "{gaps:?}"
+        );
     }
 
     #[tokio::test(flavor = "current_thread", start_paused = true)]
