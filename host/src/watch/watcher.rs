@@ -105,11 +105,15 @@ fn stall_margin(timeout: Duration) -> Duration {
 
 impl Failure {
     /// Whether the API server answered the request (with an error status or an unreadable
-    /// body), as opposed to not being reached or not answering at all.
+    /// body), as opposed to not being reached or not answering at all. A 502, 503 or 504 is
+    /// what a proxy or load balancer in front of an API server that is down answers: not an
+    /// answer. A request that could not be built counts as answered (it fails the same way
+    /// every time, and its backoff grows).
     fn answered(&self) -> bool {
         match self {
             Failure::Expired(_) | Failure::Build(_) | Failure::Decode(_) => true,
-            Failure::Request(kube::Error::Api(_)) => true,
+            Failure::Request(kube::Error::Api(status)) => !matches!(status.code, 502..=504),
+            Failure::Request(kube::Error::FromUtf8(_)) => true,
             Failure::Request(_) | Failure::Stalled(_) | Failure::Closed => false,
         }
     }
@@ -159,9 +163,11 @@ struct WatchLine {
 
 /// Runs the list/watch loop until `tx` is closed or `stop` is cancelled, sending events, errors
 /// and sync marks. Failures are retried with exponential backoff (200 ms up to 30 s), as is a
-/// watch that ends at once without an event or bookmark; the backoff starts over once a watch
-/// has worked (its stream received one, or stayed open a while), and an expired
-/// resourceVersion after such a watch is relisted at once.
+/// watch that ends at once without an event or bookmark. There are two backoffs: while the API
+/// server does not answer (down, unreachable, a proxy's 502-504), which starts over at any
+/// answer, and while it answers but no watch works, which starts over once a watch has worked
+/// (its stream received an event or bookmark, or stayed open a while). An expired
+/// resourceVersion after a watch that worked is relisted at once.
 ///
 /// `stop` (a graceful shutdown) ends the loop without losing what would not come back: it stops
 /// reading the watch stream and abandons requests not answered yet, but the deletes a list's
@@ -931,14 +937,23 @@ mod tests {
 
     #[tokio::test(flavor = "current_thread", start_paused = true)]
     async fn once_the_api_server_answers_again_an_outages_backoff_no_longer_applies() {
-        // A restart: the first watch works, then six are refused (the server is down), then
-        // the restarted server answers the old version with an expiry, and the relist's watch
-        // works.
+        // The server down: connections refused, or a proxy's 502.
+        outage_then_expiry(|| None).await;
+        let bad_gateway = r#"{"kind":"Status","apiVersion":"v1","status":"Failure","message":"no upstream","reason":"InternalError","code":502}"#;
+        outage_then_expiry(|| Some((Duration::ZERO, 502, bad_gateway.to_string()))).await;
+    }
+
+    /// A restart: the first watch works, then six get `down()` (the server is down), then
+    /// the restarted server answers the old version with an expiry, and the relist's watch
+    /// works.
+    async fn outage_then_expiry(
+        down: impl Fn() -> Option<(Duration, u16, String)> + Send + Sync + 'static,
+    ) {
         let (client, mut seen) = scripted_replies(
             |_| EMPTY_LIST.into(),
             move |n| match n {
                 0 | 8 => Some((Duration::ZERO, 200, modified("o1", 8 + n as u64))),
-                1..=6 => None,
+                1..=6 => down(),
                 _ => Some((Duration::ZERO, 200, format!("{EXPIRED}\n"))),
             },
         );
