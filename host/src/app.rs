@@ -349,6 +349,8 @@ pub async fn start(
         }
     };
 
+    // Every listener is loaded: what the compiler used is free now.
+    crate::runtime::release_free_memory();
     let failures = Arc::new(FailureReporter::new(
         client.clone(),
         Duration::from_secs(60),

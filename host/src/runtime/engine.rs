@@ -433,6 +433,18 @@ fn pooling_allowed() -> std::result::Result<(), &'static str> {
     Ok(())
 }
 
+/// Hands the allocator's free memory back to the system. glibc keeps what is freed in its
+/// arenas: after the compiler ran (the modules compiled on a cold code cache), an idle host kept
+/// about 10 MiB more RSS than with a warm cache (35 against 25 MiB for three listeners).
+pub fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only returns the allocator's free pages to the system; it takes and
+    // keeps no pointer of ours.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 fn spawn_ticker(engine: Engine, stop: Arc<AtomicBool>) {
     let spawned = std::thread::Builder::new()
         .name("kubelisten-epoch".into())
