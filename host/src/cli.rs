@@ -17,6 +17,10 @@ pub struct Cli {
     /// Disable the compiled-code cache.
     #[arg(long, global = true, env = "KUBELISTEN_NO_CACHE")]
     pub no_cache: bool,
+    /// Compile modules in this process instead of a short-lived `kubelisten compile-worker`
+    /// child (the default keeps the compiler's memory out of the long-running process).
+    #[arg(long, global = true, env = "KUBELISTEN_COMPILE_IN_PROCESS")]
+    pub compile_in_process: bool,
     /// Component instances the pooling allocator holds at once: classname instances in flight
     /// (up to `--workers` per watch), one per reference listener and one prewarmed spare per
     /// classname listener. Each takes about 8 GiB of address space (not memory).
@@ -29,12 +33,16 @@ pub struct Cli {
 }
 
 impl Cli {
-    /// The wasm runtime settings these options ask for (cache directory, pool size).
+    /// The wasm runtime settings these options ask for (cache directory, pool size, compiler).
     pub fn runtime_config(&self) -> kubelisten::runtime::RuntimeConfig {
         let mut config = kubelisten::runtime::RuntimeConfig {
             pool_instances: self.pool_instances,
             ..Default::default()
         };
+        if !self.compile_in_process {
+            // Unavailable (say the executable was replaced on disk): compiled in this process.
+            config.compiler = std::env::current_exe().ok();
+        }
         if self.no_cache {
             config.cache_dir = None;
         } else if let Some(dir) = &self.cache_dir {
@@ -77,6 +85,10 @@ pub enum Command {
         #[arg(required = true)]
         modules: Vec<PathBuf>,
     },
+    /// Read a component on stdin, write its compiled code on stdout: the compiler process of
+    /// the other commands (see `--compile-in-process`).
+    #[command(name = "compile-worker", hide = true)]
+    CompileWorker,
     /// Feed recorded watch events through a listener chain, offline.
     Replay {
         /// A listener `path[:reference|:classname]` (default mode classname); repeat for a chain.

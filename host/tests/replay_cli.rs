@@ -196,3 +196,29 @@ fn check_exit_codes() {
     assert_eq!(bad.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&bad.stdout).contains("not a wasm binary"));
 }
+
+/// The binary compiles in a `kubelisten compile-worker` child by default (keeping the compiler's
+/// memory out of the long-running process), in its own process with `--compile-in-process`.
+#[test]
+fn the_binary_compiles_in_a_child_process_unless_told_otherwise() {
+    for (flag, expected) in [
+        (None, "compiled by the compiler process"),
+        (Some("--compile-in-process"), "compiled in this process"),
+    ] {
+        let out = kubelisten()
+            .env("RUST_LOG", "kubelisten=debug")
+            .args(flag)
+            .arg("check")
+            .arg(guest("noop"))
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{flag:?}: {stderr}");
+        assert!(stderr.contains(expected), "{flag:?}: {stderr}");
+        assert_eq!(
+            stderr.matches("compiled ").count(),
+            1,
+            "{flag:?}: one way only: {stderr}"
+        );
+    }
+}

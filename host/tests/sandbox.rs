@@ -1564,3 +1564,50 @@ fn a_hot_swap_ends_a_retrys_wait_and_the_new_module_is_tried_at_once() {
         .collect();
     assert_eq!(made, vec![(1, "error"), (2, "ok")]);
 }
+
+/// `kubelisten compile-worker` compiles for the host (`RuntimeConfig::compiler`): the listener
+/// runs, the artifact lands in the code cache, and a runtime compiling in its own process (the
+/// test binary, another build of the same engine settings) loads that entry instead of compiling.
+#[test]
+fn the_compile_worker_compiles_for_the_host_and_fills_the_code_cache() {
+    let cache = tempfile::tempdir().unwrap();
+    let capture = Arc::new(support::Capture::default());
+    let config = kubelisten::RuntimeConfig {
+        cache_dir: Some(cache.path().to_path_buf()),
+        sink: capture.clone(),
+        compiler: Some(env!("CARGO_BIN_EXE_kubelisten").into()),
+        ..kubelisten::RuntimeConfig::default()
+    };
+    let rt = kubelisten::Runtime::new(config.clone()).unwrap();
+    let listener = load(&rt, "rust-metrics", Mode::Reference);
+    assert_eq!(rt.compiled_in_child(), 1);
+    assert_eq!(rt.cache_hits(), 0);
+    let chain = Chain::new(vec![listener]);
+    assert!(chain
+        .dispatch(&event(EventKind::Create, "a", None))
+        .succeeded());
+    assert_eq!(
+        totals(&capture.messages_of("rust-metrics")),
+        ["totals creates=1 updates=0 deletes=0"]
+    );
+    let entries = std::fs::read_dir(cache.path()).unwrap().count();
+    assert_eq!(entries, 1, "one compiled-code cache entry");
+
+    let here = kubelisten::Runtime::new(kubelisten::RuntimeConfig {
+        compiler: None,
+        ..config.clone()
+    })
+    .unwrap();
+    load(&here, "rust-metrics", Mode::Reference);
+    assert_eq!(here.cache_hits(), 1, "the worker's entry loads in-process");
+
+    // A module the worker's compiler refuses: reported as compiling in this process reports it.
+    let broken = wat::parse_str("(component (core module (func (result i32))))").unwrap();
+    let there = check::check(&rt, &broken).unwrap_err().to_string();
+    assert!(
+        there.starts_with("invalid component: ") && there.contains("type mismatch"),
+        "{there}"
+    );
+    assert_eq!(there, check::check(&here, &broken).unwrap_err().to_string());
+    assert_eq!(rt.compiled_in_child(), 1);
+}

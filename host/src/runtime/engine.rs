@@ -14,6 +14,7 @@ use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
 use super::bindings::Listener as ListenerWorld;
+use super::compiler::{compile_in_child, ChildFailure};
 use super::host::{ClusterAccess, GuestLogSink, NoCluster, TracingSink};
 use super::state::HostState;
 use super::{Error, Result};
@@ -39,6 +40,10 @@ pub struct RuntimeConfig {
     pub sink: Arc<dyn GuestLogSink>,
     /// What serves the guests' `cluster` import ([`NoCluster`] refuses every call).
     pub cluster: Arc<dyn ClusterAccess>,
+    /// A program that compiles components in a child process when run as
+    /// `PROGRAM compile-worker` (the `kubelisten` binary itself; see [`super::compiler`]);
+    /// `None` compiles in this process.
+    pub compiler: Option<PathBuf>,
 }
 
 impl Default for RuntimeConfig {
@@ -49,6 +54,7 @@ impl Default for RuntimeConfig {
             pool_instances: 256,
             sink: Arc::new(TracingSink),
             cluster: Arc::new(NoCluster),
+            compiler: None,
         }
     }
 }
@@ -82,6 +88,8 @@ struct Inner {
     stop_ticker: Arc<AtomicBool>,
     /// Modules loaded from the disk or memory cache instead of being compiled.
     cache_hits: std::sync::atomic::AtomicU64,
+    /// Modules compiled by the compiler process ([`RuntimeConfig::compiler`]).
+    compiled_in_child: std::sync::atomic::AtomicU64,
     /// The components compiled or loaded last, by digest, least recently used first, so loading a
     /// module again (a swap back) is immediate (see [`MEMORY_CACHE_ENTRIES`]).
     compiled: std::sync::Mutex<Vec<(String, Component)>>,
@@ -144,6 +152,7 @@ impl Runtime {
             stop_ticker,
             compiled: std::sync::Mutex::default(),
             cache_hits: std::sync::atomic::AtomicU64::new(0),
+            compiled_in_child: std::sync::atomic::AtomicU64::new(0),
             spares: AtomicU32::new(0),
             spare_budget,
             disk_cache_entries,
@@ -279,13 +288,14 @@ impl Runtime {
 
     fn compile_uncached(&self, bytes: &[u8], digest: &str) -> wasmtime::Result<Component> {
         let Some(dir) = &self.0.config.cache_dir else {
-            return Component::new(&self.0.engine, bytes);
+            return self.compile_fresh(bytes).map(|(component, _)| component);
         };
         let engine_hash = self.engine_hash();
         let path = dir.join(format!("{}-{engine_hash}.cwasm", &digest[7..]));
         if path.exists() {
             // SAFETY: the file was written by `Engine::precompile_component` of an engine with the
-            // same compatibility hash (part of the file name), in a directory this process owns.
+            // same compatibility hash (part of the file name; this process or its compiler
+            // process), in a directory this process owns.
             match unsafe { Component::deserialize_file(&self.0.engine, &path) } {
                 Ok(component) => {
                     self.0.cache_hits.fetch_add(1, Ordering::Relaxed);
@@ -298,7 +308,7 @@ impl Runtime {
                 }
             }
         }
-        let compiled = self.0.engine.precompile_component(bytes)?;
+        let (component, compiled) = self.compile_fresh(bytes)?;
         match write_atomically(&path, &compiled) {
             Ok(()) => evict(
                 dir,
@@ -311,8 +321,50 @@ impl Runtime {
                 tracing::warn!(path = %path.display(), error = %err, "cannot write compiled-code cache")
             }
         }
+        Ok(component)
+    }
+
+    /// Compiles `bytes`: in the compiler process when one is configured and its artifact loads
+    /// into this engine, else in this process. Returns the component and its precompiled
+    /// artifact (for the disk cache).
+    fn compile_fresh(&self, bytes: &[u8]) -> wasmtime::Result<(Component, Vec<u8>)> {
+        if let Some(program) = &self.0.config.compiler {
+            match compile_in_child(program, bytes) {
+                // SAFETY: the artifact comes from the configured compiler program (this
+                // executable), a source as trusted as the cache directory; `deserialize` checks
+                // that it was compiled for this engine's settings and wasmtime version.
+                Ok(compiled) => {
+                    match unsafe { Component::deserialize(&self.0.engine, &compiled) } {
+                        Ok(component) => {
+                            self.0.compiled_in_child.fetch_add(1, Ordering::Relaxed);
+                            tracing::debug!(program = %program.display(), "compiled by the compiler process");
+                            return Ok((component, compiled));
+                        }
+                        Err(err) => tracing::warn!(
+                            program = %program.display(),
+                            error = %format!("{err:#}"),
+                            "the compiler process's output does not load; compiling in this process"
+                        ),
+                    }
+                }
+                Err(ChildFailure::Rejected(message)) => return Err(wasmtime::Error::msg(message)),
+                Err(ChildFailure::Unavailable(err)) => tracing::warn!(
+                    program = %program.display(),
+                    error = %err,
+                    "cannot run the compiler process; compiling in this process"
+                ),
+            }
+        }
+        let compiled = self.0.engine.precompile_component(bytes)?;
+        tracing::debug!("compiled in this process");
         // SAFETY: `compiled` was produced just now by this engine.
-        unsafe { Component::deserialize(&self.0.engine, &compiled) }
+        let component = unsafe { Component::deserialize(&self.0.engine, &compiled) }?;
+        Ok((component, compiled))
+    }
+
+    /// How many modules the compiler process compiled (see [`RuntimeConfig::compiler`]).
+    pub fn compiled_in_child(&self) -> u64 {
+        self.0.compiled_in_child.load(Ordering::Relaxed)
     }
 
     /// How many modules were loaded from the compiled-code cache (disk or memory) so far.
@@ -364,7 +416,7 @@ fn spare_budget(allocator: AllocatorKind, pool_instances: u32) -> u32 {
     }
 }
 
-fn base_config() -> Config {
+pub(super) fn base_config() -> Config {
     let mut config = Config::new();
     config.wasm_component_model(true);
     config.epoch_interruption(true);
@@ -434,8 +486,9 @@ fn pooling_allowed() -> std::result::Result<(), &'static str> {
 }
 
 /// Hands the allocator's free memory back to the system. glibc keeps what is freed in its
-/// arenas: after the compiler ran (the modules compiled on a cold code cache), an idle host kept
-/// about 10 MiB more RSS than with a warm cache (35 against 25 MiB for three listeners).
+/// arenas: after the compiler ran in this process (`--compile-in-process`, or no compiler
+/// process could be started), an idle host kept about 10 MiB more RSS than with a warm cache
+/// (35 against 25 MiB for three listeners; 33 with this call).
 pub fn release_free_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: malloc_trim only returns the allocator's free pages to the system; it takes and
@@ -613,6 +666,68 @@ mod tests {
         let digest = hex::encode(Sha256::digest(&bytes));
         let path = dir.join(format!("{digest}-{}.cwasm", runtime.engine_hash()));
         (bytes, path)
+    }
+
+    /// A runtime without a disk cache whose compiler process is the shell script `script`
+    /// (written into `dir`).
+    fn runtime_with_compiler(dir: &Path, script: &str) -> Runtime {
+        use std::os::unix::fs::PermissionsExt;
+        let program = dir.join("compiler");
+        std::fs::write(&program, format!("#!/bin/sh\n{script}\n")).unwrap();
+        std::fs::set_permissions(&program, std::fs::Permissions::from_mode(0o755)).unwrap();
+        Runtime::new(RuntimeConfig {
+            cache_dir: None,
+            pooling: false,
+            compiler: Some(program),
+            ..Default::default()
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn a_module_the_compiler_process_rejects_is_rejected_with_its_message() {
+        let dir = tempfile::tempdir().unwrap();
+        let rt = runtime_with_compiler(
+            dir.path(),
+            "cat >/dev/null; echo 'WARN noise' >&2; echo 'error: bad code at 0x10' >&2; exit 1",
+        );
+        let (bytes, _) = component(&rt, dir.path(), 1);
+        let err = rt.compile(&bytes).map(|_| ()).unwrap_err();
+        assert_eq!(format!("{err:#}"), "bad code at 0x10");
+        assert_eq!(rt.compiled_in_child(), 0);
+    }
+
+    #[test]
+    fn a_compiler_process_killed_on_a_module_rejects_it_and_the_host_goes_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let rt = runtime_with_compiler(dir.path(), "cat >/dev/null; kill -9 $$");
+        let (bytes, _) = component(&rt, dir.path(), 1);
+        let err = format!("{:#}", rt.compile(&bytes).map(|_| ()).unwrap_err());
+        assert!(
+            err.contains("the compiler process failed") && err.contains("signal: 9"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn without_a_usable_compiler_process_the_module_is_compiled_here() {
+        let dir = tempfile::tempdir().unwrap();
+        // Output that is no compiled component (another build's, say), then no program at all.
+        let rt = runtime_with_compiler(dir.path(), "cat >/dev/null; echo not-compiled-code");
+        let (bytes, _) = component(&rt, dir.path(), 1);
+        let (compiled, digest) = rt.compile(&bytes).unwrap();
+        assert!(digest.starts_with("sha256:"));
+        assert_eq!(compiled.component_type().exports(rt.engine()).count(), 0);
+        assert_eq!(rt.compiled_in_child(), 0);
+        let rt = Runtime::new(RuntimeConfig {
+            cache_dir: None,
+            pooling: false,
+            compiler: Some(dir.path().join("missing")),
+            ..Default::default()
+        })
+        .unwrap();
+        rt.compile(&component(&rt, dir.path(), 2).0).unwrap();
+        assert_eq!(rt.compiled_in_child(), 0);
     }
 
     /// Sets the modification time of `path` to `hours` ago.

@@ -6,6 +6,7 @@
 mod backoff;
 pub mod bindings;
 pub mod check;
+pub mod compiler;
 mod engine;
 mod host;
 mod limits;
