@@ -28,11 +28,13 @@ use crate::watch::watcher::{self, WatchSpec};
 /// Settings of a run besides the watches.
 #[derive(Debug, Clone)]
 pub struct RunSettings {
-    /// Dispatch settings (workers per watch, queue bound, retries).
+    /// Dispatch settings (workers per watch, queue bound, retries); their `stop_grace` is
+    /// replaced by `shutdown_grace`.
     pub dispatch: DispatcherConfig,
     /// Server-side watch timeout.
     pub watch_timeout: Duration,
-    /// How long in-flight events may take to finish at shutdown.
+    /// How long in-flight events may take to finish at shutdown (also each dispatcher's
+    /// [`DispatcherConfig::stop_grace`]).
     pub shutdown_grace: Duration,
     /// Where the health/metrics server listens (`None`: no server).
     pub health_addr: Option<std::net::SocketAddr>,

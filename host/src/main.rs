@@ -238,7 +238,8 @@ fn run_cluster(runtime_config: RuntimeConfig, args: RunArgs) -> anyhow::Result<E
                 base: Duration::from_millis(args.retry_base_ms),
                 max: Duration::from_millis(args.retry_max_ms),
             },
-            stop_grace: Duration::from_secs(args.shutdown_grace),
+            // `stop_grace` comes from `shutdown_grace` below (`RunSettings::dispatch`).
+            ..DispatcherConfig::default()
         },
         watch_timeout: Duration::from_secs(args.watch_timeout.clamp(1, 290)),
         shutdown_grace: Duration::from_secs(args.shutdown_grace),

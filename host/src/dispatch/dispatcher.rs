@@ -475,33 +475,32 @@ async fn retry_wait(
     next_attempt: Duration,
 ) {
     let until = tokio::time::Instant::now() + delay;
-    let (mut swaps_open, mut stopped) = (true, false);
-    loop {
-        state.activity();
-        let now = tokio::time::Instant::now();
-        if now >= until {
-            return;
+    let Swapped {
+        slot,
+        attempted,
+        swaps,
+    } = swapped;
+    let stopped = async {
+        stop.token.cancelled().await;
+        if until + next_attempt <= stop.deadline() {
+            std::future::pending::<()>().await;
         }
-        if !stopped && stop.token.is_cancelled() {
-            stopped = true;
-            if until + next_attempt > stop.deadline() {
+    };
+    let chain_replaced = async {
+        loop {
+            changed(swaps).await;
+            if !std::ptr::eq(Arc::as_ptr(&slot.get()), attempted.as_ptr()) {
                 return;
             }
         }
+    };
+    let woken = async {
         tokio::select! {
-            () = tokio::time::sleep((until - now).min(BEAT)) => {}
-            // Looked at once, in the next turn of the loop.
-            () = stop.token.cancelled(), if !stopped => {}
-            // As in `wait_out_backoff`: an error is a sender gone with nothing new.
-            changed = swapped.swaps.changed(), if swaps_open => match changed {
-                Ok(()) if !std::ptr::eq(Arc::as_ptr(&swapped.slot.get()), swapped.attempted.as_ptr()) => {
-                    return
-                }
-                Ok(()) => {}
-                Err(_) => swaps_open = false,
-            },
+            () = stopped => {}
+            () = chain_replaced => {}
         }
-    }
+    };
+    wait_until(state, until, woken).await;
 }
 
 /// Sleeps through a listener's crash-loop backoff (up to 5 minutes), recording watch activity
@@ -519,27 +518,42 @@ async fn wait_out_backoff(
         wait, mut settled, ..
     } = held;
     let until = tokio::time::Instant::now() + wait.max(Duration::from_millis(1));
-    let (mut woken, mut swaps_open, mut settled_open) = (false, true, true);
+    let woken = async {
+        tokio::select! {
+            () = changed(swaps) => {}
+            () = changed(&mut settled) => {}
+        }
+    };
+    wait_until(state, until, woken).await;
+}
+
+/// Sleeps until `until` or until `woken` is ready, whichever comes first, recording watch
+/// activity every [`BEAT`] meanwhile (the waits of [`retry_wait`] and [`wait_out_backoff`]).
+async fn wait_until(
+    state: &WatchState,
+    until: tokio::time::Instant,
+    woken: impl std::future::Future<Output = ()>,
+) {
+    tokio::pin!(woken);
     loop {
         state.activity();
         let now = tokio::time::Instant::now();
-        if now >= until || woken {
+        if now >= until {
             return;
         }
-        // `changed` reports a value not yet seen even when its sender is gone; an error says
-        // the sender is gone with nothing new (the slot at shutdown, the listener with its old
-        // chain): that branch is done, and the sleep bounds the wait.
         tokio::select! {
             () = tokio::time::sleep((until - now).min(BEAT)) => {}
-            changed = swaps.changed(), if swaps_open => match changed {
-                Ok(()) => woken = true,
-                Err(_) => swaps_open = false,
-            },
-            changed = settled.changed(), if settled_open => match changed {
-                Ok(()) => woken = true,
-                Err(_) => settled_open = false,
-            },
+            () = &mut woken => return,
         }
+    }
+}
+
+/// Ready when `receiver` has a value not yet seen. `changed` reports such a value even when its
+/// sender is gone; an error says the sender is gone with nothing new (the slot at shutdown, the
+/// listener with its old chain), and then this never is ready: the caller's sleep bounds it.
+async fn changed(receiver: &mut tokio::sync::watch::Receiver<u64>) {
+    if receiver.changed().await.is_err() {
+        std::future::pending::<()>().await;
     }
 }
 
