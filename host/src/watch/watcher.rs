@@ -296,7 +296,9 @@ pub async fn run(
 }
 
 /// Failures in a row of one kind, and the wait after the next one: [`FIRST_RETRY`] doubling up
-/// to [`LAST_RETRY`].
+/// to [`LAST_RETRY`], each lengthened by a random part of up to [`JITTER`] of it, so that the
+/// replicas of a Deployment (and the watches of one host) that lost their API server together
+/// do not all come back in the same instant.
 #[derive(Default)]
 struct Backoff(u32);
 
@@ -307,9 +309,12 @@ impl Backoff {
             .saturating_mul(1 << self.0.min(16))
             .min(LAST_RETRY);
         self.0 = self.0.saturating_add(1);
-        wait
+        wait + wait.mul_f64(JITTER * fastrand::f64())
     }
 }
+
+/// The random part of a backoff's wait, at most this share of it.
+const JITTER: f64 = 0.25;
 
 /// The first wait after a failed list or watch; it doubles with each failure in a row.
 const FIRST_RETRY: Duration = Duration::from_millis(200);
@@ -889,13 +894,39 @@ mod tests {
             .collect()
     }
 
-    /// Whether each gap is the expected one, within the timer's rounding.
+    /// Whether each gap is the expected backoff wait, within its jitter and the timer's rounding.
     fn about(gaps: &[u64], expected: &[u64]) -> bool {
+        about_after(gaps, 0, expected)
+    }
+
+    /// Like [`about`] for gaps that are `answer` ms (the fake server's answer time) and a wait.
+    fn about_after(gaps: &[u64], answer: u64, expected: &[u64]) -> bool {
         gaps.len() == expected.len()
             && gaps
                 .iter()
                 .zip(expected)
-                .all(|(gap, want)| *gap >= *want && *gap <= *want + 5)
+                .all(|(gap, want)| *gap >= answer + *want && *gap <= answer + *want + *want / 4 + 5)
+    }
+
+    #[test]
+    fn backoff_waits_double_and_are_spread_by_the_jitter() {
+        let firsts: Vec<Duration> = (0..50).map(|_| Backoff::default().next()).collect();
+        assert!(firsts
+            .iter()
+            .all(|w| *w >= FIRST_RETRY && *w <= FIRST_RETRY.mul_f64(1.0 + JITTER)));
+        assert!(
+            firsts.iter().any(|w| *w != firsts[0]),
+            "50 first waits all equal: {firsts:?}"
+        );
+        let mut backoff = Backoff::default();
+        let waits: Vec<Duration> = (0..12).map(|_| backoff.next()).collect();
+        for (n, wait) in waits.iter().enumerate() {
+            let base = FIRST_RETRY.saturating_mul(1 << n).min(LAST_RETRY);
+            assert!(
+                *wait >= base && *wait <= base.mul_f64(1.0 + JITTER),
+                "{n}: {wait:?}"
+            );
+        }
     }
 
     #[tokio::test(flavor = "current_thread", start_paused = true)]
@@ -932,7 +963,7 @@ mod tests {
         task.abort();
         let gaps = gaps_ms(&watches);
         // 2 s for the answer, then the backoff, growing.
-        assert!(about(&gaps, &[2200, 2400, 2800, 3600]), "{gaps:?}");
+        assert!(about_after(&gaps, 2000, &[200, 400, 800, 1600]), "{gaps:?}");
     }
 
     #[tokio::test(flavor = "current_thread", start_paused = true)]
