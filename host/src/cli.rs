@@ -21,6 +21,11 @@ pub struct Cli {
     /// child (the default keeps the compiler's memory out of the long-running process).
     #[arg(long, global = true, env = "KUBELISTEN_COMPILE_IN_PROCESS")]
     pub compile_in_process: bool,
+    /// Seconds the compiler process may take for one module; a module not compiled by then is
+    /// rejected like one that does not compile.
+    #[arg(long, global = true, env = "KUBELISTEN_COMPILE_TIMEOUT", default_value_t = 600,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub compile_timeout: u64,
     /// Component instances the pooling allocator holds at once: classname instances in flight
     /// (up to `--workers` per watch), one per reference listener and one prewarmed spare per
     /// classname listener. Each takes about 8 GiB of address space (not memory).
@@ -37,6 +42,7 @@ impl Cli {
     pub fn runtime_config(&self) -> kubelisten::runtime::RuntimeConfig {
         let mut config = kubelisten::runtime::RuntimeConfig {
             pool_instances: self.pool_instances,
+            compile_timeout: std::time::Duration::from_secs(self.compile_timeout),
             ..Default::default()
         };
         if !self.compile_in_process {

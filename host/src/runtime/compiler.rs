@@ -10,24 +10,29 @@
 //!   10 MiB more RSS than one that loaded them from the cache (35 against 25 MiB for three Rust
 //!   listeners), even after returning the allocator's free memory.
 //! - **Containment.** A module that makes the compiler crash or blow up its memory kills the
-//!   child, not the host; the module is rejected like any module that does not compile.
+//!   child, not the host, and one that keeps it busy past [`RuntimeConfig::compile_timeout`]
+//!   has the child killed; either way the module is rejected like any module that does not
+//!   compile.
 //!
 //! When the child cannot be started (no such program, no `fork`/`exec` allowed) or its artifact
 //! does not load (another kubelisten build replaced the executable on disk), the module is
 //! compiled in this process instead, with a warning.
 //!
 //! [`RuntimeConfig::compiler`]: super::RuntimeConfig::compiler
+//! [`RuntimeConfig::compile_timeout`]: super::RuntimeConfig::compile_timeout
 
 use std::io::{Read, Write};
 use std::path::Path;
 use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
 
 use wasmtime::Engine;
 
 /// The hidden subcommand of the `kubelisten` binary that runs [`serve`].
 pub const WORKER_SUBCOMMAND: &str = "compile-worker";
 
-/// The most stderr of a failed child kept for its error message.
+/// The most stderr of a failed child kept for its error message (its end).
 const STDERR_KEPT: usize = 16 << 10;
 
 /// Why the child did not produce an artifact.
@@ -71,8 +76,13 @@ pub fn run_worker() -> anyhow::Result<()> {
 }
 
 /// The host's side: runs `program compile-worker` on `bytes` and returns its artifact (not yet
-/// checked: `Component::deserialize` checks that it fits the engine).
-pub(crate) fn compile_in_child(program: &Path, bytes: &[u8]) -> Result<Vec<u8>, ChildFailure> {
+/// checked: `Component::deserialize` checks that it fits the engine). A child still running
+/// after `timeout` is killed and the module rejected.
+pub(crate) fn compile_in_child(
+    program: &Path,
+    bytes: &[u8],
+    timeout: Duration,
+) -> Result<Vec<u8>, ChildFailure> {
     let mut child = Command::new(program)
         .arg(WORKER_SUBCOMMAND)
         .stdin(Stdio::piped())
@@ -82,38 +92,75 @@ pub(crate) fn compile_in_child(program: &Path, bytes: &[u8]) -> Result<Vec<u8>, 
         .env("RUST_LOG", "warn")
         .spawn()
         .map_err(ChildFailure::Unavailable)?;
-    let Some(mut stdin) = child.stdin.take() else {
+    let (Some(mut stdin), Some(mut stdout), Some(mut stderr)) =
+        (child.stdin.take(), child.stdout.take(), child.stderr.take())
+    else {
+        let _ = child.kill();
+        let _ = child.wait();
         return Err(ChildFailure::Unavailable(std::io::Error::other(
-            "the compiler process has no stdin",
+            "the compiler process's pipes are missing",
         )));
     };
-    // Written from a second thread while this one reads stdout and stderr, so that a child that
-    // writes before it has read everything cannot block both. A child that exits early closes
-    // the pipe: the write error is of no interest then, its exit status tells what happened.
-    let output = std::thread::scope(|scope| {
+    // The input is written, and the output and errors read, each on a thread of its own, so
+    // that a child writing before it has read everything cannot block. A child that exits early
+    // closes its stdin: the write error is of no interest then, its exit status tells.
+    let (done, output_read) = mpsc::channel();
+    let (status, output, errors, timed_out) = std::thread::scope(|scope| {
         scope.spawn(move || {
             let _ = stdin.write_all(bytes);
         });
-        child.wait_with_output()
-    })
-    .map_err(ChildFailure::Unavailable)?;
-    if output.status.success() {
-        return Ok(output.stdout);
+        let output = scope.spawn(move || {
+            let mut output = Vec::new();
+            let read = stdout.read_to_end(&mut output).map(|_| output);
+            let _ = done.send(());
+            read
+        });
+        let errors = scope.spawn(move || {
+            let mut errors = Vec::new();
+            let _ = stderr.read_to_end(&mut errors);
+            errors
+        });
+        // The child closes its stdout when it exits (or dies).
+        let timed_out = matches!(
+            output_read.recv_timeout(timeout),
+            Err(mpsc::RecvTimeoutError::Timeout)
+        );
+        if timed_out {
+            // Not yet waited for, so the process is still ours to kill (no pid reuse).
+            let _ = child.kill();
+        }
+        let status = child.wait();
+        let output = output
+            .join()
+            .unwrap_or_else(|_| Err(std::io::Error::other("the compiler output reader panicked")));
+        (status, output, errors.join().unwrap_or_default(), timed_out)
+    });
+    let status = status.map_err(ChildFailure::Unavailable)?;
+    if timed_out {
+        return Err(ChildFailure::Rejected(format!(
+            "the compiler process took longer than {}s and was stopped",
+            timeout.as_secs_f64()
+        )));
     }
-    let stderr = String::from_utf8_lossy(&output.stderr[..output.stderr.len().min(STDERR_KEPT)]);
+    let output = output.map_err(ChildFailure::Unavailable)?;
+    if status.success() {
+        return Ok(output);
+    }
     // `kubelisten` ends a failed command with `error: <message>`; warnings may come before it.
+    let errors = &errors[errors.len().saturating_sub(STDERR_KEPT)..];
+    let stderr = String::from_utf8_lossy(errors);
     let message = match stderr.rfind("\nerror: ") {
         Some(at) => &stderr[at + "\nerror: ".len()..],
         None => stderr.strip_prefix("error: ").unwrap_or(&stderr),
     }
     .trim();
     Err(ChildFailure::Rejected(if message.is_empty() {
-        format!("the compiler process failed ({})", output.status)
-    } else if output.status.code().is_some() {
+        format!("the compiler process failed ({status})")
+    } else if status.code().is_some() {
         message.to_string()
     } else {
         // Killed by a signal (say by the kernel's OOM killer): say so beside what it printed.
-        format!("the compiler process failed ({}): {message}", output.status)
+        format!("the compiler process failed ({status}): {message}")
     }))
 }
 

@@ -44,6 +44,9 @@ pub struct RuntimeConfig {
     /// `PROGRAM compile-worker` (the `kubelisten` binary itself; see [`super::compiler`]);
     /// `None` compiles in this process.
     pub compiler: Option<PathBuf>,
+    /// How long the compiler process may take for one module; a module it has not compiled by
+    /// then is rejected (compiling in this process has no such bound).
+    pub compile_timeout: Duration,
 }
 
 impl Default for RuntimeConfig {
@@ -55,9 +58,14 @@ impl Default for RuntimeConfig {
             sink: Arc::new(TracingSink),
             cluster: Arc::new(NoCluster),
             compiler: None,
+            compile_timeout: DEFAULT_COMPILE_TIMEOUT,
         }
     }
 }
+
+/// The default [`RuntimeConfig::compile_timeout`]: ample for the multi-megabyte Python and
+/// JavaScript guests on a slow machine, a bound for a module that makes the compiler spin.
+pub const DEFAULT_COMPILE_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// `$KUBELISTEN_CACHE_DIR`, else `$XDG_CACHE_HOME/kubelisten/compiled`, else
 /// `~/.cache/kubelisten/compiled`.
@@ -329,7 +337,7 @@ impl Runtime {
     /// artifact (for the disk cache).
     fn compile_fresh(&self, bytes: &[u8]) -> wasmtime::Result<(Component, Vec<u8>)> {
         if let Some(program) = &self.0.config.compiler {
-            match compile_in_child(program, bytes) {
+            match compile_in_child(program, bytes, self.0.config.compile_timeout) {
                 // SAFETY: the artifact comes from the configured compiler program (this
                 // executable), a source as trusted as the cache directory; `deserialize` checks
                 // that it was compiled for this engine's settings and wasmtime version.
@@ -707,6 +715,30 @@ mod tests {
             err.contains("the compiler process failed") && err.contains("signal: 9"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn a_compiler_process_that_takes_too_long_is_stopped_and_the_module_rejected() {
+        let dir = tempfile::tempdir().unwrap();
+        let program = dir.path().join("compiler");
+        let rt = runtime_with_compiler(dir.path(), "cat >/dev/null; exec sleep 600");
+        let rt = Runtime::new(RuntimeConfig {
+            compile_timeout: Duration::from_millis(300),
+            ..rt.0.config.clone()
+        })
+        .unwrap();
+        let (bytes, _) = component(&rt, dir.path(), 1);
+        let err = format!("{:#}", rt.compile(&bytes).map(|_| ()).unwrap_err());
+        assert_eq!(
+            err,
+            "the compiler process took longer than 0.3s and was stopped"
+        );
+        // Killed, not left behind.
+        let pgrep = std::process::Command::new("pgrep")
+            .args(["-f", "sleep 600"])
+            .output()
+            .unwrap();
+        assert!(pgrep.stdout.is_empty(), "{program:?} left a process behind");
     }
 
     #[test]

@@ -16,7 +16,9 @@ mod state;
 mod trap;
 
 pub use backoff::{CrashLoop, CrashLoopConfig, Ticket};
-pub use engine::{release_free_memory, AllocatorKind, Runtime, RuntimeConfig};
+pub use engine::{
+    release_free_memory, AllocatorKind, Runtime, RuntimeConfig, DEFAULT_COMPILE_TIMEOUT,
+};
 /// Cuts a string to at most `max` bytes at a character boundary (shared by guest logs, guest
 /// error messages and Kubernetes Events).
 pub(crate) use host::truncate as truncate_utf8;
