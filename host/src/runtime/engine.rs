@@ -172,9 +172,9 @@ impl Runtime {
     /// Stops every guest call of this runtime, for the end of a run: the leadership was lost
     /// or the shutdown grace ran out, and a call still running must not go on computing (its
     /// cluster calls are refused already, see `KubeCluster::stop_calls`). A guest running wasm
-    /// is interrupted at its next epoch check (every [`HALT_CHECK_TICKS`] ticks, 100 ms), a
+    /// is interrupted at its next epoch check (every 10 epoch ticks, 100 ms), a
     /// guest waiting in `wasi:io/poll` at once; the call traps with kind `other`
-    /// ([`Halted`](super::trap::Halted)). Calls started later trap at their first check.
+    /// (`Halted`). Calls started later trap at their first check.
     /// It cannot be undone.
     pub fn halt_guests(&self) {
         self.0.halt.cancel();
