@@ -10,7 +10,8 @@
 #
 # Each start: `kubelisten run` with the bench CRD and the chain bench-listener (classname),
 # rust-metrics (reference), noop (classname) on an empty namespace; VmRSS read 6 s after the
-# start (the listeners are loaded and the watch is idle by then), then the host is stopped.
+# start and once no compiler process of the host is left (its listeners are loaded), then the
+# host is stopped.
 # Needs target/release/kubelisten and `make guests`. Runs against its own local control plane
 # (KUBELISTEN_RUN_DIR, default ~/.cache/kubelisten/run-bench).
 set -euo pipefail
@@ -29,33 +30,52 @@ for f in target/release/kubelisten target/guests/bench-listener.wasm \
 done
 
 if [[ "${1:-}" != "--inside" ]]; then
+  if ! [[ "$STARTS" =~ ^[1-9][0-9]*$ ]]; then
+    echo "usage: bench/idle-rss.sh [STARTS]  (a positive number, default 3)" >&2
+    exit 2
+  fi
   exec "$ROOT/deploy/local/with-cluster.sh" "$0" --inside "$STARTS"
 fi
 STARTS="$2"
 cd "$ROOT"
 kubectl apply -f bench/crd.yaml >/dev/null
-kubectl wait --for=condition=Established crd/benchitems.bench.kubelisten.dev --timeout=60s >/dev/null 2>&1 || true
+kubectl wait --for=condition=Established crd/benchitems.bench.kubelisten.dev --timeout=60s >/dev/null
 NS="idle-rss-$$"
 kubectl create namespace "$NS" >/dev/null
 CACHE="$(mktemp -d)"
-trap 'rm -rf "$CACHE"; kubectl delete namespace "$NS" --wait=false >/dev/null 2>&1 || true' EXIT
+HOST_PID=""
+cleanup() {
+  if [[ -n "$HOST_PID" ]]; then
+    kill "$HOST_PID" 2>/dev/null || true
+  fi
+  rm -rf "$CACHE"
+  kubectl delete namespace "$NS" --wait=false >/dev/null 2>&1 || true
+}
+trap cleanup EXIT
 
-# Prints the host's VmRSS in MiB, 6 s after its start with the given extra flags.
+# Sets RSS to the host's VmRSS in MiB, idle, after a start with the given extra flags: 6 s
+# after the start and once no compiler process of it is left (its listeners are loaded).
 idle_rss() {
   "$BIN" "$@" run --crd bench/crd.yaml \
     -l target/guests/bench-listener.wasm:classname \
     -l target/guests/rust-metrics.wasm:reference \
     -l target/guests/noop.wasm:classname \
     -n "$NS" --health-port 0 >/dev/null 2>&1 &
-  local pid=$!
+  HOST_PID=$!
   sleep 6
-  if ! kill -0 "$pid" 2>/dev/null; then
+  local waited=0
+  while pgrep -P "$HOST_PID" >/dev/null && ((waited < 120)); do
+    sleep 1
+    waited=$((waited + 1))
+  done
+  RSS="$(awk '/^VmRSS:/ { printf "%.1f", $2 / 1024 }' "/proc/$HOST_PID/status" 2>/dev/null || true)"
+  if [[ -z "$RSS" ]]; then
     echo "idle-rss.sh: the host exited early (flags: $*)" >&2
     return 1
   fi
-  awk '/^VmRSS:/ { printf "%.1f", $2 / 1024 }' "/proc/$pid/status"
-  kill "$pid"
-  wait "$pid" 2>/dev/null || true
+  kill "$HOST_PID"
+  wait "$HOST_PID" 2>/dev/null || true
+  HOST_PID=""
 }
 
 echo "| case | idle RSS per start (MiB) |"
@@ -68,7 +88,8 @@ for case in "worker, --no-cache" "in-process, --no-cache" "worker, cold cache"; 
   esac
   values=()
   for _ in $(seq "$STARTS"); do
-    values+=("$(idle_rss "${flags[@]}")")
+    idle_rss "${flags[@]}"
+    values+=("$RSS")
   done
   echo "| $case | ${values[*]} |"
 done

@@ -26,6 +26,10 @@ pub struct Cli {
     #[arg(long, global = true, env = "KUBELISTEN_COMPILE_TIMEOUT", default_value_t = 600,
           value_parser = clap::value_parser!(u64).range(1..))]
     pub compile_timeout: u64,
+    /// MiB of data the compiler process may allocate; a module that needs more is rejected.
+    #[arg(long, global = true, env = "KUBELISTEN_COMPILE_MEMORY_MIB", default_value_t = 2048,
+          value_parser = clap::value_parser!(u64).range(64..=1 << 20))]
+    pub compile_memory_mib: u64,
     /// Component instances the pooling allocator holds at once: classname instances in flight
     /// (up to `--workers` per watch), one per reference listener and one prewarmed spare per
     /// classname listener. Each takes about 8 GiB of address space (not memory).
@@ -43,11 +47,16 @@ impl Cli {
         let mut config = kubelisten::runtime::RuntimeConfig {
             pool_instances: self.pool_instances,
             compile_timeout: std::time::Duration::from_secs(self.compile_timeout),
+            compile_memory: self.compile_memory_mib << 20,
             ..Default::default()
         };
         if !self.compile_in_process {
-            // Unavailable (say the executable was replaced on disk): compiled in this process.
-            config.compiler = std::env::current_exe().ok();
+            config.compiler = kubelisten::runtime::compiler::own_executable();
+            if config.compiler.is_none() {
+                tracing::warn!(
+                    "cannot find this program's executable; compiling modules in this process"
+                );
+            }
         }
         if self.no_cache {
             config.cache_dir = None;
@@ -91,10 +100,6 @@ pub enum Command {
         #[arg(required = true)]
         modules: Vec<PathBuf>,
     },
-    /// Read a component on stdin, write its compiled code on stdout: the compiler process of
-    /// the other commands (see `--compile-in-process`).
-    #[command(name = "compile-worker", hide = true)]
-    CompileWorker,
     /// Feed recorded watch events through a listener chain, offline.
     Replay {
         /// A listener `path[:reference|:classname]` (default mode classname); repeat for a chain.

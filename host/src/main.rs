@@ -20,6 +20,11 @@ mod cli;
 use cli::{Cli, Command, LimitFlags, LogFormat, OutputFormat, RunArgs};
 
 fn main() -> ExitCode {
+    // `kubelisten compile-worker`: the compiler process of the other commands (see
+    // `--compile-in-process`), before the command line is parsed as the host's.
+    if let Some(code) = kubelisten::runtime::compiler::run_worker_if_asked() {
+        return code;
+    }
     let cli = Cli::parse();
     init_tracing(cli.log_format);
     match run(cli) {
@@ -50,16 +55,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Run(args) => return run_cluster(runtime_config, *args),
         Command::Status(args) => return kubelisten::status_cli::run_blocking(*args),
         Command::New(args) => return kubelisten::scaffold::run(args),
-        Command::CompileWorker => {
-            return kubelisten::runtime::compiler::run_worker().map(|()| ExitCode::SUCCESS)
-        }
         _ => {}
     }
     let runtime = Runtime::new(runtime_config).context("starting the wasm runtime")?;
     match cli.command {
-        Command::Run(_) | Command::Status(_) | Command::New(_) | Command::CompileWorker => {
-            unreachable!("handled above")
-        }
+        Command::Run(_) | Command::Status(_) | Command::New(_) => unreachable!("handled above"),
         Command::Check { modules } => Ok(check_modules(&runtime, &modules)),
         Command::Replay {
             listeners,

@@ -299,3 +299,26 @@ fn every_guest_has_a_build_script_and_a_guide() {
         assert!(dir.join("README.md").exists(), "{name}: no README.md");
     }
 }
+
+/// The compiler process's memory limit: the JavaScript guest (about 370 MiB to compile) is
+/// rejected under a 128 MiB limit, with the limit named, and the binary exits as for any bad
+/// module; the guest compiles under the default limit (the other tests).
+#[test]
+fn a_module_whose_compiling_needs_more_than_the_compiler_memory_limit_is_rejected() {
+    let out = Command::new(env!("CARGO_BIN_EXE_kubelisten"))
+        .args(["--no-cache", "--compile-memory-mib", "128", "check"])
+        .arg(guest("js-listener"))
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("the compiler process failed")
+            && text.contains("the compiler's memory limit is 128 MiB"),
+        "{text}"
+    );
+}

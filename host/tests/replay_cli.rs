@@ -222,3 +222,48 @@ fn the_binary_compiles_in_a_child_process_unless_told_otherwise() {
         );
     }
 }
+
+/// `kubelisten compile-worker` as the host runs it: compiled code on stdout (exit 0); a module
+/// that does not compile exits 65 (`EX_DATAERR`, the host rejects the module) with the reason;
+/// a worker that cannot work (its parent gone, an unknown argument) exits 70, which the host
+/// takes for "compile in this process".
+#[test]
+fn the_compile_worker_tells_a_bad_module_from_a_worker_that_cannot_work() {
+    use std::io::Write;
+    use std::process::Stdio;
+    let run = |args: &[&str], input: &[u8]| {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_kubelisten"))
+            .arg("compile-worker")
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // The worker may exit before reading (parent check): a broken pipe is expected then.
+        let _ = child.stdin.take().unwrap().write_all(input);
+        child.wait_with_output().unwrap()
+    };
+    let module = std::fs::read(guest("noop")).unwrap();
+    let me = std::process::id().to_string();
+    let good = run(&["--memory-bytes", "1073741824", "--parent", &me], &module);
+    assert_eq!(good.status.code(), Some(0));
+    assert!(
+        good.stdout.starts_with(b"\x7fELF"),
+        "compiled code is an ELF image"
+    );
+
+    let broken = run(&[], b"\0asm\x0d\0\x01\0garbage");
+    assert_eq!(broken.status.code(), Some(65));
+    let stderr = String::from_utf8_lossy(&broken.stderr);
+    assert!(
+        stderr.starts_with("error: ") && stderr.len() > 8,
+        "{stderr}"
+    );
+
+    for args in [&["--parent", "1"][..], &["--bogus"][..]] {
+        let out = run(args, &module);
+        assert_eq!(out.status.code(), Some(70), "{args:?}");
+        assert!(out.stdout.is_empty());
+    }
+}

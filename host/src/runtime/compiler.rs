@@ -1,44 +1,80 @@
 //! Compiling components in a short-lived child process (`kubelisten compile-worker`).
 //!
-//! The host's own process never runs the compiler when [`RuntimeConfig::compiler`] is set (the
-//! `kubelisten` binary sets it to itself): the child reads the component on stdin, writes the
-//! engine's precompiled artifact on stdout and exits, and the host loads that artifact as it
-//! loads a compiled-code cache entry. Two reasons:
+//! When [`RuntimeConfig::compiler`] is set (the `kubelisten` binary sets it to its own
+//! executable), the host does not run the compiler itself: a child reads the component on
+//! stdin, writes the engine's precompiled artifact on stdout and exits, and the host loads that
+//! artifact as it loads a compiled-code cache entry. Two reasons:
 //!
 //! - **Memory.** Cranelift's working memory and the pages of its code stay in the child. An idle
 //!   host whose modules were compiled on a cold code cache (a pod's first start) kept about
-//!   10 MiB more RSS than one that loaded them from the cache (35 against 25 MiB for three Rust
+//!   9 MiB more RSS than one that loaded them from the cache (33 against 24 MiB for three Rust
 //!   listeners), even after returning the allocator's free memory.
-//! - **Containment.** A module that makes the compiler crash or blow up its memory kills the
-//!   child, not the host, and one that keeps it busy past [`RuntimeConfig::compile_timeout`]
-//!   has the child killed; either way the module is rejected like any module that does not
-//!   compile.
+//! - **Containment.** The child runs with a data-size limit ([`RuntimeConfig::compile_memory`]:
+//!   an allocation beyond it fails inside the child) and the highest OOM score (the kernel's
+//!   first choice when memory runs out), and is killed after
+//!   [`RuntimeConfig::compile_timeout`]. A module that makes the compiler fail, panic, exhaust
+//!   that limit or spin is rejected like any module that does not compile; the host goes on.
+//!   (Where the container's cgroup is OOM-killed as a group, as the kubelet sets up on cgroup
+//!   v2 since Kubernetes 1.28, only the data-size limit keeps the host safe: keep it below the
+//!   pod's memory limit minus the host's own use.)
 //!
-//! When the child cannot be started (no such program, no `fork`/`exec` allowed) or its artifact
-//! does not load (another kubelisten build replaced the executable on disk), the module is
-//! compiled in this process instead, with a warning.
+//! The child is the host's own executable (`/proc/self/exe`, the same build even if the file
+//! was replaced), in a process group of its own (a terminal's Ctrl-C is the host's to handle),
+//! and dies with the host (`PR_SET_PDEATHSIG`). It inherits the host's environment, which must
+//! stay so: `WASMTIME_BACKTRACE_DETAILS` is part of the engine settings the artifact is
+//! checked against.
+//!
+//! When the child cannot be started (no such program, no `fork`/`exec` allowed), fails for a
+//! reason that is not the module (an exit status other than [`REJECTED`] or a panic's), or its
+//! artifact does not load, the module is compiled in this process instead, with a warning.
 //!
 //! [`RuntimeConfig::compiler`]: super::RuntimeConfig::compiler
 //! [`RuntimeConfig::compile_timeout`]: super::RuntimeConfig::compile_timeout
+//! [`RuntimeConfig::compile_memory`]: super::RuntimeConfig::compile_memory
 
+use std::ffi::OsString;
 use std::io::{Read, Write};
-use std::path::Path;
-use std::process::{Command, Stdio};
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitCode, ExitStatus, Stdio};
 use std::sync::mpsc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use wasmtime::Engine;
 
-/// The hidden subcommand of the `kubelisten` binary that runs [`serve`].
+/// The subcommand of the `kubelisten` binary that runs the worker ([`run_worker_if_asked`]).
 pub const WORKER_SUBCOMMAND: &str = "compile-worker";
+
+/// The worker's exit status when the module does not compile (`EX_DATAERR`).
+pub const REJECTED: u8 = 65;
+
+/// The worker's exit status when it cannot work (`EX_SOFTWARE`): the engine cannot be built,
+/// its parent is gone.
+const UNABLE: u8 = 70;
+
+/// The worker's exit status when stdin or stdout fails (`EX_IOERR`).
+const IO_FAILED: u8 = 74;
+
+/// The exit status of a Rust panic: in the worker, the compiler panicked on the module.
+const PANICKED: i32 = 101;
 
 /// The most stderr of a failed child kept for its error message (its end).
 const STDERR_KEPT: usize = 16 << 10;
 
+/// The compiler program of the running executable: `/proc/self/exe` where there is one (a new
+/// file at the executable's path, say an upgrade, is not this build), else its path.
+pub fn own_executable() -> Option<PathBuf> {
+    let proc_self = PathBuf::from("/proc/self/exe");
+    if proc_self.exists() {
+        return Some(proc_self);
+    }
+    std::env::current_exe().ok()
+}
+
 /// Why the child did not produce an artifact.
 #[derive(Debug)]
 pub(crate) enum ChildFailure {
-    /// The child could not be started or talked to: compile in this process instead.
+    /// The child could not be started, talked to, or do its work: compile in this process.
     Unavailable(std::io::Error),
     /// The compiler refused the module, or died on it: the module does not compile.
     Rejected(String),
@@ -48,54 +84,147 @@ pub(crate) enum ChildFailure {
 /// it to `output`.
 ///
 /// # Errors
-/// When the input cannot be read, the component does not compile or the output cannot be
-/// written.
-pub fn serve(engine: &Engine, mut input: impl Read, mut output: impl Write) -> anyhow::Result<()> {
+/// [`WorkerError::Rejected`] when the component does not compile, [`WorkerError::Io`] when the
+/// input cannot be read or the output written.
+pub fn serve(
+    engine: &Engine,
+    mut input: impl Read,
+    mut output: impl Write,
+) -> Result<(), WorkerError> {
     let mut bytes = Vec::new();
     input
         .read_to_end(&mut bytes)
-        .map_err(|e| anyhow::anyhow!("cannot read the component from stdin: {e}"))?;
+        .map_err(|e| WorkerError::Io(format!("cannot read the component from stdin: {e}")))?;
     let compiled = engine
         .precompile_component(&bytes)
-        .map_err(|e| anyhow::anyhow!("{e:#}"))?;
+        .map_err(|e| WorkerError::Rejected(format!("{e:#}")))?;
     output
         .write_all(&compiled)
         .and_then(|()| output.flush())
-        .map_err(|e| anyhow::anyhow!("cannot write the compiled component to stdout: {e}"))
+        .map_err(|e| {
+            WorkerError::Io(format!(
+                "cannot write the compiled component to stdout: {e}"
+            ))
+        })
 }
 
-/// The child's process: [`serve`] on stdin and stdout with the engine settings every
-/// [`Runtime`](super::Runtime) uses (the pooling allocator changes no compiled code).
-///
-/// # Errors
-/// As [`serve`], or when the engine cannot be built.
-pub fn run_worker() -> anyhow::Result<()> {
-    let engine = Engine::new(&super::engine::base_config())
-        .map_err(|e| anyhow::anyhow!("cannot create the wasm engine: {e:#}"))?;
-    serve(&engine, std::io::stdin().lock(), std::io::stdout().lock())
+/// What went wrong in the worker.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    /// The module does not compile.
+    #[error("{0}")]
+    Rejected(String),
+    /// Reading the module or writing the artifact failed.
+    #[error("{0}")]
+    Io(String),
+}
+
+/// The worker, when the command line asks for it (`kubelisten compile-worker [--memory-bytes N]
+/// [--parent PID]`, before any other parsing: neither the host's flags nor their environment
+/// variables concern it): sets its limits, then [`serve`]s stdin to stdout with the engine
+/// settings every [`Runtime`](super::Runtime) uses (the pooling allocator changes no compiled
+/// code). Returns its exit status, or `None` for any other command line.
+pub fn run_worker_if_asked() -> Option<ExitCode> {
+    let mut args = std::env::args_os().skip(1);
+    if args.next()? != WORKER_SUBCOMMAND {
+        return None;
+    }
+    let (mut memory, mut parent) = (None, None);
+    let number = |value: Option<OsString>| value?.to_str()?.parse::<u64>().ok();
+    while let Some(arg) = args.next() {
+        match arg.to_str() {
+            Some("--memory-bytes") => memory = number(args.next()),
+            Some("--parent") => parent = number(args.next()),
+            _ => {
+                eprintln!("error: unknown argument {arg:?} (usage: kubelisten {WORKER_SUBCOMMAND} [--memory-bytes N] [--parent PID])");
+                return Some(ExitCode::from(UNABLE));
+            }
+        }
+    }
+    if let Err(why) = confine(memory, parent) {
+        eprintln!("error: {why}");
+        return Some(ExitCode::from(UNABLE));
+    }
+    let engine = match Engine::new(&super::engine::base_config()) {
+        Ok(engine) => engine,
+        Err(err) => {
+            eprintln!("error: cannot create the wasm engine: {err:#}");
+            return Some(ExitCode::from(UNABLE));
+        }
+    };
+    Some(
+        match serve(&engine, std::io::stdin().lock(), std::io::stdout().lock()) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(err) => {
+                eprintln!("error: {err}");
+                ExitCode::from(match err {
+                    WorkerError::Rejected(_) => REJECTED,
+                    WorkerError::Io(_) => IO_FAILED,
+                })
+            }
+        },
+    )
+}
+
+/// The worker's limits: dies with `parent`, first in line for the OOM killer, at most `memory`
+/// bytes of data.
+#[cfg(target_os = "linux")]
+fn confine(memory: Option<u64>, parent: Option<u64>) -> Result<(), String> {
+    // SAFETY: prctl(PR_SET_PDEATHSIG) and getppid take no pointers of ours.
+    unsafe {
+        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+    }
+    // The parent may have died before the death signal was set up.
+    // SAFETY: as above.
+    let now = u64::try_from(unsafe { libc::getppid() }).unwrap_or(0);
+    if parent.is_some_and(|parent| parent != now) {
+        return Err("the host that started this compiler is gone".into());
+    }
+    // Best effort: raising one's own score needs no privilege.
+    let _ = std::fs::write("/proc/self/oom_score_adj", "1000");
+    if let Some(bytes) = memory {
+        let limit = libc::rlimit {
+            rlim_cur: bytes,
+            rlim_max: bytes,
+        };
+        // SAFETY: setrlimit reads the struct we pass.
+        if unsafe { libc::setrlimit(libc::RLIMIT_DATA, &limit) } != 0 {
+            return Err(format!(
+                "cannot limit the compiler's memory to {bytes} bytes: {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(not(target_os = "linux"))]
+fn confine(_memory: Option<u64>, _parent: Option<u64>) -> Result<(), String> {
+    Ok(())
+}
+
+/// How a compile in the child is bounded.
+pub(crate) struct ChildLimits {
+    /// Wall-clock time, after which the child is killed.
+    pub(crate) timeout: Duration,
+    /// Bytes of data the child may allocate (`RLIMIT_DATA`).
+    pub(crate) memory: u64,
 }
 
 /// The host's side: runs `program compile-worker` on `bytes` and returns its artifact (not yet
 /// checked: `Component::deserialize` checks that it fits the engine). A child still running
-/// after `timeout` is killed and the module rejected.
+/// after the timeout is killed (with its process group) and the module rejected.
 pub(crate) fn compile_in_child(
     program: &Path,
     bytes: &[u8],
-    timeout: Duration,
+    limits: &ChildLimits,
 ) -> Result<Vec<u8>, ChildFailure> {
-    let mut child = Command::new(program)
-        .arg(WORKER_SUBCOMMAND)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        // Only the compiler's own warnings: the child's log lines become the error message.
-        .env("RUST_LOG", "warn")
-        .spawn()
-        .map_err(ChildFailure::Unavailable)?;
+    let deadline = Instant::now() + limits.timeout;
+    let mut child = spawn(program, limits.memory).map_err(ChildFailure::Unavailable)?;
     let (Some(mut stdin), Some(mut stdout), Some(mut stderr)) =
         (child.stdin.take(), child.stdout.take(), child.stderr.take())
     else {
-        let _ = child.kill();
+        kill_group(&mut child);
         let _ = child.wait();
         return Err(ChildFailure::Unavailable(std::io::Error::other(
             "the compiler process's pipes are missing",
@@ -104,64 +233,161 @@ pub(crate) fn compile_in_child(
     // The input is written, and the output and errors read, each on a thread of its own, so
     // that a child writing before it has read everything cannot block. A child that exits early
     // closes its stdin: the write error is of no interest then, its exit status tells.
-    let (done, output_read) = mpsc::channel();
-    let (status, output, errors, timed_out) = std::thread::scope(|scope| {
-        scope.spawn(move || {
-            let _ = stdin.write_all(bytes);
-        });
-        let output = scope.spawn(move || {
-            let mut output = Vec::new();
-            let read = stdout.read_to_end(&mut output).map(|_| output);
-            let _ = done.send(());
-            read
-        });
-        let errors = scope.spawn(move || {
-            let mut errors = Vec::new();
-            let _ = stderr.read_to_end(&mut errors);
-            errors
-        });
-        // The child closes its stdout when it exits (or dies).
-        let timed_out = matches!(
-            output_read.recv_timeout(timeout),
-            Err(mpsc::RecvTimeoutError::Timeout)
+    let (done, output_read) = mpsc::channel::<()>();
+    let outcome = std::thread::scope(|scope| {
+        let threads = (
+            std::thread::Builder::new().spawn_scoped(scope, move || {
+                let _ = stdin.write_all(bytes);
+            }),
+            std::thread::Builder::new().spawn_scoped(scope, move || {
+                let mut output = Vec::new();
+                let read = stdout.read_to_end(&mut output).map(|_| output);
+                drop(done);
+                read
+            }),
+            std::thread::Builder::new().spawn_scoped(scope, move || {
+                let mut errors = Vec::new();
+                let _ = stderr.read_to_end(&mut errors);
+                errors
+            }),
         );
-        if timed_out {
-            // Not yet waited for, so the process is still ours to kill (no pid reuse).
-            let _ = child.kill();
-        }
-        let status = child.wait();
+        let (Ok(_), Ok(output), Ok(errors)) = threads else {
+            // Threads that did start end once the killed group's pipes close.
+            kill_group(&mut child);
+            let _ = child.wait();
+            return Err(ChildFailure::Unavailable(std::io::Error::other(
+                "cannot start a thread to talk to the compiler process",
+            )));
+        };
+        // The output ends when the child exits (or closes its stdout).
+        let timeout = deadline.saturating_duration_since(Instant::now());
+        let _ = output_read.recv_timeout(timeout);
+        let (status, timed_out) = wait_until(&mut child, deadline);
+        let status = status.map_err(ChildFailure::Unavailable)?;
         let output = output
             .join()
             .unwrap_or_else(|_| Err(std::io::Error::other("the compiler output reader panicked")));
-        (status, output, errors.join().unwrap_or_default(), timed_out)
+        Ok((status, timed_out, output, errors.join().unwrap_or_default()))
     });
-    let status = status.map_err(ChildFailure::Unavailable)?;
+    let (status, timed_out, output, errors) = outcome?;
+    let errors = &errors[errors.len().saturating_sub(STDERR_KEPT)..];
+    let stderr = String::from_utf8_lossy(errors);
     if timed_out {
         return Err(ChildFailure::Rejected(format!(
             "the compiler process took longer than {}s and was stopped",
-            timeout.as_secs_f64()
+            limits.timeout.as_secs_f64()
         )));
     }
-    let output = output.map_err(ChildFailure::Unavailable)?;
     if status.success() {
+        let output = output.map_err(ChildFailure::Unavailable)?;
+        if !stderr.trim().is_empty() {
+            tracing::warn!(program = %program.display(), output = %stderr.trim(), "the compiler process wrote to stderr");
+        }
         return Ok(output);
     }
+    // A panic's hint to set RUST_BACKTRACE is for the child's environment, not the user's.
+    let stderr = stderr
+        .lines()
+        .filter(|line| !line.starts_with("note: run with `RUST_BACKTRACE=1`"))
+        .collect::<Vec<_>>()
+        .join("\n");
     // `kubelisten` ends a failed command with `error: <message>`; warnings may come before it.
-    let errors = &errors[errors.len().saturating_sub(STDERR_KEPT)..];
-    let stderr = String::from_utf8_lossy(errors);
     let message = match stderr.rfind("\nerror: ") {
         Some(at) => &stderr[at + "\nerror: ".len()..],
         None => stderr.strip_prefix("error: ").unwrap_or(&stderr),
     }
     .trim();
-    Err(ChildFailure::Rejected(if message.is_empty() {
-        format!("the compiler process failed ({status})")
-    } else if status.code().is_some() {
-        message.to_string()
+    match status.code() {
+        Some(code) if code == i32::from(REJECTED) && !message.is_empty() => {
+            Err(ChildFailure::Rejected(message.to_string()))
+        }
+        Some(code) if code == i32::from(REJECTED) || code == PANICKED => Err(
+            ChildFailure::Rejected(failed(status, message, limits.memory)),
+        ),
+        Some(_) => Err(ChildFailure::Unavailable(std::io::Error::other(failed(
+            status,
+            message,
+            limits.memory,
+        )))),
+        // Killed by a signal: an allocation beyond the limit aborts, the OOM killer kills.
+        None => Err(ChildFailure::Rejected(failed(
+            status,
+            message,
+            limits.memory,
+        ))),
+    }
+}
+
+/// The message of a child that failed with `status`, having printed `message`.
+fn failed(status: ExitStatus, message: &str, memory: u64) -> String {
+    let limit = if status.signal() == Some(libc::SIGABRT) || status.signal() == Some(libc::SIGKILL)
+    {
+        format!("; the compiler's memory limit is {} MiB", memory >> 20)
     } else {
-        // Killed by a signal (say by the kernel's OOM killer): say so beside what it printed.
-        format!("the compiler process failed ({status}): {message}")
-    }))
+        String::new()
+    };
+    if message.is_empty() {
+        format!("the compiler process failed ({status}{limit})")
+    } else {
+        format!("the compiler process failed ({status}{limit}): {message}")
+    }
+}
+
+/// Starts the worker in a process group of its own; retried a few times on `ETXTBSY` (a file
+/// just written, whose write handle a concurrent fork briefly holds).
+fn spawn(program: &Path, memory: u64) -> std::io::Result<Child> {
+    let mut tries = 0;
+    loop {
+        let spawned = Command::new(program)
+            .arg(WORKER_SUBCOMMAND)
+            .arg("--memory-bytes")
+            .arg(memory.to_string())
+            .arg("--parent")
+            .arg(std::process::id().to_string())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            // The panic message is the error message; a backtrace, which may need memory the
+            // limit no longer allows, would only hide it.
+            .env("RUST_BACKTRACE", "0")
+            .process_group(0)
+            .spawn();
+        match spawned {
+            Err(err) if err.raw_os_error() == Some(libc::ETXTBSY) && tries < 20 => {
+                tries += 1;
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            other => return other,
+        }
+    }
+}
+
+/// Waits for the child until `deadline`, then kills its process group. Returns its status and
+/// whether it was killed for the deadline.
+fn wait_until(child: &mut Child, deadline: Instant) -> (std::io::Result<ExitStatus>, bool) {
+    loop {
+        match child.try_wait() {
+            Ok(Some(status)) => return (Ok(status), false),
+            Ok(None) if Instant::now() >= deadline => {
+                kill_group(child);
+                return (child.wait(), true);
+            }
+            Ok(None) => std::thread::sleep(Duration::from_millis(2)),
+            Err(err) => return (Err(err), false),
+        }
+    }
+}
+
+/// Kills the child's process group (the child leads it: `process_group(0)`). The child is not
+/// yet waited for, so its group id cannot have been reused.
+fn kill_group(child: &mut Child) {
+    if let Ok(pid) = i32::try_from(child.id()) {
+        // SAFETY: kill takes no pointers; the group is the child's own.
+        unsafe {
+            libc::kill(-pid, libc::SIGKILL);
+        }
+    }
+    let _ = child.kill();
 }
 
 #[cfg(test)]

@@ -14,7 +14,7 @@ use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
 use super::bindings::Listener as ListenerWorld;
-use super::compiler::{compile_in_child, ChildFailure};
+use super::compiler::{compile_in_child, ChildFailure, ChildLimits};
 use super::host::{ClusterAccess, GuestLogSink, NoCluster, TracingSink};
 use super::state::HostState;
 use super::{Error, Result};
@@ -47,6 +47,9 @@ pub struct RuntimeConfig {
     /// How long the compiler process may take for one module; a module it has not compiled by
     /// then is rejected (compiling in this process has no such bound).
     pub compile_timeout: Duration,
+    /// Bytes of data the compiler process may allocate (`RLIMIT_DATA`); a module that needs more
+    /// is rejected. The largest guests here (Python, JavaScript) peak at about 370 MiB.
+    pub compile_memory: u64,
 }
 
 impl Default for RuntimeConfig {
@@ -59,6 +62,7 @@ impl Default for RuntimeConfig {
             cluster: Arc::new(NoCluster),
             compiler: None,
             compile_timeout: DEFAULT_COMPILE_TIMEOUT,
+            compile_memory: DEFAULT_COMPILE_MEMORY,
         }
     }
 }
@@ -66,6 +70,10 @@ impl Default for RuntimeConfig {
 /// The default [`RuntimeConfig::compile_timeout`]: ample for the multi-megabyte Python and
 /// JavaScript guests on a slow machine, a bound for a module that makes the compiler spin.
 pub const DEFAULT_COMPILE_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// The default [`RuntimeConfig::compile_memory`]: 2 GiB, five times what the largest guests
+/// here need.
+pub const DEFAULT_COMPILE_MEMORY: u64 = 2 << 30;
 
 /// `$KUBELISTEN_CACHE_DIR`, else `$XDG_CACHE_HOME/kubelisten/compiled`, else
 /// `~/.cache/kubelisten/compiled`.
@@ -337,7 +345,11 @@ impl Runtime {
     /// artifact (for the disk cache).
     fn compile_fresh(&self, bytes: &[u8]) -> wasmtime::Result<(Component, Vec<u8>)> {
         if let Some(program) = &self.0.config.compiler {
-            match compile_in_child(program, bytes, self.0.config.compile_timeout) {
+            let limits = ChildLimits {
+                timeout: self.0.config.compile_timeout,
+                memory: self.0.config.compile_memory,
+            };
+            match compile_in_child(program, bytes, &limits) {
                 // SAFETY: the artifact comes from the configured compiler program (this
                 // executable), a source as trusted as the cache directory; `deserialize` checks
                 // that it was compiled for this engine's settings and wasmtime version.
@@ -697,7 +709,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let rt = runtime_with_compiler(
             dir.path(),
-            "cat >/dev/null; echo 'WARN noise' >&2; echo 'error: bad code at 0x10' >&2; exit 1",
+            "cat >/dev/null; echo 'WARN noise' >&2; echo 'error: bad code at 0x10' >&2; exit 65",
         );
         let (bytes, _) = component(&rt, dir.path(), 1);
         let err = rt.compile(&bytes).map(|_| ()).unwrap_err();
@@ -706,22 +718,35 @@ mod tests {
     }
 
     #[test]
-    fn a_compiler_process_killed_on_a_module_rejects_it_and_the_host_goes_on() {
+    fn a_compiler_process_that_dies_on_a_module_rejects_it_and_the_host_goes_on() {
         let dir = tempfile::tempdir().unwrap();
-        let rt = runtime_with_compiler(dir.path(), "cat >/dev/null; kill -9 $$");
-        let (bytes, _) = component(&rt, dir.path(), 1);
-        let err = format!("{:#}", rt.compile(&bytes).map(|_| ()).unwrap_err());
-        assert!(
-            err.contains("the compiler process failed") && err.contains("signal: 9"),
-            "{err}"
-        );
+        for (script, expected) in [
+            // The OOM killer, or an allocation beyond the limit (abort).
+            ("cat >/dev/null; kill -9 $$", "signal: 9"),
+            // A panic in the compiler.
+            (
+                "cat >/dev/null; echo 'panicked at cranelift' >&2; exit 101",
+                "exit status: 101",
+            ),
+        ] {
+            let rt = runtime_with_compiler(dir.path(), script);
+            let (bytes, _) = component(&rt, dir.path(), 1);
+            let err = format!("{:#}", rt.compile(&bytes).map(|_| ()).unwrap_err());
+            assert!(
+                err.starts_with("the compiler process failed") && err.contains(expected),
+                "{script}: {err}"
+            );
+        }
     }
 
     #[test]
-    fn a_compiler_process_that_takes_too_long_is_stopped_and_the_module_rejected() {
+    fn a_compiler_process_that_takes_too_long_is_killed_and_the_module_rejected() {
         let dir = tempfile::tempdir().unwrap();
-        let program = dir.path().join("compiler");
-        let rt = runtime_with_compiler(dir.path(), "cat >/dev/null; exec sleep 600");
+        let pid_file = dir.path().join("pid");
+        let rt = runtime_with_compiler(
+            dir.path(),
+            &format!("echo $$ > {}; exec sleep 600", pid_file.display()),
+        );
         let rt = Runtime::new(RuntimeConfig {
             compile_timeout: Duration::from_millis(300),
             ..rt.0.config.clone()
@@ -733,24 +758,31 @@ mod tests {
             err,
             "the compiler process took longer than 0.3s and was stopped"
         );
-        // Killed, not left behind.
-        let pgrep = std::process::Command::new("pgrep")
-            .args(["-f", "sleep 600"])
-            .output()
-            .unwrap();
-        assert!(pgrep.stdout.is_empty(), "{program:?} left a process behind");
+        // Killed and waited for: no such process any more.
+        let pid = std::fs::read_to_string(&pid_file).unwrap();
+        assert!(
+            !Path::new(&format!("/proc/{}", pid.trim())).exists(),
+            "the compiler process {pid} is still there"
+        );
     }
 
     #[test]
     fn without_a_usable_compiler_process_the_module_is_compiled_here() {
         let dir = tempfile::tempdir().unwrap();
-        // Output that is no compiled component (another build's, say), then no program at all.
-        let rt = runtime_with_compiler(dir.path(), "cat >/dev/null; echo not-compiled-code");
-        let (bytes, _) = component(&rt, dir.path(), 1);
-        let (compiled, digest) = rt.compile(&bytes).unwrap();
-        assert!(digest.starts_with("sha256:"));
-        assert_eq!(compiled.component_type().exports(rt.engine()).count(), 0);
-        assert_eq!(rt.compiled_in_child(), 0);
+        for script in [
+            // Output that is no compiled component (another build's, say).
+            "cat >/dev/null; echo not-compiled-code",
+            // A failure that is not the module's: a program without the worker (usage error).
+            "cat >/dev/null; echo 'error: unrecognized subcommand' >&2; exit 2",
+        ] {
+            let rt = runtime_with_compiler(dir.path(), script);
+            let (bytes, _) = component(&rt, dir.path(), 1);
+            let (compiled, digest) = rt.compile(&bytes).unwrap();
+            assert!(digest.starts_with("sha256:"));
+            assert_eq!(compiled.component_type().exports(rt.engine()).count(), 0);
+            assert_eq!(rt.compiled_in_child(), 0, "{script}");
+        }
+        // No program at all.
         let rt = Runtime::new(RuntimeConfig {
             cache_dir: None,
             pooling: false,

@@ -17,7 +17,8 @@ mod trap;
 
 pub use backoff::{CrashLoop, CrashLoopConfig, Ticket};
 pub use engine::{
-    release_free_memory, AllocatorKind, Runtime, RuntimeConfig, DEFAULT_COMPILE_TIMEOUT,
+    release_free_memory, AllocatorKind, Runtime, RuntimeConfig, DEFAULT_COMPILE_MEMORY,
+    DEFAULT_COMPILE_TIMEOUT,
 };
 /// Cuts a string to at most `max` bytes at a character boundary (shared by guest logs, guest
 /// error messages and Kubernetes Events).

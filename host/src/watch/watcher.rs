@@ -162,7 +162,8 @@ struct WatchLine {
 }
 
 /// Runs the list/watch loop until `tx` is closed or `stop` is cancelled, sending events, errors
-/// and sync marks. Failures are retried with exponential backoff (200 ms up to 30 s), as is a
+/// and sync marks. Failures are retried with exponential backoff (200 ms up to 30 s, plus up to
+/// a quarter at random), as is a
 /// watch that ends at once without an event or bookmark. There are two backoffs: while the API
 /// server does not answer (down, unreachable, a proxy's 502-504), which starts over at any
 /// answer, and while it answers but no watch works, which starts over once a watch has worked
@@ -209,7 +210,7 @@ pub async fn run(
     // answer at all (down, unreachable), and while it answers but no watch works (a watch that
     // ends at once, an expiry right after a list, error statuses). Once it answers again after
     // an outage, the outage's long backoff no longer applies: the relist that usually follows
-    // a restart comes at once, not up to 30 s later.
+    // a restart comes at once, not up to 37.5 s later.
     let (mut unanswered, mut futile) = (Backoff::default(), Backoff::default());
     loop {
         if stop.is_cancelled() {
