@@ -24,7 +24,7 @@ pub struct Cli {
     /// Seconds the compiler process may take for one module; a module not compiled by then is
     /// rejected like one that does not compile.
     #[arg(long, global = true, env = "KUBELISTEN_COMPILE_TIMEOUT", default_value_t = 600,
-          value_parser = clap::value_parser!(u64).range(1..))]
+          value_parser = clap::value_parser!(u64).range(1..=86_400))]
     pub compile_timeout: u64,
     /// MiB of data the compiler process may allocate; a module that needs more is rejected.
     #[arg(long, global = true, env = "KUBELISTEN_COMPILE_MEMORY_MIB", default_value_t = 2048,

@@ -300,7 +300,7 @@ fn every_guest_has_a_build_script_and_a_guide() {
     }
 }
 
-/// The compiler process's memory limit: the JavaScript guest (about 370 MiB to compile) is
+/// The compiler process's memory limit: the JavaScript guest (about 448 MiB to compile) is
 /// rejected under a 128 MiB limit, with the limit named, and the binary exits as for any bad
 /// module; the guest compiles under the default limit (the other tests).
 #[test]

@@ -261,7 +261,12 @@ fn the_compile_worker_tells_a_bad_module_from_a_worker_that_cannot_work() {
         "{stderr}"
     );
 
-    for args in [&["--parent", "1"][..], &["--bogus"][..]] {
+    let not_my_parent = u32::MAX.to_string();
+    for args in [
+        &["--parent", not_my_parent.as_str()][..],
+        &["--bogus"][..],
+        &["--memory-bytes", "lots"][..],
+    ] {
         let out = run(args, &module);
         assert_eq!(out.status.code(), Some(70), "{args:?}");
         assert!(out.stdout.is_empty());

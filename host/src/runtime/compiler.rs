@@ -61,6 +61,27 @@ const PANICKED: i32 = 101;
 /// The most stderr of a failed child kept for its error message (its end).
 const STDERR_KEPT: usize = 16 << 10;
 
+/// The least data the compiler process is allowed ([`RuntimeConfig::compile_memory`] below it
+/// is raised to it): its engine and threads alone take a few MiB.
+///
+/// [`RuntimeConfig::compile_memory`]: super::RuntimeConfig::compile_memory
+pub const MIN_MEMORY: u64 = 64 << 20;
+
+/// Reads `input` to its end, keeping the last [`STDERR_KEPT`] bytes.
+fn tail(input: &mut impl Read) -> Vec<u8> {
+    let mut kept = std::collections::VecDeque::with_capacity(STDERR_KEPT);
+    let mut chunk = [0u8; 4096];
+    while let Ok(n) = input.read(&mut chunk) {
+        if n == 0 {
+            break;
+        }
+        kept.extend(&chunk[..n]);
+        let excess = kept.len().saturating_sub(STDERR_KEPT);
+        kept.drain(..excess);
+    }
+    kept.into()
+}
+
 /// The compiler program of the running executable: `/proc/self/exe` where there is one (a new
 /// file at the executable's path, say an upgrade, is not this build), else its path.
 pub fn own_executable() -> Option<PathBuf> {
@@ -129,19 +150,28 @@ pub fn run_worker_if_asked() -> Option<ExitCode> {
     if args.next()? != WORKER_SUBCOMMAND {
         return None;
     }
+    let usage = |what: &str| {
+        eprintln!("error: {what} (usage: kubelisten {WORKER_SUBCOMMAND} [--memory-bytes N] [--parent PID])");
+        Some(ExitCode::from(UNABLE))
+    };
     let (mut memory, mut parent) = (None, None);
     let number = |value: Option<OsString>| value?.to_str()?.parse::<u64>().ok();
     while let Some(arg) = args.next() {
-        match arg.to_str() {
-            Some("--memory-bytes") => memory = number(args.next()),
-            Some("--parent") => parent = number(args.next()),
-            _ => {
-                eprintln!("error: unknown argument {arg:?} (usage: kubelisten {WORKER_SUBCOMMAND} [--memory-bytes N] [--parent PID])");
-                return Some(ExitCode::from(UNABLE));
-            }
+        let (slot, name) = match arg.to_str() {
+            Some("--memory-bytes") => (&mut memory, "--memory-bytes"),
+            Some("--parent") => (&mut parent, "--parent"),
+            _ => return usage(&format!("unknown argument {arg:?}")),
+        };
+        match number(args.next()) {
+            Some(value) => *slot = Some(value),
+            None => return usage(&format!("{name} needs a number")),
         }
     }
     if let Err(why) = confine(memory, parent) {
+        eprintln!("error: {why}");
+        return Some(ExitCode::from(UNABLE));
+    }
+    if let Err(why) = start_compiler_threads(memory) {
         eprintln!("error: {why}");
         return Some(ExitCode::from(UNABLE));
     }
@@ -166,34 +196,82 @@ pub fn run_worker_if_asked() -> Option<ExitCode> {
     )
 }
 
-/// The worker's limits: dies with `parent`, first in line for the OOM killer, at most `memory`
-/// bytes of data.
+/// Data the worker allows per compiler thread when it sizes the pool under a memory limit.
+const MEMORY_PER_THREAD: u64 = 64 << 20;
+
+/// Starts the compiler's thread pool (rayon's global pool, which wasmtime compiles on) before
+/// the module is read: one thread per CPU, at most one per [`MEMORY_PER_THREAD`] of the limit,
+/// one if more cannot start. Started lazily by wasmtime instead, a pool that cannot start (a
+/// pids limit, the data limit on a many-CPU node) would panic on the module, rejecting it.
+fn start_compiler_threads(memory: Option<u64>) -> Result<(), String> {
+    let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+    let by_memory = memory.map_or(usize::MAX, |bytes| {
+        usize::try_from(bytes / MEMORY_PER_THREAD).unwrap_or(usize::MAX)
+    });
+    let threads = cpus.min(by_memory).max(1);
+    let started = rayon_core::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build_global();
+    match started {
+        Ok(()) => Ok(()),
+        Err(_) if threads > 1 => rayon_core::ThreadPoolBuilder::new()
+            .num_threads(1)
+            .build_global()
+            .map_err(|e| format!("cannot start the compiler's thread: {e}")),
+        Err(e) => Err(format!("cannot start the compiler's thread: {e}")),
+    }
+}
+
+/// The worker's limits: dies with `parent`, first in line for the OOM killer, no core dumps, at
+/// most `memory` bytes of data (or the hard limit it already has, if lower).
 #[cfg(target_os = "linux")]
 fn confine(memory: Option<u64>, parent: Option<u64>) -> Result<(), String> {
-    // SAFETY: prctl(PR_SET_PDEATHSIG) and getppid take no pointers of ours.
-    unsafe {
-        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+    let os_error = std::io::Error::last_os_error;
+    // SAFETY: prctl(PR_SET_PDEATHSIG) takes the signal number as its one argument.
+    if unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) } != 0 {
+        return Err(format!(
+            "cannot tie the compiler to the host: {}",
+            os_error()
+        ));
     }
     // The parent may have died before the death signal was set up.
-    // SAFETY: as above.
+    // SAFETY: getppid takes no arguments.
     let now = u64::try_from(unsafe { libc::getppid() }).unwrap_or(0);
     if parent.is_some_and(|parent| parent != now) {
         return Err("the host that started this compiler is gone".into());
     }
     // Best effort: raising one's own score needs no privilege.
     let _ = std::fs::write("/proc/self/oom_score_adj", "1000");
+    // A module that exhausts the limit aborts the worker: no core dump of it.
+    set_limit(libc::RLIMIT_CORE, 0)
+        .map_err(|e| format!("cannot turn off the compiler's core dumps: {e}"))?;
     if let Some(bytes) = memory {
-        let limit = libc::rlimit {
-            rlim_cur: bytes,
-            rlim_max: bytes,
-        };
-        // SAFETY: setrlimit reads the struct we pass.
-        if unsafe { libc::setrlimit(libc::RLIMIT_DATA, &limit) } != 0 {
-            return Err(format!(
-                "cannot limit the compiler's memory to {bytes} bytes: {}",
-                std::io::Error::last_os_error()
-            ));
-        }
+        set_limit(libc::RLIMIT_DATA, bytes)
+            .map_err(|e| format!("cannot limit the compiler's memory to {bytes} bytes: {e}"))?;
+    }
+    Ok(())
+}
+
+/// Sets `resource`'s soft and hard limits to `value`, or to the hard limit if that is lower
+/// (lowering needs no privilege, raising would).
+#[cfg(target_os = "linux")]
+fn set_limit(resource: libc::__rlimit_resource_t, value: u64) -> std::io::Result<()> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the struct we pass.
+    if unsafe { libc::getrlimit(resource, &mut limit) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let value = value.min(limit.rlim_max);
+    let limit = libc::rlimit {
+        rlim_cur: value,
+        rlim_max: value,
+    };
+    // SAFETY: setrlimit reads the struct we pass.
+    if unsafe { libc::setrlimit(resource, &limit) } != 0 {
+        return Err(std::io::Error::last_os_error());
     }
     Ok(())
 }
@@ -219,8 +297,12 @@ pub(crate) fn compile_in_child(
     bytes: &[u8],
     limits: &ChildLimits,
 ) -> Result<Vec<u8>, ChildFailure> {
-    let deadline = Instant::now() + limits.timeout;
-    let mut child = spawn(program, limits.memory).map_err(ChildFailure::Unavailable)?;
+    let now = Instant::now();
+    let deadline = now
+        .checked_add(limits.timeout)
+        .unwrap_or_else(|| now + Duration::from_secs(365 * 24 * 3600));
+    let memory = limits.memory.max(MIN_MEMORY);
+    let mut child = spawn(program, memory).map_err(ChildFailure::Unavailable)?;
     let (Some(mut stdin), Some(mut stdout), Some(mut stderr)) =
         (child.stdin.take(), child.stdout.take(), child.stderr.take())
     else {
@@ -245,11 +327,7 @@ pub(crate) fn compile_in_child(
                 drop(done);
                 read
             }),
-            std::thread::Builder::new().spawn_scoped(scope, move || {
-                let mut errors = Vec::new();
-                let _ = stderr.read_to_end(&mut errors);
-                errors
-            }),
+            std::thread::Builder::new().spawn_scoped(scope, move || tail(&mut stderr)),
         );
         let (Ok(_), Ok(output), Ok(errors)) = threads else {
             // Threads that did start end once the killed group's pipes close.
@@ -270,8 +348,7 @@ pub(crate) fn compile_in_child(
         Ok((status, timed_out, output, errors.join().unwrap_or_default()))
     });
     let (status, timed_out, output, errors) = outcome?;
-    let errors = &errors[errors.len().saturating_sub(STDERR_KEPT)..];
-    let stderr = String::from_utf8_lossy(errors);
+    let stderr = String::from_utf8_lossy(&errors);
     if timed_out {
         return Err(ChildFailure::Rejected(format!(
             "the compiler process took longer than {}s and was stopped",
@@ -301,13 +378,11 @@ pub(crate) fn compile_in_child(
         Some(code) if code == i32::from(REJECTED) && !message.is_empty() => {
             Err(ChildFailure::Rejected(message.to_string()))
         }
-        Some(code) if code == i32::from(REJECTED) || code == PANICKED => Err(
-            ChildFailure::Rejected(failed(status, message, limits.memory)),
-        ),
+        Some(code) if code == i32::from(REJECTED) || code == PANICKED => {
+            Err(ChildFailure::Rejected(failed(status, message, memory)))
+        }
         Some(_) => Err(ChildFailure::Unavailable(std::io::Error::other(failed(
-            status,
-            message,
-            limits.memory,
+            status, message, memory,
         )))),
         // Killed by a signal: an allocation beyond the limit aborts, the OOM killer kills.
         None => Err(ChildFailure::Rejected(failed(
@@ -320,12 +395,12 @@ pub(crate) fn compile_in_child(
 
 /// The message of a child that failed with `status`, having printed `message`.
 fn failed(status: ExitStatus, message: &str, memory: u64) -> String {
-    let limit = if status.signal() == Some(libc::SIGABRT) || status.signal() == Some(libc::SIGKILL)
-    {
-        format!("; the compiler's memory limit is {} MiB", memory >> 20)
-    } else {
-        String::new()
-    };
+    let limit =
+        if status.signal() == Some(libc::SIGABRT) && message.contains("memory allocation of") {
+            format!("; the compiler's memory limit is {} MiB", memory >> 20)
+        } else {
+            String::new()
+        };
     if message.is_empty() {
         format!("the compiler process failed ({status}{limit})")
     } else {
@@ -350,6 +425,7 @@ fn spawn(program: &Path, memory: u64) -> std::io::Result<Child> {
             // The panic message is the error message; a backtrace, which may need memory the
             // limit no longer allows, would only hide it.
             .env("RUST_BACKTRACE", "0")
+            .env("RUST_LIB_BACKTRACE", "0")
             .process_group(0)
             .spawn();
         match spawned {
