@@ -292,10 +292,14 @@ pub(crate) struct ChildLimits {
 /// The host's side: runs `program compile-worker` on `bytes` and returns its artifact (not yet
 /// checked: `Component::deserialize` checks that it fits the engine). A child still running
 /// after the timeout is killed (with its process group) and the module rejected.
+///
+/// With `file`, the artifact is streamed into it (never held in this process's memory) and the
+/// bytes returned are empty.
 pub(crate) fn compile_in_child(
     program: &Path,
     bytes: &[u8],
     limits: &ChildLimits,
+    file: Option<std::fs::File>,
 ) -> Result<Vec<u8>, ChildFailure> {
     let now = Instant::now();
     let deadline = now
@@ -323,7 +327,10 @@ pub(crate) fn compile_in_child(
             }),
             std::thread::Builder::new().spawn_scoped(scope, move || {
                 let mut output = Vec::new();
-                let read = stdout.read_to_end(&mut output).map(|_| output);
+                let read = match file {
+                    Some(mut file) => std::io::copy(&mut stdout, &mut file).map(|_| output),
+                    None => stdout.read_to_end(&mut output).map(|_| output),
+                };
                 drop(done);
                 read
             }),
