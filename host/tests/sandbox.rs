@@ -1590,8 +1590,18 @@ fn the_compile_worker_compiles_for_the_host_and_fills_the_code_cache() {
         totals(&capture.messages_of("rust-metrics")),
         ["totals creates=1 updates=0 deletes=0"]
     );
-    let entries = std::fs::read_dir(cache.path()).unwrap().count();
-    assert_eq!(entries, 1, "one compiled-code cache entry");
+    let entries: Vec<_> = std::fs::read_dir(cache.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(entries.len(), 1, "one compiled-code cache entry");
+    // The code runs mapped from that entry (resident only as far as it runs), not from a copy.
+    let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+    assert!(
+        maps.contains(entries[0].to_str().unwrap()),
+        "{} is not mapped",
+        entries[0].display()
+    );
 
     let here = kubelisten::Runtime::new(kubelisten::RuntimeConfig {
         compiler: None,

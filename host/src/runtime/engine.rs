@@ -844,6 +844,20 @@ mod tests {
     }
 
     #[test]
+    fn a_module_compiled_here_runs_mapped_from_its_cache_entry() {
+        let dir = tempfile::tempdir().unwrap();
+        let rt = runtime(dir.path(), 10);
+        let (bytes, path) = component(&rt, dir.path(), 7);
+        let (_component, _) = rt.compile(&bytes).unwrap();
+        let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+        assert!(
+            maps.contains(path.to_str().unwrap()),
+            "{} is not mapped",
+            path.display()
+        );
+    }
+
+    #[test]
     fn a_compiler_process_output_that_does_not_load_leaves_a_good_cache_entry() {
         let dir = tempfile::tempdir().unwrap();
         let cache = dir.path().join("cache");
