@@ -272,3 +272,47 @@ fn the_compile_worker_tells_a_bad_module_from_a_worker_that_cannot_work() {
         assert!(out.stdout.is_empty());
     }
 }
+
+/// The compile worker's confinement: first in line for the OOM killer (`oom_score_adj` 1000),
+/// and killed when the thread that started it ends (`PR_SET_PDEATHSIG`; the host's compiling
+/// thread waits for the worker, so that is when the host itself is gone).
+#[test]
+fn the_compile_worker_is_first_for_the_oom_killer_and_dies_with_its_parent() {
+    use std::process::Stdio;
+    use std::time::{Duration, Instant};
+    let me = std::process::id().to_string();
+    let child = std::thread::spawn(move || {
+        // Its stdin stays open (held by the handle), so it waits for the module.
+        let child = Command::new(env!("CARGO_BIN_EXE_kubelisten"))
+            .args(["compile-worker", "--parent", &me])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let adj = format!("/proc/{}/oom_score_adj", child.id());
+        let until = Instant::now() + Duration::from_secs(30);
+        // Written right after the death signal is set up.
+        while std::fs::read_to_string(&adj).unwrap_or_default().trim() != "1000" {
+            assert!(Instant::now() < until, "oom_score_adj never became 1000");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        child
+    })
+    .join()
+    .unwrap();
+    let mut child = child;
+    let until = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > until {
+            let _ = child.kill();
+            panic!("the worker outlived the thread that started it");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(status.signal(), Some(9), "{status}");
+}
