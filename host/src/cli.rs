@@ -28,7 +28,7 @@ pub struct Cli {
     pub compile_timeout: u64,
     /// MiB of data the compiler process may allocate; a module that needs more is rejected.
     #[arg(long, global = true, env = "KUBELISTEN_COMPILE_MEMORY_MIB", default_value_t = 2048,
-          value_parser = clap::value_parser!(u64).range(64..=1 << 20))]
+          value_parser = clap::value_parser!(u64).range(kubelisten::runtime::compiler::MIN_MEMORY >> 20..=1 << 20))]
     pub compile_memory_mib: u64,
     /// Component instances the pooling allocator holds at once: classname instances in flight
     /// (up to `--workers` per watch), one per reference listener and one prewarmed spare per

@@ -101,6 +101,12 @@ pub(crate) enum ChildFailure {
     Rejected(String),
 }
 
+impl From<std::io::Error> for ChildFailure {
+    fn from(err: std::io::Error) -> Self {
+        Self::Unavailable(err)
+    }
+}
+
 /// The child's side: reads a component from `input`, writes `engine`'s precompiled artifact of
 /// it to `output`.
 ///
@@ -355,13 +361,13 @@ pub(crate) fn compile_in_child(
         Ok((status, timed_out, output, errors.join().unwrap_or_default()))
     });
     let (status, timed_out, output, errors) = outcome?;
-    let stderr = String::from_utf8_lossy(&errors);
     if timed_out {
         return Err(ChildFailure::Rejected(format!(
             "the compiler process took longer than {}s and was stopped",
             limits.timeout.as_secs_f64()
         )));
     }
+    let stderr = String::from_utf8_lossy(&errors);
     if status.success() {
         let output = output.map_err(ChildFailure::Unavailable)?;
         if !stderr.trim().is_empty() {
@@ -369,6 +375,13 @@ pub(crate) fn compile_in_child(
         }
         return Ok(output);
     }
+    Err(classify(status, &stderr, memory))
+}
+
+/// What a child that failed with `status`, having written `stderr`, under a data limit of
+/// `memory` bytes, means: exit 65, a panic or a signal (an allocation beyond the limit aborts,
+/// the OOM killer kills) is the module's doing; any other exit status is not.
+fn classify(status: ExitStatus, stderr: &str, memory: u64) -> ChildFailure {
     // A panic's hint to set RUST_BACKTRACE is for the child's environment, not the user's.
     let stderr = stderr
         .lines()
@@ -383,20 +396,15 @@ pub(crate) fn compile_in_child(
     .trim();
     match status.code() {
         Some(code) if code == i32::from(REJECTED) && !message.is_empty() => {
-            Err(ChildFailure::Rejected(message.to_string()))
+            ChildFailure::Rejected(message.to_string())
         }
         Some(code) if code == i32::from(REJECTED) || code == PANICKED => {
-            Err(ChildFailure::Rejected(failed(status, message, memory)))
+            ChildFailure::Rejected(failed(status, message, memory))
         }
-        Some(_) => Err(ChildFailure::Unavailable(std::io::Error::other(failed(
-            status, message, memory,
-        )))),
-        // Killed by a signal: an allocation beyond the limit aborts, the OOM killer kills.
-        None => Err(ChildFailure::Rejected(failed(
-            status,
-            message,
-            limits.memory,
-        ))),
+        Some(_) => {
+            ChildFailure::Unavailable(std::io::Error::other(failed(status, message, memory)))
+        }
+        None => ChildFailure::Rejected(failed(status, message, memory)),
     }
 }
 

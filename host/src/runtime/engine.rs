@@ -355,7 +355,7 @@ impl Runtime {
         cache_entry: Option<&Path>,
     ) -> wasmtime::Result<Component> {
         if let Some(program) = &self.0.config.compiler {
-            match self.compile_in_child(program, bytes, cache_entry) {
+            match self.compile_by_worker(program, bytes, cache_entry) {
                 Ok(component) => {
                     self.0.compiled_in_child.fetch_add(1, Ordering::Relaxed);
                     tracing::debug!(program = %program.display(), "compiled by the compiler process");
@@ -388,10 +388,10 @@ impl Runtime {
         unsafe { Component::deserialize(&self.0.engine, &compiled) }
     }
 
-    /// [`compile_in_child`], its artifact streamed into `cache_entry` (through a temporary file
+    /// [`compile_in_child`] (the worker), its artifact streamed into `cache_entry` (through a temporary file
     /// renamed into place) when there is one and it can be written, else into memory; loaded.
     /// An artifact that does not load is [`ChildFailure::Unavailable`].
-    fn compile_in_child(
+    fn compile_by_worker(
         &self,
         program: &Path,
         bytes: &[u8],
@@ -421,12 +421,8 @@ impl Runtime {
             return unsafe { Component::deserialize(&self.0.engine, &compiled) }
                 .map_err(unloadable);
         };
-        let written = compile_in_child(program, bytes, &limits, Some(file))
-            .and_then(|_| std::fs::rename(&temp, path).map_err(ChildFailure::Unavailable));
-        if let Err(failure) = written {
-            let _ = std::fs::remove_file(&temp);
-            return Err(failure);
-        }
+        let written = compile_in_child(program, bytes, &limits, Some(file)).map(|_| ());
+        put_in_place(&temp, path, written)?;
         self.load_cache_entry(path).map_err(|err| {
             let _ = std::fs::remove_file(path);
             unloadable(err)
@@ -696,11 +692,21 @@ fn write_atomically(path: &Path, data: &[u8]) -> std::io::Result<()> {
     let (tmp, mut file) = create_temp(path)?;
     let written = std::io::Write::write_all(&mut file, data);
     drop(file);
-    written
-        .and_then(|()| std::fs::rename(&tmp, path))
-        .inspect_err(|_| {
-            let _ = std::fs::remove_file(&tmp);
-        })
+    put_in_place(&tmp, path, written)
+}
+
+/// Renames the temporary file `tmp` (from [`create_temp`]) to `path` once `written` says it is
+/// complete; removes it otherwise.
+fn put_in_place<E: From<std::io::Error>>(
+    tmp: &Path,
+    path: &Path,
+    written: Result<(), E>,
+) -> Result<(), E> {
+    let placed = written.and_then(|()| std::fs::rename(tmp, path).map_err(E::from));
+    if placed.is_err() {
+        let _ = std::fs::remove_file(tmp);
+    }
+    placed
 }
 
 /// Creates a temporary file beside `path` (and `path`'s directory if need be), unique per
