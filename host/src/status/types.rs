@@ -77,7 +77,10 @@ fn pdb(_: &RuleInput<'_>) -> Result<StatusResult> {
     ))
 }
 
-/// batch/Job: Complete → Current, Failed → Failed, then started or not.
+/// batch/Job: Complete → Current, Failed → Failed, Suspended → Current (the first that is
+/// true, as the conditions are listed), then started or not. A suspended Job (`spec.suspend`,
+/// as Kueue creates them) is settled, not in progress: the spec's list predates the upstream
+/// rule, and where they disagree the library wins (kubernetes-sigs/cli-utils `jobConditions`).
 fn job(input: &RuleInput<'_>) -> Result<StatusResult> {
     let o = input.object;
     let parallelism = int_field(o, &["spec", "parallelism"], 1);
@@ -96,6 +99,9 @@ fn job(input: &RuleInput<'_>) -> Result<StatusResult> {
                 "JobFailed",
                 format!("Job Failed. failed: {failed}/{completions}"),
             ));
+        }
+        if c.is("Suspended", "True") {
+            return Ok(StatusResult::current("Job is suspended"));
         }
     }
     if str_field(o, &["status", "startTime"], "").is_empty() {
@@ -267,6 +273,35 @@ mod tests {
         assert_in_progress(&o, "JobNotStarted", "Job not started");
         let o = with_status("batch/v1", "Job", json!({}), json!({"startTime": ""}));
         assert_in_progress(&o, "JobNotStarted", "Job not started");
+    }
+
+    #[test]
+    fn job_suspended_is_current() {
+        // Created suspended: no startTime, Suspended=True.
+        let o = with_status(
+            "batch/v1",
+            "Job",
+            json!({"suspend": true}),
+            json!({"conditions": [{"type": "Suspended", "status": "True"}]}),
+        );
+        assert_current(&o, "Job is suspended");
+        // Resumed (Suspended=False) and not started yet: in progress again.
+        let o = with_status(
+            "batch/v1",
+            "Job",
+            json!({}),
+            json!({"conditions": [{"type": "Suspended", "status": "False"}]}),
+        );
+        assert_in_progress(&o, "JobNotStarted", "Job not started");
+        // The first true condition decides: a failed Job that is also suspended is failed.
+        let o = with_status(
+            "batch/v1",
+            "Job",
+            json!({}),
+            json!({"failed": 1, "conditions": [
+                {"type": "Failed", "status": "True"}, {"type": "Suspended", "status": "True"}]}),
+        );
+        assert_eq!(compute(&o).unwrap().status, Status::Failed);
     }
 
     #[test]

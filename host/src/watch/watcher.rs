@@ -139,10 +139,23 @@ impl Failure {
     }
 }
 
+/// A list page. `items` may be missing or `null` and `metadata` missing, as kube-core's
+/// `ObjectList` accepts: API servers before the 1.28–1.30 patch releases left `items` out of
+/// some empty lists (kubernetes#124568), and aggregated API servers can send a Go nil slice as
+/// `null`. Both mean an empty page.
 #[derive(Deserialize)]
 struct ListPage {
+    #[serde(default)]
     metadata: ListMeta,
+    #[serde(default, deserialize_with = "null_as_empty")]
     items: Vec<Box<RawValue>>,
+}
+
+/// `null` as an empty list.
+fn null_as_empty<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> std::result::Result<Vec<Box<RawValue>>, D::Error> {
+    Ok(Option::<Vec<Box<RawValue>>>::deserialize(deserializer)?.unwrap_or_default())
 }
 
 #[derive(Deserialize, Default)]
@@ -927,6 +940,33 @@ mod tests {
                 *wait >= base && *wait <= base.mul_f64(1.0 + JITTER),
                 "{n}: {wait:?}"
             );
+        }
+    }
+
+    #[tokio::test(flavor = "current_thread", start_paused = true)]
+    async fn a_list_without_items_or_with_null_items_is_an_empty_list() {
+        for list in [
+            r#"{"kind":"ThingList","apiVersion":"test.kubelisten.dev/v1","metadata":{"resourceVersion":"7"}}"#,
+            r#"{"metadata":{"resourceVersion":"7"},"items":null}"#,
+            r#"{"items":[]}"#,
+        ] {
+            let (client, mut seen) = scripted_api(move |_| list.into(), |_| modified("o1", 8));
+            let (tx, mut rx) = mpsc::channel(1000);
+            let spec = things_spec();
+            let state = spec.state.clone();
+            let task = tokio::spawn(run(client, spec, tx, None, Default::default()));
+            // The list is taken: a watch follows it (a refused list would be retried with
+            // backoff instead, for good), and its event arrives.
+            tokio::time::timeout(Duration::from_secs(60), next_requests(&mut seen, true, 1))
+                .await
+                .unwrap_or_else(|_| panic!("{list}: no watch followed the list"));
+            match rx.recv().await {
+                Some(WatchOutput::Event(event)) => assert_eq!(event.meta.name, "o1", "{list}"),
+                Some(WatchOutput::Error(error)) => panic!("{list}: error {}", error.message),
+                None => panic!("{list}: the watch ended"),
+            }
+            assert!(state.synced.load(Ordering::Relaxed), "{list}");
+            task.abort();
         }
     }
 
