@@ -264,8 +264,13 @@ async fn readyz(State(state): State<Arc<ServerState>>) -> (StatusCode, String) {
                 return format!("watch {} waits for its target ({why})", w.name);
             }
             let synced = w.state.synced.load(Ordering::Relaxed);
+            let error = w
+                .state
+                .last_error()
+                .map(|e| format!(" (last error: {e})"))
+                .unwrap_or_default();
             format!(
-                "watch {} {}",
+                "watch {} {}{error}",
                 w.name,
                 if synced {
                     "disconnected"
@@ -347,6 +352,33 @@ mod tests {
         let status = response.status().as_u16();
         let body = response.into_body().collect().await.unwrap().to_bytes();
         (status, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    #[tokio::test]
+    async fn readyz_names_a_watchs_last_error() {
+        let state = Arc::new(ServerState::new(
+            Arc::new(Metrics::new()),
+            false,
+            Duration::from_secs(60),
+        ));
+        let watch = Arc::new(WatchState::default());
+        state.set_watches(vec![WatchEntry {
+            name: "things".into(),
+            state: watch.clone(),
+            listeners: Arc::new(Vec::new),
+        }]);
+        assert_eq!(
+            get(&state, "/readyz").await,
+            (503, "not ready: watch things has not listed yet\n".into())
+        );
+        watch.set_last_error(Some("request failed: things is forbidden".into()));
+        assert_eq!(
+            get(&state, "/readyz").await,
+            (
+                503,
+                "not ready: watch things has not listed yet (last error: request failed: things is forbidden)\n".into()
+            )
+        );
     }
 
     #[tokio::test]

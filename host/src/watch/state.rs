@@ -7,7 +7,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use crate::event::{EventKind, ResourceEvent};
 use crate::status::Status;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
+use tokio::time::Instant;
 
 /// Shared state of one watch.
 #[derive(Debug, Default)]
@@ -24,8 +25,10 @@ pub struct WatchState {
     pub alive: AtomicUsize,
     /// Whether the dispatcher still runs.
     pub dispatcher_alive: AtomicBool,
-    /// Last time (ms since the epoch) the watch made progress (see [`WatchState::activity`]).
-    pub last_activity_ms: AtomicU64,
+    /// When the watch last made progress (see [`WatchState::activity`]), on the monotonic
+    /// clock: a step of the wall clock (NTP, a resumed VM) neither fails `/healthz` nor hides a
+    /// stuck watch. `None`: never.
+    last_activity: Mutex<Option<Instant>>,
     /// Events received.
     pub events: AtomicU64,
     /// Every known object's computed status, by `namespace/name` (updated by the dispatcher).
@@ -36,21 +39,30 @@ pub struct WatchState {
     /// The resource watched (`group/version/kind`), or the target as configured while the watch
     /// waits for it.
     resource: Mutex<String>,
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    /// The last list or watch failure, until a list or watch works again (for `/readyz`).
+    last_error: Mutex<Option<String>>,
 }
 
 impl WatchState {
-    /// Records progress: the API server answered (an event, a bookmark, a list, a new watch),
-    /// or the dispatcher took an event from the watch. The latter keeps a watch that waits on
+    /// Records progress: the API server answered (an event, a bookmark, a list page, a new
+    /// watch, or an error status: a watch the API server keeps refusing, say for a missing
+    /// permission, is alive, and a restart would get the same answer), or the dispatcher took
+    /// an event from the watch. The latter keeps a watch that waits on
     /// back-pressure (a long initial sync behind slow listeners) from looking dead to
     /// `/healthz`.
     pub fn activity(&self) {
-        self.last_activity_ms.store(now_ms(), Ordering::Relaxed);
+        *self
+            .last_activity
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(Instant::now());
+    }
+
+    /// When the watch last made progress, if ever.
+    pub fn last_activity(&self) -> Option<Instant> {
+        *self
+            .last_activity
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Records the object's status from an event (a delete forgets it).
@@ -85,6 +97,22 @@ impl WatchState {
             .clone()
     }
 
+    /// Records the last list or watch failure (`None`: a list or watch works again).
+    pub fn set_last_error(&self, error: Option<String>) {
+        *self
+            .last_error
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = error;
+    }
+
+    /// The last list or watch failure, while no list or watch has worked since.
+    pub fn last_error(&self) -> Option<String> {
+        self.last_error
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
     /// Records the resource watched (or the target as configured, while it is waited for).
     pub fn set_resource(&self, resource: String) {
         *self.resource.lock().unwrap_or_else(PoisonError::into_inner) = resource;
@@ -98,11 +126,10 @@ impl WatchState {
             .clone()
     }
 
-    /// Time since the last activity.
+    /// Time since the last activity (`Duration::MAX` if there was none).
     pub fn idle(&self) -> Duration {
-        Duration::from_millis(
-            now_ms().saturating_sub(self.last_activity_ms.load(Ordering::Relaxed)),
-        )
+        self.last_activity()
+            .map_or(Duration::MAX, |at| at.elapsed())
     }
 
     /// Whether every watch task is connected and has listed once.
@@ -130,11 +157,15 @@ impl WatchState {
         }
         let idle = self.idle();
         (idle > max_idle && self.waiting().is_none()).then(|| {
-            format!(
-                "no watch activity for {}s (limit {}s)",
-                idle.as_secs(),
-                max_idle.as_secs()
-            )
+            if idle == Duration::MAX {
+                format!("no watch activity yet (limit {}s)", max_idle.as_secs())
+            } else {
+                format!(
+                    "no watch activity for {}s (limit {}s)",
+                    idle.as_secs(),
+                    max_idle.as_secs()
+                )
+            }
         })
     }
 }
@@ -178,18 +209,35 @@ mod tests {
         }
         assert!(s.problem(Duration::from_secs(60)).unwrap().contains("died"));
         s.alive.fetch_add(1, Ordering::Relaxed);
-        s.last_activity_ms.store(0, Ordering::Relaxed);
+        *s.last_activity.lock().unwrap() = None;
         assert!(s
             .problem(Duration::from_secs(60))
             .unwrap()
-            .contains("no watch activity"));
+            .contains("no watch activity yet"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn idle_time_is_measured_on_the_monotonic_clock() {
+        // Paused tokio time moves the monotonic clock only: the wall clock stands still.
+        let s = WatchState::default();
+        s.dispatcher_alive.store(true, Ordering::Relaxed);
+        s.activity();
+        let limit = Duration::from_secs(60);
+        tokio::time::advance(limit).await;
+        assert_eq!(s.problem(limit), None);
+        tokio::time::advance(Duration::from_secs(2)).await;
+        assert_eq!(
+            s.problem(limit).as_deref(),
+            Some("no watch activity for 62s (limit 60s)")
+        );
+        s.activity();
+        assert_eq!(s.problem(limit), None);
     }
 
     #[test]
     fn a_watch_waiting_for_its_target_is_alive_and_not_ready() {
         let s = WatchState::default();
         s.dispatcher_alive.store(true, Ordering::Relaxed);
-        s.last_activity_ms.store(0, Ordering::Relaxed);
         s.set_waiting(Some("kind Late not served".into()));
         assert_eq!(s.problem(Duration::from_secs(60)), None);
         // Even with a synced flag left over, waiting is not ready.

@@ -256,6 +256,9 @@ pub async fn run(
         }
         if answered {
             unanswered = Backoff::default();
+            // The loop goes on and the API server answers: alive for `/healthz`, whatever the
+            // answer (a refusal that a restart would get again must not restart the process).
+            reflector.spec.state.activity();
         }
         let wait = match result {
             Ok(()) if watching.is_none() || worked => None,
@@ -288,6 +291,10 @@ pub async fn run(
                     reflector.resource_version = None;
                 } else {
                     tracing::warn!(watch = %reflector.spec.name, error = %failure, retry_in_ms, "watch request failed");
+                    reflector
+                        .spec
+                        .state
+                        .set_last_error(Some(failure.to_string()));
                 }
                 if reflector
                     .tx
@@ -379,6 +386,7 @@ impl Reflector {
         }
         if connected {
             self.spec.state.activity();
+            self.spec.state.set_last_error(None);
         }
     }
 
@@ -433,6 +441,8 @@ impl Reflector {
                 .await?;
             let page: ListPage =
                 serde_json::from_str(&text).map_err(|e| Failure::Decode(e.to_string()))?;
+            // A long paginated list progresses page by page.
+            self.spec.state.activity();
             items.extend(page.items);
             match page.metadata.continue_token.filter(|c| !c.is_empty()) {
                 Some(token) => params.continue_token = Some(token),
@@ -941,6 +951,44 @@ mod tests {
                 "{n}: {wait:?}"
             );
         }
+    }
+
+    #[tokio::test(flavor = "current_thread", start_paused = true)]
+    async fn a_list_the_api_server_keeps_refusing_is_alive_and_not_ready() {
+        // A watch added without its RBAC: every list is answered 403.
+        let forbidden = r#"{"kind":"Status","apiVersion":"v1","status":"Failure","message":"things.test.kubelisten.dev is forbidden: User \"x\" cannot list resource \"things\"","reason":"Forbidden","code":403}"#;
+        let service = tower::service_fn(move |_: http::Request<kube::client::Body>| async move {
+            Ok::<_, std::convert::Infallible>(
+                http::Response::builder()
+                    .status(403)
+                    .header(http::header::CONTENT_TYPE, "application/json")
+                    .body(kube::client::Body::from(forbidden.as_bytes().to_vec()))
+                    .unwrap(),
+            )
+        });
+        let spec = things_spec();
+        let state = spec.state.clone();
+        state.dispatcher_alive.store(true, Ordering::Relaxed);
+        state.activity();
+        let (tx, mut rx) = mpsc::channel(1000);
+        let task = tokio::spawn(run(
+            Client::new(service, "default"),
+            spec,
+            tx,
+            None,
+            Default::default(),
+        ));
+        let errors = tokio::spawn(async move { while rx.recv().await.is_some() {} });
+        let max_idle = crate::app::RunSettings::default().max_idle();
+        tokio::time::sleep(max_idle * 3).await;
+        // Alive: the loop goes on and the API server answers; a restart would get the same 403.
+        assert_eq!(state.problem(max_idle), None);
+        // Not ready, and the reason is at hand for /readyz.
+        assert!(!state.ready());
+        let error = state.last_error().expect("the last error is kept");
+        assert!(error.contains("is forbidden"), "{error}");
+        task.abort();
+        errors.abort();
     }
 
     #[tokio::test(flavor = "current_thread", start_paused = true)]
