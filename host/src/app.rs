@@ -304,7 +304,16 @@ pub async fn start(
             &watch.listeners[..]
         };
         for spec in specs {
-            let listener = Listener::load(runtime, spec)
+            // Compiling blocks (up to --compile-timeout): off the async workers, which serve
+            // the stop signals, the health server and the lease renewals meanwhile (with a
+            // 1-CPU limit there is only one).
+            let loaded = tokio::task::spawn_blocking({
+                let (runtime, spec) = (runtime.clone(), spec.clone());
+                move || Listener::load(&runtime, &spec)
+            })
+            .await
+            .context("the listener's loading task failed")?;
+            let listener = loaded
                 .with_context(|| format!("watch {}: loading listener {}", watch.name, spec.name))?;
             listeners.push(Arc::new(listener));
         }

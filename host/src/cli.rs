@@ -21,6 +21,11 @@ pub struct Cli {
     /// child (the default keeps the compiler's memory out of the long-running process).
     #[arg(long, global = true, env = "KUBELISTEN_COMPILE_IN_PROCESS")]
     pub compile_in_process: bool,
+    /// The compiler program to run instead of this executable's `compile-worker` (hidden: for
+    /// tests that need a compiler that is slow or fails in a given way). Ignored with
+    /// `--compile-in-process`.
+    #[arg(long, global = true, hide = true)]
+    pub compiler: Option<PathBuf>,
     /// Seconds the compiler process may take for one module; a module not compiled by then is
     /// rejected like one that does not compile.
     #[arg(long, global = true, env = "KUBELISTEN_COMPILE_TIMEOUT", default_value_t = 600,
@@ -51,7 +56,10 @@ impl Cli {
             ..Default::default()
         };
         if !self.compile_in_process {
-            config.compiler = kubelisten::runtime::compiler::own_executable();
+            config.compiler = self
+                .compiler
+                .clone()
+                .or_else(kubelisten::runtime::compiler::own_executable);
             if config.compiler.is_none() {
                 tracing::warn!(
                     "cannot find this program's executable; compiling modules in this process"

@@ -249,7 +249,7 @@ fn run_cluster(runtime_config: RuntimeConfig, args: RunArgs) -> anyhow::Result<E
         modules: args.modules_configmap.clone(),
         watches_from_modules: from_configmap && args.modules_configmap.is_some(),
     };
-    tokio.block_on(async {
+    let ran = tokio.block_on(async {
         let client = kubelisten::connect::client().await?;
         let cluster = app::cluster_access(&client, &config)?;
         let runtime = Runtime::new(RuntimeConfig {
@@ -266,7 +266,14 @@ fn run_cluster(runtime_config: RuntimeConfig, args: RunArgs) -> anyhow::Result<E
             shutdown,
         )
         .await
-    })?;
+    });
+    // A compile may still run on the blocking pool (a hot swap's, a standby's precompile, a
+    // start cut short): dropping the runtime would wait for it, up to --compile-timeout, and a
+    // pod would be killed at the end of its grace period. The stop is complete by now (the
+    // lock released, guest calls halted); the compiler process dies with this one
+    // (PR_SET_PDEATHSIG).
+    tokio.shutdown_timeout(Duration::from_secs(1));
+    ran?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -538,3 +538,102 @@ async fn a_watch_whose_kind_is_not_served_yet_waits_while_the_others_run() {
     }
     t.ns.delete().await;
 }
+
+/// A stop signal while a listener is being compiled at start ends `kubelisten run` at once,
+/// with status 0: the compile runs off the async workers (which handle the signal), and the
+/// exit does not wait for it. The compiler here never finishes (a script that sleeps).
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_while_a_listener_compiles_at_start_exits_0() {
+    use std::os::unix::fs::PermissionsExt;
+    /// How long each wait may take: a liveness bound, not a timing assertion.
+    const BOUND: Duration = Duration::from_secs(60);
+    let client = common::client().await;
+    let ns = common::TestNamespace::new(&client).await;
+    let dir = tempfile::tempdir().unwrap();
+    let started = dir.path().join("compiler-started");
+    let compiler = dir.path().join("slow-compiler.sh");
+    std::fs::write(
+        &compiler,
+        format!(
+            "#!/bin/sh\necho $$ > {}.tmp && mv {0}.tmp {0}\nexec sleep 600\n",
+            started.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&compiler, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let config = dir.path().join("kubelisten.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "watches:\n  - name: cms\n    apiVersion: v1\n    kind: ConfigMap\n    namespaces: [{ns}]\n    listeners: [{{module: {}}}]\n",
+            harness::listener("rust-logger", Mode::Classname).path.display()
+        ),
+    )
+    .unwrap();
+    let log = dir.path().join("stderr.log");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_kubelisten"))
+        .args(["run", "--health-port", "0", "--config"])
+        .arg(&config)
+        .arg("--compiler")
+        .arg(&compiler)
+        .env("KUBECONFIG", common::kubeconfig_path())
+        .env("KUBELISTEN_CACHE_DIR", dir.path().join("cache"))
+        .env("RUST_LOG", "info")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let read_log = || std::fs::read_to_string(&log).unwrap_or_default();
+    // Wait for the compiler to start.
+    let begun = std::time::Instant::now();
+    let compiler_pid = loop {
+        if let Some(pid) = std::fs::read_to_string(&started)
+            .ok()
+            .and_then(|s| s.trim().parse::<u32>().ok())
+        {
+            break pid;
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!(
+                "kubelisten exited ({status}) before compiling:\n{}",
+                read_log()
+            );
+        }
+        assert!(
+            begun.elapsed() < BOUND,
+            "the compiler did not start:\n{}",
+            read_log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let sent = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    let stopped = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break Some(status);
+        }
+        if stopped.elapsed() > BOUND {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    // The script is not kubelisten's worker: it does not die with its parent.
+    let _ = std::process::Command::new("kill")
+        .args(["-KILL", &compiler_pid.to_string()])
+        .status();
+    let log = read_log();
+    let status = status.unwrap_or_else(|| panic!("no exit within {BOUND:?} of SIGTERM:\n{log}"));
+    assert!(status.success(), "{status}:\n{log}");
+    assert!(
+        log.contains("shutting down before the watches started"),
+        "{log}"
+    );
+    ns.delete().await;
+}
