@@ -1,13 +1,15 @@
 //! Hot swap of listener modules from a ConfigMap watched through the API (`--modules-configmap`).
 //!
 //! On every change of the ConfigMap, each added or changed listener is decoded, checked against
-//! the world and compiled off the dispatch path (compiled code is cached by digest, so swapping
-//! back is immediate); then every watch's chain is replaced atomically. Events already in a call
+//! the world, compiled and instantiated once with its limits off the dispatch path (compiled
+//! code is cached by digest, so swapping back is immediate); then every watch's chain is
+//! replaced atomically. Events already in a call
 //! finish on the old version; later events use the new one. A reference-mode listener whose old
 //! and new modules both implement the `stateful-listener` world gets the old instance's state;
 //! otherwise it starts fresh, and the log says so. New capabilities are set before the new
 //! chains run; a listener whose module and settings did not change keeps its instance and gets
-//! the new grants. A bad update (a module that does not load, an unknown watch) is rejected
+//! the new grants. A bad update (a module that does not load or cannot be instantiated with its
+//! limits, an unknown watch, a watch left with no listener) is rejected
 //! (Warning Event on the ConfigMap, log, metric, `/status`) and the running version keeps serving.
 
 pub mod source;
@@ -412,7 +414,8 @@ impl HotSwap {
     }
 
     /// Builds the listener of `entry` unless the running one already has the same module and
-    /// settings (`Ok(None)`).
+    /// settings (`Ok(None)`): compiled and instantiated once with its limits
+    /// ([`Listener::from_bytes`]) on the blocking pool.
     async fn build(
         &self,
         entry: &Entry,
@@ -452,6 +455,10 @@ impl HotSwap {
             Ok(Err(crate::runtime::Error::CheckFailed { problems, .. })) => {
                 Err(reject(Some(digest), problems.to_string()))
             }
+            Ok(Err(crate::runtime::Error::InstantiationFailed { reason, .. })) => Err(reject(
+                Some(digest),
+                format!("cannot be instantiated: {reason}"),
+            )),
             Ok(Err(err)) => Err(reject(Some(digest), err.to_string())),
             Err(err) => Err(reject(
                 Some(digest),
