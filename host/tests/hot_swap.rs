@@ -960,6 +960,94 @@ async fn a_listener_rejected_at_start_keeps_the_process_unready_until_a_good_ver
     s.t.ns.delete().await;
 }
 
+/// A process started with a modules ConfigMap that does not exist yet runs its watch with no
+/// listener: /readyz answers 503 naming the ConfigMap until it is created; then its listener
+/// joins and gets a create of the object made meanwhile.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_missing_modules_configmap_keeps_the_process_unready_until_it_is_created() {
+    let t = Things::new().await;
+    let cms: Api<ConfigMap> = Api::namespaced(t.client.clone(), t.ns.name());
+    let s = host_for(t, cms).await;
+    let (code, body) = s.host.get("/readyz").await;
+    assert_eq!(code, 503, "{body}");
+    let missing = format!("modules ConfigMap {}/modules not found", s.t.ns.name());
+    assert!(body.contains(&missing), "{body}");
+    // Acknowledged with nobody called, as the README says ...
+    s.t.create("early", json!({}), &[]).await;
+    s.cms
+        .create(
+            &PostParams::default(),
+            &configmap(
+                "modules",
+                LISTENERS,
+                &[("counter.wasm", guest_bytes("versioned-v1"))],
+            ),
+        )
+        .await
+        .unwrap();
+    body_until(&s.host, "/readyz", "ready once the ConfigMap exists", |b| {
+        b == "ok: leader\n"
+    })
+    .await;
+    // ... and covered by the catch-up create the listener gets when it joins.
+    let capture = s.capture.clone();
+    eventually("v1 to handle early", || {
+        lines(&capture)
+            .iter()
+            .any(|l| l.1 == "early" && l.0 == "v1")
+    })
+    .await;
+    s.host.stop().await;
+    s.t.ns.delete().await;
+}
+
+/// An update whose listener set would leave the watch with no listener is rejected as a whole,
+/// as a --config file without listeners is; the running listener keeps serving.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_update_that_leaves_a_watch_without_listeners_is_rejected() {
+    let s = setup(guest_bytes("versioned-v1")).await;
+    s.t.create("before", json!({}), &[]).await;
+    let capture = s.capture.clone();
+    eventually("v1 to handle before", || {
+        lines(&capture).iter().any(|l| l.1 == "before")
+    })
+    .await;
+    push(&s.cms, "listeners: []\n", &[]).await;
+    eventually("the empty listener set to be rejected", || {
+        s.host.rejection("*").is_some_and(|r| {
+            r.error.starts_with(
+                "listeners.yaml gives watch \"things\" no listener: every watch needs at least one",
+            )
+        })
+    })
+    .await;
+    let events: Api<k8s_openapi::api::events::v1::Event> =
+        Api::namespaced(s.t.client.clone(), s.t.ns.name());
+    wait_for_note(
+        &events,
+        "ListenersRejected",
+        "a ListenersRejected Event naming the watch",
+        |n| n.contains("no listener"),
+    )
+    .await;
+    s.t.create("after", json!({}), &[]).await;
+    eventually("the running instance to handle after", || {
+        lines(&capture).iter().any(|l| l.1 == "after")
+    })
+    .await;
+    let after = lines(&capture)
+        .into_iter()
+        .find(|l| l.1 == "after")
+        .unwrap();
+    assert_eq!((after.0.as_str(), after.3), ("v1", 2), "{after:?}");
+    assert_eq!(
+        s.host.get("/readyz").await,
+        (200, "ok: leader\n".to_string())
+    );
+    s.host.stop().await;
+    s.t.ns.delete().await;
+}
+
 /// A module given as a file path that is not there yet (a volume mounted after the update) is
 /// rejected, then loaded once the file appears, with no change of the ConfigMap.
 #[tokio::test(flavor = "multi_thread")]
