@@ -445,6 +445,75 @@ async fn bad_updates_are_rejected_with_an_event_and_the_running_version_keeps_se
     s.t.ns.delete().await;
 }
 
+/// An update whose module compiles but cannot be instantiated with its limits (the same
+/// working module, with one wasm page of memory where a Rust guest starts with 17) is rejected
+/// like a module that does not load: the running instance keeps serving, with its state.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_module_that_cannot_be_instantiated_with_its_limits_is_rejected() {
+    let v1 = guest_bytes("versioned-v1");
+    let s = setup(v1.clone()).await;
+    s.t.create("before", json!({}), &[]).await;
+    let capture = s.capture.clone();
+    eventually("v1 to handle before", || {
+        lines(&capture).iter().any(|l| l.1 == "before")
+    })
+    .await;
+    let one_page = format!("{LISTENERS}    limits: {{memory-bytes: 65536}}\n");
+    push(&s.cms, &one_page, &[("counter.wasm", v1.clone())]).await;
+    let digest = digest_of(&v1);
+    eventually("the update to be rejected", || {
+        s.host.rejection("counter").is_some_and(|r| {
+            r.digest.as_deref() == Some(digest.as_str())
+                && r.error.starts_with("cannot be instantiated: memory trap: ")
+                && r.error.ends_with("(limits.memory-bytes)")
+        })
+    })
+    .await;
+    let events: Api<k8s_openapi::api::events::v1::Event> =
+        Api::namespaced(s.t.client.clone(), s.t.ns.name());
+    wait_for_note(
+        &events,
+        "ModuleRejected",
+        "a ModuleRejected Event saying the module cannot be instantiated",
+        |n| n.starts_with("listener counter: cannot be instantiated: "),
+    )
+    .await;
+    // The instance that ran before keeps serving: its count goes on.
+    s.t.create("after", json!({}), &[]).await;
+    eventually("the running instance to handle after", || {
+        lines(&capture).iter().any(|l| l.1 == "after")
+    })
+    .await;
+    let after = lines(&capture)
+        .into_iter()
+        .find(|l| l.1 == "after")
+        .unwrap();
+    assert_eq!((after.0.as_str(), after.3), ("v1", 2), "{after:?}");
+    // /status shows v1 running and the rejection; the process stays ready.
+    let (_, body) = s.host.get("/status").await;
+    let status: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let counter = &status["watches"][0]["listeners"][0];
+    assert_eq!(counter["digest"], *digest, "{status}");
+    assert!(
+        counter["rejected"]["error"]
+            .as_str()
+            .is_some_and(|e| e.starts_with("cannot be instantiated")),
+        "{status}"
+    );
+    assert_eq!(
+        s.host.get("/readyz").await,
+        (200, "ok: leader\n".to_string())
+    );
+    let (_, metrics) = s.host.get("/metrics").await;
+    assert!(
+        metrics.lines().any(|l| l
+            == r#"kubelisten_listener_reloads_total{listener="counter",outcome="rejected"} 1"#),
+        "{metrics}"
+    );
+    s.host.stop().await;
+    s.t.ns.delete().await;
+}
+
 /// After an update whose one listener is rejected and whose other is swapped in, going back to
 /// the last good content applies it again.
 #[tokio::test(flavor = "multi_thread")]
@@ -887,6 +956,94 @@ async fn a_listener_rejected_at_start_keeps_the_process_unready_until_a_good_ver
     let (_, body) = s.host.get("/status").await;
     let status: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(status["rejected"], json!({}), "{status}");
+    s.host.stop().await;
+    s.t.ns.delete().await;
+}
+
+/// A process started with a modules ConfigMap that does not exist yet runs its watch with no
+/// listener: /readyz answers 503 naming the ConfigMap until it is created; then its listener
+/// joins and gets a create of the object made meanwhile.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_missing_modules_configmap_keeps_the_process_unready_until_it_is_created() {
+    let t = Things::new().await;
+    let cms: Api<ConfigMap> = Api::namespaced(t.client.clone(), t.ns.name());
+    let s = host_for(t, cms).await;
+    let (code, body) = s.host.get("/readyz").await;
+    assert_eq!(code, 503, "{body}");
+    let missing = format!("modules ConfigMap {}/modules not found", s.t.ns.name());
+    assert!(body.contains(&missing), "{body}");
+    // Acknowledged with nobody called, as the README says ...
+    s.t.create("early", json!({}), &[]).await;
+    s.cms
+        .create(
+            &PostParams::default(),
+            &configmap(
+                "modules",
+                LISTENERS,
+                &[("counter.wasm", guest_bytes("versioned-v1"))],
+            ),
+        )
+        .await
+        .unwrap();
+    body_until(&s.host, "/readyz", "ready once the ConfigMap exists", |b| {
+        b == "ok: leader\n"
+    })
+    .await;
+    // ... and covered by the catch-up create the listener gets when it joins.
+    let capture = s.capture.clone();
+    eventually("v1 to handle early", || {
+        lines(&capture)
+            .iter()
+            .any(|l| l.1 == "early" && l.0 == "v1")
+    })
+    .await;
+    s.host.stop().await;
+    s.t.ns.delete().await;
+}
+
+/// An update whose listener set would leave the watch with no listener is rejected as a whole,
+/// as a --config file without listeners is; the running listener keeps serving.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_update_that_leaves_a_watch_without_listeners_is_rejected() {
+    let s = setup(guest_bytes("versioned-v1")).await;
+    s.t.create("before", json!({}), &[]).await;
+    let capture = s.capture.clone();
+    eventually("v1 to handle before", || {
+        lines(&capture).iter().any(|l| l.1 == "before")
+    })
+    .await;
+    push(&s.cms, "listeners: []\n", &[]).await;
+    eventually("the empty listener set to be rejected", || {
+        s.host.rejection("*").is_some_and(|r| {
+            r.error.starts_with(
+                "listeners.yaml gives watch \"things\" no listener: every watch needs at least one",
+            )
+        })
+    })
+    .await;
+    let events: Api<k8s_openapi::api::events::v1::Event> =
+        Api::namespaced(s.t.client.clone(), s.t.ns.name());
+    wait_for_note(
+        &events,
+        "ListenersRejected",
+        "a ListenersRejected Event naming the watch",
+        |n| n.contains("no listener"),
+    )
+    .await;
+    s.t.create("after", json!({}), &[]).await;
+    eventually("the running instance to handle after", || {
+        lines(&capture).iter().any(|l| l.1 == "after")
+    })
+    .await;
+    let after = lines(&capture)
+        .into_iter()
+        .find(|l| l.1 == "after")
+        .unwrap();
+    assert_eq!((after.0.as_str(), after.3), ("v1", 2), "{after:?}");
+    assert_eq!(
+        s.host.get("/readyz").await,
+        (200, "ok: leader\n".to_string())
+    );
     s.host.stop().await;
     s.t.ns.delete().await;
 }

@@ -293,6 +293,62 @@ fn a_listener_whose_limits_cannot_work_is_not_loaded() {
     );
 }
 
+/// A module that compiles but cannot be instantiated with its limits is refused at load (the
+/// `--config` start and a hot swap both load through it), naming the listener and the limit,
+/// instead of failing every event.
+#[test]
+fn a_listener_that_cannot_be_instantiated_with_its_limits_is_not_loaded() {
+    let (rt, _capture, _cache) = runtime();
+    for mode in [Mode::Classname, Mode::Reference] {
+        // One wasm page: a Rust guest's initial memory alone is larger.
+        let one_page = Limits {
+            memory_bytes: 64 << 10,
+            ..Limits::default()
+        };
+        let Err(err) = Listener::load(&rt, &spec("noop", mode, one_page)) else {
+            panic!("{mode:?}: loaded with a memory limit below the initial memory");
+        };
+        let message = err.to_string();
+        assert!(
+            message.starts_with("listener noop: cannot be instantiated: memory trap: ")
+                && message.ends_with("(limits.memory-bytes)"),
+            "{mode:?}: {message}"
+        );
+        // A Rust wasip2 component has several core instances (the module, the WASI adapter
+        // and its shims).
+        let one_instance = Limits {
+            instances: 1,
+            ..Limits::default()
+        };
+        let Err(err) = Listener::load(&rt, &spec("noop", mode, one_instance)) else {
+            panic!("{mode:?}: loaded with room for one core instance");
+        };
+        let message = err.to_string();
+        assert!(
+            message.starts_with("listener noop: cannot be instantiated: ")
+                && message.contains("instance count too high")
+                && message.ends_with("(limits.instances)"),
+            "{mode:?}: {message}"
+        );
+    }
+}
+
+/// The instance built at load to try the module is the reference instance of the first event;
+/// a classname listener's is dropped at once (and not counted as an instance built).
+#[test]
+fn the_instance_tried_at_load_serves_a_reference_listener_and_classname_drops_it() {
+    let (rt, _cache) = support::runtime_with_pool(4);
+    let reference = noop_named(&rt, "reference", Mode::Reference);
+    assert_eq!(rt.pool_usage(), Some((1, 4)));
+    assert_eq!(reference.stats().instances.load(Ordering::Relaxed), 1);
+    let classname = noop_named(&rt, "classname", Mode::Classname);
+    assert_eq!(rt.pool_usage(), Some((1, 4)));
+    assert_eq!(classname.stats().instances.load(Ordering::Relaxed), 0);
+    let report = Chain::new(vec![reference.clone()]).dispatch(&event(EventKind::Create, "o", None));
+    assert!(report.succeeded(), "{:?}", report.calls);
+    assert_eq!(reference.stats().instances.load(Ordering::Relaxed), 1);
+}
+
 #[test]
 fn the_memory_cache_of_compiled_modules_is_bounded() {
     let rt = kubelisten::Runtime::new(kubelisten::RuntimeConfig {
@@ -469,7 +525,9 @@ fn prewarmed_spares_keep_to_a_quarter_of_the_pool() {
 
 #[test]
 fn a_full_pool_fails_the_event_with_a_clear_error_and_recovers() {
-    // A pool of 2 has no room for spares, and two reference instances fill it.
+    // A pool of 2 has no room for spares, and two reference instances fill it. (`c` and
+    // `fresh` are loaded while it is full: the instantiation tried at load cannot be made, and
+    // that is not held against the module.)
     let (rt, _cache) = support::runtime_with_pool(2);
     assert_eq!(rt.spare_budget(), 0);
     let a = noop_named(&rt, "a", Mode::Reference);

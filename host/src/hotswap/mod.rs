@@ -1,13 +1,15 @@
 //! Hot swap of listener modules from a ConfigMap watched through the API (`--modules-configmap`).
 //!
 //! On every change of the ConfigMap, each added or changed listener is decoded, checked against
-//! the world and compiled off the dispatch path (compiled code is cached by digest, so swapping
-//! back is immediate); then every watch's chain is replaced atomically. Events already in a call
+//! the world, compiled and instantiated once with its limits off the dispatch path (compiled
+//! code is cached by digest, so swapping back is immediate); then every watch's chain is
+//! replaced atomically. Events already in a call
 //! finish on the old version; later events use the new one. A reference-mode listener whose old
 //! and new modules both implement the `stateful-listener` world gets the old instance's state;
 //! otherwise it starts fresh, and the log says so. New capabilities are set before the new
 //! chains run; a listener whose module and settings did not change keeps its instance and gets
-//! the new grants. A bad update (a module that does not load, an unknown watch) is rejected
+//! the new grants. A bad update (a module that does not load or cannot be instantiated with its
+//! limits, an unknown watch, a watch left with no listener) is rejected
 //! (Warning Event on the ConfigMap, log, metric, `/status`) and the running version keeps serving.
 
 pub mod source;
@@ -109,6 +111,9 @@ struct Current {
     /// The last ConfigMap handled and the module files it names that were not there, while
     /// there are some: it is applied again when one appears ([`FILE_RECHECK`]).
     missing_files: Option<(ConfigMap, Vec<std::path::PathBuf>)>,
+    /// Set when the first read found no ConfigMap, until one is applied: meanwhile no listener
+    /// runs, and `/readyz` says so ([`HotSwap::unserved`]).
+    configmap_missing: bool,
 }
 
 /// The hot-swap machinery of one process.
@@ -206,8 +211,11 @@ impl HotSwap {
         self.lock().watches_changed.clone()
     }
 
-    /// Reads the ConfigMap once and applies it (startup). A missing ConfigMap is logged and
-    /// waited for by [`HotSwap::run`].
+    /// Reads the ConfigMap once and applies it (startup). A missing ConfigMap is logged,
+    /// reported by [`HotSwap::unserved`] (so `/readyz` fails) and waited for by
+    /// [`HotSwap::run`]; meanwhile the chains stay empty, and their events are acknowledged with
+    /// no listener called (the listeners get a catch-up `create` of every object when they
+    /// join).
     ///
     /// # Errors
     /// The API server could not be asked, or did not answer within [`LOAD_TIMEOUT`].
@@ -219,7 +227,8 @@ impl HotSwap {
         match read {
             Some(cm) => Ok(self.apply(&cm).await),
             None => {
-                tracing::warn!(configmap = %format!("{}/{}", self.source.namespace, self.source.name), "modules ConfigMap not found; waiting for it");
+                self.lock().configmap_missing = true;
+                tracing::warn!(configmap = %self.source_name(), "modules ConfigMap not found: no listener runs, and events are acknowledged without any call, until it is created; /readyz answers 503 meanwhile");
                 Ok(Vec::new())
             }
         }
@@ -318,6 +327,9 @@ impl HotSwap {
     /// applied once more (a module file appeared); a rejection identical to the one already
     /// on record for its listener is not reported again (log, counter, Event).
     async fn apply_locked(&self, cm: &ConfigMap, again: bool) -> Vec<Rejection> {
+        if std::mem::take(&mut self.lock().configmap_missing) {
+            tracing::info!(configmap = %self.source_name(), "modules ConfigMap found; applying it");
+        }
         let binary = binary_of(cm);
         let text = cm
             .data
@@ -331,6 +343,7 @@ impl HotSwap {
         let entries = match text
             .ok_or(source::Error::MissingListeners)
             .and_then(|t| self.parse(&t))
+            .and_then(|entries| self.every_watch_served(entries))
         {
             Ok(entries) => entries,
             Err(err) => {
@@ -412,7 +425,8 @@ impl HotSwap {
     }
 
     /// Builds the listener of `entry` unless the running one already has the same module and
-    /// settings (`Ok(None)`).
+    /// settings (`Ok(None)`): compiled and instantiated once with its limits
+    /// ([`Listener::from_bytes`]) on the blocking pool.
     async fn build(
         &self,
         entry: &Entry,
@@ -452,12 +466,42 @@ impl HotSwap {
             Ok(Err(crate::runtime::Error::CheckFailed { problems, .. })) => {
                 Err(reject(Some(digest), problems.to_string()))
             }
+            Ok(Err(crate::runtime::Error::InstantiationFailed { reason, .. })) => Err(reject(
+                Some(digest),
+                format!("cannot be instantiated: {reason}"),
+            )),
             Ok(Err(err)) => Err(reject(Some(digest), err.to_string())),
             Err(err) => Err(reject(
                 Some(digest),
                 format!("compilation task failed: {err}"),
             )),
         }
+    }
+
+    /// `entries`, unless they leave a watch without a listener (entries that name no watch
+    /// of this process count for none): then the whole update is refused, as a `--config`
+    /// file with a watch without listeners is, and the running listeners keep serving.
+    fn every_watch_served(&self, entries: Vec<Entry>) -> Result<Vec<Entry>, source::Error> {
+        let served: std::collections::HashSet<&str> = entries
+            .iter()
+            .filter_map(|e| self.watch_of(e).ok())
+            .collect();
+        let empty: Vec<String> = self
+            .slots
+            .keys()
+            .filter(|w| !served.contains(w.as_str()))
+            .cloned()
+            .collect();
+        if empty.is_empty() {
+            Ok(entries)
+        } else {
+            Err(source::Error::WatchesWithoutListeners(empty))
+        }
+    }
+
+    /// `NAMESPACE/NAME` of the ConfigMap.
+    fn source_name(&self) -> String {
+        format!("{}/{}", self.source.namespace, self.source.name)
     }
 
     /// The watch `entry` belongs to: its `watch`, or the only one.
@@ -704,13 +748,19 @@ impl HotSwap {
         self.lock().rejected.clone()
     }
 
-    /// Rejected parts of the ConfigMap's content with nothing running in their place: a
-    /// listener whose first version was rejected (a process that just started, a new
-    /// listener), or the whole `listeners.yaml` while no listener runs. Their events go to the
-    /// chains without them.
+    /// What the ConfigMap should run with nothing running in its place, described: the
+    /// ConfigMap itself while it has not been found, a listener whose first version was
+    /// rejected (a process that just started, a new listener), or the whole `listeners.yaml`
+    /// while no listener runs. Their events go to the chains without them.
     pub fn unserved(&self) -> Vec<String> {
         let state = self.lock();
-        state
+        let missing = state.configmap_missing.then(|| {
+            format!(
+                "modules ConfigMap {} not found (no listener runs until it is created)",
+                self.source_name()
+            )
+        });
+        let rejected = state
             .rejected
             .values()
             .filter(|r| {
@@ -720,8 +770,13 @@ impl HotSwap {
                     !state.running.contains_key(&r.listener)
                 }
             })
-            .map(|r| format!("listener {}: {}", r.listener, r.error))
-            .collect()
+            .map(|r| {
+                format!(
+                    "listener {}: {} (rejected, and nothing runs in its place)",
+                    r.listener, r.error
+                )
+            });
+        missing.into_iter().chain(rejected).collect()
     }
 }
 
@@ -788,23 +843,72 @@ mod tests {
             .unwrap()
     }
 
-    #[tokio::test]
-    async fn an_entry_must_name_an_existing_watch_unless_there_is_only_one() {
+    /// A hot swap into empty chains of `watches`, with a client that reaches nothing.
+    fn swap(watches: &[&str]) -> Arc<HotSwap> {
         let client =
             Client::try_from(kube::Config::new("http://127.0.0.1:9".parse().unwrap())).unwrap();
-        let swap = |watches: &[&str]| {
-            HotSwap::new(
-                Runtime::new(RuntimeConfig::default()).unwrap(),
-                client.clone(),
-                "ns/modules".parse().unwrap(),
-                watches
-                    .iter()
-                    .map(|w| (w.to_string(), Arc::new(ChainSlot::new(Chain::new(vec![])))))
-                    .collect(),
-                None,
-                Arc::new(Metrics::new()),
-            )
+        HotSwap::new(
+            Runtime::new(RuntimeConfig::default()).unwrap(),
+            client,
+            "ns/modules".parse().unwrap(),
+            watches
+                .iter()
+                .map(|w| (w.to_string(), Arc::new(ChainSlot::new(Chain::new(vec![])))))
+                .collect(),
+            None,
+            Arc::new(Metrics::new()),
+        )
+    }
+
+    #[tokio::test]
+    async fn an_update_that_leaves_a_watch_without_listeners_is_refused() {
+        let served = |swap: &HotSwap, watches: &[Option<&str>]| {
+            swap.every_watch_served(watches.iter().map(|w| entry(*w)).collect())
+                .map(|entries| entries.len())
+                .map_err(|e| e.to_string())
         };
+        let two = swap(&["a", "b"]);
+        assert_eq!(served(&two, &[Some("a"), Some("b")]), Ok(2));
+        let refused = served(&two, &[Some("a"), Some("nope")]).unwrap_err();
+        assert!(
+            refused.starts_with(
+                "listeners.yaml gives watch \"b\" no listener: every watch needs at least one"
+            ) && refused.ends_with("Nothing of this update was applied"),
+            "{refused}"
+        );
+        // An entry without `watch:` belongs to none of several.
+        let refused = served(&two, &[None]).unwrap_err();
+        assert!(
+            refused.starts_with("listeners.yaml gives watches \"a\", \"b\" no listener"),
+            "{refused}"
+        );
+        let one = swap(&["a"]);
+        assert_eq!(served(&one, &[None]), Ok(1));
+        assert!(served(&one, &[]).is_err());
+    }
+
+    #[tokio::test]
+    async fn a_missing_configmap_is_unserved_until_one_is_applied() {
+        let one = swap(&["a"]);
+        assert_eq!(one.unserved(), Vec::<String>::new());
+        one.lock().configmap_missing = true;
+        assert_eq!(
+            one.unserved(),
+            ["modules ConfigMap ns/modules not found (no listener runs until it is created)"]
+        );
+        // Found, but without listeners.yaml: that is what keeps it unready now.
+        one.apply(&ConfigMap::default()).await;
+        assert_eq!(
+            one.unserved(),
+            [
+                "listener *: the ConfigMap has no listeners.yaml data key (rejected, and nothing \
+              runs in its place)"
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn an_entry_must_name_an_existing_watch_unless_there_is_only_one() {
         let one = swap(&["a"]);
         assert_eq!(one.watch_of(&entry(None)), Ok("a"));
         assert_eq!(one.watch_of(&entry(Some("a"))), Ok("a"));

@@ -42,6 +42,14 @@ pub enum Error {
          it to apply them. Nothing of this update was applied"
     )]
     WatchesChanged(String),
+    /// The listener set leaves these watches with no listener.
+    #[error(
+        "listeners.yaml gives {} no listener: every watch needs at least one, as in a --config \
+         file (to stop watching, remove the watch from --config and restart). Nothing of this \
+         update was applied",
+        describe_watches(.0)
+    )]
+    WatchesWithoutListeners(Vec<String>),
     /// A module could not be found or decoded.
     #[error("listener {listener}: module {module}: {problem}")]
     BadModule {
@@ -52,6 +60,15 @@ pub enum Error {
         /// What is wrong.
         problem: String,
     },
+}
+
+/// `watch "a"` or `watches "a", "b"`.
+fn describe_watches(watches: &[String]) -> String {
+    let quoted: Vec<String> = watches.iter().map(|w| format!("{w:?}")).collect();
+    match quoted.as_slice() {
+        [one] => format!("watch {one}"),
+        _ => format!("watches {}", quoted.join(", ")),
+    }
 }
 
 #[derive(Debug, Deserialize)]

@@ -266,7 +266,8 @@ pub struct ListenerStats {
     /// Calls skipped: by crash-loop backoff, or because no instance could be built.
     pub skipped: AtomicU64,
     /// Instances built: one per classname event (plus the prewarmed spare), one per reference
-    /// instance (first use and every rebuild).
+    /// instance (the one built at load, and every rebuild). The classname trial instance of
+    /// [`Listener::from_bytes`] is not counted.
     pub instances: AtomicU64,
 }
 
@@ -288,7 +289,13 @@ impl Handover<'_> {
         let Some(state) = old.snapshot() else {
             return false;
         };
-        let mut p = match new.instantiate_persistent() {
+        // The instance built at load (never called: the listener was in no chain yet), taken
+        // out so that a failed restore leaves none behind; else a new one.
+        let mut p = match self
+            .slot
+            .take()
+            .map_or_else(|| new.instantiate_persistent(), Ok)
+        {
             Ok(p) => p,
             Err(outcome) => {
                 tracing::warn!(listener = %new.name, error = outcome.message(), "cannot instantiate for the hand-over");
@@ -382,9 +389,16 @@ impl Listener {
 
     /// Like [`Listener::load`] from bytes already in memory; `spec.path` is only informative.
     ///
+    /// The module is instantiated once with the spec's limits, as an event would instantiate it
+    /// (same store, limiter and time limit), so that one that compiles but cannot run (its
+    /// initial memory above `limits.memory-bytes`, more core instances than `limits.instances`,
+    /// start code that traps) is refused here rather than failing every event. A reference-mode
+    /// listener keeps that instance for its first event; a classname one drops it.
+    ///
     /// # Errors
-    /// [`Error::BadLimits`] naming a limit that cannot work, or [`Error::CheckFailed`] naming
-    /// what is wrong with the module.
+    /// [`Error::BadLimits`] naming a limit that cannot work, [`Error::CheckFailed`] naming
+    /// what is wrong with the module, or [`Error::InstantiationFailed`] saying why it cannot be
+    /// instantiated.
     pub fn from_bytes(runtime: &Runtime, spec: &ListenerSpec, bytes: &[u8]) -> Result<Self> {
         if let Some((key, problem)) = spec.limits.problem() {
             return Err(Error::BadLimits {
@@ -403,8 +417,7 @@ impl Listener {
             .as_millis()
             .div_ceil(EPOCH_TICK.as_millis())
             .max(1);
-        tracing::info!(listener = %spec.name, mode = spec.mode.as_str(), digest = %checked.digest, "listener loaded");
-        Ok(Self {
+        let listener = Self {
             name: Arc::from(spec.name.as_str()),
             mode: spec.mode,
             limits: spec.limits.clone(),
@@ -428,7 +441,49 @@ impl Listener {
             })),
             settled: tokio::sync::watch::Sender::new(0),
             stats: ListenerStats::default(),
-        })
+        };
+        listener
+            .trial()
+            .map_err(|reason| Error::InstantiationFailed {
+                listener: spec.name.clone(),
+                reason,
+            })?;
+        tracing::info!(listener = %spec.name, mode = spec.mode.as_str(), digest = %listener.digest, "listener loaded");
+        Ok(listener)
+    }
+
+    /// Instantiates the module once, as an event would ([`Listener::build_instance`]: the
+    /// store, limiter and epoch deadline of a call); a reference-mode listener keeps the
+    /// instance for its first event. A full instance pool says nothing about the module: it is
+    /// logged and the module accepted (its events report the pool, as they would anyway).
+    ///
+    /// # Errors
+    /// Why the module cannot be instantiated with its limits.
+    fn trial(&self) -> std::result::Result<(), String> {
+        let built = contain(true, || {
+            Ok(match self.build_instance() {
+                Ok(instance) => Ok(Some(instance)),
+                Err((_, err)) if err.is::<wasmtime::PoolConcurrencyLimitError>() => {
+                    tracing::warn!(listener = %self.name, error = %err, "the instance pool is full: the module is accepted without a trial instantiation");
+                    Ok(None)
+                }
+                Err((mut store, err)) => Err(instantiation_problem(&mut store, &err)),
+            })
+        });
+        match built {
+            Ok(Ok(Some(instance))) if self.mode == Mode::Reference => {
+                self.stats.instances.fetch_add(1, Ordering::Relaxed);
+                *self
+                    .persistent
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner) = Some(instance);
+                Ok(())
+            }
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(reason)) => Err(reason),
+            // A host panic while instantiating (the start code's log line).
+            Err(outcome) => Err(outcome.message().to_string()),
+        }
     }
 
     /// The listener's name.
@@ -707,21 +762,32 @@ impl Listener {
     }
 
     fn instantiate_persistent_uncontained(&self) -> std::result::Result<Persistent, Outcome> {
+        match self.build_instance() {
+            Ok(persistent) => {
+                self.stats.instances.fetch_add(1, Ordering::Relaxed);
+                Ok(persistent)
+            }
+            Err((mut store, err)) => Err(instantiation_failed(&mut store, &err)),
+        }
+    }
+
+    /// An instance in a fresh store ([`Listener::new_store`]); on failure, the store (its
+    /// output and limiter tell what happened) and the error. Not counted in the stats.
+    fn build_instance(
+        &self,
+    ) -> std::result::Result<Persistent, (Store<HostState>, wasmtime::Error)> {
         let mut store = self.new_store();
         let instance = match self.pre.instance_pre().instantiate(&mut store) {
             Ok(instance) => instance,
-            Err(err) => return Err(instantiation_failed(&mut store, &err)),
+            Err(err) => return Err((store, err)),
         };
         match ListenerWorld::new(&mut store, &instance) {
-            Ok(world) => {
-                self.stats.instances.fetch_add(1, Ordering::Relaxed);
-                Ok(Persistent {
-                    store,
-                    world,
-                    instance,
-                })
-            }
-            Err(err) => Err(instantiation_failed(&mut store, &err)),
+            Ok(world) => Ok(Persistent {
+                store,
+                world,
+                instance,
+            }),
+            Err(err) => Err((store, err)),
         }
     }
 
@@ -915,6 +981,27 @@ fn instantiation_failed(store: &mut Store<HostState>, err: &wasmtime::Error) -> 
         ))
     } else {
         Outcome::Skipped(format!("cannot instantiate: {err:#}"))
+    }
+}
+
+/// Why an instantiation at load failed, for [`Error::InstantiationFailed`]: the trap (with its
+/// kind) or the error, and the limit to raise when one was hit.
+fn instantiation_problem(store: &mut Store<HostState>, err: &wasmtime::Error) -> String {
+    let stderr = store.data_mut().flush_output();
+    let exceeded = store.data().limiter.exceeded;
+    let (kind, message) = TrapKind::classify(err, exceeded.is_some(), &stderr);
+    let hint = match exceeded {
+        Some("memory") => " (limits.memory-bytes)",
+        Some("table") => " (limits.table-elements)",
+        // wasmtime's count of core instances, memories or tables past the limiter's, all three
+        // `limits.instances`.
+        _ if message.contains("count too high") => " (limits.instances)",
+        _ => "",
+    };
+    if err.downcast_ref::<wasmtime::Trap>().is_some() || kind == TrapKind::Memory {
+        format!("{kind} trap: {message}{hint}")
+    } else {
+        format!("{message}{hint}")
     }
 }
 

@@ -67,6 +67,14 @@ pub enum Error {
         /// What is wrong with it.
         problem: String,
     },
+    /// The module compiles but cannot be instantiated with the listener's limits.
+    #[error("listener {listener}: cannot be instantiated: {reason}")]
+    InstantiationFailed {
+        /// The listener name.
+        listener: String,
+        /// Why: the trap or error of the instantiation.
+        reason: String,
+    },
     /// A listener spec given on the command line or in a file is malformed.
     #[error("bad listener spec {spec:?}: {reason}")]
     BadSpec {

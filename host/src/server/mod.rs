@@ -63,7 +63,8 @@ pub trait RejectionSource: Send + Sync {
     /// Every rejection of the current content (listener, or `*` for `listeners.yaml`, to
     /// `{digest, error}`).
     fn rejected(&self) -> BTreeMap<String, Value>;
-    /// Rejections with nothing running in their place, described.
+    /// What the ConfigMap should run and nothing runs in its place (a rejection, the ConfigMap
+    /// itself while it is not there), each described in full for `/readyz`.
     fn unserved(&self) -> Vec<String>;
 }
 
@@ -88,7 +89,7 @@ impl ServerState {
     }
 
     /// Shows the hot swap's rejections in `/status`, and fails `/readyz` while one has nothing
-    /// running in its place.
+    /// running in its place, or while the modules ConfigMap has not been found.
     pub fn set_rejections(&self, source: Arc<dyn RejectionSource>) {
         *Self::lock(&self.rejections) = Some(source);
     }
@@ -226,8 +227,8 @@ async fn healthz(State(state): State<Arc<ServerState>>) -> (StatusCode, String) 
     }
 }
 
-/// Readiness: every watch listed once and is connected, and nothing the modules ConfigMap
-/// names is rejected with nothing in its place; a standby says so. A watch still waiting for
+/// Readiness: every watch listed once and is connected, the modules ConfigMap (if any) was
+/// found, and nothing it names is rejected with nothing in its place; a standby says so. A watch still waiting for
 /// its target is named with the reason.
 async fn readyz(State(state): State<Arc<ServerState>>) -> (StatusCode, String) {
     if state.standby() {
@@ -258,7 +259,6 @@ async fn readyz(State(state): State<Arc<ServerState>>) -> (StatusCode, String) {
         .unwrap_or_default();
     let waiting: Vec<String> = unserved
         .into_iter()
-        .map(|u| format!("{u} (rejected, and nothing runs in its place)"))
         .chain(watches.iter().filter(|w| !w.state.ready()).map(|w| {
             if let Some(why) = w.state.waiting() {
                 return format!("watch {} waits for its target ({why})", w.name);
