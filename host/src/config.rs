@@ -386,6 +386,9 @@ impl Validator<'_> {
             if ns.trim().is_empty() {
                 return self.fail(&ns_at, "namespace must not be empty");
             }
+            if let Err(why) = crate::watch::selectors::check_namespace(ns) {
+                return self.fail(&ns_at, why);
+            }
             if raw.namespaces[..i].contains(ns) {
                 return self.fail(&ns_at, format!("namespace {ns:?} is listed twice"));
             }
@@ -1331,6 +1334,16 @@ watches:
         assert_err(
             "watches:\n  - name: a\n    apiVersion: v1\n    kind: Pod\n    namespaces: [x, x]\n    listeners: [{module: x.wasm}]\n",
             &[":5:21: watches[0].namespaces[1]: namespace \"x\" is listed twice"],
+        );
+        // A namespace that no namespace can be named: an error at its place, not an empty
+        // watch or a request refused for good.
+        assert_err(
+            "watches:\n  - name: a\n    apiVersion: v1\n    kind: Pod\n    namespaces: [team-a, team_a]\n    listeners: [{module: x.wasm}]\n",
+            &[":5:26: watches[0].namespaces[1]: namespace \"team_a\" is not a namespace name"],
+        );
+        assert_err(
+            "watches:\n  - name: a\n    apiVersion: v1\n    kind: Pod\n    namespaces: [a/b]\n    listeners: [{module: x.wasm}]\n",
+            &["watches[0].namespaces[0]: namespace \"a/b\" is not a namespace name"],
         );
         // Selectors are checked as the API server would, at their place.
         assert_err(

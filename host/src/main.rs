@@ -175,11 +175,13 @@ fn run_config(args: &RunArgs) -> anyhow::Result<Config> {
 }
 
 /// The namespaces of `--namespace` (or `KUBELISTEN_NAMESPACES`), checked as a config file's
-/// are: none empty, none repeated (each entry starts its own watch, so a repeated namespace
+/// are: each a namespace name, none repeated (each entry starts its own watch, so a repeated namespace
 /// would dispatch every event once per repeat).
 fn flag_namespaces(namespaces: &[String]) -> anyhow::Result<Vec<String>> {
     for (i, ns) in namespaces.iter().enumerate() {
         anyhow::ensure!(!ns.is_empty(), "--namespace: namespace must not be empty (leave --namespace out to watch all namespaces)");
+        kubelisten::watch::selectors::check_namespace(ns)
+            .map_err(|why| anyhow::anyhow!("--namespace: {why}"))?;
         anyhow::ensure!(
             !namespaces[..i].contains(ns),
             "--namespace: namespace {ns:?} is listed twice"

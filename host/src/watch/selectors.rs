@@ -11,6 +11,31 @@ const MAX_NAME: usize = 63;
 /// Longest DNS-1123 subdomain (a label key's prefix).
 const MAX_PREFIX: usize = 253;
 
+/// Checks a namespace to watch: a DNS-1123 label (lowercase letters, digits and `-`, at most 63
+/// characters, starting and ending with a letter or digit), as the API server requires of a
+/// namespace's name. Anything else would watch nothing (`team_a`) or make a request the API
+/// server refuses for good (`a/b`), so it is an error where it is given.
+///
+/// # Errors
+/// What is wrong, in words fit for a config error.
+pub fn check_namespace(ns: &str) -> Result<(), String> {
+    let b = ns.as_bytes();
+    let valid = !b.is_empty()
+        && b.len() <= 63
+        && b[0].is_ascii_alphanumeric()
+        && b[b.len() - 1].is_ascii_alphanumeric()
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-');
+    if valid {
+        Ok(())
+    } else {
+        Err(format!(
+            "namespace {ns:?} is not a namespace name: lowercase letters, digits and `-`, at most \
+             63 characters, starting and ending with a letter or digit"
+        ))
+    }
+}
+
 /// Checks a label selector string: comma-separated requirements, each `key`, `!key`,
 /// `key=value`, `key==value`, `key!=value`, `key in (v1,v2)`, `key notin (v1,v2)`, `key>n` or
 /// `key<n`. Keys are qualified names (`[prefix/]name`), values label values; an empty string
@@ -355,6 +380,33 @@ fn check_escapes(value: &str) -> Result<(), String> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn namespaces_are_dns_labels() {
+        for ok in [
+            "default",
+            "team-a",
+            "a",
+            "kube-system",
+            "x1",
+            &"a".repeat(63),
+        ] {
+            assert_eq!(super::check_namespace(ok), Ok(()), "{ok}");
+        }
+        for bad in [
+            "",
+            "Team-A",
+            "team_a",
+            "a/b",
+            " team-a",
+            "-a",
+            "a-",
+            "a.b",
+            &"a".repeat(64),
+        ] {
+            assert!(super::check_namespace(bad).is_err(), "{bad:?}");
+        }
+    }
+
     use super::*;
 
     #[test]
