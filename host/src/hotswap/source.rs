@@ -99,9 +99,21 @@ pub struct Entry {
     pub capabilities: Capabilities,
 }
 
-/// Whether `text` is in the `--config` format (a top-level `watches:` key).
+/// Whether `text` is in the `--config` format: a top-level `watches` key, in any YAML style
+/// (block, flow, JSON, quoted key, after a byte-order mark). Text that is not YAML is looked at
+/// line by line (a `watches:` line), so that its errors come from the format it was meant in.
 pub fn is_config_format(text: &str) -> bool {
-    text.lines().any(|l| l.starts_with("watches:"))
+    #[derive(Deserialize)]
+    struct TopLevel {
+        #[serde(default)]
+        watches: Option<serde::de::IgnoredAny>,
+    }
+    match serde_saphyr::from_str::<Option<TopLevel>>(text) {
+        Ok(top) => top.is_some_and(|top| top.watches.is_some()),
+        Err(_) => text
+            .lines()
+            .any(|l| l.trim_start_matches('\u{feff}').starts_with("watches:")),
+    }
 }
 
 /// Parses a `listeners.yaml` in the `--config` format: the watches (targets) and listeners.
@@ -467,6 +479,34 @@ mod tests {
             parse("watches:\n  - name: w\n    kind: X\n"),
             Err(Error::BadListeners(_))
         ));
+    }
+
+    #[test]
+    fn the_config_format_is_told_by_its_watches_key_in_any_yaml_style() {
+        for text in [
+            // JSON (helm's toJson, jsonnet, cue), flow style, a quoted key, a byte-order mark.
+            r#"{"watches":[{"name":"w","apiVersion":"v1","kind":"ConfigMap","listeners":[{"name":"a","module":"a.wasm"}]}]}"#,
+            "{watches: [{name: w, apiVersion: v1, kind: ConfigMap, listeners: [{name: a, module: a.wasm}]}]}",
+            "\"watches\":\n  - {name: w, apiVersion: v1, kind: ConfigMap, listeners: [{name: a, module: a.wasm}]}\n",
+            "\u{feff}watches:\n  - {name: w, apiVersion: v1, kind: ConfigMap, listeners: [{name: a, module: a.wasm}]}\n",
+        ] {
+            assert!(is_config_format(text), "{text}");
+            let entries = parse(text).unwrap_or_else(|e| panic!("{text}: {e}"));
+            assert_eq!(
+                (entries.len(), entries[0].watch.as_deref()),
+                (1, Some("w")),
+                "{text}"
+            );
+        }
+        for text in [
+            "listeners: [{name: a, module: a.wasm}]",
+            r#"{"listeners":[{"name":"a","module":"a.wasm"}]}"#,
+            "# watches: not a key\nlisteners: []\n",
+        ] {
+            assert!(!is_config_format(text), "{text}");
+        }
+        // Not YAML: told by a `watches:` line, so the config parser reports the error.
+        assert!(is_config_format("watches:\n  - name: [\n"));
     }
 
     #[test]
