@@ -332,6 +332,76 @@ fn example_overlay_passes_server_dry_run() {
     assert!(out.status.success(), "{}", text(&out));
 }
 
+/// Bytes of a Kubernetes memory quantity such as `512Mi` (the binary suffixes and plain bytes).
+fn quantity_bytes(q: &str) -> u64 {
+    for (suffix, factor) in [("Ki", 1u64 << 10), ("Mi", 1 << 20), ("Gi", 1 << 30)] {
+        if let Some(n) = q.strip_suffix(suffix) {
+            return n.parse::<u64>().unwrap() * factor;
+        }
+    }
+    q.parse()
+        .unwrap_or_else(|_| panic!("memory quantity {q:?}"))
+}
+
+/// The rule of deploy/README.md ("Size the memory limit"), for the base install and the
+/// example overlay: about 40 MiB for the host, plus per watch (workers + 1) x its classname
+/// listeners' memory (workers without prewarm) and its reference listeners' memory once, plus
+/// one compile's data limit, must fit in the container's memory limit; else a guest growing to
+/// its own limit gets the whole container OOM-killed instead of trapping.
+#[test]
+fn the_memory_limit_holds_what_the_listeners_and_a_compile_may_take() {
+    sync_modules();
+    for dir in [deploy_dir(), deploy_dir().join("overlays/example")] {
+        let objects = build(&dir);
+        let deployment = find(&objects, "Deployment");
+        let container = &deployment["spec"]["template"]["spec"]["containers"][0];
+        let env = |name: &str| {
+            container["env"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|e| e["name"] == name)
+                .and_then(|e| e["value"].as_str())
+                .map(|v| v.parse::<u64>().unwrap())
+        };
+        let workers = env("KUBELISTEN_WORKERS").unwrap_or(8);
+        let compile = env("KUBELISTEN_COMPILE_MEMORY_MIB").unwrap_or(2048) << 20;
+        let limit = quantity_bytes(
+            container["resources"]["limits"]["memory"]
+                .as_str()
+                .expect("a memory limit"),
+        );
+        let listeners_yaml = objects
+            .iter()
+            .filter(|o| o["kind"] == "ConfigMap")
+            .find_map(|o| o["data"]["listeners.yaml"].as_str())
+            .expect("the modules ConfigMap's listeners.yaml");
+        let listeners: Value = serde_saphyr::from_str(listeners_yaml).unwrap();
+        let mut instances = 0;
+        for watch in listeners["watches"].as_array().unwrap() {
+            for listener in watch["listeners"].as_array().unwrap() {
+                let limits = &listener["limits"];
+                let memory = limits["memory-bytes"].as_u64().unwrap_or(64 << 20);
+                instances += match listener["mode"].as_str().unwrap_or("classname") {
+                    "reference" => memory,
+                    _ if limits["prewarm"] == false => workers * memory,
+                    _ => (workers + 1) * memory,
+                };
+            }
+        }
+        let needed = (40 << 20) + instances + compile;
+        assert!(
+            needed <= limit,
+            "{}: {} MiB needed (40 host + {} instances + {} compile) > {} MiB limit",
+            dir.display(),
+            needed >> 20,
+            instances >> 20,
+            compile >> 20,
+            limit >> 20
+        );
+    }
+}
+
 // --- 2 and 3: installed for real, run as the ServiceAccount ----------------------------
 
 /// The manifests installed for real under a unique namespace and name prefix, watching
