@@ -24,6 +24,10 @@ pub struct Metrics {
     /// `kubelisten_catch_up_events_total{watch}`: `initial` creates replayed from memory to
     /// listeners that joined a running chain (not in `events`: the API server did not send them).
     pub catch_ups: Family<Labels, Counter>,
+    /// `kubelisten_merged_events_total{watch}`: updates folded into an event of the same
+    /// object still waiting, because the object already had
+    /// [`MAX_WAITING_PER_OBJECT`](crate::dispatch::dispatcher::MAX_WAITING_PER_OBJECT) waiting.
+    pub merged: Family<Labels, Counter>,
     /// `kubelisten_listener_calls_total{listener,export,outcome}`.
     pub calls: Family<Labels, Counter>,
     /// `kubelisten_listener_traps_total{listener,trap}`.
@@ -83,6 +87,7 @@ impl Metrics {
         let mut registry = Registry::with_prefix("kubelisten");
         let events = Family::<Labels, Counter>::default();
         let catch_ups = Family::<Labels, Counter>::default();
+        let merged = Family::<Labels, Counter>::default();
         let calls = Family::<Labels, Counter>::default();
         let traps = Family::<Labels, Counter>::default();
         let call_duration = Family::<Labels, Histogram>::new_with_constructor(
@@ -108,6 +113,11 @@ impl Metrics {
             "catch_up_events",
             "Creates replayed to listeners that joined a running chain, per watch",
             catch_ups.clone(),
+        );
+        registry.register(
+            "merged_events",
+            "Updates merged into a waiting event of the same object (too many of its events waiting), per watch",
+            merged.clone(),
         );
         registry.register(
             "listener_calls",
@@ -189,6 +199,7 @@ impl Metrics {
             registry: Mutex::new(registry),
             events,
             catch_ups,
+            merged,
             calls,
             traps,
             call_duration,

@@ -132,23 +132,57 @@ impl Drop for DispatcherAlive<'_> {
     }
 }
 
-#[derive(Default)]
+/// Events of one object that may wait at once before its further updates are merged (see
+/// [`Queues::push`]): one object whose events arrive faster than its listeners handle them (a
+/// listener failing on it, retried with backoff, while another controller keeps changing it)
+/// cannot fill the watch's whole queue and hold up every other object behind it.
+pub const MAX_WAITING_PER_OBJECT: usize = 8;
+
 struct Queues {
     pending: HashMap<String, VecDeque<Arc<ResourceEvent>>>,
     ready: VecDeque<String>,
     busy: HashSet<String>,
     queued: usize,
+    /// Events of one object that may wait before updates are merged.
+    per_object: usize,
+}
+
+impl Default for Queues {
+    fn default() -> Self {
+        Self {
+            pending: HashMap::new(),
+            ready: VecDeque::new(),
+            busy: HashSet::new(),
+            queued: 0,
+            per_object: MAX_WAITING_PER_OBJECT,
+        }
+    }
 }
 
 impl Queues {
-    fn push(&mut self, event: Arc<ResourceEvent>) {
+    /// Queues `event` behind its object's earlier events. When the object already has
+    /// `per_object` events waiting, an update is merged into the last of them if that is a
+    /// create or update of the same object (same uid, for the whole chain): the merged event
+    /// keeps the earlier kind and previous object and takes the update's object, so listeners
+    /// still see every object's latest state and every create and delete, not every
+    /// intermediate state. Returns whether it was merged.
+    fn push(&mut self, event: Arc<ResourceEvent>) -> bool {
         let key = object_key(&event);
         let queue = self.pending.entry(key.clone()).or_default();
+        if queue.len() >= self.per_object {
+            if let Some(last) = queue.back_mut() {
+                if let Some(merged) = merged(last, &event) {
+                    *last = Arc::new(merged);
+                    return true;
+                }
+            }
+        }
         if queue.is_empty() && !self.busy.contains(&key) {
             self.ready.push_back(key);
         }
         queue.push_back(event);
         self.queued += 1;
+        false
     }
 
     fn next(&mut self) -> Option<(String, Arc<ResourceEvent>)> {
@@ -169,6 +203,28 @@ impl Queues {
             self.ready.push_back(key);
         }
     }
+}
+
+/// `later` folded into `earlier`, both waiting for the same object: an update into a create or
+/// update of the same object (same uid), both for the whole chain at the same chain generation.
+/// `None` when they must stay apart: a delete, a new object of the same name, a catch-up.
+fn merged(earlier: &ResourceEvent, later: &ResourceEvent) -> Option<ResourceEvent> {
+    let mergeable = later.kind == EventKind::Update
+        && earlier.kind != EventKind::Delete
+        && earlier.meta.uid == later.meta.uid
+        && earlier.only.is_none()
+        && later.only.is_none()
+        && earlier.chain_generation == later.chain_generation;
+    mergeable.then(|| ResourceEvent {
+        kind: earlier.kind,
+        object: later.object.clone(),
+        old_object: earlier.old_object.clone(),
+        meta: later.meta.clone(),
+        initial: earlier.initial && later.initial,
+        status: later.status.clone(),
+        only: None,
+        chain_generation: later.chain_generation,
+    })
 }
 
 /// The queue an event waits in: its `namespace/name`. Keying by name rather than uid keeps a
@@ -235,6 +291,11 @@ impl Dispatcher {
             .catch_ups
             .get_or_create(&labels([("watch", &self.watch)]))
             .clone();
+        let merges = self
+            .metrics
+            .merged
+            .get_or_create(&labels([("watch", &self.watch)]))
+            .clone();
         loop {
             while tasks.len() < workers {
                 let Some((key, event)) = queues.next() else {
@@ -294,7 +355,11 @@ impl Dispatcher {
                                 EventKind::Delete => deletes.inc(),
                             };
                         }
-                        queues.push(event);
+                        let (object, rv) = (event.meta.object_ref(), event.meta.resource_version.clone());
+                        if queues.push(event) {
+                            merges.inc();
+                            tracing::debug!(watch = %self.watch, %object, resource_version = %rv, "update merged into the object's last waiting event ({MAX_WAITING_PER_OBJECT} waiting)");
+                        }
                     }
                     Some(WatchOutput::Error(error)) => {
                         errors.inc();
@@ -687,6 +752,101 @@ mod tests {
         let (_, e2) = q.next().unwrap();
         assert_eq!(e2.meta.resource_version, "2");
         assert_eq!(q.queued, 0);
+    }
+
+    fn update(name: &str, uid: &str, rv: u64) -> Arc<ResourceEvent> {
+        let old = event(EventKind::Update, name, uid, &(rv - 1).to_string());
+        let new = event(EventKind::Update, name, uid, &rv.to_string());
+        Arc::new(ResourceEvent {
+            old_object: Some(old.object.clone()),
+            ..(*new).clone()
+        })
+    }
+
+    #[test]
+    fn a_busy_objects_updates_are_merged_once_too_many_wait() {
+        let mut q = Queues::default();
+        q.push(ev("x", "1"));
+        let (busy, _) = q.next().unwrap();
+        // A steady stream of updates while x's first event is being handled.
+        let merged: usize = (2..2002)
+            .map(|rv| usize::from(q.push(update("x", "uid-x", rv))))
+            .sum();
+        assert_eq!(q.queued, MAX_WAITING_PER_OBJECT);
+        assert_eq!(merged, 2000 - MAX_WAITING_PER_OBJECT);
+        // Another object is not held up behind them.
+        q.push(ev("y", "3000"));
+        let (key, _) = q.next().unwrap();
+        assert_eq!(key, "ns/y");
+        // x's waiting events: the first seven as they came, the last one merged: its previous
+        // object the one before the first merged update, its object the newest.
+        q.done(busy);
+        let mut rvs = Vec::new();
+        let mut last = None;
+        while let Some((key, event)) = q.next() {
+            rvs.push(event.meta.resource_version.clone());
+            last = Some(event);
+            q.done(key);
+        }
+        assert_eq!(rvs, ["2", "3", "4", "5", "6", "7", "8", "2001"]);
+        let last = last.unwrap();
+        assert_eq!(last.kind, EventKind::Update);
+        assert!(last.object.contains(r#""resourceVersion":"2001""#));
+        assert!(last
+            .old_object
+            .as_deref()
+            .unwrap()
+            .contains(r#""resourceVersion":"8""#));
+    }
+
+    #[test]
+    fn creates_deletes_new_objects_and_catch_ups_are_never_merged_away() {
+        let per_object = MAX_WAITING_PER_OBJECT;
+        let filled = || {
+            let mut q = Queues::default();
+            q.push(ev("x", "0"));
+            let _busy = q.next().unwrap();
+            for rv in 1..=per_object as u64 {
+                q.push(update("x", "uid-x", rv));
+            }
+            assert_eq!(q.queued, per_object);
+            q
+        };
+        // A waiting create takes the update's object and stays a create.
+        let mut q = Queues::default();
+        q.push(ev("x", "0"));
+        let _busy = q.next().unwrap();
+        for rv in 1..per_object as u64 {
+            q.push(update("x", "uid-x", rv));
+        }
+        q.push(ev("x", "50"));
+        // (a second create of the same uid cannot happen; it stands for "a create waits last")
+        assert!(q.push(update("x", "uid-x", 51)));
+        let last = q.pending["ns/x"].back().unwrap().clone();
+        assert_eq!(
+            (
+                last.kind,
+                last.meta.resource_version.as_str(),
+                last.old_object.is_none()
+            ),
+            (EventKind::Create, "51", true)
+        );
+        // A delete is queued, and an update after it (a new object) is not merged into it.
+        let mut q = filled();
+        assert!(!q.push(event(EventKind::Delete, "x", "uid-x", "60")));
+        assert!(!q.push(update("x", "uid-new", 62)));
+        // An update of another uid than the waiting one's is not merged.
+        let mut q = filled();
+        assert!(!q.push(update("x", "uid-other", 70)));
+        // A catch-up create is not merged into, nor merged.
+        let mut q = filled();
+        let catch_up = Arc::new(ResourceEvent {
+            only: Some(Arc::from(vec![Arc::<str>::from("late")])),
+            ..(*ev("x", "80")).clone()
+        });
+        assert!(!q.push(catch_up));
+        assert!(!q.push(update("x", "uid-x", 81)));
+        assert_eq!(q.queued, per_object + 2);
     }
 
     #[test]
