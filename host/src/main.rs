@@ -74,7 +74,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 memory_mib,
                 ..LimitFlags::default()
             };
-            let mut specs = listener_specs(&listeners, &limits)?;
+            let mut specs = listener_specs(&listeners, &limits, false)?;
             // Replay gives every event one attempt: no crash-loop backoff, whose skips would
             // depend on how fast the events go through.
             for spec in &mut specs {
@@ -116,7 +116,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 
 /// Parses `path[:mode]` listener flags and applies the limit flags to each. Names (file stems)
 /// must differ, as in a config file: a name keys the listener's logs, metrics and output.
-fn listener_specs(listeners: &[String], limits: &LimitFlags) -> anyhow::Result<Vec<ListenerSpec>> {
+/// `has_config`: the command also takes `--config` (named listeners), which the error suggests.
+fn listener_specs(
+    listeners: &[String],
+    limits: &LimitFlags,
+    has_config: bool,
+) -> anyhow::Result<Vec<ListenerSpec>> {
     let mut specs: Vec<ListenerSpec> = Vec::with_capacity(listeners.len());
     for text in listeners {
         let mut spec: ListenerSpec = text.parse()?;
@@ -124,9 +129,14 @@ fn listener_specs(listeners: &[String], limits: &LimitFlags) -> anyhow::Result<V
         if let Some(first) = specs.iter().position(|s| s.name == spec.name) {
             anyhow::bail!(
                 "--listener {text}: listener name {:?} (the file stem) is also the name of \
-                 --listener {}; rename one file, or use --config to give each a `name`",
+                 --listener {}; rename (or copy) one of the files{}",
                 spec.name,
-                listeners[first]
+                listeners[first],
+                if has_config {
+                    ", or use --config to give each a `name`"
+                } else {
+                    ""
+                }
             );
         }
         specs.push(spec);
@@ -169,7 +179,7 @@ fn run_config(args: &RunArgs) -> anyhow::Result<Config> {
             namespaces: flag_namespaces(&args.namespaces)?,
             label_selector: args.label_selector.clone(),
             field_selector: args.field_selector.clone(),
-            listeners: listener_specs(&args.listeners, &args.limits)?,
+            listeners: listener_specs(&args.listeners, &args.limits, true)?,
         }],
     })
 }
@@ -440,11 +450,25 @@ mod tests {
         let err = listener_specs(
             &["a/x.wasm".into(), "b/x.wasm:reference".into()],
             &LimitFlags::default(),
+            true,
         )
         .unwrap_err()
         .to_string();
         assert!(
             err.contains("listener name \"x\"") && err.contains("a/x.wasm"),
+            "{err}"
+        );
+        assert!(err.contains("--config"), "{err}");
+        // replay has no --config: its error does not suggest it.
+        let err = listener_specs(
+            &["a/x.wasm".into(), "b/x.wasm".into()],
+            &LimitFlags::default(),
+            false,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("rename (or copy) one of the files") && !err.contains("--config"),
             "{err}"
         );
         let flags = LimitFlags {
@@ -454,7 +478,7 @@ mod tests {
             crash_loop_backoff_max_ms: Some(400),
             ..LimitFlags::default()
         };
-        let specs = listener_specs(&["a/x.wasm".into(), "b/y.wasm".into()], &flags).unwrap();
+        let specs = listener_specs(&["a/x.wasm".into(), "b/y.wasm".into()], &flags, true).unwrap();
         assert_eq!(specs.len(), 2);
         let limits = &specs[1].limits;
         assert_eq!(limits.call_timeout, Duration::from_millis(5));

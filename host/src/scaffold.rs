@@ -204,18 +204,23 @@ fn module_ref(lang: Lang, name: &str) -> (String, &'static str) {
     }
 }
 
-/// Checks a listener name: lowercase letters, digits, `-` and `_`, starting with a letter, at
-/// most 63 characters (it names a folder, a cargo package, a listener and RBAC objects).
+/// Checks a listener name: lowercase letters, digits, `-` and `_`, starting with a letter and
+/// ending with a letter or digit, at most 63 characters (it names a folder, a cargo package, a
+/// listener and RBAC objects, so it must also pass [`crate::runtime::check_listener_name`]).
 fn check_name(name: &str) -> anyhow::Result<()> {
     let mut chars = name.chars();
     let ok_first = chars.next().is_some_and(|c| c.is_ascii_lowercase());
     let ok_rest =
         chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
+    let ok_last = name
+        .chars()
+        .last()
+        .is_some_and(|c| c.is_ascii_alphanumeric());
     anyhow::ensure!(
-        ok_first && ok_rest && name.len() <= 63,
-        "invalid listener name {name:?}: use lowercase letters, digits, '-' and '_', starting with a letter (at most 63 characters)"
+        ok_first && ok_rest && ok_last && name.len() <= 63,
+        "invalid listener name {name:?}: use lowercase letters, digits, '-' and '_', starting with a letter and ending with a letter or digit (at most 63 characters)"
     );
-    Ok(())
+    crate::runtime::check_listener_name(name).map_err(anyhow::Error::msg)
 }
 
 /// The absolute path of the kubelisten repository this binary was built from.
@@ -341,7 +346,18 @@ mod tests {
         for good in ["my-listener", "a", "x_1-y"] {
             check_name(good).unwrap();
         }
-        for bad in ["", "My", "1abc", "-a", "a b", "a/b", "..", &"a".repeat(64)] {
+        for bad in [
+            "",
+            "My",
+            "1abc",
+            "-a",
+            "a-",
+            "a_",
+            "a b",
+            "a/b",
+            "..",
+            &"a".repeat(64),
+        ] {
             assert!(check_name(bad).is_err(), "{bad:?} accepted");
         }
     }

@@ -250,6 +250,7 @@ fn run_guide(lang: &str, module_key: &str) {
         "{guide}: the deploy step does not mention the module {module_key}"
     );
     kubelisten::watch::target::read_crd(&folder.join("crd.yaml")).unwrap();
+    check_deploy_memory(lang, &markdown, entries[0].limits.memory_bytes);
     // A binaryData module must fit in a ConfigMap (1 MiB, listeners.yaml included).
     if !module_key.starts_with('/') {
         let size = std::fs::metadata(folder.join(module_key))
@@ -260,6 +261,41 @@ fn run_guide(lang: &str, module_key: &str) {
             "{guide}: {module_key} is {size} bytes, too large for a ConfigMap"
         );
     }
+}
+
+/// The deploy step runs the listener on deploy/'s Deployment (4 workers, a 256 MiB compiler,
+/// a 512Mi container) unless the guide raises the compiler's limit
+/// (`KUBELISTEN_COMPILE_MEMORY_MIB=N`) and the container's (`--limits=memory=NMi`): the
+/// compile must fit (Python and JavaScript modules need a 448 MiB data limit, BENCHMARKS.md
+/// "Compiler process memory"), and deploy/README.md's sizing rule must hold: ~40 MiB host +
+/// (workers + 1) x the listener's memory + one compile within the container's limit.
+fn check_deploy_memory(guide: &str, markdown: &str, memory_bytes: usize) {
+    let after = |prefix: &str| {
+        markdown.split_once(prefix).map(|(_, rest)| {
+            rest.chars()
+                .take_while(char::is_ascii_digit)
+                .collect::<String>()
+                .parse::<u64>()
+                .unwrap()
+        })
+    };
+    let compile_mib = after("KUBELISTEN_COMPILE_MEMORY_MIB=").unwrap_or(256);
+    let limit_mib = after("--limits=memory=").unwrap_or(512);
+    let needs_mib = if matches!(guide, "python" | "js") {
+        448
+    } else {
+        64
+    };
+    assert!(
+        compile_mib >= needs_mib,
+        "{guide}: the deploy step leaves the compiler {compile_mib} MiB; the module needs {needs_mib}"
+    );
+    let memory_mib = u64::try_from(memory_bytes >> 20).unwrap();
+    let needed_mib = 40 + 5 * memory_mib + compile_mib;
+    assert!(
+        needed_mib <= limit_mib,
+        "{guide}: {needed_mib} MiB needed (40 host + 5 x {memory_mib} instances + {compile_mib} compile) > {limit_mib} MiB"
+    );
 }
 
 #[test]
