@@ -337,6 +337,48 @@ async fn kind_without_crd_is_parked_started_when_installed_and_stopped_when_dele
     ns.delete().await;
 }
 
+/// A cluster-scoped object whose kind is not served yet is asked for with a namespace (the
+/// status command takes an unknown kind for namespaced, and gives it the default namespace):
+/// once its CRD is installed, the object of that name is found and reported under the id asked
+/// for.
+#[tokio::test]
+async fn a_cluster_scoped_kind_installed_later_is_matched_by_name() {
+    let client = common::client().await;
+    let group = format!("latecluster{}.kubelisten.test", common::random_suffix());
+    let (kind, plural) = ("Realm", "realms");
+    let crd_name = format!("{plural}.{group}");
+    let asked = identity(&group, kind, "default", "r");
+    let mut stream = StatusWatcher::new(client.clone()).watch([asked.clone()]);
+    expect_sync(&mut stream).await;
+
+    let crd =
+        harness::crd_yaml(&group, kind, plural).replace("scope: Namespaced", "scope: Cluster");
+    common::apply_crd_yaml(&client, &crd).await;
+    let resource =
+        ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(&group, "v1", kind), plural);
+    let api: Api<DynamicObject> = Api::all_with(client.clone(), &resource);
+    let object: DynamicObject = serde_json::from_value(json!({
+        "apiVersion": format!("{group}/v1"), "kind": kind,
+        "metadata": {"name": "r"}, "spec": {}
+    }))
+    .expect("realm JSON");
+    let started = Instant::now();
+    loop {
+        match api.create(&PostParams::default(), &object).await {
+            Ok(_) => break,
+            // Discovery may lag a moment behind Established.
+            Err(e) if started.elapsed() < WAIT => {
+                eprintln!("creating the Realm: {e} (retrying)");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => panic!("creating the Realm: {e}"),
+        }
+    }
+    let s = next_change(&mut stream, &asked, None).await;
+    assert_status(&s, Status::Current, "", "Resource is current");
+    delete_crd(&client, &crd_name).await;
+}
+
 #[tokio::test]
 async fn unschedulable_pod_turns_failed_after_the_grace_period_without_a_new_write() {
     let client = common::client().await;

@@ -855,7 +855,11 @@ impl Target {
         value
     }
 
-    /// The identity of a watched object, if it is one of the wanted ones.
+    /// The identity of a watched object, if it is one of the wanted ones, as it was asked
+    /// for. A cluster-scoped object is the one of its name whatever namespace it was asked for
+    /// with: one whose kind was not served when it was asked for got a namespace by guess
+    /// (`kubelisten status` takes an unknown kind for namespaced), and must still be found
+    /// once its CRD is installed.
     fn identity(&self, value: &Value) -> Option<ObjectIdentity> {
         let meta = value.get("metadata")?;
         let id = ObjectIdentity {
@@ -868,7 +872,13 @@ impl Target {
                 .to_owned(),
             name: meta.get("name").and_then(Value::as_str)?.to_owned(),
         };
-        self.wanted.contains(&id).then_some(id)
+        if self.wanted.contains(&id) {
+            return Some(id);
+        }
+        if matches!(self.scope, Scope::Cluster) {
+            return self.wanted.iter().find(|w| w.name == id.name).cloned();
+        }
+        None
     }
 
     async fn on_apply(&self, state: &mut TargetState, value: Value) -> Result<(), Closed> {
