@@ -1679,3 +1679,39 @@ fn the_compile_worker_compiles_for_the_host_and_fills_the_code_cache() {
     assert_eq!(there, check::check(&here, &broken).unwrap_err().to_string());
     assert_eq!(rt.compiled_in_child(), 1);
 }
+
+/// A module the instance pool cannot hold (two memories in one core module, which
+/// multi-memory allows) compiles in `kubelisten compile-worker`, whose engine has no pool, but
+/// its code does not load into the host's pooling engine: it is rejected with the pool's
+/// reason, without a second compile in the host (unbounded there) and without a cache entry
+/// that every later load would compile and refuse again.
+#[test]
+fn a_module_the_pool_refuses_is_rejected_after_the_workers_compile_only() {
+    let cache = tempfile::tempdir().unwrap();
+    let rt = kubelisten::Runtime::new(kubelisten::RuntimeConfig {
+        cache_dir: Some(cache.path().to_path_buf()),
+        compiler: Some(env!("CARGO_BIN_EXE_kubelisten").into()),
+        pooling: true,
+        pool_instances: 4,
+        ..kubelisten::RuntimeConfig::default()
+    })
+    .unwrap();
+    assert_eq!(rt.allocator(), kubelisten::runtime::AllocatorKind::Pooling);
+    let two_memories = wat::parse_str(
+        "(component (core module $m (memory 1) (memory 1)) (core instance (instantiate $m)))",
+    )
+    .unwrap();
+    for _ in 0..2 {
+        let err = check::check(&rt, &two_memories).unwrap_err().to_string();
+        assert!(
+            err.starts_with("invalid component: ") && err.contains("pooling allocator"),
+            "{err}"
+        );
+    }
+    assert_eq!(rt.compiled_in_process(), 0, "compiled again in the host");
+    let left: Vec<_> = std::fs::read_dir(cache.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(left.is_empty(), "left in the code cache: {left:?}");
+}
