@@ -1715,3 +1715,79 @@ fn a_module_the_pool_refuses_is_rejected_after_the_workers_compile_only() {
         .collect();
     assert!(left.is_empty(), "left in the code cache: {left:?}");
 }
+
+/// A WAT listener (`support::wat_listener(start, create)`) named `name`, backed off for a
+/// minute after `threshold` consecutive traps, without a prewarmed spare.
+fn wat_named(
+    rt: &kubelisten::Runtime,
+    name: &str,
+    mode: Mode,
+    threshold: u32,
+    (start, create): (&str, &str),
+) -> Arc<Listener> {
+    let limits = Limits {
+        crash_loop_threshold: threshold,
+        crash_loop_backoff: Duration::from_secs(60),
+        crash_loop_backoff_max: Duration::from_secs(60),
+        prewarm: false,
+        ..Limits::default()
+    };
+    let spec = ListenerSpec {
+        name: name.into(),
+        path: format!("{name}.wasm").into(),
+        mode,
+        limits,
+        capabilities: Default::default(),
+    };
+    Arc::new(Listener::from_bytes(rt, &spec, &support::wat_listener(start, create)).unwrap())
+}
+
+/// `create` code that takes `count` pollables (`subscribe-duration`, two WASI resources each:
+/// the deadline and its pollable) and never drops them.
+fn leak_pollables(count: u32) -> String {
+    format!(
+        "(block $done (loop $leak
+           (br_if $done (i32.ge_u (local.get $i) (i32.const {count})))
+           (drop (call $subscribe (i64.const 1)))
+           (local.set $i (i32.add (local.get $i) (i32.const 1)))
+           (br $leak)))"
+    )
+}
+
+/// WASI resources live in host memory, outside the listener's memory limit: a guest that never
+/// drops them traps once its store holds a few thousand (kind `memory`), instead of making the
+/// host allocate up to a million entries (100+ MB) per instance.
+#[test]
+fn a_guest_that_never_drops_its_wasi_resources_traps_instead_of_growing_host_memory() {
+    let (rt, _capture, _cache) = runtime();
+    let ev = kubelisten_wit(&event(EventKind::Create, "a", None));
+    let leaky = wat_named(
+        &rt,
+        "leaky",
+        Mode::Classname,
+        1000,
+        ("", &leak_pollables(20_000)),
+    );
+    let outcome = leaky.call_event(Export::Create, &ev, &ctx());
+    assert_eq!(outcome.trap_kind(), Some(TrapKind::Memory), "{outcome:?}");
+    assert!(
+        outcome.message().contains("WASI resources"),
+        "{}",
+        outcome.message()
+    );
+    // In reference mode they add up across calls: 2,000 entries a call, so the third call
+    // reaches the cap and traps, and the instance (its table) is dropped and built again.
+    let leaky = wat_named(
+        &rt,
+        "leaky-ref",
+        Mode::Reference,
+        1000,
+        ("", &leak_pollables(1_000)),
+    );
+    let kinds: Vec<_> = (0..6)
+        .map(|_| leaky.call_event(Export::Create, &ev, &ctx()).trap_kind())
+        .collect();
+    let memory = Some(TrapKind::Memory);
+    assert_eq!(kinds, [None, None, memory, None, None, memory]);
+    assert_eq!(leaky.stats().rebuilds.load(Ordering::Relaxed), 2);
+}

@@ -2,7 +2,10 @@
 
 use std::fmt;
 
+use wasmtime::component::ResourceTableError;
+
 use super::limits::LimitExceeded;
+use super::state::MAX_RESOURCES;
 
 /// Why a guest call trapped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -17,7 +20,8 @@ pub enum TrapKind {
     StackOverflow,
     /// The epoch deadline (the call's time limit) interrupted the guest, e.g. an infinite loop.
     Deadline,
-    /// Linear memory (or a table) tried to grow past the listener's limit.
+    /// Linear memory (or a table) tried to grow past the listener's limit, or the guest held
+    /// more WASI resources (pollables, streams: host memory) than a store may.
     Memory,
     /// Any other trap or host-side failure during the call.
     Other,
@@ -47,6 +51,15 @@ impl TrapKind {
                 .downcast_ref::<LimitExceeded>()
                 .map_or_else(|| format!("{err}"), ToString::to_string);
             return (TrapKind::Memory, message);
+        }
+        if let Some(ResourceTableError::Full) = err.downcast_ref::<ResourceTableError>() {
+            return (
+                TrapKind::Memory,
+                format!(
+                    "{err}: the guest holds {MAX_RESOURCES} WASI resources (pollables, streams, \
+                     ...) and never dropped them, the most one instance may hold"
+                ),
+            );
         }
         let Some(trap) = err.downcast_ref::<wasmtime::Trap>() else {
             return (TrapKind::Other, format!("{err:#}"));
@@ -87,5 +100,26 @@ fn panic_message(stderr: &str) -> Option<String> {
 impl fmt::Display for TrapKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn classify(err: wasmtime::Error, stderr: &str) -> (TrapKind, String) {
+        TrapKind::classify(&err, false, stderr)
+    }
+
+    #[test]
+    fn a_full_resource_table_is_a_memory_trap() {
+        let (kind, message) = classify(wasmtime::Error::new(ResourceTableError::Full), "");
+        assert_eq!(kind, TrapKind::Memory);
+        assert!(
+            message.starts_with("resource table has no free keys: "),
+            "{message}"
+        );
+        let (kind, _) = classify(wasmtime::Error::new(ResourceTableError::NotPresent), "");
+        assert_eq!(kind, TrapKind::Other);
     }
 }
