@@ -1716,6 +1716,46 @@ fn a_module_the_pool_refuses_is_rejected_after_the_workers_compile_only() {
     assert!(left.is_empty(), "left in the code cache: {left:?}");
 }
 
+/// The `cluster` import of [`support::wat_listener`]'s `$cluster_ok`: succeeds once `on` is set,
+/// refused before (so that start code that exits on it loads: the trial instantiation at load
+/// sees it off).
+#[derive(Default)]
+struct Switch {
+    on: std::sync::atomic::AtomicBool,
+}
+
+impl kubelisten::runtime::ClusterAccess for Switch {
+    fn call(
+        &self,
+        _: &kubelisten::runtime::Caller,
+        _: kubelisten::runtime::ClusterRequest,
+    ) -> Result<String, kubelisten::runtime::bindings::kubelisten::listener::cluster::ApiError>
+    {
+        if self.on.load(Ordering::SeqCst) {
+            Ok("{}".into())
+        } else {
+            Err(
+                kubelisten::runtime::bindings::kubelisten::listener::cluster::ApiError::NotFound(
+                    "switched off".into(),
+                ),
+            )
+        }
+    }
+}
+
+/// A runtime whose `cluster` import is `switch`.
+fn runtime_with_cluster(switch: Arc<Switch>) -> (kubelisten::Runtime, tempfile::TempDir) {
+    let cache = tempfile::tempdir().unwrap();
+    let rt = kubelisten::Runtime::new(kubelisten::RuntimeConfig {
+        cache_dir: Some(cache.path().to_path_buf()),
+        sink: Arc::new(support::Capture::default()),
+        cluster: switch,
+        ..kubelisten::RuntimeConfig::default()
+    })
+    .unwrap();
+    (rt, cache)
+}
+
 /// A WAT listener (`support::wat_listener(start, create)`) named `name`, backed off for a
 /// minute after `threshold` consecutive traps, without a prewarmed spare.
 fn wat_named(
@@ -1740,6 +1780,100 @@ fn wat_named(
         capabilities: Default::default(),
     };
     Arc::new(Listener::from_bytes(rt, &spec, &support::wat_listener(start, create)).unwrap())
+}
+
+/// Exits (`wasi:cli/exit.exit(err)`, as a Go `init()` panic ends) once the switch is on.
+const EXIT_WHEN_ON: &str = "(if (call $cluster_ok) (then (call $exit (i32.const 1))))";
+
+/// Start code that exits (not on the trial instantiation at load: only later, as start code
+/// that depends on its environment may) is a trap during instantiation, not a `skipped` call:
+/// it is counted, and crash-loop protection backs the listener off, so the events of its watch
+/// wait (a chain report that says `backed_off`, which does not use up an event's retries)
+/// instead of being dropped after their retries.
+#[test]
+fn start_code_that_exits_is_a_trap_during_instantiation_and_backs_the_listener_off() {
+    let switch = Arc::new(Switch::default());
+    let (rt, _cache) = runtime_with_cluster(switch.clone());
+    let listener = wat_named(&rt, "exits", Mode::Classname, 1, (EXIT_WHEN_ON, ""));
+    let ev = kubelisten_wit(&event(EventKind::Create, "a", None));
+    assert_eq!(
+        listener.call_event(Export::Create, &ev, &ctx()),
+        Outcome::Ok
+    );
+    switch.on.store(true, Ordering::SeqCst);
+    let outcome = listener.call_event(Export::Create, &ev, &ctx());
+    assert_eq!(
+        outcome,
+        Outcome::Trap {
+            kind: TrapKind::Other,
+            message: "during instantiation: the guest exited with status 1".into(),
+            during_instantiation: true,
+        }
+    );
+    assert_eq!(listener.stats().traps.load(Ordering::Relaxed), 1);
+    assert!(listener.backoff_remaining().is_some(), "not backed off");
+    // The next event is held back without instantiating (its start code would exit again).
+    let instances = listener.stats().instances.load(Ordering::Relaxed);
+    let report = Chain::new(vec![listener.clone()]).dispatch(&event(EventKind::Delete, "b", None));
+    assert!(report.backed_off.is_some(), "{:?}", report.calls);
+    assert_eq!(report.calls[0].outcome.label(), "skipped");
+    assert_eq!(
+        listener.stats().instances.load(Ordering::Relaxed),
+        instances
+    );
+    // Start code that exits at load is refused there, naming the exit.
+    let Err(err) = Listener::from_bytes(
+        &rt,
+        &ListenerSpec {
+            name: "exits".into(),
+            path: "exits.wasm".into(),
+            mode: Mode::Classname,
+            limits: Limits::default(),
+            capabilities: Default::default(),
+        },
+        &support::wat_listener(EXIT_WHEN_ON, ""),
+    ) else {
+        panic!("loaded with start code that exits");
+    };
+    assert_eq!(
+        err.to_string(),
+        "listener exits: cannot be instantiated: other trap: the guest exited with status 1"
+    );
+}
+
+/// An exit during a call is a trap too, with a clear message (not wasmtime's "Exited with i32
+/// exit status 1"); a reference instance dropped after it is rebuilt, and start code that exits
+/// then is a trap during instantiation.
+#[test]
+fn an_exit_during_a_call_or_a_reference_rebuild_is_a_trap() {
+    let switch = Arc::new(Switch::default());
+    let (rt, _cache) = runtime_with_cluster(switch.clone());
+    let listener = wat_named(
+        &rt,
+        "exits",
+        Mode::Reference,
+        1,
+        (EXIT_WHEN_ON, EXIT_WHEN_ON),
+    );
+    switch.on.store(true, Ordering::SeqCst);
+    let ev = kubelisten_wit(&event(EventKind::Create, "a", None));
+    // The instance built at load serves the call, which exits.
+    assert_eq!(
+        listener.call_event(Export::Create, &ev, &ctx()),
+        Outcome::Trap {
+            kind: TrapKind::Other,
+            message: "the guest exited with status 1".into(),
+            during_instantiation: false,
+        }
+    );
+    assert!(listener.backoff_remaining().is_some(), "not backed off");
+    // A call let through anyway (as a rollback is) rebuilds the instance: its start code exits.
+    let outcome = listener.call_event_admitted(Export::Create, &ev, &ctx(), listener.pass());
+    assert!(
+        outcome.trapped_in_instantiation() && outcome.trap_kind() == Some(TrapKind::Other),
+        "{outcome:?}"
+    );
+    assert_eq!(listener.stats().traps.load(Ordering::Relaxed), 2);
 }
 
 /// `create` code that takes `count` pollables (`subscribe-duration`, two WASI resources each:

@@ -3,6 +3,7 @@
 use std::fmt;
 
 use wasmtime::component::ResourceTableError;
+use wasmtime_wasi::I32Exit;
 
 use super::limits::LimitExceeded;
 use super::state::MAX_RESOURCES;
@@ -10,7 +11,8 @@ use super::state::MAX_RESOURCES;
 /// Why a guest call trapped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum TrapKind {
-    /// A Rust (or other language) panic: `unreachable` after a panic message on stderr.
+    /// A Rust (or other language) panic: `unreachable`, or an exit through `wasi:cli/exit`,
+    /// after a panic message on stderr (Rust's `panicked at`, Go's `panic: `).
     Panic,
     /// An `unreachable` instruction without a panic message (abort, explicit unreachable).
     Unreachable,
@@ -23,7 +25,8 @@ pub enum TrapKind {
     /// Linear memory (or a table) tried to grow past the listener's limit, or the guest held
     /// more WASI resources (pollables, streams: host memory) than a store may.
     Memory,
-    /// Any other trap or host-side failure during the call.
+    /// Any other trap or host-side failure during the call, and an exit through
+    /// `wasi:cli/exit` without a panic message (`the guest exited with status N`).
     Other,
 }
 
@@ -61,11 +64,21 @@ impl TrapKind {
                 ),
             );
         }
+        if let Some(exit) = err.downcast_ref::<I32Exit>() {
+            // `wasi:cli/exit.exit`: how Go (and C's `exit`) end the program on a fatal panic.
+            return match panic_message(stderr) {
+                Some(message) => (TrapKind::Panic, message),
+                None => (
+                    TrapKind::Other,
+                    format!("the guest exited with status {}", exit.0),
+                ),
+            };
+        }
         let Some(trap) = err.downcast_ref::<wasmtime::Trap>() else {
             return (TrapKind::Other, format!("{err:#}"));
         };
         let kind = match trap {
-            wasmtime::Trap::UnreachableCodeReached if stderr.contains("panicked at") => {
+            wasmtime::Trap::UnreachableCodeReached if panic_message(stderr).is_some() => {
                 TrapKind::Panic
             }
             wasmtime::Trap::UnreachableCodeReached => TrapKind::Unreachable,
@@ -87,14 +100,20 @@ impl TrapKind {
 #[error("stopped: kubelisten stopped all guest calls (leadership lost or shutdown grace over)")]
 pub struct Halted;
 
-/// The panic line and the one after it (Rust prints `panicked at file:line:col:\nmessage`).
+/// The panic message on `stderr`, if it shows one: Rust's `panicked at` line and the one after
+/// it (Rust prints `panicked at file:line:col:\nmessage`), or Go's `panic: message` line.
 fn panic_message(stderr: &str) -> Option<String> {
     let mut lines = stderr.lines().skip_while(|l| !l.contains("panicked at"));
-    let first = lines.next()?;
-    Some(match lines.next() {
-        Some(detail) => format!("{} {}", first.trim(), detail.trim()),
-        None => first.trim().to_string(),
-    })
+    if let Some(first) = lines.next() {
+        return Some(match lines.next() {
+            Some(detail) => format!("{} {}", first.trim(), detail.trim()),
+            None => first.trim().to_string(),
+        });
+    }
+    stderr
+        .lines()
+        .find(|l| l.starts_with("panic: "))
+        .map(|l| l.trim().to_string())
 }
 
 impl fmt::Display for TrapKind {
@@ -109,6 +128,40 @@ mod tests {
 
     fn classify(err: wasmtime::Error, stderr: &str) -> (TrapKind, String) {
         TrapKind::classify(&err, false, stderr)
+    }
+
+    #[test]
+    fn an_exit_is_a_panic_when_stderr_shows_one_and_says_its_status_otherwise() {
+        let exit = || wasmtime::Error::new(I32Exit(2));
+        let go = "panic: bad config\n\ngoroutine 1 [running]:\nmain.init.0()\n";
+        assert_eq!(
+            classify(exit(), go),
+            (TrapKind::Panic, "panic: bad config".into())
+        );
+        let rust = "thread 'main' panicked at src/lib.rs:3:5:\nbad config\n";
+        assert_eq!(
+            classify(exit(), rust),
+            (
+                TrapKind::Panic,
+                "thread 'main' panicked at src/lib.rs:3:5: bad config".into()
+            )
+        );
+        assert_eq!(
+            classify(exit(), "bye\n"),
+            (TrapKind::Other, "the guest exited with status 2".into())
+        );
+        // Go's panic, which ends in `unreachable` during a call.
+        let unreachable = wasmtime::Error::new(wasmtime::Trap::UnreachableCodeReached);
+        assert_eq!(
+            classify(unreachable, go),
+            (TrapKind::Panic, "panic: bad config".into())
+        );
+        // A line that merely mentions a panic is not one.
+        let unreachable = wasmtime::Error::new(wasmtime::Trap::UnreachableCodeReached);
+        assert_eq!(
+            classify(unreachable, "no panic: here\n").0,
+            TrapKind::Unreachable
+        );
     }
 
     #[test]
