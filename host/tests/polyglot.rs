@@ -123,6 +123,16 @@ fn assert_sample_behaviour(lang: &str, mode: &str, calls: &[Value], logs: &str) 
     assert_eq!(msg, format!("{lang}: error requested"), "{ctx}");
     // 5: fault=trap traps; 6: the next event is served.
     assert_outcome(calls, 5, "create", "trap");
+    if matches!(lang, "rust" | "go") {
+        // A panic, recognised by its message on stderr (Go's `panic: ` line included).
+        let call = call_at(calls, 5);
+        assert_eq!(call["trap"], "panic", "{ctx}: {call}");
+        let msg = call["message"].as_str().unwrap_or_default();
+        assert!(
+            msg.contains(&format!("{lang}: trap requested")),
+            "{ctx}: {msg}"
+        );
+    }
     assert_outcome(calls, 6, "create", "ok");
     // 7: a cluster-scoped object; 8: the watch error; 9: delete.
     assert_outcome(calls, 7, "create", "ok");

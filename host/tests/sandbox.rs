@@ -1679,3 +1679,249 @@ fn the_compile_worker_compiles_for_the_host_and_fills_the_code_cache() {
     assert_eq!(there, check::check(&here, &broken).unwrap_err().to_string());
     assert_eq!(rt.compiled_in_child(), 1);
 }
+
+/// A module the instance pool cannot hold (two memories in one core module, which
+/// multi-memory allows) compiles in `kubelisten compile-worker`, whose engine has no pool, but
+/// its code does not load into the host's pooling engine: it is rejected with the pool's
+/// reason, without a second compile in the host (unbounded there) and without a cache entry
+/// that every later load would compile and refuse again.
+#[test]
+fn a_module_the_pool_refuses_is_rejected_after_the_workers_compile_only() {
+    let cache = tempfile::tempdir().unwrap();
+    let rt = kubelisten::Runtime::new(kubelisten::RuntimeConfig {
+        cache_dir: Some(cache.path().to_path_buf()),
+        compiler: Some(env!("CARGO_BIN_EXE_kubelisten").into()),
+        pooling: true,
+        pool_instances: 4,
+        ..kubelisten::RuntimeConfig::default()
+    })
+    .unwrap();
+    assert_eq!(rt.allocator(), kubelisten::runtime::AllocatorKind::Pooling);
+    let two_memories = wat::parse_str(
+        "(component (core module $m (memory 1) (memory 1)) (core instance (instantiate $m)))",
+    )
+    .unwrap();
+    for _ in 0..2 {
+        let err = check::check(&rt, &two_memories).unwrap_err().to_string();
+        assert!(
+            err.starts_with("invalid component: ") && err.contains("pooling allocator"),
+            "{err}"
+        );
+    }
+    assert_eq!(rt.compiled_in_process(), 0, "compiled again in the host");
+    let left: Vec<_> = std::fs::read_dir(cache.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(left.is_empty(), "left in the code cache: {left:?}");
+}
+
+/// The `cluster` import of [`support::wat_listener`]'s `$cluster_ok`: succeeds once `on` is set,
+/// refused before (so that start code that exits on it loads: the trial instantiation at load
+/// sees it off).
+#[derive(Default)]
+struct Switch {
+    on: std::sync::atomic::AtomicBool,
+}
+
+impl kubelisten::runtime::ClusterAccess for Switch {
+    fn call(
+        &self,
+        _: &kubelisten::runtime::Caller,
+        _: kubelisten::runtime::ClusterRequest,
+    ) -> Result<String, kubelisten::runtime::bindings::kubelisten::listener::cluster::ApiError>
+    {
+        if self.on.load(Ordering::SeqCst) {
+            Ok("{}".into())
+        } else {
+            Err(
+                kubelisten::runtime::bindings::kubelisten::listener::cluster::ApiError::NotFound(
+                    "switched off".into(),
+                ),
+            )
+        }
+    }
+}
+
+/// A runtime whose `cluster` import is `switch`.
+fn runtime_with_cluster(switch: Arc<Switch>) -> (kubelisten::Runtime, tempfile::TempDir) {
+    let cache = tempfile::tempdir().unwrap();
+    let rt = kubelisten::Runtime::new(kubelisten::RuntimeConfig {
+        cache_dir: Some(cache.path().to_path_buf()),
+        sink: Arc::new(support::Capture::default()),
+        cluster: switch,
+        ..kubelisten::RuntimeConfig::default()
+    })
+    .unwrap();
+    (rt, cache)
+}
+
+/// A WAT listener (`support::wat_listener(start, create)`) named `name`, backed off for a
+/// minute after `threshold` consecutive traps, without a prewarmed spare.
+fn wat_named(
+    rt: &kubelisten::Runtime,
+    name: &str,
+    mode: Mode,
+    threshold: u32,
+    (start, create): (&str, &str),
+) -> Arc<Listener> {
+    let limits = Limits {
+        crash_loop_threshold: threshold,
+        crash_loop_backoff: Duration::from_secs(60),
+        crash_loop_backoff_max: Duration::from_secs(60),
+        prewarm: false,
+        ..Limits::default()
+    };
+    let spec = ListenerSpec {
+        name: name.into(),
+        path: format!("{name}.wasm").into(),
+        mode,
+        limits,
+        capabilities: Default::default(),
+    };
+    Arc::new(Listener::from_bytes(rt, &spec, &support::wat_listener(start, create)).unwrap())
+}
+
+/// Exits (`wasi:cli/exit.exit(err)`, as a Go `init()` panic ends) once the switch is on.
+const EXIT_WHEN_ON: &str = "(if (call $cluster_ok) (then (call $exit (i32.const 1))))";
+
+/// Start code that exits (not on the trial instantiation at load: only later, as start code
+/// that depends on its environment may) is a trap during instantiation, not a `skipped` call:
+/// it is counted, and crash-loop protection backs the listener off, so the events of its watch
+/// wait (a chain report that says `backed_off`, which does not use up an event's retries)
+/// instead of being dropped after their retries.
+#[test]
+fn start_code_that_exits_is_a_trap_during_instantiation_and_backs_the_listener_off() {
+    let switch = Arc::new(Switch::default());
+    let (rt, _cache) = runtime_with_cluster(switch.clone());
+    let listener = wat_named(&rt, "exits", Mode::Classname, 1, (EXIT_WHEN_ON, ""));
+    let ev = kubelisten_wit(&event(EventKind::Create, "a", None));
+    assert_eq!(
+        listener.call_event(Export::Create, &ev, &ctx()),
+        Outcome::Ok
+    );
+    switch.on.store(true, Ordering::SeqCst);
+    let outcome = listener.call_event(Export::Create, &ev, &ctx());
+    assert_eq!(
+        outcome,
+        Outcome::Trap {
+            kind: TrapKind::Other,
+            message: "during instantiation: the guest exited with status 1".into(),
+            during_instantiation: true,
+        }
+    );
+    assert_eq!(listener.stats().traps.load(Ordering::Relaxed), 1);
+    assert!(listener.backoff_remaining().is_some(), "not backed off");
+    // The next event is held back without instantiating (its start code would exit again).
+    let instances = listener.stats().instances.load(Ordering::Relaxed);
+    let report = Chain::new(vec![listener.clone()]).dispatch(&event(EventKind::Delete, "b", None));
+    assert!(report.backed_off.is_some(), "{:?}", report.calls);
+    assert_eq!(report.calls[0].outcome.label(), "skipped");
+    assert_eq!(
+        listener.stats().instances.load(Ordering::Relaxed),
+        instances
+    );
+    // Start code that exits at load is refused there, naming the exit.
+    let Err(err) = Listener::from_bytes(
+        &rt,
+        &ListenerSpec {
+            name: "exits".into(),
+            path: "exits.wasm".into(),
+            mode: Mode::Classname,
+            limits: Limits::default(),
+            capabilities: Default::default(),
+        },
+        &support::wat_listener(EXIT_WHEN_ON, ""),
+    ) else {
+        panic!("loaded with start code that exits");
+    };
+    assert_eq!(
+        err.to_string(),
+        "listener exits: cannot be instantiated: other trap: the guest exited with status 1"
+    );
+}
+
+/// An exit during a call is a trap too, with a clear message (not wasmtime's "Exited with i32
+/// exit status 1"); a reference instance dropped after it is rebuilt, and start code that exits
+/// then is a trap during instantiation.
+#[test]
+fn an_exit_during_a_call_or_a_reference_rebuild_is_a_trap() {
+    let switch = Arc::new(Switch::default());
+    let (rt, _cache) = runtime_with_cluster(switch.clone());
+    let listener = wat_named(
+        &rt,
+        "exits",
+        Mode::Reference,
+        1,
+        (EXIT_WHEN_ON, EXIT_WHEN_ON),
+    );
+    switch.on.store(true, Ordering::SeqCst);
+    let ev = kubelisten_wit(&event(EventKind::Create, "a", None));
+    // The instance built at load serves the call, which exits.
+    assert_eq!(
+        listener.call_event(Export::Create, &ev, &ctx()),
+        Outcome::Trap {
+            kind: TrapKind::Other,
+            message: "the guest exited with status 1".into(),
+            during_instantiation: false,
+        }
+    );
+    assert!(listener.backoff_remaining().is_some(), "not backed off");
+    // A call let through anyway (as a rollback is) rebuilds the instance: its start code exits.
+    let outcome = listener.call_event_admitted(Export::Create, &ev, &ctx(), listener.pass());
+    assert!(
+        outcome.trapped_in_instantiation() && outcome.trap_kind() == Some(TrapKind::Other),
+        "{outcome:?}"
+    );
+    assert_eq!(listener.stats().traps.load(Ordering::Relaxed), 2);
+}
+
+/// `create` code that takes `count` pollables (`subscribe-duration`, two WASI resources each:
+/// the deadline and its pollable) and never drops them.
+fn leak_pollables(count: u32) -> String {
+    format!(
+        "(block $done (loop $leak
+           (br_if $done (i32.ge_u (local.get $i) (i32.const {count})))
+           (drop (call $subscribe (i64.const 1)))
+           (local.set $i (i32.add (local.get $i) (i32.const 1)))
+           (br $leak)))"
+    )
+}
+
+/// WASI resources live in host memory, outside the listener's memory limit: a guest that never
+/// drops them traps once its store holds a few thousand (kind `memory`), instead of making the
+/// host allocate up to a million entries (100+ MB) per instance.
+#[test]
+fn a_guest_that_never_drops_its_wasi_resources_traps_instead_of_growing_host_memory() {
+    let (rt, _capture, _cache) = runtime();
+    let ev = kubelisten_wit(&event(EventKind::Create, "a", None));
+    let leaky = wat_named(
+        &rt,
+        "leaky",
+        Mode::Classname,
+        1000,
+        ("", &leak_pollables(20_000)),
+    );
+    let outcome = leaky.call_event(Export::Create, &ev, &ctx());
+    assert_eq!(outcome.trap_kind(), Some(TrapKind::Memory), "{outcome:?}");
+    assert!(
+        outcome.message().contains("WASI resources"),
+        "{}",
+        outcome.message()
+    );
+    // In reference mode they add up across calls: 2,000 entries a call, so the third call
+    // reaches the cap and traps, and the instance (its table) is dropped and built again.
+    let leaky = wat_named(
+        &rt,
+        "leaky-ref",
+        Mode::Reference,
+        1000,
+        ("", &leak_pollables(1_000)),
+    );
+    let kinds: Vec<_> = (0..6)
+        .map(|_| leaky.call_event(Export::Create, &ev, &ctx()).trap_kind())
+        .collect();
+    let memory = Some(TrapKind::Memory);
+    assert_eq!(kinds, [None, None, memory, None, None, memory]);
+    assert_eq!(leaky.stats().rebuilds.load(Ordering::Relaxed), 2);
+}

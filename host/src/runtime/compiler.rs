@@ -25,8 +25,17 @@
 //! checked against.
 //!
 //! When the child cannot be started (no such program, no `fork`/`exec` allowed), fails for a
-//! reason that is not the module (an exit status other than [`REJECTED`] or a panic's), or its
-//! artifact does not load, the module is compiled in this process instead, with a warning.
+//! reason that is not the module (an exit status other than [`REJECTED`] or a panic's), or
+//! writes something that is not compiled code of the host's engine (not a wasmtime component
+//! artifact, or one of another wasmtime version or engine settings: a compiler program that is
+//! not this build), the module is compiled in this process instead, with a warning.
+//!
+//! The child's engine has no pooling allocator (it changes no compiled code), so it compiles
+//! modules that the host's instance pool cannot hold: more than one memory or table in a core
+//! module, more than 50 core instances, 10 memories or 20 tables in the component, and so on
+//! (wasmtime checks that when the code is loaded, not when it is compiled). Such an artifact is
+//! this engine's code, refused by the pool: the module is rejected with the pool's reason, its
+//! cache entry removed, and it is not compiled again in this process.
 //!
 //! [`RuntimeConfig::compiler`]: super::RuntimeConfig::compiler
 //! [`RuntimeConfig::compile_timeout`]: super::RuntimeConfig::compile_timeout

@@ -108,6 +108,8 @@ struct Inner {
     cache_hits: std::sync::atomic::AtomicU64,
     /// Modules compiled by the compiler process ([`RuntimeConfig::compiler`]).
     compiled_in_child: std::sync::atomic::AtomicU64,
+    /// Modules compiled in this process (no compiler process, or it could not be used).
+    compiled_in_process: std::sync::atomic::AtomicU64,
     /// The components compiled or loaded last, by digest, least recently used first, so loading a
     /// module again (a swap back) is immediate (see [`MEMORY_CACHE_ENTRIES`]).
     compiled: std::sync::Mutex<Vec<(String, Component)>>,
@@ -171,6 +173,7 @@ impl Runtime {
             compiled: std::sync::Mutex::default(),
             cache_hits: std::sync::atomic::AtomicU64::new(0),
             compiled_in_child: std::sync::atomic::AtomicU64::new(0),
+            compiled_in_process: std::sync::atomic::AtomicU64::new(0),
             spares: AtomicU32::new(0),
             spare_budget,
             disk_cache_entries,
@@ -319,7 +322,10 @@ impl Runtime {
                     return Ok(component);
                 }
                 Err(err) => {
-                    tracing::warn!(path = %path.display(), error = %err, "ignoring unusable cache entry")
+                    // Compiled again below, and written over; removed now so that a module that
+                    // is then rejected (say, by the compiler process) leaves no entry behind.
+                    tracing::warn!(path = %path.display(), error = %format!("{err:#}"), "removing unusable cache entry");
+                    remove_entry(&path);
                 }
             }
         }
@@ -346,9 +352,10 @@ impl Runtime {
         unsafe { Component::deserialize_file(&self.0.engine, path) }
     }
 
-    /// Compiles `bytes`: in the compiler process when one is configured and its artifact loads
-    /// into this engine, else in this process. With `cache_entry`, the artifact is written
-    /// there (atomically, through a temporary file) and loaded from it.
+    /// Compiles `bytes`: in the compiler process when one is configured, else in this process
+    /// (also when the compiler process cannot be used: see [`Runtime::compile_by_worker`]).
+    /// With `cache_entry`, the artifact is written there (atomically, through a temporary file)
+    /// and loaded from it; an entry that does not load is removed.
     fn compile_fresh(
         &self,
         bytes: &[u8],
@@ -370,13 +377,18 @@ impl Runtime {
             }
         }
         let compiled = self.0.engine.precompile_component(bytes)?;
+        self.0.compiled_in_process.fetch_add(1, Ordering::Relaxed);
         tracing::debug!("compiled in this process");
         if let Some(path) = cache_entry {
             match write_atomically(path, &compiled) {
                 Ok(()) => match self.load_cache_entry(path) {
                     Ok(component) => return Ok(component),
                     Err(err) => {
-                        tracing::warn!(path = %path.display(), error = %format!("{err:#}"), "cannot load the compiled-code cache entry just written")
+                        // Loaded from memory below instead (a cache directory that does not
+                        // allow mapping code, say), or rejected (the pool's limits): either
+                        // way the entry would fail every later load too.
+                        tracing::warn!(path = %path.display(), error = %format!("{err:#}"), "cannot load the compiled-code cache entry just written; removing it");
+                        remove_entry(path);
                     }
                 },
                 Err(err) => {
@@ -388,9 +400,10 @@ impl Runtime {
         unsafe { Component::deserialize(&self.0.engine, &compiled) }
     }
 
-    /// [`compile_in_child`] (the worker), its artifact streamed into `cache_entry` (through a temporary file
-    /// renamed into place) when there is one and it can be written, else into memory; loaded.
-    /// An artifact that does not load is [`ChildFailure::Unavailable`].
+    /// [`compile_in_child`] (the worker), its artifact streamed into `cache_entry` (through a
+    /// temporary file renamed into place) when there is one and it can be written, else into
+    /// memory; loaded. An artifact that does not load is removed from the cache, and judged by
+    /// [`Runtime::unloadable`].
     fn compile_by_worker(
         &self,
         program: &Path,
@@ -400,11 +413,6 @@ impl Runtime {
         let limits = ChildLimits {
             timeout: self.0.config.compile_timeout,
             memory: self.0.config.compile_memory,
-        };
-        let unloadable = |err: wasmtime::Error| {
-            ChildFailure::Unavailable(std::io::Error::other(format!(
-                "its output does not load: {err:#}"
-            )))
         };
         let temp = cache_entry.and_then(|path| match create_temp(path) {
             Ok((temp, file)) => Some((path, temp, file)),
@@ -419,19 +427,85 @@ impl Runtime {
             // executable), a source as trusted as the cache directory; `deserialize` checks
             // that it was compiled for this engine's settings and wasmtime version.
             return unsafe { Component::deserialize(&self.0.engine, &compiled) }
-                .map_err(unloadable);
+                .map_err(|err| self.unloadable(&err, Artifact::Bytes(&compiled)));
         };
         let written = compile_in_child(program, bytes, &limits, Some(file)).map(|_| ());
         put_in_place(&temp, path, written)?;
         self.load_cache_entry(path).map_err(|err| {
-            let _ = std::fs::remove_file(path);
-            unloadable(err)
+            let failure = self.unloadable(&err, Artifact::File(path));
+            remove_entry(path);
+            failure
         })
+    }
+
+    /// What the compiler process's `artifact`, which this engine refused with `err`, means.
+    ///
+    /// - Compiled code of this engine's settings and wasmtime version that only the pooling
+    ///   allocator's limits refuse (a core module with more than one memory or table, more
+    ///   than 50 core instances in the component, and so on: it loads into an engine of the
+    ///   same settings without the pool): [`ChildFailure::Rejected`] with `err`. The module is
+    ///   the problem; compiling it again in this process would only produce the same refused
+    ///   code, without the compiler process's memory and time bounds.
+    /// - Anything else (not a wasmtime component artifact at all, or one of another wasmtime
+    ///   version or engine settings: a `--compiler` program that is not this build):
+    ///   [`ChildFailure::Unavailable`], and the module is compiled in this process.
+    fn unloadable(&self, err: &wasmtime::Error, artifact: Artifact<'_>) -> ChildFailure {
+        let message = format!("{err:#}");
+        let ours = match artifact {
+            Artifact::Bytes(bytes) => {
+                Engine::detect_precompiled(bytes) == Some(wasmtime::Precompiled::Component)
+                    && self.loads_without_pool(|engine| {
+                        // SAFETY: as for the load that failed (`compile_by_worker`).
+                        unsafe { Component::deserialize(engine, bytes) }
+                    })
+            }
+            Artifact::File(path) => {
+                matches!(
+                    Engine::detect_precompiled_file(path),
+                    Ok(Some(wasmtime::Precompiled::Component))
+                ) && self.loads_without_pool(|engine| {
+                    // SAFETY: as for the load that failed (`load_cache_entry`).
+                    unsafe { Component::deserialize_file(engine, path) }
+                })
+            }
+        };
+        if ours {
+            tracing::debug!(error = %message, "the instance pool cannot hold the compiled module; rejecting it");
+            ChildFailure::Rejected(message)
+        } else {
+            ChildFailure::Unavailable(std::io::Error::other(format!(
+                "its output is not compiled code of this engine: {message}"
+            )))
+        }
+    }
+
+    /// Whether `load` succeeds with an engine of this one's settings but without the pooling
+    /// allocator (`false` when this engine has none: it refused the artifact for another reason).
+    fn loads_without_pool(
+        &self,
+        load: impl FnOnce(&Engine) -> wasmtime::Result<Component>,
+    ) -> bool {
+        if self.0.allocator != AllocatorKind::Pooling {
+            return false;
+        }
+        match Engine::new(&base_config()) {
+            Ok(engine) => load(&engine).is_ok(),
+            Err(err) => {
+                tracing::warn!(error = %format!("{err:#}"), "cannot create an engine to check the compiler's output");
+                false
+            }
+        }
     }
 
     /// How many modules the compiler process compiled (see [`RuntimeConfig::compiler`]).
     pub fn compiled_in_child(&self) -> u64 {
         self.0.compiled_in_child.load(Ordering::Relaxed)
+    }
+
+    /// How many modules were compiled in this process: without a compiler process, or when it
+    /// could not be used (see [`RuntimeConfig::compiler`]).
+    pub fn compiled_in_process(&self) -> u64 {
+        self.0.compiled_in_process.load(Ordering::Relaxed)
     }
 
     /// How many modules were loaded from the compiled-code cache (disk or memory) so far.
@@ -446,6 +520,25 @@ impl Runtime {
             .precompile_compatibility_hash()
             .hash(&mut hasher);
         format!("{:016x}", hasher.finish())
+    }
+}
+
+/// The compiler process's output, in memory or in the cache file it was streamed into.
+#[derive(Clone, Copy)]
+enum Artifact<'a> {
+    Bytes(&'a [u8]),
+    File(&'a Path),
+}
+
+/// Removes the compiled-code cache entry at `path`, which does not load; a failure is logged
+/// (the next load of it fails and removes it again).
+fn remove_entry(path: &Path) {
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+        Err(err) => {
+            tracing::warn!(path = %path.display(), error = %err, "cannot remove an unloadable compiled-code cache entry")
+        }
     }
 }
 
@@ -887,6 +980,88 @@ mod tests {
         assert_eq!(again.cache_hits(), 1);
     }
 
+    /// A component the pooling allocator refuses (two memories in one core module: valid wasm,
+    /// multi-memory is on) but the compiler, whose engine has no pool, compiles.
+    const TWO_MEMORIES: &str =
+        "(component (core module $m (memory 1) (memory 1)) (core instance (instantiate $m)))";
+
+    /// A compiler program (in `dir`) that writes `artifact` whatever it is given.
+    fn compiler_writing(dir: &Path, artifact: &[u8]) -> PathBuf {
+        use std::os::unix::fs::PermissionsExt;
+        let output = dir.join("artifact");
+        std::fs::write(&output, artifact).unwrap();
+        let program = dir.join("compiler");
+        std::fs::write(
+            &program,
+            format!("#!/bin/sh\ncat >/dev/null; cat {}\n", output.display()),
+        )
+        .unwrap();
+        std::fs::set_permissions(&program, std::fs::Permissions::from_mode(0o755)).unwrap();
+        program
+    }
+
+    /// Names of the files in `dir`.
+    fn files_in(dir: &Path) -> Vec<String> {
+        std::fs::read_dir(dir).map_or_else(
+            |_| Vec::new(),
+            |entries| {
+                entries
+                    .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                    .collect()
+            },
+        )
+    }
+
+    #[test]
+    fn a_module_the_pool_refuses_is_rejected_without_compiling_it_here_or_caching_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = dir.path().join("cache");
+        let bytes = wat::parse_str(TWO_MEMORIES).unwrap();
+        // What the worker (this build, `base_config()`, no pool) writes for it.
+        let artifact = Engine::new(&base_config())
+            .unwrap()
+            .precompile_component(&bytes)
+            .unwrap();
+        for streamed_to_cache in [true, false] {
+            let rt = Runtime::new(RuntimeConfig {
+                cache_dir: streamed_to_cache.then(|| cache.clone()),
+                pooling: true,
+                pool_instances: 4,
+                compiler: Some(compiler_writing(dir.path(), &artifact)),
+                ..Default::default()
+            })
+            .unwrap();
+            assert_eq!(rt.allocator(), AllocatorKind::Pooling);
+            let err = format!("{:#}", rt.compile(&bytes).map(|_| ()).unwrap_err());
+            assert!(
+                err.contains("pooling allocator"),
+                "the pool's reason: {err}"
+            );
+            assert_eq!(rt.compiled_in_process(), 0, "compiled again in the host");
+            assert_eq!(rt.compiled_in_child(), 0);
+            assert_eq!(files_in(&cache), Vec::<String>::new(), "left in the cache");
+        }
+    }
+
+    #[test]
+    fn a_module_the_pool_refuses_leaves_no_cache_entry_when_compiled_here() {
+        let dir = tempfile::tempdir().unwrap();
+        let rt = Runtime::new(RuntimeConfig {
+            cache_dir: Some(dir.path().to_path_buf()),
+            pooling: true,
+            pool_instances: 4,
+            compiler: None,
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(rt.allocator(), AllocatorKind::Pooling);
+        let bytes = wat::parse_str(TWO_MEMORIES).unwrap();
+        let err = format!("{:#}", rt.compile(&bytes).map(|_| ()).unwrap_err());
+        assert!(err.contains("pooling allocator"), "{err}");
+        assert_eq!(rt.compiled_in_process(), 1);
+        assert_eq!(files_in(dir.path()), Vec::<String>::new());
+    }
+
     #[test]
     fn without_a_usable_compiler_process_the_module_is_compiled_here() {
         let dir = tempfile::tempdir().unwrap();
@@ -902,7 +1077,28 @@ mod tests {
             assert!(digest.starts_with("sha256:"));
             assert_eq!(compiled.component_type().exports(rt.engine()).count(), 0);
             assert_eq!(rt.compiled_in_child(), 0, "{script}");
+            assert_eq!(rt.compiled_in_process(), 1, "{script}");
         }
+        // Compiled code of another engine (settings or wasmtime version: a `--compiler` program
+        // that is not this build), with the pool on: not the module's fault.
+        let bytes = wat::parse_str("(component (core module (func (export \"f3\"))))").unwrap();
+        let mut other = base_config();
+        other.epoch_interruption(false);
+        let foreign = Engine::new(&other)
+            .unwrap()
+            .precompile_component(&bytes)
+            .unwrap();
+        let rt = Runtime::new(RuntimeConfig {
+            cache_dir: Some(dir.path().join("cache")),
+            pooling: true,
+            pool_instances: 4,
+            compiler: Some(compiler_writing(dir.path(), &foreign)),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(rt.allocator(), AllocatorKind::Pooling);
+        rt.compile(&bytes).unwrap();
+        assert_eq!((rt.compiled_in_child(), rt.compiled_in_process()), (0, 1));
         // No program at all.
         let rt = Runtime::new(RuntimeConfig {
             cache_dir: None,

@@ -190,7 +190,8 @@ pub enum Outcome {
         /// export ran (a flag, not a message prefix: the message is the guest's to write).
         during_instantiation: bool,
     },
-    /// The call did not run: the listener is in crash-loop backoff or could not be instantiated.
+    /// The call did not run: the listener is in crash-loop backoff, or no instance could be
+    /// built for a reason that is not the guest's (the instance pool is full).
     Skipped(String),
 }
 
@@ -263,7 +264,8 @@ pub struct ListenerStats {
     pub traps: AtomicU64,
     /// Reference-mode instances rebuilt after a trap.
     pub rebuilds: AtomicU64,
-    /// Calls skipped: by crash-loop backoff, or because no instance could be built.
+    /// Calls skipped: by crash-loop backoff, or because no instance could be built for a reason
+    /// that is not the guest's (the instance pool is full).
     pub skipped: AtomicU64,
     /// Instances built: one per classname event (plus the prewarmed spare), one per reference
     /// instance (the one built at load, and every rebuild). The classname trial instance of
@@ -963,24 +965,27 @@ impl Listener {
     }
 }
 
-/// The outcome of a failed instantiation: it runs guest start code, so it can trap like a call.
+/// The outcome of a failed instantiation. It runs guest start code, which can trap, exit
+/// (`wasi:cli/exit`, as a Go `init()` panic may), exceed a limit or fail a host call as a call
+/// can: a trap during instantiation, counted for crash-loop protection. Only a failure that is
+/// not the guest's doing (the instance pool is full, the host is out of memory) is `skipped`.
 fn instantiation_failed(store: &mut Store<HostState>, err: &wasmtime::Error) -> Outcome {
     let stderr = store.data_mut().flush_output();
-    let (kind, message) = TrapKind::classify(err, store.data().limiter.exceeded.is_some(), &stderr);
-    if err.downcast_ref::<wasmtime::Trap>().is_some() || kind == TrapKind::Memory {
-        Outcome::Trap {
-            kind,
-            message: format!("during instantiation: {message}"),
-            during_instantiation: true,
-        }
-    } else if err.is::<wasmtime::PoolConcurrencyLimitError>() {
-        Outcome::Skipped(format!(
+    if err.is::<wasmtime::PoolConcurrencyLimitError>() {
+        return Outcome::Skipped(format!(
             "cannot instantiate: the instance pool is full ({err}); instances in flight and \
              reference instances need more room than --pool-instances \
              (KUBELISTEN_POOL_INSTANCES) gives"
-        ))
-    } else {
-        Outcome::Skipped(format!("cannot instantiate: {err:#}"))
+        ));
+    }
+    if err.is::<wasmtime::OutOfMemory>() {
+        return Outcome::Skipped(format!("cannot instantiate: {err:#}"));
+    }
+    let (kind, message) = TrapKind::classify(err, store.data().limiter.exceeded.is_some(), &stderr);
+    Outcome::Trap {
+        kind,
+        message: format!("during instantiation: {message}"),
+        during_instantiation: true,
     }
 }
 
@@ -998,7 +1003,10 @@ fn instantiation_problem(store: &mut Store<HostState>, err: &wasmtime::Error) ->
         _ if message.contains("count too high") => " (limits.instances)",
         _ => "",
     };
-    if err.downcast_ref::<wasmtime::Trap>().is_some() || kind == TrapKind::Memory {
+    let trapped = err.downcast_ref::<wasmtime::Trap>().is_some()
+        || err.is::<wasmtime_wasi::I32Exit>()
+        || kind == TrapKind::Memory;
+    if trapped {
         format!("{kind} trap: {message}{hint}")
     } else {
         format!("{message}{hint}")

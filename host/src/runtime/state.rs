@@ -17,6 +17,15 @@ use super::host::{
 };
 use super::limits::{Limiter, Limits};
 
+/// WASI resources (pollables, streams, ...) one store may hold at once. They live in host
+/// memory, outside the listener's memory limit (about 100-230 bytes each): wasmtime's default
+/// of a million let a guest that never drops them (a `subscribe-duration` loop, a language
+/// runtime leaking one pollable per event in reference mode) make the host allocate 100+ MB per
+/// instance. Real guests hold a handful: the five polyglot guests (Rust, Python, JavaScript, C,
+/// Go) pass their tests with a cap of 16. A guest that needs more traps as `memory`
+/// ([`TrapKind`](super::TrapKind)).
+pub(crate) const MAX_RESOURCES: usize = 4096;
+
 /// Per-store host state.
 pub(crate) struct HostState {
     wasi: WasiCtx,
@@ -59,9 +68,11 @@ impl HostState {
             .allow_udp(false)
             .allow_ip_name_lookup(false)
             .build();
+        let mut table = ResourceTable::new();
+        table.set_max_capacity(MAX_RESOURCES);
         Self {
             wasi,
-            table: ResourceTable::new(),
+            table,
             limiter: Limiter::new(limits),
             caller: Caller {
                 listener: listener.clone(),

@@ -2,12 +2,17 @@
 
 use std::fmt;
 
+use wasmtime::component::ResourceTableError;
+use wasmtime_wasi::I32Exit;
+
 use super::limits::LimitExceeded;
+use super::state::MAX_RESOURCES;
 
 /// Why a guest call trapped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum TrapKind {
-    /// A Rust (or other language) panic: `unreachable` after a panic message on stderr.
+    /// A Rust (or other language) panic: `unreachable`, or an exit through `wasi:cli/exit`,
+    /// after a panic message on stderr (Rust's `panicked at`, Go's `panic: `).
     Panic,
     /// An `unreachable` instruction without a panic message (abort, explicit unreachable).
     Unreachable,
@@ -17,9 +22,11 @@ pub enum TrapKind {
     StackOverflow,
     /// The epoch deadline (the call's time limit) interrupted the guest, e.g. an infinite loop.
     Deadline,
-    /// Linear memory (or a table) tried to grow past the listener's limit.
+    /// Linear memory (or a table) tried to grow past the listener's limit, or the guest held
+    /// more WASI resources (pollables, streams: host memory) than a store may.
     Memory,
-    /// Any other trap or host-side failure during the call.
+    /// Any other trap or host-side failure during the call, and an exit through
+    /// `wasi:cli/exit` without a panic message (`the guest exited with status N`).
     Other,
 }
 
@@ -48,11 +55,30 @@ impl TrapKind {
                 .map_or_else(|| format!("{err}"), ToString::to_string);
             return (TrapKind::Memory, message);
         }
+        if let Some(ResourceTableError::Full) = err.downcast_ref::<ResourceTableError>() {
+            return (
+                TrapKind::Memory,
+                format!(
+                    "{err}: the guest holds {MAX_RESOURCES} WASI resources (pollables, streams, \
+                     ...) and never dropped them, the most one instance may hold"
+                ),
+            );
+        }
+        if let Some(exit) = err.downcast_ref::<I32Exit>() {
+            // `wasi:cli/exit.exit`: how Go (and C's `exit`) end the program on a fatal panic.
+            return match panic_message(stderr) {
+                Some(message) => (TrapKind::Panic, message),
+                None => (
+                    TrapKind::Other,
+                    format!("the guest exited with status {}", exit.0),
+                ),
+            };
+        }
         let Some(trap) = err.downcast_ref::<wasmtime::Trap>() else {
             return (TrapKind::Other, format!("{err:#}"));
         };
         let kind = match trap {
-            wasmtime::Trap::UnreachableCodeReached if stderr.contains("panicked at") => {
+            wasmtime::Trap::UnreachableCodeReached if panic_message(stderr).is_some() => {
                 TrapKind::Panic
             }
             wasmtime::Trap::UnreachableCodeReached => TrapKind::Unreachable,
@@ -74,18 +100,79 @@ impl TrapKind {
 #[error("stopped: kubelisten stopped all guest calls (leadership lost or shutdown grace over)")]
 pub struct Halted;
 
-/// The panic line and the one after it (Rust prints `panicked at file:line:col:\nmessage`).
+/// The panic message on `stderr`, if it shows one: Rust's `panicked at` line and the one after
+/// it (Rust prints `panicked at file:line:col:\nmessage`), or Go's `panic: message` line.
 fn panic_message(stderr: &str) -> Option<String> {
     let mut lines = stderr.lines().skip_while(|l| !l.contains("panicked at"));
-    let first = lines.next()?;
-    Some(match lines.next() {
-        Some(detail) => format!("{} {}", first.trim(), detail.trim()),
-        None => first.trim().to_string(),
-    })
+    if let Some(first) = lines.next() {
+        return Some(match lines.next() {
+            Some(detail) => format!("{} {}", first.trim(), detail.trim()),
+            None => first.trim().to_string(),
+        });
+    }
+    stderr
+        .lines()
+        .find(|l| l.starts_with("panic: "))
+        .map(|l| l.trim().to_string())
 }
 
 impl fmt::Display for TrapKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn classify(err: wasmtime::Error, stderr: &str) -> (TrapKind, String) {
+        TrapKind::classify(&err, false, stderr)
+    }
+
+    #[test]
+    fn an_exit_is_a_panic_when_stderr_shows_one_and_says_its_status_otherwise() {
+        let exit = || wasmtime::Error::new(I32Exit(2));
+        let go = "panic: bad config\n\ngoroutine 1 [running]:\nmain.init.0()\n";
+        assert_eq!(
+            classify(exit(), go),
+            (TrapKind::Panic, "panic: bad config".into())
+        );
+        let rust = "thread 'main' panicked at src/lib.rs:3:5:\nbad config\n";
+        assert_eq!(
+            classify(exit(), rust),
+            (
+                TrapKind::Panic,
+                "thread 'main' panicked at src/lib.rs:3:5: bad config".into()
+            )
+        );
+        assert_eq!(
+            classify(exit(), "bye\n"),
+            (TrapKind::Other, "the guest exited with status 2".into())
+        );
+        // Go's panic, which ends in `unreachable` during a call.
+        let unreachable = wasmtime::Error::new(wasmtime::Trap::UnreachableCodeReached);
+        assert_eq!(
+            classify(unreachable, go),
+            (TrapKind::Panic, "panic: bad config".into())
+        );
+        // A line that merely mentions a panic is not one.
+        let unreachable = wasmtime::Error::new(wasmtime::Trap::UnreachableCodeReached);
+        assert_eq!(
+            classify(unreachable, "no panic: here\n").0,
+            TrapKind::Unreachable
+        );
+    }
+
+    #[test]
+    fn a_full_resource_table_is_a_memory_trap() {
+        let (kind, message) = classify(wasmtime::Error::new(ResourceTableError::Full), "");
+        assert_eq!(kind, TrapKind::Memory);
+        assert!(
+            message.starts_with("resource table has no free keys: "),
+            "{message}"
+        );
+        let (kind, _) = classify(wasmtime::Error::new(ResourceTableError::NotPresent), "");
+        assert_eq!(kind, TrapKind::Other);
     }
 }

@@ -97,3 +97,133 @@ pub fn event(kind: EventKind, name: &str, fault: Option<&str>) -> ResourceEvent 
     let meta = ObjectMeta::from_json(&raw).unwrap();
     ResourceEvent::new(kind, Arc::from(raw), meta, Default::default())
 }
+
+/// A listener component written in WAT, for faults no guest language shows on demand. Its core
+/// module's start function runs `start` and `create` runs `create` (WAT instructions) before
+/// returning `ok`; every other export returns `ok` at once. They may call:
+///
+/// - `$exit` (`wasi:cli/exit.exit`; `(i32.const 1)` is `err`),
+/// - `$subscribe` (`wasi:clocks/monotonic-clock.subscribe-duration`, `i64` nanoseconds, returns
+///   the pollable's handle, which nothing drops unless the code does),
+/// - `$cluster_ok`, returning 1 when `kubelisten:listener/cluster.create` of `{}` succeeds,
+///   0 when it returns an `api-error`.
+///
+/// A local `$i` (`i32`) is free for loops in both.
+pub fn wat_listener(start: &str, create: &str) -> Vec<u8> {
+    let wat = r#"
+(component $listener
+  (import "wasi:cli/exit@0.2.0" (instance $exit
+    (export "exit" (func (param "status" (result))))))
+  (import "wasi:io/poll@0.2.0" (instance $poll
+    (export "pollable" (type (sub resource)))))
+  (alias export $poll "pollable" (type $pollable))
+  (import "wasi:clocks/monotonic-clock@0.2.0" (instance $clock
+    (alias outer $listener $pollable (type $p))
+    (export "pollable" (type $pollable-export (eq $p)))
+    (type $own-pollable (own $pollable-export))
+    (export "subscribe-duration" (func (param "when" u64) (result $own-pollable)))))
+  (import "kubelisten:listener/cluster@0.1.0" (instance $cluster
+    (type $api-error-def (variant
+      (case "not-found" string) (case "conflict" string) (case "forbidden-by-policy" string)
+      (case "forbidden-by-rbac" string) (case "invalid" string) (case "timeout" string)
+      (case "other" string)))
+    (export "api-error" (type $api-error (eq $api-error-def)))
+    (export "create" (func (param "object" string) (result (result string (error $api-error)))))))
+
+  ;; Memory and a bump allocator (never frees: enough for a test's few events).
+  (core module $libc
+    (memory (export "memory") 1)
+    (global $heap (mut i32) (i32.const 4096))
+    (func (export "realloc") (param i32 i32) (param $align i32) (param $size i32) (result i32)
+      (local $at i32)
+      (local.set $at
+        (i32.and
+          (i32.add (global.get $heap) (i32.sub (local.get $align) (i32.const 1)))
+          (i32.sub (i32.const 0) (local.get $align))))
+      (global.set $heap (i32.add (local.get $at) (local.get $size)))
+      (block $done
+        (loop $grow
+          (br_if $done
+            (i32.le_u (global.get $heap) (i32.mul (memory.size) (i32.const 65536))))
+          (if (i32.eq (memory.grow (i32.const 1)) (i32.const -1)) (then unreachable))
+          (br $grow)))
+      (local.get $at)))
+  (core instance $libc (instantiate $libc))
+  (alias core export $libc "memory" (core memory $memory))
+  (alias core export $libc "realloc" (core func $realloc))
+
+  (alias export $exit "exit" (func $exit-func))
+  (alias export $clock "subscribe-duration" (func $subscribe-func))
+  (alias export $cluster "create" (func $cluster-create-func))
+  (core func $exit-core (canon lower (func $exit-func)))
+  (core func $subscribe-core (canon lower (func $subscribe-func)))
+  (core func $cluster-create-core
+    (canon lower (func $cluster-create-func) (memory $memory) (realloc $realloc)))
+  (core instance $host
+    (export "exit" (func $exit-core))
+    (export "subscribe-duration" (func $subscribe-core))
+    (export "cluster-create" (func $cluster-create-core)))
+
+  (core module $main
+    (import "libc" "memory" (memory 1))
+    (import "host" "exit" (func $exit (param i32)))
+    (import "host" "subscribe-duration" (func $subscribe (param i64) (result i32)))
+    (import "host" "cluster-create" (func $cluster_create (param i32 i32 i32)))
+    ;; 16: the `ok` result of every export; 32: the cluster call's result; 64: its object.
+    (data (i32.const 64) "{}")
+    (func $cluster_ok (result i32)
+      (call $cluster_create (i32.const 64) (i32.const 2) (i32.const 32))
+      (i32.eqz (i32.load8_u (i32.const 32))))
+    (func $start (local $i i32) START)
+    (start $start)
+    (func (export "create") (param i32) (result i32) (local $i i32) CREATE (i32.const 16))
+    (func (export "update") (param i32) (result i32) (i32.const 16))
+    (func (export "delete") (param i32) (result i32) (i32.const 16))
+    (func (export "error") (param i32 i32 i32 i32 i32) (result i32) (i32.const 16))
+    (func (export "rollback") (param i32)))
+  (core instance $main (instantiate $main
+    (with "libc" (instance $libc))
+    (with "host" (instance $host))))
+
+  ;; The listener world's types, exported so that the exports may use them.
+  (type $event-kind-def (enum "create" "update" "delete"))
+  (export $event-kind "event-kind" (type $event-kind-def))
+  (type $status-def (enum "in-progress" "failed" "current" "terminating" "not-found" "unknown"))
+  (export $status "status" (type $status-def))
+  (type $object-meta-def (record
+    (field "api-version" string) (field "kind" string) (field "name" string)
+    (field "namespace" (option string)) (field "uid" string) (field "resource-version" string)
+    (field "generation" (option s64))
+    (field "labels" (list (tuple string string)))
+    (field "annotations" (list (tuple string string)))))
+  (export $object-meta "object-meta" (type $object-meta-def))
+  (type $object-status-def (record (field "status" $status) (field "message" string)))
+  (export $object-status "object-status" (type $object-status-def))
+  (type $event-def (record
+    (field "kind" $event-kind) (field "object" string) (field "old-object" (option string))
+    (field "meta" $object-meta) (field "initial" bool) (field "status" $object-status)))
+  (export $event "event" (type $event-def))
+  (type $watch-error-def (record
+    (field "code" u16) (field "reason" string) (field "message" string)))
+  (export $watch-error "watch-error" (type $watch-error-def))
+
+  (type $handler (func (param "ev" $event) (result (result (error string)))))
+  (func $create (type $handler)
+    (canon lift (core func $main "create") (memory $memory) (realloc $realloc)))
+  (func $update (type $handler)
+    (canon lift (core func $main "update") (memory $memory) (realloc $realloc)))
+  (func $delete (type $handler)
+    (canon lift (core func $main "delete") (memory $memory) (realloc $realloc)))
+  (func $error (param "err" $watch-error) (result (result (error string)))
+    (canon lift (core func $main "error") (memory $memory) (realloc $realloc)))
+  (func $rollback (param "ev" $event)
+    (canon lift (core func $main "rollback") (memory $memory) (realloc $realloc)))
+  (export "create" (func $create))
+  (export "update" (func $update))
+  (export "delete" (func $delete))
+  (export "error" (func $error))
+  (export "rollback" (func $rollback)))
+"#;
+    let wat = wat.replace("START", start).replace("CREATE", create);
+    wat::parse_str(&wat).unwrap_or_else(|e| panic!("{e}"))
+}
