@@ -478,6 +478,25 @@ async fn a_module_that_cannot_be_instantiated_with_its_limits_is_rejected() {
         |n| n.starts_with("listener counter: cannot be instantiated: "),
     )
     .await;
+    // `kubectl describe configmap modules` lists it: the Event carries the ConfigMap's uid.
+    let uid = s.cms.get("modules").await.unwrap().metadata.uid.unwrap();
+    let described = common::described_events(
+        &s.t.client,
+        "ConfigMap",
+        Some(s.t.ns.name()),
+        "modules",
+        &uid,
+    )
+    .await;
+    assert!(
+        described
+            .iter()
+            .any(|e| e.reason.as_deref() == Some("ModuleRejected")
+                && e.message
+                    .as_deref()
+                    .is_some_and(|m| m.starts_with("listener counter: cannot be instantiated: "))),
+        "{described:?}"
+    );
     // The instance that ran before keeps serving: its count goes on.
     s.t.create("after", json!({}), &[]).await;
     eventually("the running instance to handle after", || {

@@ -39,15 +39,15 @@ impl EventRecorder {
         }
     }
 
-    /// Records an Event about `about` (in `namespace`) reported by `controller`.
+    /// Records an Event about `regarding` reported by `controller`, in the namespace of
+    /// `regarding` (`default` for a cluster-scoped object, as the API server requires).
     ///
     /// # Errors
     /// The API server's answer.
     pub async fn publish(
         &self,
         controller: &str,
-        about: &ObjectRef,
-        namespace: Option<&str>,
+        regarding: &ObjectReference,
         warning: bool,
         reason: &str,
         message: &str,
@@ -68,18 +68,23 @@ impl EventRecorder {
                 })
                 .clone()
         };
-        let reference = ObjectReference {
-            api_version: Some(about.api_version.clone()),
-            kind: Some(about.kind.clone()),
-            name: Some(about.name.clone()),
-            namespace: namespace
-                .map(str::to_string)
-                .or_else(|| about.namespace.clone()),
-            ..ObjectReference::default()
-        };
         recorder
-            .publish(&event(warning, reason, message), &reference)
+            .publish(&event(warning, reason, message), regarding)
             .await
+    }
+}
+
+/// The `regarding` reference of an Event about `about`: with `uid` when known (`kubectl describe`
+/// lists only Events whose `regarding.uid` is the object's), and the namespace of `about` as
+/// given (none for a cluster-scoped object).
+pub fn reference(about: &ObjectRef, uid: Option<&str>) -> ObjectReference {
+    ObjectReference {
+        api_version: Some(about.api_version.clone()),
+        kind: Some(about.kind.clone()),
+        name: Some(about.name.clone()),
+        namespace: about.namespace.clone(),
+        uid: uid.filter(|u| !u.is_empty()).map(str::to_string),
+        ..ObjectReference::default()
     }
 }
 
@@ -152,20 +157,16 @@ impl FailureReporter {
             last.insert(key, now);
         }
         let note = format!("listener {listener}: {message}");
-        let published = self.recorder.publish(
-            "kubelisten",
-            object,
-            object.namespace.as_deref(),
-            true,
-            &reason,
-            &note,
-        );
+        let regarding = reference(object, Some(uid));
+        let published = self
+            .recorder
+            .publish("kubelisten", &regarding, true, &reason, &note);
         let error = match tokio::time::timeout(FAILURE_EVENT_TIMEOUT, published).await {
             Ok(Ok(())) => return true,
             Ok(Err(err)) => err.to_string(),
             Err(_) => format!("no answer within {}s", FAILURE_EVENT_TIMEOUT.as_secs()),
         };
-        tracing::warn!(listener, object = %object.name, %error, "cannot record a failure Event");
+        tracing::warn!(listener, namespace = ?object.namespace, object = %object.name, %error, "cannot record a failure Event");
         false
     }
 }
@@ -234,6 +235,23 @@ mod tests {
         assert_eq!(event.reason, "Ü".repeat(64));
         assert_eq!(event.note.as_deref(), Some("€".repeat(341).as_str()));
         assert!(event.action.len() <= MAX_ACTION_BYTES);
+    }
+
+    #[test]
+    fn references_carry_the_uid_and_no_namespace_for_cluster_scoped_objects() {
+        let mut object = ObjectRef {
+            api_version: "v1".into(),
+            kind: "ConfigMap".into(),
+            namespace: Some("ns".into()),
+            name: "a".into(),
+        };
+        let namespaced = reference(&object, Some("uid-a"));
+        assert_eq!(namespaced.uid.as_deref(), Some("uid-a"));
+        assert_eq!(namespaced.namespace.as_deref(), Some("ns"));
+        object.namespace = None;
+        let cluster_scoped = reference(&object, Some(""));
+        assert_eq!(cluster_scoped.uid, None, "an empty uid is left out");
+        assert_eq!(cluster_scoped.namespace, None);
     }
 
     #[test]
