@@ -360,6 +360,99 @@ async fn listener_failures_are_recorded_as_warning_events_rate_limited_per_objec
     t.ns.delete().await;
 }
 
+/// The host's failure Events about one object: at most one per object and reason within the
+/// interval, whatever the message; past it (here a zero interval), the same message again raises
+/// the earlier Event's count, and a different message is an Event of its own (not folded into
+/// the earlier one, which would keep the stale message).
+#[tokio::test(flavor = "multi_thread")]
+async fn failure_events_fold_only_repeats_of_the_same_message() {
+    use kubelisten::capabilities::events::FailureReporter;
+    use kubelisten::runtime::bindings::kubelisten::listener::cluster::ObjectRef;
+
+    let t = Things::new().await;
+    let thing = t.create("failing", json!({}), &[]).await;
+    let uid = thing.metadata.uid.unwrap();
+    let object = ObjectRef {
+        api_version: "watch.kubelisten.dev/v1".into(),
+        kind: "Thing".into(),
+        namespace: Some(t.ns.name().into()),
+        name: "failing".into(),
+    };
+    let unlimited = FailureReporter::new(t.client.clone(), Duration::ZERO);
+    for message in [
+        "create failed: first",
+        "create failed: first",
+        "create failed: second",
+    ] {
+        assert!(
+            unlimited
+                .report(&object, &uid, "faulty", false, message)
+                .await,
+            "{message}"
+        );
+    }
+    let limited = FailureReporter::new(t.client.clone(), Duration::from_secs(3600));
+    assert!(limited.report(&object, &uid, "other", false, "a").await);
+    assert!(
+        !limited.report(&object, &uid, "other", false, "b").await,
+        "rate-limited per object and reason, whatever the message"
+    );
+
+    let events: Api<k8s_openapi::api::events::v1::Event> =
+        Api::namespaced(t.client.clone(), t.ns.name());
+    // (reason, note, count, name) of the Events about `failing`.
+    let recorded = async || {
+        let mut found: Vec<(String, String, i32, String)> = events
+            .list(&Default::default())
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("failing"))
+            .map(|e| {
+                (
+                    e.reason.unwrap_or_default(),
+                    e.note.unwrap_or_default(),
+                    e.series.map_or(1, |s| s.count),
+                    e.metadata.name.unwrap_or_default(),
+                )
+            })
+            .collect();
+        found.sort();
+        found
+    };
+    let found = recorded().await;
+    let summary: Vec<(&str, &str, i32)> = found
+        .iter()
+        .map(|(reason, note, count, _)| (reason.as_str(), note.as_str(), *count))
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            ("FaultyFailed", "listener faulty: create failed: first", 2),
+            ("FaultyFailed", "listener faulty: create failed: second", 1),
+            ("OtherFailed", "listener other: a", 1),
+        ]
+    );
+
+    // An Event of a series deleted meanwhile: the next repeat is a new Event.
+    let first = &found[0].3;
+    events.delete(first, &Default::default()).await.unwrap();
+    assert!(
+        unlimited
+            .report(&object, &uid, "faulty", false, "create failed: first")
+            .await
+    );
+    let found = recorded().await;
+    let again = found
+        .iter()
+        .find(|e| e.1 == "listener faulty: create failed: first")
+        .unwrap();
+    assert_ne!(&again.3, first, "{found:?}");
+    assert_eq!(again.2, 1, "{found:?}");
+    t.ns.delete().await;
+}
+
 /// The Events a probe recorded (reason `Probed`) in `namespace`, by what they regard.
 async fn probed_events(
     client: &kube::Client,

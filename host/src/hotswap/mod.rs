@@ -700,7 +700,9 @@ impl HotSwap {
         }
     }
 
-    /// Reports `rejection` as a Warning Event regarding the modules ConfigMap.
+    /// Reports `rejection` as a Warning Event regarding the modules ConfigMap. Each listener's
+    /// rejection is an Event of its own (the note differs); the same rejection again within
+    /// [`events::SERIES_WINDOW`] raises its count.
     async fn publish(&self, regarding: &ObjectReference, rejection: &Rejection) {
         let reason = if rejection.listener == "*" {
             "ListenersRejected"
