@@ -312,7 +312,8 @@ async fn listener_failures_are_recorded_as_warning_events_rate_limited_per_objec
     let config = t.watch(vec![harness::listener("faulty", Mode::Classname)]);
     let runtime = harness::runtime_with_cluster(&t.client, &config, Arc::new(Capture::default()));
     let mut host = t.start_host(&runtime, &config, &settings(2)).await;
-    t.create("crasher", json!({}), &[("kubelisten.dev/fault", "panic")])
+    let crasher = t
+        .create("crasher", json!({}), &[("kubelisten.dev/fault", "panic")])
         .await;
     host.wait_for(Duration::from_secs(60), "three trapped attempts", |seen| {
         seen.len() >= 3
@@ -346,7 +347,251 @@ async fn listener_failures_are_recorded_as_warning_events_rate_limited_per_objec
         event.note
     );
     assert!(event.series.is_none(), "published once, not as a series");
+    // `kubectl describe thing crasher` shows it: the Event names the object's uid.
+    let uid = crasher.metadata.uid.as_deref().unwrap();
+    assert_eq!(
+        event.regarding.as_ref().and_then(|r| r.uid.as_deref()),
+        Some(uid)
+    );
+    let described =
+        common::described_events(&t.client, "Thing", Some(t.ns.name()), "crasher", uid).await;
+    let reasons: Vec<_> = described.iter().map(|e| e.reason.as_deref()).collect();
+    assert_eq!(reasons, [Some("FaultyTrapped")], "{described:?}");
     t.ns.delete().await;
+}
+
+/// The host's failure Events about one object: at most one per object and reason within the
+/// interval, whatever the message; past it (here a zero interval), the same message again raises
+/// the earlier Event's count, and a different message is an Event of its own (not folded into
+/// the earlier one, which would keep the stale message).
+#[tokio::test(flavor = "multi_thread")]
+async fn failure_events_fold_only_repeats_of_the_same_message() {
+    use kubelisten::capabilities::events::FailureReporter;
+    use kubelisten::runtime::bindings::kubelisten::listener::cluster::ObjectRef;
+
+    let t = Things::new().await;
+    let thing = t.create("failing", json!({}), &[]).await;
+    let uid = thing.metadata.uid.unwrap();
+    let object = ObjectRef {
+        api_version: "watch.kubelisten.dev/v1".into(),
+        kind: "Thing".into(),
+        namespace: Some(t.ns.name().into()),
+        name: "failing".into(),
+    };
+    let unlimited = FailureReporter::new(t.client.clone(), Duration::ZERO);
+    for message in [
+        "create failed: first",
+        "create failed: first",
+        "create failed: second",
+    ] {
+        assert!(
+            unlimited
+                .report(&object, &uid, "faulty", false, message)
+                .await,
+            "{message}"
+        );
+    }
+    let limited = FailureReporter::new(t.client.clone(), Duration::from_secs(3600));
+    assert!(limited.report(&object, &uid, "other", false, "a").await);
+    assert!(
+        !limited.report(&object, &uid, "other", false, "b").await,
+        "rate-limited per object and reason, whatever the message"
+    );
+
+    let events: Api<k8s_openapi::api::events::v1::Event> =
+        Api::namespaced(t.client.clone(), t.ns.name());
+    // (reason, note, count, name) of the Events about `failing`.
+    let recorded = async || {
+        let mut found: Vec<(String, String, i32, String)> = events
+            .list(&Default::default())
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("failing"))
+            .map(|e| {
+                (
+                    e.reason.unwrap_or_default(),
+                    e.note.unwrap_or_default(),
+                    e.series.map_or(1, |s| s.count),
+                    e.metadata.name.unwrap_or_default(),
+                )
+            })
+            .collect();
+        found.sort();
+        found
+    };
+    let found = recorded().await;
+    let summary: Vec<(&str, &str, i32)> = found
+        .iter()
+        .map(|(reason, note, count, _)| (reason.as_str(), note.as_str(), *count))
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            ("FaultyFailed", "listener faulty: create failed: first", 2),
+            ("FaultyFailed", "listener faulty: create failed: second", 1),
+            ("OtherFailed", "listener other: a", 1),
+        ]
+    );
+
+    // An Event of a series deleted meanwhile: the next repeat is a new Event.
+    let first = &found[0].3;
+    events.delete(first, &Default::default()).await.unwrap();
+    assert!(
+        unlimited
+            .report(&object, &uid, "faulty", false, "create failed: first")
+            .await
+    );
+    let found = recorded().await;
+    let again = found
+        .iter()
+        .find(|e| e.1 == "listener faulty: create failed: first")
+        .unwrap();
+    assert_ne!(&again.3, first, "{found:?}");
+    assert_eq!(again.2, 1, "{found:?}");
+    t.ns.delete().await;
+}
+
+/// The Events a probe recorded (reason `Probed`) in `namespace`, by what they regard.
+async fn probed_events(
+    client: &kube::Client,
+    namespace: &str,
+    regarding: &str,
+) -> Vec<k8s_openapi::api::events::v1::Event> {
+    let events: Api<k8s_openapi::api::events::v1::Event> =
+        Api::namespaced(client.clone(), namespace);
+    events
+        .list(&Default::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|e| e.reason.as_deref() == Some("Probed"))
+        .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(regarding))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn record_event_about_the_events_own_object_carries_its_uid_for_kubectl_describe() {
+    let t = Things::new().await;
+    let (host, capture) = start_probe(
+        &t,
+        "grants:\n  - {apiGroups: [events.k8s.io], resources: [events], verbs: [create]}\n",
+    )
+    .await;
+    // One Event about the event's own object, one about another object (whose uid the host
+    // does not know).
+    let calls = json!([
+        {"op": "event", "body": "about itself"},
+        {"op": "event", "ref": {"apiVersion": "v1", "kind": "ConfigMap", "name": "elsewhere"}, "body": "about another"},
+    ]);
+    let recorder = t
+        .create(
+            "recorder",
+            json!({}),
+            &[("kubelisten.dev/probe", &calls.to_string())],
+        )
+        .await;
+    let result = eventually("the probe result", async || {
+        probe_result(&capture, "recorder")
+    })
+    .await;
+    assert_eq!(result["results"][0]["ok"], 1, "{result}");
+    assert_eq!(result["results"][1]["ok"], 1, "{result}");
+    host.stop().await;
+
+    let uid = recorder.metadata.uid.as_deref().unwrap();
+    let described =
+        common::described_events(&t.client, "Thing", Some(t.ns.name()), "recorder", uid).await;
+    let notes: Vec<_> = described.iter().map(|e| e.message.as_deref()).collect();
+    assert_eq!(notes, [Some("about itself")], "{described:?}");
+    let other = probed_events(&t.client, t.ns.name(), "elsewhere").await;
+    assert_eq!(other.len(), 1, "{other:?}");
+    let regarding = other[0].regarding.as_ref().unwrap();
+    assert_eq!(regarding.namespace.as_deref(), Some(t.ns.name()));
+    assert_eq!(
+        regarding.uid, None,
+        "the uid of another object is not known"
+    );
+    t.ns.delete().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn record_event_about_a_cluster_scoped_object_leaves_its_namespace_empty() {
+    use k8s_openapi::api::core::v1::Namespace;
+    use kubelisten::config::{Config, TargetConfig, WatchConfig};
+
+    let client = common::client().await;
+    // The watched object is a Namespace: the probe records an Event about it (it runs on
+    // `create`, which the initial list delivers).
+    let ns = common::TestNamespace::new(&client).await;
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let calls = json!([{"op": "event", "body": "about a namespace"}]).to_string();
+    let patch = json!({"metadata": {"annotations": {"kubelisten.dev/probe": calls}}});
+    let watched = namespaces
+        .patch(
+            ns.name(),
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(&patch),
+        )
+        .await
+        .unwrap();
+    let probe = with_caps(
+        harness::listener("probe", Mode::Classname),
+        "grants:\n  - {apiGroups: [events.k8s.io], resources: [events], verbs: [create], namespaces: [default]}\n",
+    );
+    let config = Config {
+        watches: vec![WatchConfig {
+            name: "namespaces".into(),
+            target: TargetConfig::Resource {
+                group: String::new(),
+                version: "v1".into(),
+                kind: "Namespace".into(),
+                plural: None,
+            },
+            namespaces: Vec::new(),
+            label_selector: None,
+            field_selector: Some(format!("metadata.name={}", ns.name())),
+            listeners: vec![probe],
+        }],
+    };
+    let capture = Arc::new(Capture::default());
+    let (runtime, cluster) = harness::cluster_runtime(&client, &config, capture.clone());
+    let host = TestHost::start_with_cluster(
+        client.clone(),
+        &runtime,
+        &config,
+        &settings(2),
+        Some(cluster),
+    )
+    .await;
+    let result = eventually("the probe result", async || {
+        probe_result(&capture, ns.name())
+    })
+    .await;
+    assert_eq!(result["results"][0]["ok"], 1, "{result}");
+    host.stop().await;
+
+    // Written to `default` (the API server's rule for cluster-scoped objects), regarding an
+    // object with no namespace.
+    let recorded = probed_events(&client, "default", ns.name()).await;
+    assert_eq!(recorded.len(), 1, "{recorded:?}");
+    let regarding = recorded[0].regarding.as_ref().unwrap();
+    assert_eq!(regarding.namespace, None, "{regarding:?}");
+    // `kubectl describe namespace` lists it (its selector has `involvedObject.namespace=`).
+    let uid = watched.metadata.uid.as_deref().unwrap();
+    let described = common::described_events(&client, "Namespace", None, ns.name(), uid).await;
+    let notes: Vec<_> = described.iter().map(|e| e.message.as_deref()).collect();
+    assert_eq!(notes, [Some("about a namespace")], "{described:?}");
+    let events: Api<k8s_openapi::api::events::v1::Event> =
+        Api::namespaced(client.clone(), "default");
+    let name = recorded[0].metadata.name.clone().unwrap();
+    events
+        .delete(&name, &DeleteParams::default())
+        .await
+        .unwrap();
+    ns.delete().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -1196,7 +1196,7 @@ async fn service_account_gets_what_kubelisten_needs_and_nothing_more() {
         ("list", "", "nodes", "", "", ""),
         ("delete", "", "namespaces", "", "", work),
         ("delete", "", "events", "", work, "x"),
-        // Events go through events.k8s.io only (kube-runtime's Recorder).
+        // Events go through events.k8s.io only (capabilities/events.rs).
         ("create", "", "events", "", work, ""),
         ("patch", "", "events", "", work, "x"),
     ];

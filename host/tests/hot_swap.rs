@@ -368,8 +368,7 @@ async fn bad_updates_are_rejected_with_an_event_and_the_running_version_keeps_se
     for (i, (what, listeners, module, reason)) in cases.into_iter().enumerate() {
         let digest = digest_of(&module);
         push(&s.cms, &listeners, &[("counter.wasm", module)]).await;
-        // This update's rejection is on record (the Events of one reason are one series, so
-        // the Event below may be an earlier case's).
+        // This update's rejection is on record (its Event follows the swap).
         let whole_file = reason == "ListenersRejected";
         eventually(&format!("the {what} update to be rejected"), || {
             if whole_file {
@@ -381,7 +380,6 @@ async fn bad_updates_are_rejected_with_an_event_and_the_running_version_keeps_se
             }
         })
         .await;
-        // (Its note may be an earlier case's: one series per reason keeps the first note.)
         wait_for_note(&events, reason, &format!("a {reason} Event"), |_| true).await;
         // The previous version keeps serving.
         let name = format!("after-{i}");
@@ -478,6 +476,25 @@ async fn a_module_that_cannot_be_instantiated_with_its_limits_is_rejected() {
         |n| n.starts_with("listener counter: cannot be instantiated: "),
     )
     .await;
+    // `kubectl describe configmap modules` lists it: the Event carries the ConfigMap's uid.
+    let uid = s.cms.get("modules").await.unwrap().metadata.uid.unwrap();
+    let described = common::described_events(
+        &s.t.client,
+        "ConfigMap",
+        Some(s.t.ns.name()),
+        "modules",
+        &uid,
+    )
+    .await;
+    assert!(
+        described
+            .iter()
+            .any(|e| e.reason.as_deref() == Some("ModuleRejected")
+                && e.message
+                    .as_deref()
+                    .is_some_and(|m| m.starts_with("listener counter: cannot be instantiated: "))),
+        "{described:?}"
+    );
     // The instance that ran before keeps serving: its count goes on.
     s.t.create("after", json!({}), &[]).await;
     eventually("the running instance to handle after", || {
@@ -510,6 +527,118 @@ async fn a_module_that_cannot_be_instantiated_with_its_limits_is_rejected() {
             == r#"kubelisten_listener_reloads_total{listener="counter",outcome="rejected"} 1"#),
         "{metrics}"
     );
+    s.host.stop().await;
+    s.t.ns.delete().await;
+}
+
+/// An Event's note and series count.
+type Counted = (String, i32);
+
+/// The Warning Events of the modules ConfigMap with `reason`: (note, series count).
+async fn rejection_events(
+    events: &Api<k8s_openapi::api::events::v1::Event>,
+    reason: &str,
+) -> Vec<Counted> {
+    let mut found: Vec<Counted> = events
+        .list(&Default::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|e| e.reason.as_deref() == Some(reason))
+        .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("modules"))
+        .map(|e| {
+            let count = e.series.as_ref().map_or(1, |s| s.count);
+            (e.note.unwrap_or_default(), count)
+        })
+        .collect();
+    found.sort();
+    found
+}
+
+/// Two listeners rejected by one update are two Events, each naming its listener, which
+/// `kubectl describe configmap` lists (they carry the ConfigMap's uid). The same rejections
+/// again within the series window raise the counts of those Events; a different error is a new
+/// Event rather than a higher count on the stale one.
+#[tokio::test(flavor = "multi_thread")]
+async fn each_rejection_is_an_event_of_its_own_listed_by_kubectl_describe() {
+    let s = setup(guest_bytes("versioned-v1")).await;
+    let garbage = b"\0asm\x0d\0\x01\0garbage".to_vec();
+    let core_module = wat::parse_str("(module (func (export \"create\")))").unwrap();
+    let two_bad =
+        format!("{LISTENERS}  - name: a\n    module: a.wasm\n  - name: b\n    module: b.wasm\n");
+    let modules = |a: Vec<u8>| {
+        vec![
+            ("counter.wasm", guest_bytes("versioned-v1")),
+            ("a.wasm", a),
+            ("b.wasm", core_module.clone()),
+        ]
+    };
+    push(&s.cms, &two_bad, &modules(garbage.clone())).await;
+    let events: Api<k8s_openapi::api::events::v1::Event> =
+        Api::namespaced(s.t.client.clone(), s.t.ns.name());
+    let wait_for = async |what: &str, check: &dyn Fn(&[Counted]) -> bool| {
+        let mut found = Vec::new();
+        for _ in 0..150 {
+            found = rejection_events(&events, "ModuleRejected").await;
+            if check(&found) {
+                return found;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        panic!("timed out waiting for {what}; ModuleRejected Events: {found:?}");
+    };
+    let first = wait_for("an Event for each rejected listener", &|found| {
+        found.len() == 2
+    })
+    .await;
+    assert!(first[0].0.starts_with("listener a: "), "{first:?}");
+    assert!(first[1].0.starts_with("listener b: "), "{first:?}");
+    assert_eq!((first[0].1, first[1].1), (1, 1), "{first:?}");
+
+    // `kubectl describe configmap modules` lists both.
+    let uid = s.cms.get("modules").await.unwrap().metadata.uid.unwrap();
+    let mut described: Vec<String> = common::described_events(
+        &s.t.client,
+        "ConfigMap",
+        Some(s.t.ns.name()),
+        "modules",
+        &uid,
+    )
+    .await
+    .into_iter()
+    .filter(|e| e.reason.as_deref() == Some("ModuleRejected"))
+    .filter_map(|e| e.message)
+    .collect();
+    described.sort();
+    let notes: Vec<String> = first.iter().map(|(n, _)| n.clone()).collect();
+    assert_eq!(described, notes);
+
+    // Another update (a comment added) rejects both again with the same errors: no new Events,
+    // the counts go up.
+    push(&s.cms, &format!("# again\n{two_bad}"), &modules(garbage)).await;
+    let again = wait_for("both Events to count the repeat", &|found| {
+        found.iter().all(|(_, count)| *count == 2)
+    })
+    .await;
+    let again_notes: Vec<String> = again.iter().map(|(n, _)| n.clone()).collect();
+    assert_eq!(again_notes, notes, "the same two Events");
+
+    // A different error for `a`: a new Event with it; the earlier ones stay as they were.
+    let other_world = wat::parse_str(
+        r#"(component (core module $m (func (export "f"))) (core instance $i (instantiate $m))
+             (func (export "hello") (canon lift (core func $i "f"))))"#,
+    )
+    .unwrap();
+    push(&s.cms, &two_bad, &modules(other_world)).await;
+    let third = wait_for("an Event for the new error", &|found| found.len() == 3).await;
+    let fresh: Vec<_> = third
+        .iter()
+        .filter(|(note, _)| !notes.contains(note))
+        .collect();
+    assert_eq!(fresh.len(), 1, "{third:?}");
+    assert!(fresh[0].0.starts_with("listener a: "), "{third:?}");
+    assert_eq!(fresh[0].1, 1, "{third:?}");
     s.host.stop().await;
     s.t.ns.delete().await;
 }
@@ -889,8 +1018,7 @@ async fn grant_changes_apply_to_an_unchanged_module_and_unknown_watches_are_reje
         &[("probe.wasm", guest_bytes("probe"))],
     )
     .await;
-    // (Its Event joins the series of the first stray entry's: look at the rejections. The
-    // first one's goes at the end of the swap.)
+    // (The rejections show the swap: the first stray entry's goes at its end.)
     eventually("the swap that rejects the second stray entry", || {
         host.rejection("stray2").is_some() && host.rejection("stray").is_none()
     })

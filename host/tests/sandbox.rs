@@ -222,6 +222,7 @@ fn ctx() -> kubelisten::runtime::CallContext {
         event_kind: "create",
         chain: Default::default(),
         namespace: None,
+        event_object: None,
     }
 }
 

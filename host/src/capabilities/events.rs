@@ -1,12 +1,21 @@
 //! Kubernetes Events (`events.k8s.io/v1`): for guests' `record-event`, and the host's own
-//! Warning on an object when a listener finally failed or trapped on it, rate-limited per object.
+//! Warnings (a listener that finally failed or trapped on an object, rate-limited per object and
+//! reason; a rejected update of the modules ConfigMap).
+//!
+//! An Event repeated within [`SERIES_WINDOW`] of its last occurrence (same reporting controller,
+//! object, type, reason and note) is folded into it: its `series.count` goes up. An Event whose
+//! note differs is a new Event, so every distinct message shows in `kubectl describe`
+//! (kube-runtime's `Recorder` leaves the note out of its key and keeps the first note).
 
 use std::collections::HashMap;
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::ObjectReference;
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use k8s_openapi::api::events::v1::{Event as K8sEvent, EventSeries};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::Client;
 
 use crate::runtime::bindings::kubelisten::listener::cluster::ObjectRef;
@@ -20,14 +29,37 @@ const MAX_ACTION_BYTES: usize = 128;
 /// How long the host's own failure Event may take: the dispatch of the object's next event waits
 /// for it, so a request nobody answers (a connection whose peer is gone) must not hold it up.
 const FAILURE_EVENT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long after its last occurrence a repeat still joins an Event's series (kube-runtime's
+/// and client-go's window).
+pub const SERIES_WINDOW: Duration = Duration::from_secs(6 * 60);
+/// Most series remembered at once; when full, the one seen longest ago is forgotten (its next
+/// repeat is a new Event).
+const MAX_SERIES: usize = 1024;
 
 // The API server's Event limits count bytes, not characters: cut at a char boundary.
 use crate::runtime::truncate_utf8 as truncate;
 
-/// Publishes Events with a reporting controller per caller (`kubelisten/<listener>`).
+/// The `regarding` reference of an Event about `about`: with `uid` when known (`kubectl describe`
+/// lists only Events whose `regarding.uid` is the object's), and the namespace of `about` as
+/// given (none for a cluster-scoped object).
+pub fn reference(about: &ObjectRef, uid: Option<&str>) -> ObjectReference {
+    ObjectReference {
+        api_version: Some(about.api_version.clone()),
+        kind: Some(about.kind.clone()),
+        name: Some(about.name.clone()),
+        namespace: about.namespace.clone(),
+        uid: uid.filter(|u| !u.is_empty()).map(str::to_string),
+        ..ObjectReference::default()
+    }
+}
+
+/// Publishes Events, with the reporting controller each caller names (`kubelisten` for the
+/// host, `kubelisten/<listener>` for guests), folding repeats into series.
 pub struct EventRecorder {
     client: Client,
-    recorders: Mutex<HashMap<String, Recorder>>,
+    /// `reportingInstance`: the Pod's name (`HOSTNAME`), else the controller.
+    instance: Option<String>,
+    series: Mutex<SeriesCache>,
 }
 
 impl EventRecorder {
@@ -35,71 +67,190 @@ impl EventRecorder {
     pub fn new(client: Client) -> Self {
         Self {
             client,
-            recorders: Mutex::new(HashMap::new()),
+            instance: std::env::var("HOSTNAME").ok().filter(|h| !h.is_empty()),
+            series: Mutex::new(SeriesCache::default()),
         }
     }
 
-    /// Records an Event about `about` (in `namespace`) reported by `controller`.
+    fn series(&self) -> std::sync::MutexGuard<'_, SeriesCache> {
+        self.series.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Records an Event about `regarding`, reported by `controller`, in the namespace of
+    /// `regarding` (`default` for a cluster-scoped object, as the API server requires). A repeat
+    /// of the same Event (same note too) within [`SERIES_WINDOW`] raises the count of the
+    /// earlier one instead.
     ///
     /// # Errors
     /// The API server's answer.
     pub async fn publish(
         &self,
         controller: &str,
-        about: &ObjectRef,
-        namespace: Option<&str>,
+        regarding: &ObjectReference,
         warning: bool,
         reason: &str,
         message: &str,
     ) -> Result<(), kube::Error> {
-        let recorder = {
-            let mut recorders = self
-                .recorders
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            recorders
-                .entry(controller.to_string())
-                .or_insert_with(|| {
-                    let reporter = Reporter {
-                        controller: controller.to_string(),
-                        instance: std::env::var("HOSTNAME").ok(),
-                    };
-                    Recorder::new(self.client.clone(), reporter)
-                })
-                .clone()
-        };
-        let reference = ObjectReference {
-            api_version: Some(about.api_version.clone()),
-            kind: Some(about.kind.clone()),
-            name: Some(about.name.clone()),
-            namespace: namespace
-                .map(str::to_string)
-                .or_else(|| about.namespace.clone()),
-            ..ObjectReference::default()
-        };
-        recorder
-            .publish(&event(warning, reason, message), &reference)
-            .await
+        let event = self.event(controller, regarding, warning, reason, message);
+        let key = SeriesKey::of(&event);
+        let namespace = regarding.namespace.as_deref().unwrap_or("default");
+        let events: Api<K8sEvent> = Api::namespaced(self.client.clone(), namespace);
+        let repeat = self.series().repeat(&key, Instant::now());
+        if let Some((name, count)) = repeat {
+            let series = EventSeries {
+                count,
+                last_observed_time: MicroTime(Timestamp::now()),
+            };
+            let patch = serde_json::json!({ "series": series });
+            match events
+                .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+            {
+                Ok(_) => return Ok(()),
+                // Deleted, or expired on the API server: the repeat starts a new Event.
+                Err(kube::Error::Api(status)) if status.code == 404 => {
+                    tracing::debug!(event = %name, namespace, "the Event of this series is gone; recording a new one");
+                    self.series().forget(&key);
+                }
+                Err(err) => return Err(err),
+            }
+        }
+        let created = events.create(&PostParams::default(), &event).await?;
+        let name = created
+            .metadata
+            .name
+            .or(event.metadata.name)
+            .unwrap_or_default();
+        self.series().created(key, name, Instant::now());
+        Ok(())
+    }
+
+    /// The Event to create, its reason and note cut to the API server's limits.
+    fn event(
+        &self,
+        controller: &str,
+        regarding: &ObjectReference,
+        warning: bool,
+        reason: &str,
+        message: &str,
+    ) -> K8sEvent {
+        let now = Timestamp::now();
+        K8sEvent {
+            action: Some(truncate("Reconcile", MAX_ACTION_BYTES).into()),
+            reason: Some(truncate(reason, MAX_REASON_BYTES).into()),
+            note: Some(truncate(message, MAX_NOTE_BYTES).into()),
+            type_: Some(if warning { "Warning" } else { "Normal" }.into()),
+            event_time: Some(MicroTime(now)),
+            regarding: Some(regarding.clone()),
+            reporting_controller: Some(controller.into()),
+            reporting_instance: Some(
+                self.instance
+                    .clone()
+                    .unwrap_or_else(|| controller.to_string()),
+            ),
+            metadata: ObjectMeta {
+                namespace: Some(
+                    regarding
+                        .namespace
+                        .clone()
+                        .unwrap_or_else(|| "default".into()),
+                ),
+                // As kube-runtime and client-go name them.
+                name: Some(format!(
+                    "{}.{:x}",
+                    regarding.name.as_deref().unwrap_or(controller),
+                    now.as_nanosecond()
+                )),
+                ..ObjectMeta::default()
+            },
+            ..K8sEvent::default()
+        }
     }
 }
 
-/// The Event to publish, its reason and note cut to the API server's limits.
-fn event(warning: bool, reason: &str, message: &str) -> Event {
-    Event {
-        type_: if warning {
-            EventType::Warning
-        } else {
-            EventType::Normal
-        },
-        reason: truncate(reason, MAX_REASON_BYTES).into(),
-        note: Some(truncate(message, MAX_NOTE_BYTES).into()),
-        action: truncate("Reconcile", MAX_ACTION_BYTES).into(),
-        secondary: None,
+/// What makes two Events the same: a repeat joins the earlier one's series.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct SeriesKey {
+    controller: Option<String>,
+    /// apiVersion, kind, namespace, name, uid.
+    regarding: [Option<String>; 5],
+    type_: Option<String>,
+    reason: Option<String>,
+    note: Option<String>,
+}
+
+impl SeriesKey {
+    fn of(event: &K8sEvent) -> Self {
+        let r = event.regarding.clone().unwrap_or_default();
+        Self {
+            controller: event.reporting_controller.clone(),
+            regarding: [r.api_version, r.kind, r.namespace, r.name, r.uid],
+            type_: event.type_.clone(),
+            reason: event.reason.clone(),
+            note: event.note.clone(),
+        }
+    }
+}
+
+/// One Event's series: its name, occurrences so far and when it was last seen.
+#[derive(Debug)]
+struct Series {
+    name: String,
+    count: i32,
+    last: Instant,
+}
+
+/// The Events published within [`SERIES_WINDOW`], at most [`MAX_SERIES`].
+#[derive(Debug, Default)]
+struct SeriesCache {
+    entries: HashMap<SeriesKey, Series>,
+}
+
+impl SeriesCache {
+    /// For a repeat of an Event last seen within the window: its name and the new count,
+    /// recorded as seen at `now`.
+    fn repeat(&mut self, key: &SeriesKey, now: Instant) -> Option<(String, i32)> {
+        self.expire(now);
+        let series = self.entries.get_mut(key)?;
+        series.count = series.count.saturating_add(1);
+        series.last = now;
+        Some((series.name.clone(), series.count))
+    }
+
+    /// Remembers the Event `name` just created for `key`.
+    fn created(&mut self, key: SeriesKey, name: String, now: Instant) {
+        self.expire(now);
+        if self.entries.len() >= MAX_SERIES && !self.entries.contains_key(&key) {
+            let oldest = self
+                .entries
+                .iter()
+                .min_by_key(|(_, s)| s.last)
+                .map(|(k, _)| k.clone());
+            if let Some(oldest) = oldest {
+                self.entries.remove(&oldest);
+            }
+        }
+        let series = Series {
+            name,
+            count: 1,
+            last: now,
+        };
+        self.entries.insert(key, series);
+    }
+
+    fn forget(&mut self, key: &SeriesKey) {
+        self.entries.remove(key);
+    }
+
+    fn expire(&mut self, now: Instant) {
+        self.entries
+            .retain(|_, s| now.saturating_duration_since(s.last) < SERIES_WINDOW);
     }
 }
 
 /// The host's Warning Events about listener failures, at most one per object and reason within
-/// `interval`.
+/// `interval`, whatever the message. After that, the same failure (same message) raises the
+/// earlier Event's series count; a different one is a new Event.
 pub struct FailureReporter {
     recorder: EventRecorder,
     interval: Duration,
@@ -152,20 +303,16 @@ impl FailureReporter {
             last.insert(key, now);
         }
         let note = format!("listener {listener}: {message}");
-        let published = self.recorder.publish(
-            "kubelisten",
-            object,
-            object.namespace.as_deref(),
-            true,
-            &reason,
-            &note,
-        );
+        let regarding = reference(object, Some(uid));
+        let published = self
+            .recorder
+            .publish("kubelisten", &regarding, true, &reason, &note);
         let error = match tokio::time::timeout(FAILURE_EVENT_TIMEOUT, published).await {
             Ok(Ok(())) => return true,
             Ok(Err(err)) => err.to_string(),
             Err(_) => format!("no answer within {}s", FAILURE_EVENT_TIMEOUT.as_secs()),
         };
-        tracing::warn!(listener, object = %object.name, %error, "cannot record a failure Event");
+        tracing::warn!(listener, namespace = ?object.namespace, object = %object.name, %error, "cannot record a failure Event");
         false
     }
 }
@@ -228,12 +375,101 @@ mod tests {
         assert_eq!(truncate("€", 2), "");
     }
 
-    #[test]
-    fn multi_byte_reasons_and_notes_fit_the_api_servers_limits() {
-        let event = event(true, &"Ü".repeat(100), &"€".repeat(1000));
-        assert_eq!(event.reason, "Ü".repeat(64));
+    fn config_map(namespace: Option<&str>) -> ObjectRef {
+        ObjectRef {
+            api_version: "v1".into(),
+            kind: "ConfigMap".into(),
+            namespace: namespace.map(str::to_string),
+            name: "a".into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn multi_byte_reasons_and_notes_fit_the_api_servers_limits() {
+        let (client, _server) = crate::test_support::unanswering_api().await;
+        let recorder = EventRecorder::new(client);
+        let regarding = reference(&config_map(Some("ns")), None);
+        let event = recorder.event(
+            "kubelisten",
+            &regarding,
+            true,
+            &"Ü".repeat(100),
+            &"€".repeat(1000),
+        );
+        assert_eq!(event.reason, Some("Ü".repeat(64)));
         assert_eq!(event.note.as_deref(), Some("€".repeat(341).as_str()));
-        assert!(event.action.len() <= MAX_ACTION_BYTES);
+        assert!(event.action.is_some_and(|a| a.len() <= MAX_ACTION_BYTES));
+    }
+
+    #[test]
+    fn references_carry_the_uid_and_no_namespace_for_cluster_scoped_objects() {
+        let namespaced = reference(&config_map(Some("ns")), Some("uid-a"));
+        assert_eq!(namespaced.uid.as_deref(), Some("uid-a"));
+        assert_eq!(namespaced.namespace.as_deref(), Some("ns"));
+        let cluster_scoped = reference(&config_map(None), Some(""));
+        assert_eq!(cluster_scoped.uid, None, "an empty uid is left out");
+        assert_eq!(cluster_scoped.namespace, None);
+    }
+
+    #[tokio::test]
+    async fn events_about_cluster_scoped_objects_are_written_to_default() {
+        let (client, _server) = crate::test_support::unanswering_api().await;
+        let recorder = EventRecorder::new(client);
+        let namespaced = reference(&config_map(Some("ns")), Some("uid-a"));
+        let event = recorder.event("kubelisten", &namespaced, true, "R", "m");
+        assert_eq!(event.metadata.namespace.as_deref(), Some("ns"));
+        let cluster_scoped = reference(&config_map(None), None);
+        let event = recorder.event("kubelisten", &cluster_scoped, false, "R", "m");
+        assert_eq!(event.metadata.namespace.as_deref(), Some("default"));
+        assert_eq!(event.regarding.and_then(|r| r.namespace), None);
+    }
+
+    fn key(note: &str) -> SeriesKey {
+        SeriesKey {
+            controller: Some("kubelisten".into()),
+            regarding: [None, None, None, Some("a".into()), Some("uid-a".into())],
+            type_: Some("Warning".into()),
+            reason: Some("ModuleRejected".into()),
+            note: Some(note.into()),
+        }
+    }
+
+    #[test]
+    fn only_a_repeat_with_the_same_note_joins_a_series_within_the_window() {
+        let start = Instant::now();
+        let mut cache = SeriesCache::default();
+        cache.created(key("listener a: bad"), "a.1".into(), start);
+        assert_eq!(cache.repeat(&key("listener b: bad"), start), None);
+        assert_eq!(
+            cache.repeat(&key("listener a: bad"), start + Duration::from_secs(60)),
+            Some(("a.1".into(), 2))
+        );
+        // The window runs from the last occurrence.
+        let later = start + Duration::from_secs(60) + SERIES_WINDOW - Duration::from_secs(1);
+        assert_eq!(
+            cache.repeat(&key("listener a: bad"), later),
+            Some(("a.1".into(), 3))
+        );
+        assert_eq!(
+            cache.repeat(&key("listener a: bad"), later + SERIES_WINDOW),
+            None
+        );
+    }
+
+    #[test]
+    fn a_full_cache_forgets_the_series_seen_longest_ago() {
+        let start = Instant::now();
+        let mut cache = SeriesCache::default();
+        for i in 0..MAX_SERIES {
+            let at = start + Duration::from_millis(i as u64);
+            cache.created(key(&i.to_string()), format!("a.{i}"), at);
+        }
+        let now = start + Duration::from_secs(1);
+        cache.created(key("new"), "a.new".into(), now);
+        assert_eq!(cache.entries.len(), MAX_SERIES);
+        assert_eq!(cache.repeat(&key("0"), now), None);
+        assert_eq!(cache.repeat(&key("1"), now), Some(("a.1".into(), 2)));
+        assert_eq!(cache.repeat(&key("new"), now), Some(("a.new".into(), 2)));
     }
 
     #[test]

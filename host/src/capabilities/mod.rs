@@ -347,12 +347,19 @@ impl KubeCluster {
                 reason,
                 message,
             } => {
+                // The uid is known for the event's own object only: an Event about another
+                // object has none (no lookup that the listener's grants might not allow), so
+                // `kubectl describe` does not list it (`kubectl get events` does).
+                let uid = caller
+                    .event_object
+                    .as_ref()
+                    .and_then(|object| object.uid_of(&about));
+                let regarding = events::reference(&about, uid);
                 return self
                     .recorder
                     .publish(
                         &manager,
-                        &about,
-                        namespace.as_deref(),
+                        &regarding,
                         kind == EventType::Warning,
                         &reason,
                         &message,
@@ -724,6 +731,7 @@ mod tests {
             caller: Caller {
                 listener: Arc::from("l"),
                 event_namespace: Some("ns".into()),
+                event_object: None,
                 time_left: None,
             },
             _tokio: tokio,

@@ -19,14 +19,14 @@ use std::str::FromStr;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::ConfigMap;
+use k8s_openapi::api::core::v1::{ConfigMap, ObjectReference};
 use kube::api::Api;
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::Client;
 use sha2::{Digest, Sha256};
 
 use self::source::Entry;
-use crate::capabilities::events::EventRecorder;
+use crate::capabilities::events::{self, EventRecorder};
 use crate::capabilities::KubeCluster;
 use crate::dispatch::{Chain, ChainSlot};
 use crate::metrics::{labels, Metrics};
@@ -358,7 +358,7 @@ impl HotSwap {
                     state.applied = Some(content);
                     state.missing_files = None;
                 }
-                self.publish_all(std::slice::from_ref(&rejection)).await;
+                self.publish_all(cm, std::slice::from_ref(&rejection)).await;
                 return vec![rejection];
             }
         };
@@ -420,7 +420,7 @@ impl HotSwap {
             state.missing_files = (!missing_files.is_empty()).then(|| (cm.clone(), missing_files));
         }
         // The Events last: a slow Events API does not hold up the good listeners.
-        self.publish_all(&reported).await;
+        self.publish_all(cm, &reported).await;
         rejections
     }
 
@@ -676,12 +676,20 @@ impl HotSwap {
             .insert(rejection.listener.clone(), rejection.clone());
     }
 
-    /// Reports each rejection as a Warning Event on the ConfigMap, waiting at most
+    /// Reports each rejection as a Warning Event on the ConfigMap `cm`, waiting at most
     /// [`EVENT_TIMEOUT`] for all of them (the next update waits meanwhile).
-    async fn publish_all(&self, rejections: &[Rejection]) {
+    async fn publish_all(&self, cm: &ConfigMap, rejections: &[Rejection]) {
+        let about = ObjectRef {
+            api_version: "v1".into(),
+            kind: "ConfigMap".into(),
+            namespace: Some(self.source.namespace.clone()),
+            name: self.source.name.clone(),
+        };
+        // With the uid, `kubectl describe configmap` lists them.
+        let regarding = events::reference(&about, cm.metadata.uid.as_deref());
         let all = async {
             for rejection in rejections {
-                self.publish(rejection).await;
+                self.publish(&regarding, rejection).await;
             }
         };
         if tokio::time::timeout(EVENT_TIMEOUT, all).await.is_err() {
@@ -692,14 +700,10 @@ impl HotSwap {
         }
     }
 
-    /// Reports `rejection` as a Warning Event on the ConfigMap.
-    async fn publish(&self, rejection: &Rejection) {
-        let about = ObjectRef {
-            api_version: "v1".into(),
-            kind: "ConfigMap".into(),
-            namespace: Some(self.source.namespace.clone()),
-            name: self.source.name.clone(),
-        };
+    /// Reports `rejection` as a Warning Event regarding the modules ConfigMap. Each listener's
+    /// rejection is an Event of its own (the note differs); the same rejection again within
+    /// [`events::SERIES_WINDOW`] raises its count.
+    async fn publish(&self, regarding: &ObjectReference, rejection: &Rejection) {
         let reason = if rejection.listener == "*" {
             "ListenersRejected"
         } else {
@@ -708,17 +712,10 @@ impl HotSwap {
         let note = format!("listener {}: {}", rejection.listener, rejection.error);
         if let Err(err) = self
             .recorder
-            .publish(
-                "kubelisten",
-                &about,
-                Some(&self.source.namespace),
-                true,
-                reason,
-                &note,
-            )
+            .publish("kubelisten", regarding, true, reason, &note)
             .await
         {
-            tracing::warn!(error = %err, "cannot record the rejection Event on the modules ConfigMap");
+            tracing::warn!(configmap = %self.source_name(), listener = %rejection.listener, error = %err, "cannot record the rejection Event on the modules ConfigMap");
         }
     }
 

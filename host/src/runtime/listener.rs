@@ -251,6 +251,9 @@ pub struct CallContext {
     pub chain: ChainState,
     /// Namespace of the event's object (grants scoped to it use this).
     pub namespace: Option<String>,
+    /// The event's object with its uid, for `record-event` about it; `None` when there is none
+    /// (a watch error) or it has no uid.
+    pub event_object: Option<Arc<crate::runtime::EventObject>>,
 }
 
 /// Counters of one listener, read by metrics and tests.
@@ -904,6 +907,7 @@ impl Listener {
         state.log.event_kind = ctx.event_kind;
         state.chain = ctx.chain.clone();
         state.caller.event_namespace = ctx.namespace.clone();
+        state.caller.event_object = ctx.event_object.clone();
         state.start_call();
     }
 

@@ -77,6 +77,7 @@ impl HostState {
             caller: Caller {
                 listener: listener.clone(),
                 event_namespace: None,
+                event_object: None,
                 time_left: None,
             },
             cluster,

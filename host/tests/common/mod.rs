@@ -389,3 +389,27 @@ pub fn testdata(file: &str) -> PathBuf {
         .join("../deploy/local/testdata")
         .join(file)
 }
+
+/// The core/v1 Events that `kubectl describe` shows for an object: listed in its namespace (in
+/// all namespaces for a cluster-scoped object) with the field selector of kubectl's
+/// `searchEvents`, which matches the object's name, namespace, kind and uid.
+pub async fn described_events(
+    client: &Client,
+    kind: &str,
+    namespace: Option<&str>,
+    name: &str,
+    uid: &str,
+) -> Vec<k8s_openapi::api::core::v1::Event> {
+    let api: Api<k8s_openapi::api::core::v1::Event> = match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    };
+    let selector = format!(
+        "involvedObject.name={name},involvedObject.namespace={},involvedObject.kind={kind},involvedObject.uid={uid}",
+        namespace.unwrap_or("")
+    );
+    api.list(&kube::api::ListParams::default().fields(&selector))
+        .await
+        .unwrap_or_else(|e| panic!("listing Events with {selector}: {e}"))
+        .items
+}
