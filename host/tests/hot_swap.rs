@@ -70,6 +70,22 @@ async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
     panic!("timed out waiting for {what}");
 }
 
+/// Creates the Thing `name` and waits until the listener handled it: the version and count it
+/// reported.
+async fn handled(s: &Setup, name: &str) -> (String, u64) {
+    s.t.create(name, json!({}), &[]).await;
+    let capture = s.capture.clone();
+    eventually(&format!("the listener to handle {name}"), || {
+        lines(&capture).iter().any(|l| l.1 == name)
+    })
+    .await;
+    let (version, _, _, count) = lines(&capture)
+        .into_iter()
+        .find(|l| l.1 == name)
+        .expect("handled");
+    (version, count)
+}
+
 /// The digest the host reports for a module with these (decoded) bytes.
 fn digest_of(module: &[u8]) -> String {
     use sha2::Digest as _;
@@ -450,12 +466,7 @@ async fn bad_updates_are_rejected_with_an_event_and_the_running_version_keeps_se
 async fn a_module_that_cannot_be_instantiated_with_its_limits_is_rejected() {
     let v1 = guest_bytes("versioned-v1");
     let s = setup(v1.clone()).await;
-    s.t.create("before", json!({}), &[]).await;
-    let capture = s.capture.clone();
-    eventually("v1 to handle before", || {
-        lines(&capture).iter().any(|l| l.1 == "before")
-    })
-    .await;
+    assert_eq!(handled(&s, "before").await, ("v1".into(), 1));
     let one_page = format!("{LISTENERS}    limits: {{memory-bytes: 65536}}\n");
     push(&s.cms, &one_page, &[("counter.wasm", v1.clone())]).await;
     let digest = digest_of(&v1);
@@ -496,16 +507,7 @@ async fn a_module_that_cannot_be_instantiated_with_its_limits_is_rejected() {
         "{described:?}"
     );
     // The instance that ran before keeps serving: its count goes on.
-    s.t.create("after", json!({}), &[]).await;
-    eventually("the running instance to handle after", || {
-        lines(&capture).iter().any(|l| l.1 == "after")
-    })
-    .await;
-    let after = lines(&capture)
-        .into_iter()
-        .find(|l| l.1 == "after")
-        .unwrap();
-    assert_eq!((after.0.as_str(), after.3), ("v1", 2), "{after:?}");
+    assert_eq!(handled(&s, "after").await, ("v1".into(), 2));
     // /status shows v1 running and the rejection; the process stays ready.
     let (_, body) = s.host.get("/status").await;
     let status: serde_json::Value = serde_json::from_str(&body).unwrap();
@@ -1134,12 +1136,7 @@ async fn a_missing_modules_configmap_keeps_the_process_unready_until_it_is_creat
 #[tokio::test(flavor = "multi_thread")]
 async fn an_update_that_leaves_a_watch_without_listeners_is_rejected() {
     let s = setup(guest_bytes("versioned-v1")).await;
-    s.t.create("before", json!({}), &[]).await;
-    let capture = s.capture.clone();
-    eventually("v1 to handle before", || {
-        lines(&capture).iter().any(|l| l.1 == "before")
-    })
-    .await;
+    assert_eq!(handled(&s, "before").await, ("v1".into(), 1));
     push(&s.cms, "listeners: []\n", &[]).await;
     eventually("the empty listener set to be rejected", || {
         s.host.rejection("*").is_some_and(|r| {
@@ -1158,16 +1155,8 @@ async fn an_update_that_leaves_a_watch_without_listeners_is_rejected() {
         |n| n.contains("no listener"),
     )
     .await;
-    s.t.create("after", json!({}), &[]).await;
-    eventually("the running instance to handle after", || {
-        lines(&capture).iter().any(|l| l.1 == "after")
-    })
-    .await;
-    let after = lines(&capture)
-        .into_iter()
-        .find(|l| l.1 == "after")
-        .unwrap();
-    assert_eq!((after.0.as_str(), after.3), ("v1", 2), "{after:?}");
+    // The instance that ran before keeps serving: its count goes on.
+    assert_eq!(handled(&s, "after").await, ("v1".into(), 2));
     assert_eq!(
         s.host.get("/readyz").await,
         (200, "ok: leader\n".to_string())
