@@ -468,8 +468,8 @@ impl Listener {
         let built = contain(true, || {
             Ok(match self.build_instance() {
                 Ok(instance) => Ok(Some(instance)),
-                Err((_, err)) if err.is::<wasmtime::PoolConcurrencyLimitError>() => {
-                    tracing::warn!(listener = %self.name, error = %err, "the instance pool is full: the module is accepted without a trial instantiation");
+                Err((_, err)) if not_the_modules_doing(&err) => {
+                    tracing::warn!(listener = %self.name, error = %format!("{err:#}"), "the instance pool is full or the host is out of memory: the module is accepted without a trial instantiation");
                     Ok(None)
                 }
                 Err((mut store, err)) => Err(instantiation_problem(&mut store, &err)),
@@ -991,6 +991,13 @@ fn instantiation_failed(store: &mut Store<HostState>, err: &wasmtime::Error) -> 
         message: format!("during instantiation: {message}"),
         during_instantiation: true,
     }
+}
+
+/// Whether an instantiation failed for a reason that is not the module's: the instance pool is
+/// full, or the host is out of memory. Such a failure skips the call, and at load accepts the
+/// module untried.
+fn not_the_modules_doing(err: &wasmtime::Error) -> bool {
+    err.is::<wasmtime::PoolConcurrencyLimitError>() || err.is::<wasmtime::OutOfMemory>()
 }
 
 /// Why an instantiation at load failed, for [`Error::InstantiationFailed`]: the trap (with its
