@@ -251,6 +251,24 @@ fn run_guide(lang: &str, module_key: &str) {
     );
     kubelisten::watch::target::read_crd(&folder.join("crd.yaml")).unwrap();
     check_deploy_memory(lang, &markdown, entries[0].limits.memory_bytes);
+    // ... and the listener runs within that memory limit (the guide's replay uses the default).
+    let memory_mib = (entries[0].limits.memory_bytes >> 20).to_string();
+    let replay = std::process::Command::new(env!("CARGO_BIN_EXE_kubelisten"))
+        .args(["replay", "--memory-mib", &memory_mib, "--listener"])
+        .arg(&wasm)
+        .arg(folder.join("events.jsonl"))
+        .current_dir(cwd)
+        .output()
+        .unwrap();
+    let replayed = format!(
+        "{}{}",
+        String::from_utf8_lossy(&replay.stdout),
+        String::from_utf8_lossy(&replay.stderr)
+    );
+    assert!(
+        replayed.contains("summary: events=4 calls=4 [ok=4]"),
+        "{guide}: the listener does not run in its listeners.yaml's {memory_mib} MiB:\n{replayed}"
+    );
     // A binaryData module must fit in a ConfigMap (1 MiB, listeners.yaml included).
     if !module_key.starts_with('/') {
         let size = std::fs::metadata(folder.join(module_key))
