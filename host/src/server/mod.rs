@@ -371,7 +371,7 @@ mod tests {
             get(&state, "/readyz").await,
             (503, "not ready: watch things has not listed yet\n".into())
         );
-        watch.set_last_error(Some("request failed: things is forbidden".into()));
+        watch.set_last_error(None, Some("request failed: things is forbidden".into()));
         assert_eq!(
             get(&state, "/readyz").await,
             (

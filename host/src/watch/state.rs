@@ -39,8 +39,9 @@ pub struct WatchState {
     /// The resource watched (`group/version/kind`), or the target as configured while the watch
     /// waits for it.
     resource: Mutex<String>,
-    /// The last list or watch failure, until a list or watch works again (for `/readyz`).
-    last_error: Mutex<Option<String>>,
+    /// The last list or watch failure of each watch task (by namespace, `""` for all), until
+    /// its list or watch works again (for `/readyz`).
+    last_error: Mutex<BTreeMap<String, String>>,
 }
 
 impl WatchState {
@@ -97,20 +98,39 @@ impl WatchState {
             .clone()
     }
 
-    /// Records the last list or watch failure (`None`: a list or watch works again).
-    pub fn set_last_error(&self, error: Option<String>) {
-        *self
+    /// Records the last list or watch failure of the watch task of `namespace` (`None`: all
+    /// namespaces), or with `None` that its list or watch works again. Each task keeps its own:
+    /// a namespace that works does not hide another one's failure.
+    pub fn set_last_error(&self, namespace: Option<&str>, error: Option<String>) {
+        let mut errors = self
             .last_error
             .lock()
-            .unwrap_or_else(PoisonError::into_inner) = error;
+            .unwrap_or_else(PoisonError::into_inner);
+        let namespace = namespace.unwrap_or_default().to_string();
+        match error {
+            Some(error) => errors.insert(namespace, error),
+            None => errors.remove(&namespace),
+        };
     }
 
-    /// The last list or watch failure, while no list or watch has worked since.
+    /// The last list or watch failure of each watch task whose list or watch has not worked
+    /// since, prefixed with its namespace when the watch has several.
     pub fn last_error(&self) -> Option<String> {
-        self.last_error
+        let errors = self
+            .last_error
             .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+            .unwrap_or_else(PoisonError::into_inner);
+        let described: Vec<String> = errors
+            .iter()
+            .map(|(namespace, error)| {
+                if namespace.is_empty() {
+                    error.clone()
+                } else {
+                    format!("namespace {namespace}: {error}")
+                }
+            })
+            .collect();
+        (!described.is_empty()).then(|| described.join("; "))
     }
 
     /// Records the resource watched (or the target as configured, while it is waited for).
@@ -193,6 +213,28 @@ impl Drop for TaskGuard {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_namespace_keeps_its_last_error_until_it_works_again() {
+        let s = WatchState::default();
+        assert_eq!(s.last_error(), None);
+        s.set_last_error(None, Some("forbidden".into()));
+        assert_eq!(s.last_error().as_deref(), Some("forbidden"));
+        s.set_last_error(None, None);
+        assert_eq!(s.last_error(), None);
+        // Two namespaces: team-a working again does not hide team-b's failure.
+        s.set_last_error(Some("team-b"), Some("b is forbidden".into()));
+        s.set_last_error(Some("team-a"), Some("a timed out".into()));
+        assert_eq!(
+            s.last_error().as_deref(),
+            Some("namespace team-a: a timed out; namespace team-b: b is forbidden")
+        );
+        s.set_last_error(Some("team-a"), None);
+        assert_eq!(
+            s.last_error().as_deref(),
+            Some("namespace team-b: b is forbidden")
+        );
+    }
 
     #[test]
     fn health_problems() {

@@ -291,10 +291,10 @@ pub async fn run(
                     reflector.resource_version = None;
                 } else {
                     tracing::warn!(watch = %reflector.spec.name, error = %failure, retry_in_ms, "watch request failed");
-                    reflector
-                        .spec
-                        .state
-                        .set_last_error(Some(failure.to_string()));
+                    reflector.spec.state.set_last_error(
+                        reflector.spec.namespace.as_deref(),
+                        Some(failure.to_string()),
+                    );
                 }
                 if reflector
                     .tx
@@ -386,7 +386,9 @@ impl Reflector {
         }
         if connected {
             self.spec.state.activity();
-            self.spec.state.set_last_error(None);
+            self.spec
+                .state
+                .set_last_error(self.spec.namespace.as_deref(), None);
         }
     }
 
