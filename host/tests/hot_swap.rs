@@ -1260,3 +1260,60 @@ async fn a_standby_precompiles_the_configmaps_modules() {
     );
     t.ns.delete().await;
 }
+
+/// A listener's start code runs at load (the trial instantiation) with the grants of its own
+/// ConfigMap entry: here it creates a ConfigMap as it starts, and traps if the policy denies
+/// it. It is loaded, not rejected as a module that "cannot be instantiated".
+#[tokio::test(flavor = "multi_thread")]
+async fn start_code_runs_with_the_entrys_grants_at_load() {
+    let t = Things::new().await;
+    let ns = t.ns.name().to_string();
+    let start = "(drop (call $cluster_ok)) \
+        (if (i32.and (i32.eq (i32.load8_u (i32.const 32)) (i32.const 1)) \
+                     (i32.eq (i32.load8_u (i32.const 36)) (i32.const 2))) \
+          (then unreachable))";
+    let module = support::wat_listener_creating(
+        start,
+        "",
+        &format!(
+            r#"{{"apiVersion":"v1","kind":"ConfigMap","metadata":{{"name":"made-at-start","namespace":"{ns}"}}}}"#
+        ),
+    );
+    let listeners = format!(
+        "listeners:\n  - name: starter\n    module: starter.wasm\n    mode: reference\n    capabilities:\n      grants:\n        - {{apiGroups: [\"\"], resources: [configmaps], verbs: [create], namespaces: [{ns}]}}\n"
+    );
+    let cms: Api<ConfigMap> = Api::namespaced(t.client.clone(), &ns);
+    cms.create(
+        &PostParams::default(),
+        &configmap("modules", &listeners, &[("starter.wasm", module)]),
+    )
+    .await
+    .unwrap();
+    let config = t.watch(vec![]);
+    let capture = Arc::new(Capture::default());
+    let (runtime, cluster) = harness::cluster_runtime(&t.client, &config, capture);
+    let mut settings = harness::settings(2);
+    settings.modules = Some(ModulesConfigMap {
+        namespace: ns.clone(),
+        name: "modules".into(),
+    });
+    let host = TestHost::start_with_cluster(
+        t.client.clone(),
+        &runtime,
+        &config,
+        &settings,
+        Some(cluster),
+    )
+    .await;
+    host.wait_synced().await;
+    body_until(&host, "/readyz", "the starter listener to be loaded", |b| {
+        b == "ok: leader\n"
+    })
+    .await;
+    assert!(host.rejection("starter").is_none());
+    cms.get("made-at-start")
+        .await
+        .expect("the start code's ConfigMap");
+    host.stop().await;
+    t.ns.delete().await;
+}

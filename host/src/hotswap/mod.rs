@@ -449,6 +449,16 @@ impl HotSwap {
                 return Ok(None);
             }
         }
+        // The trial instantiation runs the module's start code, which may call the cluster
+        // (a Go `init()` reading its settings): a listener that does not run yet gets its
+        // entry's grants now, as it will have them at its first event (no other code runs
+        // under its name). A running one keeps its current grants until the swap, so its start
+        // code runs with those at this load.
+        if let Some(cluster) = &self.cluster {
+            if !self.lock().running.contains_key(&entry.name) {
+                cluster.set_capabilities(&entry.name, entry.capabilities.clone());
+            }
+        }
         let spec = ListenerSpec {
             name: entry.name.clone(),
             path: entry.module.clone().into(),

@@ -110,6 +110,13 @@ pub fn event(kind: EventKind, name: &str, fault: Option<&str>) -> ResourceEvent 
 ///
 /// A local `$i` (`i32`) is free for loops in both.
 pub fn wat_listener(start: &str, create: &str) -> Vec<u8> {
+    wat_listener_creating(start, create, "{}")
+}
+
+/// [`wat_listener`] whose `$cluster_ok` creates `object` (JSON) rather than `{}`. After a call,
+/// the result's case is the byte at 32 (1: an `api-error`) and the error's case the byte at 36
+/// (2: `forbidden-by-policy`).
+pub fn wat_listener_creating(start: &str, create: &str, object: &str) -> Vec<u8> {
     let wat = r#"
 (component $listener
   (import "wasi:cli/exit@0.2.0" (instance $exit
@@ -170,9 +177,9 @@ pub fn wat_listener(start: &str, create: &str) -> Vec<u8> {
     (import "host" "subscribe-duration" (func $subscribe (param i64) (result i32)))
     (import "host" "cluster-create" (func $cluster_create (param i32 i32 i32)))
     ;; 16: the `ok` result of every export; 32: the cluster call's result; 64: its object.
-    (data (i32.const 64) "{}")
+    (data (i32.const 64) "OBJECT")
     (func $cluster_ok (result i32)
-      (call $cluster_create (i32.const 64) (i32.const 2) (i32.const 32))
+      (call $cluster_create (i32.const 64) (i32.const OBJLEN) (i32.const 32))
       (i32.eqz (i32.load8_u (i32.const 32))))
     (func $start (local $i i32) START)
     (start $start)
@@ -224,6 +231,18 @@ pub fn wat_listener(start: &str, create: &str) -> Vec<u8> {
   (export "error" (func $error))
   (export "rollback" (func $rollback)))
 "#;
-    let wat = wat.replace("START", start).replace("CREATE", create);
+    // The object after the code: its JSON must not be searched for the placeholders.
+    let escaped: String = object
+        .bytes()
+        .map(|b| match b {
+            b'"' | b'\\' => format!("\\{b:02x}"),
+            _ => char::from(b).to_string(),
+        })
+        .collect();
+    let wat = wat
+        .replace("START", start)
+        .replace("CREATE", create)
+        .replace("OBJLEN", &object.len().to_string())
+        .replace("OBJECT", &escaped);
     wat::parse_str(&wat).unwrap_or_else(|e| panic!("{e}"))
 }
