@@ -594,6 +594,66 @@ async fn record_event_about_a_cluster_scoped_object_leaves_its_namespace_empty()
     ns.delete().await;
 }
 
+/// An Event about an object whose name is not a valid Event name prefix (a ClusterRole named
+/// `kl-test:...`, as `system:` roles are) is recorded: its name is made a DNS subdomain.
+#[tokio::test(flavor = "multi_thread")]
+async fn record_event_about_an_object_named_with_colons_is_recorded() {
+    use k8s_openapi::api::rbac::v1::ClusterRole;
+    use kubelisten::config::{Config, TargetConfig, WatchConfig};
+
+    let client = common::client().await;
+    let name = format!("kl-test:probe:{}", common::random_suffix());
+    let calls = json!([{"op": "event", "body": "about a role"}]).to_string();
+    let roles: Api<ClusterRole> = Api::all(client.clone());
+    let role: ClusterRole = serde_json::from_value(json!({"metadata": {
+        "name": name, "annotations": {"kubelisten.dev/probe": calls}}}))
+    .unwrap();
+    roles.create(&PostParams::default(), &role).await.unwrap();
+    let probe = with_caps(
+        harness::listener("probe", Mode::Classname),
+        "grants:\n  - {apiGroups: [events.k8s.io], resources: [events], verbs: [create], namespaces: [default]}\n",
+    );
+    let config = Config {
+        watches: vec![WatchConfig {
+            name: "roles".into(),
+            target: TargetConfig::Resource {
+                group: "rbac.authorization.k8s.io".into(),
+                version: "v1".into(),
+                kind: "ClusterRole".into(),
+                plural: None,
+            },
+            namespaces: Vec::new(),
+            label_selector: None,
+            field_selector: Some(format!("metadata.name={name}")),
+            listeners: vec![probe],
+        }],
+    };
+    let capture = Arc::new(Capture::default());
+    let (runtime, cluster) = harness::cluster_runtime(&client, &config, capture.clone());
+    let host = TestHost::start_with_cluster(
+        client.clone(),
+        &runtime,
+        &config,
+        &settings(2),
+        Some(cluster),
+    )
+    .await;
+    let result = eventually("the probe result", async || probe_result(&capture, &name)).await;
+    host.stop().await;
+    assert_eq!(result["results"][0]["ok"], 1, "{result}");
+    let recorded = probed_events(&client, "default", &name).await;
+    assert_eq!(recorded.len(), 1, "{recorded:?}");
+    let event_name = recorded[0].metadata.name.clone().unwrap();
+    assert!(event_name.starts_with("kl-test-probe-"), "{event_name}");
+    let events: Api<k8s_openapi::api::events::v1::Event> =
+        Api::namespaced(client.clone(), "default");
+    events
+        .delete(&event_name, &DeleteParams::default())
+        .await
+        .unwrap();
+    roles.delete(&name, &DeleteParams::default()).await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_guest_pages_through_a_list_with_continue_tokens() {
     use k8s_openapi::api::core::v1::ConfigMap;

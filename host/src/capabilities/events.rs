@@ -155,17 +155,41 @@ impl EventRecorder {
                         .clone()
                         .unwrap_or_else(|| "default".into()),
                 ),
-                // As kube-runtime and client-go name them.
-                name: Some(format!(
-                    "{}.{:x}",
+                // As kube-runtime and client-go name them, but always a valid name.
+                name: Some(event_name(
                     regarding.name.as_deref().unwrap_or(controller),
-                    now.as_nanosecond()
+                    now.as_nanosecond(),
                 )),
                 ..ObjectMeta::default()
             },
             ..K8sEvent::default()
         }
     }
+}
+
+/// An Event's name: `<object name>.<nanoseconds, hex>`, as kube-runtime and client-go name
+/// them, made a DNS subdomain as `events.k8s.io/v1` requires: an object name that is not one
+/// (`system:controller:foo`, a ClusterRole's) has every other character replaced by `-`, is
+/// lowercased and cut so that the whole stays within 253 characters.
+fn event_name(object: &str, nanos: i128) -> String {
+    let suffix = format!(".{nanos:x}");
+    let mut prefix: String = object
+        .chars()
+        .map(|c| match c.to_ascii_lowercase() {
+            c @ ('a'..='z' | '0'..='9' | '-' | '.') => c,
+            _ => '-',
+        })
+        .collect();
+    prefix.truncate(253 - suffix.len());
+    // Each dot-separated part starts and ends with a letter or digit.
+    let prefix = prefix
+        .split('.')
+        .map(|part| part.trim_matches('-'))
+        .filter(|part| !part.is_empty())
+        .collect::<Vec<_>>()
+        .join(".");
+    let prefix = if prefix.is_empty() { "event" } else { &prefix };
+    format!("{prefix}{suffix}")
 }
 
 /// What makes two Events the same: a repeat joins the earlier one's series.
@@ -335,6 +359,20 @@ fn pascal(name: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn event_names_are_dns_subdomains() {
+        assert_eq!(super::event_name("web-1", 0xabc), "web-1.abc");
+        assert_eq!(
+            super::event_name("system:controller:Foo_bar", 0x1),
+            "system-controller-foo-bar.1"
+        );
+        assert_eq!(super::event_name(":::", 0x1), "event.1");
+        assert_eq!(super::event_name("a..-b-.", 0x1), "a.b.1");
+        let long = super::event_name(&"x".repeat(300), i128::from(i64::MAX));
+        assert!(long.len() <= 253, "{}", long.len());
+        assert!(long.ends_with(".7fffffffffffffff"));
+    }
+
     use super::*;
 
     #[tokio::test(start_paused = true)]
