@@ -21,6 +21,14 @@ pub enum LogLevel {
 pub trait GuestLogSink: Send + Sync {
     /// One line from `listener` while handling `event_kind` for `object` (`namespace/name`).
     fn log(&self, listener: &str, object: &str, event_kind: &str, level: LogLevel, message: &str);
+
+    /// Whether a line at `level` would be kept. Lines the sink would drop anyway (a `debug` line
+    /// under an `info` filter) are not counted against a call's budget of lines, so a guest
+    /// logging much detail does not lose its later errors. Every level, by default.
+    fn enabled(&self, level: LogLevel) -> bool {
+        let _ = level;
+        true
+    }
 }
 
 /// The default sink: a `tracing` event with the fields listener, object and event kind.
@@ -40,6 +48,21 @@ impl GuestLogSink for TracingSink {
             LogLevel::Info => emit!(info),
             LogLevel::Warn => emit!(warn),
             LogLevel::Error => emit!(error),
+        }
+    }
+
+    fn enabled(&self, level: LogLevel) -> bool {
+        macro_rules! enabled {
+            ($lvl:ident) => {
+                tracing::enabled!(target: "kubelisten::guest", tracing::Level::$lvl)
+            };
+        }
+        match level {
+            LogLevel::Trace => enabled!(TRACE),
+            LogLevel::Debug => enabled!(DEBUG),
+            LogLevel::Info => enabled!(INFO),
+            LogLevel::Warn => enabled!(WARN),
+            LogLevel::Error => enabled!(ERROR),
         }
     }
 }
@@ -68,6 +91,9 @@ pub(crate) struct CallLog {
 impl CallLog {
     /// Logs one guest line within the call's budget.
     pub(crate) fn line(&mut self, level: LogLevel, message: &str) {
+        if !self.sink.enabled(level) {
+            return;
+        }
         if self.budget.lines >= MAX_LINES_PER_CALL {
             self.budget.dropped += 1;
             return;
@@ -151,6 +177,37 @@ mod tests {
         fn log(&self, _: &str, _: &str, _: &str, _: LogLevel, message: &str) {
             self.0.lock().unwrap().push(message.into());
         }
+    }
+
+    /// Keeps `info` and above, as the default filter does.
+    #[derive(Default)]
+    struct InfoAndAbove(Lines);
+
+    impl GuestLogSink for InfoAndAbove {
+        fn log(&self, l: &str, o: &str, k: &str, level: LogLevel, message: &str) {
+            self.0.log(l, o, k, level, message);
+        }
+        fn enabled(&self, level: LogLevel) -> bool {
+            !matches!(level, LogLevel::Trace | LogLevel::Debug)
+        }
+    }
+
+    #[test]
+    fn lines_the_sink_drops_do_not_use_up_the_budget() {
+        let sink = Arc::new(InfoAndAbove::default());
+        let mut log = CallLog {
+            sink: sink.clone(),
+            listener: Arc::from("l"),
+            object: Arc::from("ns/a"),
+            event_kind: "create",
+            budget: LogBudget::default(),
+        };
+        for _ in 0..2 * MAX_LINES_PER_CALL {
+            log.line(LogLevel::Debug, "detail");
+        }
+        log.line(LogLevel::Error, "the error");
+        log.finish_call();
+        assert_eq!(*sink.0 .0.lock().unwrap(), ["the error"]);
     }
 
     #[test]
