@@ -752,13 +752,23 @@ pub async fn run(
         // A takeover stops it and waits for the module being compiled (the start would compile
         // it again otherwise); a shutdown stops it after that module.
         let stop_warming = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let warming = tokio::spawn(precompile(
-            runtime.clone(),
-            client.clone(),
-            config.clone(),
-            settings.modules.clone(),
-            stop_warming.clone(),
-        ));
+        server.set_warming(true);
+        let mut warming = tokio::spawn({
+            let (server, precompiled) = (
+                server.clone(),
+                precompile(
+                    runtime.clone(),
+                    client.clone(),
+                    config.clone(),
+                    settings.modules.clone(),
+                    stop_warming.clone(),
+                ),
+            );
+            async move {
+                precompiled.await;
+                server.set_warming(false);
+            }
+        });
         let stop_warming = move || {
             stop_warming.store(true, std::sync::atomic::Ordering::Relaxed);
         };
@@ -779,7 +789,19 @@ pub async fn run(
                 }
             }
         }
-        let _ = warming.await;
+        // The module being compiled is waited for (the start would compile it again), but a
+        // stop ends the wait: the lock is released and the process exits without it.
+        tokio::select! {
+            _ = &mut warming => {}
+            () = &mut shutdown => {
+                tracing::info!("shutting down while the module being compiled ahead of the takeover finishes");
+                election.cancel();
+                if let Some(elector) = elector {
+                    let _ = elector.await;
+                }
+                return Ok(());
+            }
+        }
         server.set_leader(true);
     } else {
         metrics.leader.set(1);

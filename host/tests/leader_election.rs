@@ -558,3 +558,147 @@ async fn a_standby_whose_election_is_refused_is_not_ready() {
     assert!(status.success(), "a standby stops with exit 0: {status:?}");
     t.ns.delete().await;
 }
+
+/// A standby compiling its modules ahead of a takeover is not ready (a rolling update waits
+/// for it); a stop while it waits for that compile, having just won the lock, ends it at once
+/// with status 0 and the lock released. The compiler here never finishes (a script that sleeps).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_compiling_standby_is_not_ready_and_stops_at_once() {
+    use k8s_openapi::api::coordination::v1::Lease;
+    use std::os::unix::fs::PermissionsExt;
+    const BOUND: Duration = Duration::from_secs(60);
+    let t = Things::new().await;
+    common::apply_crd_yaml(&t.client, &harness::crd_yaml(GROUP, KIND, PLURAL)).await;
+    let ns = t.ns.name().to_string();
+    // Another holder has the lock, for a long time.
+    let leases: kube::Api<Lease> = kube::Api::namespaced(t.client.clone(), &ns);
+    let held = Lease {
+        metadata: kube::api::ObjectMeta {
+            name: Some("kubelisten".into()),
+            ..Default::default()
+        },
+        spec: Some(k8s_openapi::api::coordination::v1::LeaseSpec {
+            holder_identity: Some("someone-else".into()),
+            lease_duration_seconds: Some(3600),
+            renew_time: Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime(
+                k8s_openapi::jiff::Timestamp::now(),
+            )),
+            ..Default::default()
+        }),
+    };
+    leases.create(&Default::default(), &held).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let started = dir.path().join("compiler-started");
+    let compiler = dir.path().join("slow-compiler.sh");
+    std::fs::write(
+        &compiler,
+        format!(
+            "#!/bin/sh\necho $$ > {0}.tmp && mv {0}.tmp {0}\nexec sleep 600\n",
+            started.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&compiler, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let port = common::free_port();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_kubelisten"))
+        .args(["run", "--crd"])
+        .arg(&t.crd)
+        .arg("--listener")
+        .arg(harness::listener("rust-logger", kubelisten::runtime::Mode::Classname).path)
+        .args(["--namespace", &ns, "--leader-election-namespace", &ns])
+        .args(["--leader-election-identity", "replica-0"])
+        .args(["--lease-duration", &LEASE.to_string()])
+        .args(["--renew-deadline", &RENEW.to_string()])
+        .args(["--retry-period", &RETRY.to_string()])
+        .args([
+            "--health-port",
+            &port.to_string(),
+            "--health-bind",
+            "127.0.0.1",
+        ])
+        .arg("--compiler")
+        .arg(&compiler)
+        .env("KUBECONFIG", common::kubeconfig_path())
+        .env("KUBELISTEN_CACHE_DIR", dir.path().join("cache"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let begun = Instant::now();
+    let compiler_pid = loop {
+        if let Some(pid) = std::fs::read_to_string(&started)
+            .ok()
+            .and_then(|s| s.trim().parse::<u32>().ok())
+        {
+            break pid;
+        }
+        assert!(child.try_wait().unwrap().is_none(), "kubelisten exited");
+        assert!(begun.elapsed() < BOUND, "the compiler did not start");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let kill_compiler = || {
+        let _ = Command::new("kill")
+            .args(["-KILL", &compiler_pid.to_string()])
+            .status();
+    };
+    // Not ready while it compiles.
+    let ready = loop {
+        if let Some(answer) = readyz(port).await {
+            break answer;
+        }
+        assert!(begun.elapsed() < BOUND, "no /readyz");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(
+        ready,
+        (
+            503,
+            "not ready: standby, compiling the listeners' modules ahead of a takeover\n".into()
+        )
+    );
+    // The lock becomes free: it takes it, and waits for the module being compiled.
+    leases
+        .delete("kubelisten", &Default::default())
+        .await
+        .unwrap();
+    loop {
+        let holder = leases
+            .get_opt("kubelisten")
+            .await
+            .unwrap()
+            .and_then(|l| l.spec?.holder_identity);
+        if holder
+            .as_deref()
+            .is_some_and(|h| h.starts_with("replica-0"))
+        {
+            break;
+        }
+        assert!(begun.elapsed() < BOUND * 2, "the lock was not taken");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    nix_term(&child);
+    let stopped = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break Some(status);
+        }
+        if stopped.elapsed() > BOUND {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    kill_compiler();
+    let status = status.expect("no exit within the bound of SIGTERM");
+    assert!(status.success(), "{status:?}");
+    // The lock was released on the way out.
+    let holder = leases
+        .get_opt("kubelisten")
+        .await
+        .unwrap()
+        .and_then(|l| l.spec?.holder_identity)
+        .unwrap_or_default();
+    assert!(holder.is_empty(), "the lock is still held by {holder:?}");
+    t.ns.delete().await;
+}

@@ -56,6 +56,8 @@ pub struct ServerState {
     pub rejections: Mutex<Option<Arc<dyn RejectionSource>>>,
     /// The leader election's attempts, and how long they may fail before a standby is unready.
     pub election: Mutex<Option<(Arc<ElectionHealth>, Duration)>>,
+    /// Set while a standby compiles the listeners' modules ahead of a takeover.
+    warming: std::sync::atomic::AtomicBool,
 }
 
 /// What the hot swap rejected, for `/status` and `/readyz`.
@@ -79,7 +81,15 @@ impl ServerState {
             fatal: Mutex::new(None),
             rejections: Mutex::new(None),
             election: Mutex::new(None),
+            warming: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    /// Sets whether a standby is compiling the listeners' modules ahead of a takeover: it is
+    /// not ready meanwhile, so a rolling update waits for a replica that can take over without
+    /// compiling (its leader is not stopped for a cold replica).
+    pub fn set_warming(&self, warming: bool) {
+        self.warming.store(warming, Ordering::Relaxed);
     }
 
     /// Makes a standby unready while the election's attempts have failed (errors, no answer)
@@ -244,6 +254,12 @@ async fn readyz(State(state): State<Arc<ServerState>>) -> (StatusCode, String) {
                 ),
             );
         }
+        if state.warming.load(Ordering::Relaxed) {
+            return (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "not ready: standby, compiling the listeners' modules ahead of a takeover\n".into(),
+            );
+        }
         return (StatusCode::OK, "ok: standby, not the leader\n".into());
     }
     let watches = ServerState::lock(&state.watches);
@@ -403,6 +419,17 @@ mod tests {
             "{body}"
         );
         health.answered();
+        assert_eq!(get(&state, "/readyz").await.0, 200);
+        // Compiling ahead of a takeover: not ready yet.
+        state.set_warming(true);
+        assert_eq!(
+            get(&state, "/readyz").await,
+            (
+                503,
+                "not ready: standby, compiling the listeners' modules ahead of a takeover\n".into()
+            )
+        );
+        state.set_warming(false);
         assert_eq!(get(&state, "/readyz").await.0, 200);
     }
 }
