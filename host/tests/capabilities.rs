@@ -517,10 +517,51 @@ async fn record_event_about_the_events_own_object_carries_its_uid_for_kubectl_de
     t.ns.delete().await;
 }
 
+/// The host running the probe, allowed to create Events in `default`, on the cluster-scoped
+/// object `name` of `group` (`""`: core) v1 `kind`; what the probe reports; and the runtime
+/// (kept alive as long as the host).
+async fn event_probe_on(
+    client: &kube::Client,
+    group: &str,
+    kind: &str,
+    name: &str,
+) -> (TestHost, Arc<Capture>, kubelisten::runtime::Runtime) {
+    use kubelisten::config::{Config, TargetConfig, WatchConfig};
+    let probe = with_caps(
+        harness::listener("probe", Mode::Classname),
+        "grants:\n  - {apiGroups: [events.k8s.io], resources: [events], verbs: [create], namespaces: [default]}\n",
+    );
+    let config = Config {
+        watches: vec![WatchConfig {
+            name: "probed".into(),
+            target: TargetConfig::Resource {
+                group: group.into(),
+                version: "v1".into(),
+                kind: kind.into(),
+                plural: None,
+            },
+            namespaces: Vec::new(),
+            label_selector: None,
+            field_selector: Some(format!("metadata.name={name}")),
+            listeners: vec![probe],
+        }],
+    };
+    let capture = Arc::new(Capture::default());
+    let (runtime, cluster) = harness::cluster_runtime(client, &config, capture.clone());
+    let host = TestHost::start_with_cluster(
+        client.clone(),
+        &runtime,
+        &config,
+        &settings(2),
+        Some(cluster),
+    )
+    .await;
+    (host, capture, runtime)
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn record_event_about_a_cluster_scoped_object_leaves_its_namespace_empty() {
     use k8s_openapi::api::core::v1::Namespace;
-    use kubelisten::config::{Config, TargetConfig, WatchConfig};
 
     let client = common::client().await;
     // The watched object is a Namespace: the probe records an Event about it (it runs on
@@ -537,35 +578,7 @@ async fn record_event_about_a_cluster_scoped_object_leaves_its_namespace_empty()
         )
         .await
         .unwrap();
-    let probe = with_caps(
-        harness::listener("probe", Mode::Classname),
-        "grants:\n  - {apiGroups: [events.k8s.io], resources: [events], verbs: [create], namespaces: [default]}\n",
-    );
-    let config = Config {
-        watches: vec![WatchConfig {
-            name: "namespaces".into(),
-            target: TargetConfig::Resource {
-                group: String::new(),
-                version: "v1".into(),
-                kind: "Namespace".into(),
-                plural: None,
-            },
-            namespaces: Vec::new(),
-            label_selector: None,
-            field_selector: Some(format!("metadata.name={}", ns.name())),
-            listeners: vec![probe],
-        }],
-    };
-    let capture = Arc::new(Capture::default());
-    let (runtime, cluster) = harness::cluster_runtime(&client, &config, capture.clone());
-    let host = TestHost::start_with_cluster(
-        client.clone(),
-        &runtime,
-        &config,
-        &settings(2),
-        Some(cluster),
-    )
-    .await;
+    let (host, capture, _runtime) = event_probe_on(&client, "", "Namespace", ns.name()).await;
     let result = eventually("the probe result", async || {
         probe_result(&capture, ns.name())
     })
@@ -599,7 +612,6 @@ async fn record_event_about_a_cluster_scoped_object_leaves_its_namespace_empty()
 #[tokio::test(flavor = "multi_thread")]
 async fn record_event_about_an_object_named_with_colons_is_recorded() {
     use k8s_openapi::api::rbac::v1::ClusterRole;
-    use kubelisten::config::{Config, TargetConfig, WatchConfig};
 
     let client = common::client().await;
     let name = format!("kl-test:probe:{}", common::random_suffix());
@@ -609,35 +621,8 @@ async fn record_event_about_an_object_named_with_colons_is_recorded() {
         "name": name, "annotations": {"kubelisten.dev/probe": calls}}}))
     .unwrap();
     roles.create(&PostParams::default(), &role).await.unwrap();
-    let probe = with_caps(
-        harness::listener("probe", Mode::Classname),
-        "grants:\n  - {apiGroups: [events.k8s.io], resources: [events], verbs: [create], namespaces: [default]}\n",
-    );
-    let config = Config {
-        watches: vec![WatchConfig {
-            name: "roles".into(),
-            target: TargetConfig::Resource {
-                group: "rbac.authorization.k8s.io".into(),
-                version: "v1".into(),
-                kind: "ClusterRole".into(),
-                plural: None,
-            },
-            namespaces: Vec::new(),
-            label_selector: None,
-            field_selector: Some(format!("metadata.name={name}")),
-            listeners: vec![probe],
-        }],
-    };
-    let capture = Arc::new(Capture::default());
-    let (runtime, cluster) = harness::cluster_runtime(&client, &config, capture.clone());
-    let host = TestHost::start_with_cluster(
-        client.clone(),
-        &runtime,
-        &config,
-        &settings(2),
-        Some(cluster),
-    )
-    .await;
+    let (host, capture, _runtime) =
+        event_probe_on(&client, "rbac.authorization.k8s.io", "ClusterRole", &name).await;
     let result = eventually("the probe result", async || probe_result(&capture, &name)).await;
     host.stop().await;
     assert_eq!(result["results"][0]["ok"], 1, "{result}");

@@ -178,6 +178,32 @@ async fn host_for(t: Things, cms: Api<ConfigMap>) -> Setup {
     }
 }
 
+/// A host on `t`'s watch taking its listeners from the ConfigMap `modules` (which must exist)
+/// and serving their cluster calls with the ConfigMap's grants, synced; with its runtime (keep
+/// it as long as the host).
+async fn cluster_host(
+    t: &Things,
+    capture: Arc<Capture>,
+) -> (TestHost, kubelisten::runtime::Runtime) {
+    let config = t.watch(vec![]);
+    let (runtime, cluster) = harness::cluster_runtime(&t.client, &config, capture);
+    let mut settings = harness::settings(2);
+    settings.modules = Some(ModulesConfigMap {
+        namespace: t.ns.name().into(),
+        name: "modules".into(),
+    });
+    let host = TestHost::start_with_cluster(
+        t.client.clone(),
+        &runtime,
+        &config,
+        &settings,
+        Some(cluster),
+    )
+    .await;
+    host.wait_synced().await;
+    (host, runtime)
+}
+
 async fn push(cms: &Api<ConfigMap>, listeners: &str, modules: &[(&str, Vec<u8>)]) {
     let cm = configmap("modules", listeners, modules);
     cms.patch(
@@ -930,23 +956,8 @@ async fn grant_changes_apply_to_an_unchanged_module_and_unknown_watches_are_reje
     )
     .await
     .unwrap();
-    let config = t.watch(vec![]);
     let capture = Arc::new(Capture::default());
-    let (runtime, cluster) = harness::cluster_runtime(&t.client, &config, capture.clone());
-    let mut settings = harness::settings(2);
-    settings.modules = Some(ModulesConfigMap {
-        namespace: t.ns.name().into(),
-        name: "modules".into(),
-    });
-    let host = TestHost::start_with_cluster(
-        t.client.clone(),
-        &runtime,
-        &config,
-        &settings,
-        Some(cluster),
-    )
-    .await;
-    host.wait_synced().await;
+    let (host, _runtime) = cluster_host(&t, capture.clone()).await;
     let get_itself = json!([{"op": "get"}]).to_string();
     let outcome = async |name: &str| {
         t.create(name, json!({}), &[("kubelisten.dev/probe", &get_itself)])
@@ -1289,23 +1300,7 @@ async fn start_code_runs_with_the_entrys_grants_at_load() {
     )
     .await
     .unwrap();
-    let config = t.watch(vec![]);
-    let capture = Arc::new(Capture::default());
-    let (runtime, cluster) = harness::cluster_runtime(&t.client, &config, capture);
-    let mut settings = harness::settings(2);
-    settings.modules = Some(ModulesConfigMap {
-        namespace: ns.clone(),
-        name: "modules".into(),
-    });
-    let host = TestHost::start_with_cluster(
-        t.client.clone(),
-        &runtime,
-        &config,
-        &settings,
-        Some(cluster),
-    )
-    .await;
-    host.wait_synced().await;
+    let (host, _runtime) = cluster_host(&t, Arc::new(Capture::default())).await;
     body_until(&host, "/readyz", "the starter listener to be loaded", |b| {
         b == "ok: leader\n"
     })

@@ -565,7 +565,6 @@ async fn a_standby_whose_election_is_refused_is_not_ready() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_compiling_standby_is_not_ready_and_stops_at_once() {
     use k8s_openapi::api::coordination::v1::Lease;
-    use std::os::unix::fs::PermissionsExt;
     const BOUND: Duration = Duration::from_secs(60);
     let t = Things::new().await;
     common::apply_crd_yaml(&t.client, &harness::crd_yaml(GROUP, KIND, PLURAL)).await;
@@ -588,17 +587,7 @@ async fn a_compiling_standby_is_not_ready_and_stops_at_once() {
     };
     leases.create(&Default::default(), &held).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let started = dir.path().join("compiler-started");
-    let compiler = dir.path().join("slow-compiler.sh");
-    std::fs::write(
-        &compiler,
-        format!(
-            "#!/bin/sh\necho $$ > {0}.tmp && mv {0}.tmp {0}\nexec sleep 600\n",
-            started.display()
-        ),
-    )
-    .unwrap();
-    std::fs::set_permissions(&compiler, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let (compiler, started) = common::slow_compiler(dir.path());
     let port = common::free_port();
     let mut child = Command::new(env!("CARGO_BIN_EXE_kubelisten"))
         .args(["run", "--crd"])
@@ -625,22 +614,7 @@ async fn a_compiling_standby_is_not_ready_and_stops_at_once() {
         .spawn()
         .unwrap();
     let begun = Instant::now();
-    let compiler_pid = loop {
-        if let Some(pid) = std::fs::read_to_string(&started)
-            .ok()
-            .and_then(|s| s.trim().parse::<u32>().ok())
-        {
-            break pid;
-        }
-        assert!(child.try_wait().unwrap().is_none(), "kubelisten exited");
-        assert!(begun.elapsed() < BOUND, "the compiler did not start");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
-    let kill_compiler = || {
-        let _ = Command::new("kill")
-            .args(["-KILL", &compiler_pid.to_string()])
-            .status();
-    };
+    let compiler_pid = common::compiler_started(&started, &mut child, BOUND, String::new).await;
     // Not ready while it compiles.
     let ready = loop {
         if let Some(answer) = readyz(port).await {
@@ -677,19 +651,8 @@ async fn a_compiling_standby_is_not_ready_and_stops_at_once() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     nix_term(&child);
-    let stopped = Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break Some(status);
-        }
-        if stopped.elapsed() > BOUND {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
-    kill_compiler();
+    let status = common::exit_within(&mut child, BOUND).await;
+    common::kill_process("-KILL", compiler_pid);
     let status = status.expect("no exit within the bound of SIGTERM");
     assert!(status.success(), "{status:?}");
     // The lock was released on the way out.

@@ -544,23 +544,12 @@ async fn a_watch_whose_kind_is_not_served_yet_waits_while_the_others_run() {
 /// exit does not wait for it. The compiler here never finishes (a script that sleeps).
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_while_a_listener_compiles_at_start_exits_0() {
-    use std::os::unix::fs::PermissionsExt;
     /// How long each wait may take: a liveness bound, not a timing assertion.
     const BOUND: Duration = Duration::from_secs(60);
     let client = common::client().await;
     let ns = common::TestNamespace::new(&client).await;
     let dir = tempfile::tempdir().unwrap();
-    let started = dir.path().join("compiler-started");
-    let compiler = dir.path().join("slow-compiler.sh");
-    std::fs::write(
-        &compiler,
-        format!(
-            "#!/bin/sh\necho $$ > {}.tmp && mv {0}.tmp {0}\nexec sleep 600\n",
-            started.display()
-        ),
-    )
-    .unwrap();
-    std::fs::set_permissions(&compiler, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let (compiler, started) = common::slow_compiler(dir.path());
     let config = dir.path().join("kubelisten.yaml");
     std::fs::write(
         &config,
@@ -585,49 +574,10 @@ async fn sigterm_while_a_listener_compiles_at_start_exits_0() {
         .spawn()
         .unwrap();
     let read_log = || std::fs::read_to_string(&log).unwrap_or_default();
-    // Wait for the compiler to start.
-    let begun = std::time::Instant::now();
-    let compiler_pid = loop {
-        if let Some(pid) = std::fs::read_to_string(&started)
-            .ok()
-            .and_then(|s| s.trim().parse::<u32>().ok())
-        {
-            break pid;
-        }
-        if let Some(status) = child.try_wait().unwrap() {
-            panic!(
-                "kubelisten exited ({status}) before compiling:\n{}",
-                read_log()
-            );
-        }
-        assert!(
-            begun.elapsed() < BOUND,
-            "the compiler did not start:\n{}",
-            read_log()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
-    let sent = std::process::Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(sent.success());
-    let stopped = std::time::Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break Some(status);
-        }
-        if stopped.elapsed() > BOUND {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
-    // The script is not kubelisten's worker: it does not die with its parent.
-    let _ = std::process::Command::new("kill")
-        .args(["-KILL", &compiler_pid.to_string()])
-        .status();
+    let compiler_pid = common::compiler_started(&started, &mut child, BOUND, read_log).await;
+    common::kill_process("-TERM", child.id());
+    let status = common::exit_within(&mut child, BOUND).await;
+    common::kill_process("-KILL", compiler_pid);
     let log = read_log();
     let status = status.unwrap_or_else(|| panic!("no exit within {BOUND:?} of SIGTERM:\n{log}"));
     assert!(status.success(), "{status}:\n{log}");

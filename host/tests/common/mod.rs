@@ -413,3 +413,76 @@ pub async fn described_events(
         .unwrap_or_else(|e| panic!("listing Events with {selector}: {e}"))
         .items
 }
+
+/// A compiler program that never finishes, for `kubelisten run --compiler`: it writes its pid
+/// to the returned marker file (atomically) and sleeps. Not kubelisten's worker, it does not
+/// die with its parent: kill it with [`kill_process`].
+pub fn slow_compiler(dir: &std::path::Path) -> (PathBuf, PathBuf) {
+    use std::os::unix::fs::PermissionsExt;
+    let started = dir.join("compiler-started");
+    let script = dir.join("slow-compiler.sh");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\necho $$ > {0}.tmp && mv {0}.tmp {0}\nexec sleep 600\n",
+            started.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    (script, started)
+}
+
+/// Waits until the [`slow_compiler`] whose marker is `started` runs; its pid. Panics (with
+/// `log()`) if `child` exits first or after `bound`.
+pub async fn compiler_started(
+    started: &std::path::Path,
+    child: &mut std::process::Child,
+    bound: Duration,
+    log: impl Fn() -> String,
+) -> u32 {
+    let begun = std::time::Instant::now();
+    loop {
+        if let Some(pid) = std::fs::read_to_string(started)
+            .ok()
+            .and_then(|s| s.trim().parse::<u32>().ok())
+        {
+            return pid;
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("kubelisten exited ({status}) before compiling:\n{}", log());
+        }
+        assert!(
+            begun.elapsed() < bound,
+            "the compiler did not start:\n{}",
+            log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Sends `signal` (`-TERM`, `-KILL`) to the process `pid`, ignoring failures.
+pub fn kill_process(signal: &str, pid: u32) {
+    let _ = std::process::Command::new("kill")
+        .args([signal, &pid.to_string()])
+        .status();
+}
+
+/// Waits up to `bound` for `child` to exit; kills it and returns `None` if it does not.
+pub async fn exit_within(
+    child: &mut std::process::Child,
+    bound: Duration,
+) -> Option<std::process::ExitStatus> {
+    let begun = std::time::Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return Some(status);
+        }
+        if begun.elapsed() > bound {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -179,6 +179,17 @@ mod tests {
         }
     }
 
+    /// A call's log into `sink`.
+    fn call_log(sink: Arc<dyn GuestLogSink>) -> CallLog {
+        CallLog {
+            sink,
+            listener: Arc::from("l"),
+            object: Arc::from("ns/a"),
+            event_kind: "create",
+            budget: LogBudget::default(),
+        }
+    }
+
     /// Keeps `info` and above, as the default filter does.
     #[derive(Default)]
     struct InfoAndAbove(Lines);
@@ -195,13 +206,7 @@ mod tests {
     #[test]
     fn lines_the_sink_drops_do_not_use_up_the_budget() {
         let sink = Arc::new(InfoAndAbove::default());
-        let mut log = CallLog {
-            sink: sink.clone(),
-            listener: Arc::from("l"),
-            object: Arc::from("ns/a"),
-            event_kind: "create",
-            budget: LogBudget::default(),
-        };
+        let mut log = call_log(sink.clone());
         for _ in 0..2 * MAX_LINES_PER_CALL {
             log.line(LogLevel::Debug, "detail");
         }
@@ -213,13 +218,7 @@ mod tests {
     #[test]
     fn a_guest_line_cannot_start_another_line() {
         let sink = Arc::new(Lines::default());
-        let mut log = CallLog {
-            sink: sink.clone(),
-            listener: Arc::from("l"),
-            object: Arc::from("ns/a"),
-            event_kind: "create",
-            budget: LogBudget::default(),
-        };
+        let mut log = call_log(sink.clone());
         log.line(
             LogLevel::Info,
             "ok\n2026-01-01T00:00:00Z ERROR kubelisten: forged\r",
