@@ -165,15 +165,15 @@ impl Queues {
     /// create or update of the same object (same uid, for the whole chain): the merged event
     /// keeps the earlier kind and previous object and takes the update's object, so listeners
     /// still see every object's latest state and every create and delete, not every
-    /// intermediate state. Returns whether it was merged.
-    fn push(&mut self, event: Arc<ResourceEvent>) -> bool {
+    /// intermediate state. Returns the merged event when it was merged.
+    fn push(&mut self, event: Arc<ResourceEvent>) -> Option<Arc<ResourceEvent>> {
         let key = object_key(&event);
         let queue = self.pending.entry(key.clone()).or_default();
         if queue.len() >= self.per_object {
             if let Some(last) = queue.back_mut() {
                 if let Some(merged) = merged(last, &event) {
                     *last = Arc::new(merged);
-                    return true;
+                    return Some(last.clone());
                 }
             }
         }
@@ -182,7 +182,7 @@ impl Queues {
         }
         queue.push_back(event);
         self.queued += 1;
-        false
+        None
     }
 
     fn next(&mut self) -> Option<(String, Arc<ResourceEvent>)> {
@@ -355,10 +355,9 @@ impl Dispatcher {
                                 EventKind::Delete => deletes.inc(),
                             };
                         }
-                        let (object, rv) = (event.meta.object_ref(), event.meta.resource_version.clone());
-                        if queues.push(event) {
+                        if let Some(merged) = queues.push(event) {
                             merges.inc();
-                            tracing::debug!(watch = %self.watch, %object, resource_version = %rv, "update merged into the object's last waiting event ({MAX_WAITING_PER_OBJECT} waiting)");
+                            tracing::debug!(watch = %self.watch, object = %merged.meta.object_ref(), resource_version = %merged.meta.resource_version, "update merged into the object's last waiting event ({MAX_WAITING_PER_OBJECT} waiting)");
                         }
                     }
                     Some(WatchOutput::Error(error)) => {
@@ -770,7 +769,7 @@ mod tests {
         let (busy, _) = q.next().unwrap();
         // A steady stream of updates while x's first event is being handled.
         let merged: usize = (2..2002)
-            .map(|rv| usize::from(q.push(update("x", "uid-x", rv))))
+            .map(|rv| usize::from(q.push(update("x", "uid-x", rv)).is_some()))
             .sum();
         assert_eq!(q.queued, MAX_WAITING_PER_OBJECT);
         assert_eq!(merged, 2000 - MAX_WAITING_PER_OBJECT);
@@ -821,7 +820,7 @@ mod tests {
         }
         q.push(ev("x", "50"));
         // (a second create of the same uid cannot happen; it stands for "a create waits last")
-        assert!(q.push(update("x", "uid-x", 51)));
+        assert!(q.push(update("x", "uid-x", 51)).is_some());
         let last = q.pending["ns/x"].back().unwrap().clone();
         assert_eq!(
             (
@@ -833,19 +832,21 @@ mod tests {
         );
         // A delete is queued, and an update after it (a new object) is not merged into it.
         let mut q = filled();
-        assert!(!q.push(event(EventKind::Delete, "x", "uid-x", "60")));
-        assert!(!q.push(update("x", "uid-new", 62)));
+        assert!(q
+            .push(event(EventKind::Delete, "x", "uid-x", "60"))
+            .is_none());
+        assert!(q.push(update("x", "uid-new", 62)).is_none());
         // An update of another uid than the waiting one's is not merged.
         let mut q = filled();
-        assert!(!q.push(update("x", "uid-other", 70)));
+        assert!(q.push(update("x", "uid-other", 70)).is_none());
         // A catch-up create is not merged into, nor merged.
         let mut q = filled();
         let catch_up = Arc::new(ResourceEvent {
             only: Some(Arc::from(vec![Arc::<str>::from("late")])),
             ..(*ev("x", "80")).clone()
         });
-        assert!(!q.push(catch_up));
-        assert!(!q.push(update("x", "uid-x", 81)));
+        assert!(q.push(catch_up).is_none());
+        assert!(q.push(update("x", "uid-x", 81)).is_none());
         assert_eq!(q.queued, per_object + 2);
     }
 

@@ -19,14 +19,7 @@ const MAX_PREFIX: usize = 253;
 /// # Errors
 /// What is wrong, in words fit for a config error.
 pub fn check_namespace(ns: &str) -> Result<(), String> {
-    let b = ns.as_bytes();
-    let valid = !b.is_empty()
-        && b.len() <= 63
-        && b[0].is_ascii_alphanumeric()
-        && b[b.len() - 1].is_ascii_alphanumeric()
-        && b.iter()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-');
-    if valid {
+    if ns.len() <= MAX_NAME && is_label(ns) {
         Ok(())
     } else {
         Err(format!(
@@ -276,15 +269,18 @@ fn is_name(name: &str) -> bool {
 /// A DNS-1123 subdomain: lowercase alphanumerics, `-` and `.`, at most 253 characters, each
 /// dot-separated part starting and ending alphanumeric.
 fn is_subdomain(s: &str) -> bool {
-    s.len() <= MAX_PREFIX
-        && s.split('.').all(|part| {
-            let b = part.as_bytes();
-            !b.is_empty()
-                && b[0].is_ascii_alphanumeric()
-                && b[b.len() - 1].is_ascii_alphanumeric()
-                && b.iter()
-                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
-        })
+    s.len() <= MAX_PREFIX && s.split('.').all(is_label)
+}
+
+/// A DNS-1123 label's characters: lowercase alphanumerics and `-`, starting and ending
+/// alphanumeric (its length is the caller's to bound).
+fn is_label(s: &str) -> bool {
+    let b = s.as_bytes();
+    !b.is_empty()
+        && b[0].is_ascii_alphanumeric()
+        && b[b.len() - 1].is_ascii_alphanumeric()
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
 }
 
 fn check_key(key: &str) -> Result<(), String> {
