@@ -37,15 +37,8 @@ async fn start_probe(t: &Things, caps: &str) -> (TestHost, Arc<Capture>) {
     let probe = with_caps(harness::listener("probe", Mode::Classname), caps);
     let config = t.watch(vec![probe]);
     let capture = Arc::new(Capture::default());
-    let (runtime, cluster) = harness::cluster_runtime(&t.client, &config, capture.clone());
-    let host = TestHost::start_with_cluster(
-        t.client.clone(),
-        &runtime,
-        &config,
-        &settings(2),
-        Some(cluster),
-    )
-    .await;
+    let (host, _runtime) =
+        TestHost::start_serving_cluster(&t.client, &config, &settings(2), capture.clone()).await;
     host.wait_synced().await;
     (host, capture)
 }
@@ -402,22 +395,19 @@ async fn failure_events_fold_only_repeats_of_the_same_message() {
         Api::namespaced(t.client.clone(), t.ns.name());
     // (reason, note, count, name) of the Events about `failing`.
     let recorded = async || {
-        let mut found: Vec<(String, String, i32, String)> = events
-            .list(&Default::default())
-            .await
-            .unwrap()
-            .items
-            .into_iter()
-            .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("failing"))
-            .map(|e| {
-                (
-                    e.reason.unwrap_or_default(),
-                    e.note.unwrap_or_default(),
-                    e.series.map_or(1, |s| s.count),
-                    e.metadata.name.unwrap_or_default(),
-                )
-            })
-            .collect();
+        let mut found: Vec<(String, String, i32, String)> =
+            common::events_regarding(&t.client, t.ns.name(), "failing")
+                .await
+                .into_iter()
+                .map(|e| {
+                    (
+                        e.reason.unwrap_or_default(),
+                        e.note.unwrap_or_default(),
+                        e.series.map_or(1, |s| s.count),
+                        e.metadata.name.unwrap_or_default(),
+                    )
+                })
+                .collect();
         found.sort();
         found
     };
@@ -459,16 +449,10 @@ async fn probed_events(
     namespace: &str,
     regarding: &str,
 ) -> Vec<k8s_openapi::api::events::v1::Event> {
-    let events: Api<k8s_openapi::api::events::v1::Event> =
-        Api::namespaced(client.clone(), namespace);
-    events
-        .list(&Default::default())
+    common::events_regarding(client, namespace, regarding)
         .await
-        .unwrap()
-        .items
         .into_iter()
         .filter(|e| e.reason.as_deref() == Some("Probed"))
-        .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(regarding))
         .collect()
 }
 
@@ -547,15 +531,8 @@ async fn event_probe_on(
         }],
     };
     let capture = Arc::new(Capture::default());
-    let (runtime, cluster) = harness::cluster_runtime(client, &config, capture.clone());
-    let host = TestHost::start_with_cluster(
-        client.clone(),
-        &runtime,
-        &config,
-        &settings(2),
-        Some(cluster),
-    )
-    .await;
+    let (host, runtime) =
+        TestHost::start_serving_cluster(client, &config, &settings(2), capture.clone()).await;
     (host, capture, runtime)
 }
 

@@ -186,20 +186,13 @@ async fn cluster_host(
     capture: Arc<Capture>,
 ) -> (TestHost, kubelisten::runtime::Runtime) {
     let config = t.watch(vec![]);
-    let (runtime, cluster) = harness::cluster_runtime(&t.client, &config, capture);
     let mut settings = harness::settings(2);
     settings.modules = Some(ModulesConfigMap {
         namespace: t.ns.name().into(),
         name: "modules".into(),
     });
-    let host = TestHost::start_with_cluster(
-        t.client.clone(),
-        &runtime,
-        &config,
-        &settings,
-        Some(cluster),
-    )
-    .await;
+    let (host, runtime) =
+        TestHost::start_serving_cluster(&t.client, &config, &settings, capture).await;
     host.wait_synced().await;
     (host, runtime)
 }
@@ -563,18 +556,11 @@ async fn a_module_that_cannot_be_instantiated_with_its_limits_is_rejected() {
 type Counted = (String, i32);
 
 /// The Warning Events of the modules ConfigMap with `reason`: (note, series count).
-async fn rejection_events(
-    events: &Api<k8s_openapi::api::events::v1::Event>,
-    reason: &str,
-) -> Vec<Counted> {
-    let mut found: Vec<Counted> = events
-        .list(&Default::default())
+async fn rejection_events(t: &Things, reason: &str) -> Vec<Counted> {
+    let mut found: Vec<Counted> = common::events_regarding(&t.client, t.ns.name(), "modules")
         .await
-        .unwrap()
-        .items
         .into_iter()
         .filter(|e| e.reason.as_deref() == Some(reason))
-        .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("modules"))
         .map(|e| {
             let count = e.series.as_ref().map_or(1, |s| s.count);
             (e.note.unwrap_or_default(), count)
@@ -603,12 +589,10 @@ async fn each_rejection_is_an_event_of_its_own_listed_by_kubectl_describe() {
         ]
     };
     push(&s.cms, &two_bad, &modules(garbage.clone())).await;
-    let events: Api<k8s_openapi::api::events::v1::Event> =
-        Api::namespaced(s.t.client.clone(), s.t.ns.name());
     let wait_for = async |what: &str, check: &dyn Fn(&[Counted]) -> bool| {
         let mut found = Vec::new();
         for _ in 0..150 {
-            found = rejection_events(&events, "ModuleRejected").await;
+            found = rejection_events(&s.t, "ModuleRejected").await;
             if check(&found) {
                 return found;
             }

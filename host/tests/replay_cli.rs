@@ -281,7 +281,7 @@ fn the_compile_worker_is_first_for_the_oom_killer_and_dies_with_its_parent() {
     use std::process::Stdio;
     use std::time::{Duration, Instant};
     let me = std::process::id().to_string();
-    let child = std::thread::spawn(move || {
+    let mut child = std::thread::spawn(move || {
         // Its stdin stays open (held by the handle), so it waits for the module.
         let child = Command::new(env!("CARGO_BIN_EXE_kubelisten"))
             .args(["compile-worker", "--parent", &me])
@@ -301,7 +301,6 @@ fn the_compile_worker_is_first_for_the_oom_killer_and_dies_with_its_parent() {
     })
     .join()
     .unwrap();
-    let mut child = child;
     let until = Instant::now() + Duration::from_secs(30);
     let status = loop {
         if let Some(status) = child.try_wait().unwrap() {

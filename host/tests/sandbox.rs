@@ -1745,16 +1745,11 @@ impl kubelisten::runtime::ClusterAccess for Switch {
 }
 
 /// A runtime whose `cluster` import is `switch`.
-fn runtime_with_cluster(switch: Arc<Switch>) -> (kubelisten::Runtime, tempfile::TempDir) {
-    let cache = tempfile::tempdir().unwrap();
-    let rt = kubelisten::Runtime::new(kubelisten::RuntimeConfig {
-        cache_dir: Some(cache.path().to_path_buf()),
-        sink: Arc::new(support::Capture::default()),
+fn runtime_with_switch(switch: Arc<Switch>) -> (kubelisten::Runtime, tempfile::TempDir) {
+    support::runtime_with(kubelisten::RuntimeConfig {
         cluster: switch,
         ..kubelisten::RuntimeConfig::default()
     })
-    .unwrap();
-    (rt, cache)
 }
 
 /// A WAT listener (`support::wat_listener(start, create)`) named `name`, backed off for a
@@ -1794,7 +1789,7 @@ const EXIT_WHEN_ON: &str = "(if (call $cluster_ok) (then (call $exit (i32.const 
 #[test]
 fn start_code_that_exits_is_a_trap_during_instantiation_and_backs_the_listener_off() {
     let switch = Arc::new(Switch::default());
-    let (rt, _cache) = runtime_with_cluster(switch.clone());
+    let (rt, _cache) = runtime_with_switch(switch.clone());
     let listener = wat_named(&rt, "exits", Mode::Classname, 1, (EXIT_WHEN_ON, ""));
     let ev = kubelisten_wit(&event(EventKind::Create, "a", None));
     assert_eq!(
@@ -1848,7 +1843,7 @@ fn start_code_that_exits_is_a_trap_during_instantiation_and_backs_the_listener_o
 #[test]
 fn an_exit_during_a_call_or_a_reference_rebuild_is_a_trap() {
     let switch = Arc::new(Switch::default());
-    let (rt, _cache) = runtime_with_cluster(switch.clone());
+    let (rt, _cache) = runtime_with_switch(switch.clone());
     let listener = wat_named(
         &rt,
         "exits",

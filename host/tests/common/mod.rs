@@ -486,3 +486,19 @@ pub async fn exit_within(
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// The `events.k8s.io` Events in `namespace` about the object named `regarding`.
+pub async fn events_regarding(
+    client: &Client,
+    namespace: &str,
+    regarding: &str,
+) -> Vec<k8s_openapi::api::events::v1::Event> {
+    Api::<k8s_openapi::api::events::v1::Event>::namespaced(client.clone(), namespace)
+        .list(&Default::default())
+        .await
+        .unwrap_or_else(|e| panic!("listing Events in {namespace}: {e}"))
+        .items
+        .into_iter()
+        .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(regarding))
+        .collect()
+}

@@ -221,6 +221,21 @@ impl TestHost {
         Self::start_with_cluster(client, runtime, config, settings, None).await
     }
 
+    /// Starts the host for `config` on a runtime of its own that serves the listeners' cluster
+    /// calls ([`cluster_runtime`]), guest logs going to `sink`; with that runtime.
+    pub async fn start_serving_cluster(
+        client: &kube::Client,
+        config: &Config,
+        settings: &RunSettings,
+        sink: Arc<dyn kubelisten::runtime::GuestLogSink>,
+    ) -> (Self, Runtime) {
+        let (runtime, cluster) = cluster_runtime(client, config, sink);
+        let host =
+            Self::start_with_cluster(client.clone(), &runtime, config, settings, Some(cluster))
+                .await;
+        (host, runtime)
+    }
+
     /// Starts the host with the cluster access its `runtime` serves (see [`cluster_runtime`]),
     /// as `kubelisten run` does: policy denials are counted in its metrics.
     pub async fn start_with_cluster(

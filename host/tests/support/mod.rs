@@ -75,12 +75,20 @@ pub fn runtime() -> (Runtime, Arc<Capture>, tempfile::TempDir) {
 
 /// Like [`runtime`] with an instance pool of `pool_instances` component instances.
 pub fn runtime_with_pool(pool_instances: u32) -> (Runtime, tempfile::TempDir) {
+    runtime_with(RuntimeConfig {
+        pool_instances,
+        ..RuntimeConfig::default()
+    })
+}
+
+/// A runtime of `config` with its own code cache directory, its guest logs going to a fresh
+/// [`Capture`].
+pub fn runtime_with(config: RuntimeConfig) -> (Runtime, tempfile::TempDir) {
     let cache = tempfile::tempdir().unwrap();
     let runtime = Runtime::new(RuntimeConfig {
         cache_dir: Some(cache.path().to_path_buf()),
         sink: Arc::new(Capture::default()),
-        pool_instances,
-        ..RuntimeConfig::default()
+        ..config
     })
     .unwrap();
     (runtime, cache)
