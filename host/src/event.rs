@@ -7,6 +7,8 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
+use crate::runtime::bindings::kubelisten::listener::cluster::ObjectRef;
+
 /// What happened to an object.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum EventKind {
@@ -139,6 +141,22 @@ impl ObjectMeta {
         })
     }
 
+    /// The uid of this object if `about` names it (same group, kind, namespace and name; the
+    /// version may differ), `None` otherwise or when the uid is unknown: `record-event` about
+    /// the event's own object gets the uid in the Event's `regarding`, which `kubectl describe`
+    /// needs to list the Event.
+    pub fn uid_of(&self, about: &ObjectRef) -> Option<&str> {
+        fn group(api_version: &str) -> &str {
+            api_version.rsplit_once('/').map_or("", |(g, _)| g)
+        }
+        (!self.uid.is_empty()
+            && about.name == self.name
+            && about.kind == self.kind
+            && about.namespace == self.namespace
+            && group(&about.api_version) == group(&self.api_version))
+        .then_some(self.uid.as_str())
+    }
+
     /// `namespace/name`, or `name` for cluster-scoped objects.
     pub fn object_ref(&self) -> String {
         match &self.namespace {
@@ -177,8 +195,9 @@ pub struct ResourceEvent {
     pub object: Arc<str>,
     /// For updates, the previous object.
     pub old_object: Option<Arc<str>>,
-    /// Parsed metadata of `object`.
-    pub meta: ObjectMeta,
+    /// Parsed metadata of `object`, shared (retries, merged events and a call's `record-event`
+    /// uid lookup hold it without copying).
+    pub meta: Arc<ObjectMeta>,
     /// True when the object came from an initial list or relist.
     pub initial: bool,
     /// The object's computed status (kstatus rules).
@@ -202,7 +221,7 @@ impl ResourceEvent {
             kind,
             object,
             old_object: None,
-            meta,
+            meta: Arc::new(meta),
             initial: false,
             status,
             only: None,
@@ -704,5 +723,54 @@ mod tests {
             (EventKind::Delete, "b")
         );
         assert!(events[0].object.contains(r#""resourceVersion":"2""#));
+    }
+
+    #[test]
+    fn the_uid_is_known_for_the_events_own_object_only() {
+        let object = ObjectMeta::from_json(
+            r#"{"apiVersion":"apps/v1","kind":"Deployment","metadata":{"name":"web","namespace":"ns","uid":"uid-web"}}"#,
+        )
+        .unwrap();
+        let about = ObjectRef {
+            api_version: "apps/v1".into(),
+            kind: "Deployment".into(),
+            namespace: Some("ns".into()),
+            name: "web".into(),
+        };
+        assert_eq!(object.uid_of(&about), Some("uid-web"));
+        let other_version = ObjectRef {
+            api_version: "apps/v1beta2".into(),
+            ..about.clone()
+        };
+        assert_eq!(object.uid_of(&other_version), Some("uid-web"));
+        for other in [
+            ObjectRef {
+                name: "db".into(),
+                ..about.clone()
+            },
+            ObjectRef {
+                namespace: Some("other".into()),
+                ..about.clone()
+            },
+            ObjectRef {
+                namespace: None,
+                ..about.clone()
+            },
+            ObjectRef {
+                kind: "StatefulSet".into(),
+                ..about.clone()
+            },
+            ObjectRef {
+                api_version: "extensions/v1beta1".into(),
+                ..about.clone()
+            },
+        ] {
+            assert_eq!(object.uid_of(&other), None, "{other:?}");
+        }
+        let without_uid = ObjectMeta {
+            uid: String::new(),
+            ..object.clone()
+        };
+        assert_eq!(without_uid.uid_of(&about), None);
     }
 }

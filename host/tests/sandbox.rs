@@ -471,7 +471,7 @@ fn events_carry_the_computed_status_to_the_guest() {
                        "conditions": [{"type": "Available", "status": if ready == 3 { "True" } else { "False" }}, {"type": "Progressing", "status": "True", "reason": "NewReplicaSetAvailable"}]}
         });
         let mut ev = support::event(EventKind::Update, "web", None);
-        ev.meta = kubelisten::ObjectMeta::from_value(&object).unwrap();
+        ev.meta = std::sync::Arc::new(kubelisten::ObjectMeta::from_value(&object).unwrap());
         ev.status = kubelisten::event::ObjectStatus::of(&object);
         ev.object = Arc::from(object.to_string());
         assert!(chain.dispatch(&ev).succeeded());
@@ -631,7 +631,7 @@ fn cluster_time_is_given_back_only_up_to_the_wall_clock_cap() {
         r#""generation":1"#,
         r#""generation":1,"annotations":{"kubelisten.dev/probe":"[{\"op\":\"get\",\"repeat\":1000}]"}"#,
     );
-    ev.meta = kubelisten::ObjectMeta::from_json(&raw).unwrap();
+    ev.meta = std::sync::Arc::new(kubelisten::ObjectMeta::from_json(&raw).unwrap());
     ev.object = Arc::from(raw);
     let report = Chain::new(vec![probe]).dispatch(&ev);
     let outcome = &report.calls[0].outcome;

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::event::{EventKind, ResourceEvent, WatchErrorInfo};
-use crate::runtime::{CallContext, ChainState, EventObject, Export, Held, Listener, Outcome};
+use crate::runtime::{CallContext, ChainState, Export, Held, Listener, Outcome};
 
 /// One listener call and how it ended.
 #[derive(Debug, Clone)]
@@ -221,15 +221,7 @@ impl Chain {
             event_kind: export.as_str(),
             chain: ChainState::default(),
             namespace: event.meta.namespace.clone(),
-            event_object: (!event.meta.uid.is_empty()).then(|| {
-                Arc::new(EventObject {
-                    api_version: event.meta.api_version.clone(),
-                    kind: event.meta.kind.clone(),
-                    namespace: event.meta.namespace.clone(),
-                    name: event.meta.name.clone(),
-                    uid: event.meta.uid.clone(),
-                })
-            }),
+            event_object: (!event.meta.uid.is_empty()).then(|| event.meta.clone()),
         };
         while let Some((index, listener, ticket)) = admitted.0.pop_front() {
             let record = timed(listener, export, || {

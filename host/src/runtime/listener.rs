@@ -253,7 +253,7 @@ pub struct CallContext {
     pub namespace: Option<String>,
     /// The event's object with its uid, for `record-event` about it; `None` when there is none
     /// (a watch error) or it has no uid.
-    pub event_object: Option<Arc<crate::runtime::EventObject>>,
+    pub event_object: Option<Arc<crate::event::ObjectMeta>>,
 }
 
 /// Counters of one listener, read by metrics and tests.

@@ -24,8 +24,8 @@ pub use engine::{
 /// error messages and Kubernetes Events).
 pub(crate) use host::truncate as truncate_utf8;
 pub use host::{
-    Caller, ChainState, ClusterAccess, ClusterRequest, EventObject, GuestLogSink, LogLevel,
-    NoCluster, TracingSink,
+    Caller, ChainState, ClusterAccess, ClusterRequest, GuestLogSink, LogLevel, NoCluster,
+    TracingSink,
 };
 pub use limits::Limits;
 pub use listener::{

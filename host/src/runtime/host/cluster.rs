@@ -6,6 +6,8 @@
 
 use std::sync::Arc;
 
+use crate::event::ObjectMeta;
+
 use crate::runtime::bindings::kubelisten::listener::cluster::{
     ApiError, EventType, ListOptions, ObjectRef, PatchType,
 };
@@ -51,37 +53,6 @@ pub enum ClusterRequest {
     },
 }
 
-/// The object an event is about, with its uid: `record-event` about this object gets the uid
-/// in the Event's `regarding` (which `kubectl describe` needs to list the Event).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct EventObject {
-    /// `apiVersion`.
-    pub api_version: String,
-    /// `kind`.
-    pub kind: String,
-    /// `metadata.namespace`, absent for cluster-scoped objects.
-    pub namespace: Option<String>,
-    /// `metadata.name`.
-    pub name: String,
-    /// `metadata.uid` (never empty).
-    pub uid: String,
-}
-
-impl EventObject {
-    /// The uid of this object if `about` names it (same group, kind, namespace and name; the
-    /// version may differ).
-    pub fn uid_of(&self, about: &ObjectRef) -> Option<&str> {
-        fn group(api_version: &str) -> &str {
-            api_version.rsplit_once('/').map_or("", |(g, _)| g)
-        }
-        (about.name == self.name
-            && about.kind == self.kind
-            && about.namespace == self.namespace
-            && group(&about.api_version) == group(&self.api_version))
-        .then_some(self.uid.as_str())
-    }
-}
-
 /// Who is calling: the listener and the event it is handling.
 #[derive(Debug, Clone)]
 pub struct Caller {
@@ -89,8 +60,9 @@ pub struct Caller {
     pub listener: Arc<str>,
     /// Namespace of the event's object (for grants scoped to "the event object's namespace").
     pub event_namespace: Option<String>,
-    /// The event's object, when it has a uid (none for a watch error).
-    pub event_object: Option<Arc<EventObject>>,
+    /// The event's object (its metadata), when it has a uid (none for a watch error):
+    /// `record-event` about it gets the uid ([`ObjectMeta::uid_of`]).
+    pub event_object: Option<Arc<ObjectMeta>>,
     /// How long the guest's call may still run (its wall-clock cap): a request, rate-limit wait
     /// included, is cut there. `None`: no bound beyond the access's own timeout.
     pub time_left: Option<std::time::Duration>,
@@ -112,57 +84,5 @@ impl ClusterAccess for NoCluster {
             "listener {} has no cluster access here (offline run)",
             caller.listener
         )))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_uid_is_known_for_the_events_own_object_only() {
-        let object = EventObject {
-            api_version: "apps/v1".into(),
-            kind: "Deployment".into(),
-            namespace: Some("ns".into()),
-            name: "web".into(),
-            uid: "uid-web".into(),
-        };
-        let about = ObjectRef {
-            api_version: "apps/v1".into(),
-            kind: "Deployment".into(),
-            namespace: Some("ns".into()),
-            name: "web".into(),
-        };
-        assert_eq!(object.uid_of(&about), Some("uid-web"));
-        let other_version = ObjectRef {
-            api_version: "apps/v1beta2".into(),
-            ..about.clone()
-        };
-        assert_eq!(object.uid_of(&other_version), Some("uid-web"));
-        for other in [
-            ObjectRef {
-                name: "db".into(),
-                ..about.clone()
-            },
-            ObjectRef {
-                namespace: Some("other".into()),
-                ..about.clone()
-            },
-            ObjectRef {
-                namespace: None,
-                ..about.clone()
-            },
-            ObjectRef {
-                kind: "StatefulSet".into(),
-                ..about.clone()
-            },
-            ObjectRef {
-                api_version: "extensions/v1beta1".into(),
-                ..about.clone()
-            },
-        ] {
-            assert_eq!(object.uid_of(&other), None, "{other:?}");
-        }
     }
 }

@@ -6,7 +6,7 @@ mod log;
 mod output;
 
 pub use chain_state::ChainState;
-pub use cluster::{Caller, ClusterAccess, ClusterRequest, EventObject, NoCluster};
+pub use cluster::{Caller, ClusterAccess, ClusterRequest, NoCluster};
 pub(crate) use log::{truncate, CallLog, LogBudget};
 pub use log::{GuestLogSink, LogLevel, TracingSink};
 pub(crate) use output::GuestOutput;
