@@ -564,9 +564,8 @@ impl Validator<'_> {
         if let Some((key, problem)) = raw.limits.problem() {
             return self.fail(&at.key("limits").key(key), problem);
         }
-        if let Some((key, problem)) = raw.capabilities.rate_limit.problem() {
-            let at = at.key("capabilities").key("rateLimit").key(key);
-            return self.fail(&at, problem);
+        if let Some((key, problem)) = raw.capabilities.problem() {
+            return self.fail(&at.key("capabilities").join(&key), problem);
         }
         Ok(ListenerSpec {
             name,
@@ -629,6 +628,13 @@ pub(crate) mod yaml {
         pub(crate) fn key(&self, key: &str) -> Self {
             let mut path = self.clone();
             path.0.push(Segment::Key(key.to_string()));
+            path
+        }
+
+        /// This path followed by `rest`.
+        pub(crate) fn join(&self, rest: &KeyPath) -> Self {
+            let mut path = self.clone();
+            path.0.extend(rest.0.iter().cloned());
             path
         }
 
@@ -1237,6 +1243,47 @@ watches:
             "watches:\n  - name: a\n    crd: c.yaml\n    listeners:\n      - module: x.wasm\n        capabilities: {rateLimit: {qps: 0, burst: 5}}\n",
             &["watches[0].listeners[0].capabilities.rateLimit.qps: must be at least 1"],
         );
+    }
+
+    #[test]
+    fn grants_that_would_match_nothing_are_errors_with_their_position() {
+        let listener = |grant: &str| {
+            format!(
+                "watches:\n  - name: a\n    crd: c.yaml\n    listeners:\n      - module: x.wasm\n        capabilities:\n          grants:\n            - {grant}\n"
+            )
+        };
+        for (grant, expected) in [
+            (
+                "{apiGroups: [''], resources: [pods], verbs: [get], namespaces: ['*']}",
+                "watches[0].listeners[0].capabilities.grants[0].namespaces[0]: \"*\" in a list",
+            ),
+            (
+                "{apiGroups: [''], resources: [pods], verbs: [get], namespaces: [team-a, event]}",
+                "grants[0].namespaces[1]: \"event\" in a list",
+            ),
+            (
+                "{apiGroups: [''], resources: [pods], verbs: [get], namespaces: [Team-A]}",
+                "grants[0].namespaces[0]: namespace \"Team-A\" is not a namespace name",
+            ),
+            (
+                "{apiGroups: [''], resources: [pods], verbs: [get], namespaces: []}",
+                "grants[0].namespaces: must list at least one namespace",
+            ),
+            (
+                "{apiGroups: [], resources: [pods], verbs: [get]}",
+                "grants[0].apiGroups: must list at least one",
+            ),
+            (
+                "{apiGroups: [''], resources: [], verbs: [get]}",
+                "grants[0].resources: must list at least one",
+            ),
+            (
+                "{apiGroups: [''], resources: [pods], verbs: []}",
+                "grants[0].verbs: must list at least one",
+            ),
+        ] {
+            assert_err(&listener(grant), &[expected, ":8:"]);
+        }
     }
 
     #[test]

@@ -145,6 +145,15 @@ impl KubeCluster {
             .cloned()
     }
 
+    /// Drops what discovery found for a kind (its CRD was deleted, or recreated with another
+    /// scope or plural): the next call asks again.
+    fn forget(&self, api_version: &str, kind: &str) {
+        self.discovered
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&(api_version.to_string(), kind.to_string()));
+    }
+
     /// Kind → resource and scope, through discovery (one request; successes are cached).
     async fn discover(
         &self,
@@ -171,6 +180,48 @@ impl KubeCluster {
             .unwrap_or_else(PoisonError::into_inner)
             .insert(key, (ar.clone(), namespaced));
         Ok((ar, namespaced))
+    }
+
+    /// For a `get`, `patch`, `patch-status` or `delete` without a namespace that the policy
+    /// refused: the "give a namespace" message when the kind is namespaced and the listener
+    /// would be allowed the call in the event's namespace (discovered on the call's token).
+    /// `None` when the denial stands.
+    async fn missing_namespace(
+        &self,
+        target: &Target,
+        request: &ClusterRequest,
+        pre: &Access<'_>,
+        access: &ListenerAccess,
+        caller: &Caller,
+    ) -> Option<String> {
+        let named = matches!(
+            request,
+            ClusterRequest::Get(_)
+                | ClusterRequest::Patch(..)
+                | ClusterRequest::PatchStatus(..)
+                | ClusterRequest::Delete(_)
+        );
+        let in_event_namespace = Access {
+            namespace: caller.event_namespace.as_deref(),
+            ..*pre
+        };
+        if !named
+            || target.namespace.is_some()
+            || in_event_namespace.namespace.is_none()
+            || access
+                .capabilities
+                .check(&in_event_namespace, caller.event_namespace.as_deref())
+                .is_err()
+        {
+            return None;
+        }
+        // Asked afresh: the kind may have been recreated with another scope since it was cached.
+        let namespaced = match self.discover(&target.api_version, &target.kind).await {
+            Ok((_, namespaced)) => namespaced,
+            // An unknown kind: the policy's answer is the more useful one.
+            Err(_) => return None,
+        };
+        namespaced.then(|| format!("{} is namespaced: give a namespace", target.kind))
     }
 
     /// Takes one token of the listener's rate limit, waiting at most the request timeout.
@@ -237,6 +288,15 @@ impl KubeCluster {
             .check(&pre, caller.event_namespace.as_deref())
             .is_err()
         {
+            // A namespaced object named without its namespace, by a listener granted that kind
+            // in the event's namespace, is a mistake in the call, not a missing grant: the
+            // denial would otherwise ask for `namespaces: "*"`, every namespace.
+            if let Some(message) = self
+                .missing_namespace(&target, &request, &pre, access, caller)
+                .await
+            {
+                return Err(ApiError::Invalid(message));
+            }
             // Name the grant that would be needed, with kube's guess of the plural.
             let (_, version) = target
                 .api_version
@@ -266,16 +326,24 @@ impl KubeCluster {
         }
         // ...then discovery, if the cache cannot answer (on the call's token, so unknown kinds
         // cannot flood discovery)...
+        // A CRD deleted and created again may have another scope or plural: a cached namespaced
+        // kind named without a namespace is asked again, and an answer that the path itself is
+        // not served drops the cached entry (below).
+        let needs_namespace = |namespaced: bool| {
+            namespaced
+                && target.namespace.is_none()
+                && !matches!(request, ClusterRequest::List { .. })
+        };
         let (ar, namespaced) = match self.discovered(&target.api_version, &target.kind) {
-            Some(hit) => hit,
-            None => self.discover(&target.api_version, &target.kind).await?,
+            Some(hit) if !needs_namespace(hit.1) => hit,
+            _ => self.discover(&target.api_version, &target.kind).await?,
         };
         let namespace = if namespaced {
             target.namespace.clone()
         } else {
             None
         };
-        if namespaced && namespace.is_none() && !matches!(request, ClusterRequest::List { .. }) {
+        if needs_namespace(namespaced) {
             return Err(ApiError::Invalid(format!(
                 "{} is namespaced: give a namespace",
                 target.kind
@@ -375,7 +443,15 @@ impl KubeCluster {
         }
         // Read up to the bound: a list of a whole cluster's objects must not fill host memory
         // (nor, copied into the guest, trap it on its memory limit).
-        let body = self.client.request_stream(http).await.map_err(api_error)?;
+        let body = match self.client.request_stream(http).await {
+            Ok(body) => body,
+            Err(err) => {
+                if path_not_served(&err) {
+                    self.forget(&target.api_version, &target.kind);
+                }
+                return Err(api_error(err));
+            }
+        };
         let mut bytes = Vec::new();
         futures::AsyncReadExt::read_to_end(
             &mut futures::AsyncReadExt::take(body, MAX_RESPONSE_BYTES as u64 + 1),
@@ -470,28 +546,26 @@ impl Target {
         if name_needed || !self.name.is_empty() {
             path_segment(name, &self.name)?;
         }
-        if let ClusterRequest::RecordEvent { about, .. } = request {
-            // The Event's name is made from the object's name.
-            path_segment(name, &about.name)?;
-        }
         if let Some(ns) = &self.namespace {
             path_segment(namespace, ns)?;
         }
+        if let ClusterRequest::RecordEvent { about, .. } = request {
+            // The Event's target is the Events collection; what the guest names is `about`,
+            // copied into the Event's `regarding` (which the API server does not check) and
+            // kept in the recorder's series cache: it is checked like any request's target.
+            // The Event's name is made from the object's name.
+            path_segment(name, &about.name)?;
+            kind_name("about.kind", &about.kind)?;
+            return api_version("about.apiVersion", &about.api_version);
+        }
         let kind_field = match request {
-            ClusterRequest::Create(_) | ClusterRequest::Apply(_) => "kind",
-            ClusterRequest::RecordEvent { .. } => "about.kind",
-            ClusterRequest::List { .. } => "kind",
+            ClusterRequest::Create(_) | ClusterRequest::Apply(_) | ClusterRequest::List { .. } => {
+                "kind"
+            }
             _ => "ref.kind",
         };
         kind_name(kind_field, &self.kind)?;
-        let (group, version) = self
-            .api_version
-            .rsplit_once('/')
-            .unwrap_or(("", &self.api_version));
-        if !group.is_empty() {
-            path_segment("apiVersion (group)", group)?;
-        }
-        path_segment("apiVersion (version)", version)
+        api_version("apiVersion", &self.api_version)
     }
 
     fn parse(request: &ClusterRequest, caller: &Caller) -> Result<Self, ApiError> {
@@ -559,13 +633,38 @@ impl Target {
     }
 }
 
+/// Longest name, namespace, kind, group or version a guest may send, in bytes: the longest any
+/// Kubernetes object name may be (a DNS subdomain). Longer strings would only be refused by the
+/// API server, or, in a `record-event`'s `about`, stored unchecked in the Event and in the host's
+/// series cache.
+const MAX_SEGMENT_BYTES: usize = 253;
+
+/// Checks a guest-supplied apiVersion (`field`): its group, when it has one, and its version are
+/// URL path segments.
+///
+/// # Errors
+/// [`ApiError::Invalid`] naming the field (`<field> (group)` or `<field> (version)`).
+fn api_version(field: &str, value: &str) -> Result<(), ApiError> {
+    let (group, version) = value.rsplit_once('/').unwrap_or(("", value));
+    if !group.is_empty() {
+        path_segment(&format!("{field} (group)"), group)?;
+    }
+    path_segment(&format!("{field} (version)"), version)
+}
+
 /// Checks that a guest-supplied `value` of `field` is one URL path segment: the rule of
 /// apimachinery's `IsValidPathSegmentName` (not empty, `.` or `..`; no `/` or `%`), plus no `?`
-/// or `#`, which kube-core would put into the URL unescaped.
+/// or `#`, which kube-core would put into the URL unescaped, and at most [`MAX_SEGMENT_BYTES`].
 ///
 /// # Errors
 /// [`ApiError::Invalid`] naming the field, the value and the problem.
 fn path_segment(field: &str, value: &str) -> Result<(), ApiError> {
+    if value.len() > MAX_SEGMENT_BYTES {
+        return Err(ApiError::Invalid(format!(
+            "{field} {:?}... is longer than {MAX_SEGMENT_BYTES} bytes",
+            crate::runtime::truncate_utf8(value, 32)
+        )));
+    }
     let problem = match value {
         "" => Some("may not be empty".to_string()),
         "." | ".." => Some(format!("may not be {value:?}")),
@@ -587,13 +686,16 @@ fn path_segment(field: &str, value: &str) -> Result<(), ApiError> {
 /// [`ApiError::Invalid`] naming the field and the value.
 fn kind_name(field: &str, value: &str) -> Result<(), ApiError> {
     let mut chars = value.chars();
-    let valid = chars.next().is_some_and(|c| c.is_ascii_alphabetic())
+    let valid = value.len() <= MAX_SEGMENT_BYTES
+        && chars.next().is_some_and(|c| c.is_ascii_alphabetic())
         && chars.all(|c| c.is_ascii_alphanumeric());
     if valid {
         Ok(())
     } else {
         Err(ApiError::Invalid(format!(
-            "{field} {value:?} is not a kind (ASCII letters and digits, starting with a letter)"
+            "{field} {:?} is not a kind (ASCII letters and digits, starting with a letter, at most \
+             {MAX_SEGMENT_BYTES})",
+            crate::runtime::truncate_utf8(value, 64)
         )))
     }
 }
@@ -621,6 +723,13 @@ fn patch_of(ty: PatchType, patch: &str) -> Result<Patch<serde_json::Value>, ApiE
                 .map_err(|e| ApiError::Invalid(format!("not a JSON patch: {e}")))?,
         ),
     })
+}
+
+/// Whether `err` says the request's path is not served at all (a 404 naming no object: the
+/// resource is gone or has another scope or plural), rather than that the object is not found.
+fn path_not_served(err: &kube::Error) -> bool {
+    matches!(err, kube::Error::Api(s) if s.code == 404
+        && s.details.as_ref().is_none_or(|d| d.name.is_empty()))
 }
 
 /// Maps a kube error to the guest's typed error.
@@ -748,6 +857,155 @@ mod tests {
     }
 
     const PODS: &str = "grants:\n  - {apiGroups: [''], resources: [pods, events], verbs: ['*'], namespaces: '*'}\n  - {apiGroups: ['*'], resources: ['*'], verbs: [create], namespaces: '*'}\n";
+
+    /// An API server serving kind `Widget` (group `g`, `v1`) with the scope `cluster_scoped`
+    /// says at each request, and the object `w` at its path for that scope; everything else is
+    /// 404 naming no object, as for a path that is not served.
+    fn widget_api(seen: Seen, cluster_scoped: Arc<std::sync::atomic::AtomicBool>) -> Client {
+        let service = tower::service_fn(move |req: http::Request<kube::client::Body>| {
+            let seen = seen.clone();
+            let cluster = cluster_scoped.load(std::sync::atomic::Ordering::SeqCst);
+            async move {
+                let path = req.uri().path().to_string();
+                seen.lock()
+                    .unwrap()
+                    .push(format!("{} {path}", req.method()));
+                let object = if cluster {
+                    "/apis/g/v1/widgets/w"
+                } else {
+                    "/apis/g/v1/namespaces/ns/widgets/w"
+                };
+                let (status, body) = if path == "/apis/g/v1" {
+                    (
+                        200,
+                        serde_json::json!({"kind": "APIResourceList", "groupVersion": "g/v1",
+                            "resources": [{"name": "widgets", "singularName": "widget",
+                                "namespaced": !cluster, "kind": "Widget", "verbs": ["get"]}]}),
+                    )
+                } else if path == object {
+                    (
+                        200,
+                        serde_json::json!({"apiVersion": "g/v1", "kind": "Widget",
+                            "metadata": {"name": "w"}}),
+                    )
+                } else {
+                    (
+                        404,
+                        serde_json::json!({"kind": "Status", "apiVersion": "v1",
+                            "status": "Failure", "reason": "NotFound", "code": 404,
+                            "message": "the server could not find the requested resource"}),
+                    )
+                };
+                Ok::<_, std::convert::Infallible>(
+                    http::Response::builder()
+                        .status(status)
+                        .header(http::header::CONTENT_TYPE, "application/json")
+                        .body(kube::client::Body::from(body.to_string().into_bytes()))
+                        .unwrap(),
+                )
+            }
+        });
+        Client::new(service, "default")
+    }
+
+    #[test]
+    fn a_kind_recreated_with_another_scope_is_discovered_again() {
+        let widget = |namespace: Option<&str>| {
+            ClusterRequest::Get(ObjectRef {
+                api_version: "g/v1".into(),
+                kind: "Widget".into(),
+                namespace: namespace.map(str::to_string),
+                name: "w".into(),
+            })
+        };
+        let caller = Caller {
+            listener: Arc::from("l"),
+            event_namespace: Some("ns".into()),
+            event_object: None,
+            time_left: None,
+        };
+        let grants: Capabilities = serde_saphyr::from_str(
+            "grants:\n  - {apiGroups: [g], resources: [widgets], verbs: [get], namespaces: '*'}\n",
+        )
+        .unwrap();
+        let tokio = tokio::runtime::Runtime::new().unwrap();
+        // Namespaced -> cluster-scoped: the call without a namespace asks discovery again
+        // (the cached answer would say "give a namespace").
+        // Then cluster-scoped -> namespaced: the call to the old path is answered 404 for a
+        // path not served, which drops the cached answer; the next call finds the new scope.
+        for namespaced_first in [true, false] {
+            let seen = Seen::default();
+            let cluster_scoped = Arc::new(std::sync::atomic::AtomicBool::new(!namespaced_first));
+            let cluster = tokio.block_on(async {
+                KubeCluster::new(
+                    widget_api(seen.clone(), cluster_scoped.clone()),
+                    tokio::runtime::Handle::current(),
+                    [("l".to_string(), grants.clone())],
+                    Duration::from_secs(5),
+                )
+                .unwrap()
+            });
+            let (before, after) = if namespaced_first {
+                (Some("ns"), None)
+            } else {
+                (None, Some("ns"))
+            };
+            cluster.call(&caller, widget(before)).unwrap();
+            cluster_scoped.store(namespaced_first, std::sync::atomic::Ordering::SeqCst);
+            if !namespaced_first {
+                // The first call after the change goes to the cached path, gone.
+                match cluster.call(&caller, widget(after)) {
+                    Err(ApiError::NotFound(_)) => {}
+                    other => panic!("{other:?}"),
+                }
+            }
+            let got = cluster.call(&caller, widget(after));
+            assert!(
+                got.is_ok(),
+                "namespaced first: {namespaced_first}: {got:?} after {:?}",
+                seen.lock().unwrap()
+            );
+            let discoveries = seen
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|r| r.as_str() == "GET /apis/g/v1")
+                .count();
+            assert_eq!(discoveries, 2, "{:?}", seen.lock().unwrap());
+        }
+    }
+
+    #[test]
+    fn a_namespaced_object_named_without_its_namespace_is_invalid_not_a_missing_grant() {
+        let in_event_namespace =
+            "grants:\n  - {apiGroups: [''], resources: [pods], verbs: [get, delete]}\n";
+        let f = fixture(in_event_namespace, Duration::from_secs(5));
+        let no_namespace = || ObjectRef {
+            namespace: None,
+            ..pod("p")
+        };
+        for request in [
+            ClusterRequest::Get(no_namespace()),
+            ClusterRequest::Delete(no_namespace()),
+        ] {
+            match f.cluster.call(&f.caller, request) {
+                Err(ApiError::Invalid(m)) => assert_eq!(m, "Pod is namespaced: give a namespace"),
+                other => panic!("{other:?}"),
+            }
+        }
+        // Only discovery was asked (afresh for each call: the kind's scope may have changed),
+        // never the object.
+        assert_eq!(*f.seen.lock().unwrap(), ["GET /api/v1", "GET /api/v1"]);
+
+        // A verb the listener has no grant for is still the policy's denial, without discovery.
+        let f = fixture(in_event_namespace, Duration::from_secs(5));
+        let patch = ClusterRequest::Patch(no_namespace(), PatchType::Merge, "{}".into());
+        match f.cluster.call(&f.caller, patch) {
+            Err(ApiError::ForbiddenByPolicy(m)) => assert!(m.contains("verbs: [patch]"), "{m}"),
+            other => panic!("{other:?}"),
+        }
+        assert!(f.seen.lock().unwrap().is_empty(), "{:?}", f.seen);
+    }
 
     #[test]
     fn path_segments_are_checked_like_apimachinery() {
@@ -881,6 +1139,71 @@ mod tests {
                 ClusterRequest::Create(
                     r#"{"apiVersion":"v1","kind":"../Pod","metadata":{"name":"p"}}"#.into(),
                 ),
+            ),
+            // What a record-event is about goes into the Event and the host's series cache.
+            (
+                "about.kind",
+                ClusterRequest::RecordEvent {
+                    about: ObjectRef {
+                        kind: "Pod\nFAKE LINE".into(),
+                        ..pod("p")
+                    },
+                    kind: EventType::Normal,
+                    reason: "R".into(),
+                    message: "m".into(),
+                },
+            ),
+            (
+                "about.kind",
+                ClusterRequest::RecordEvent {
+                    about: ObjectRef {
+                        kind: "A".repeat(1 << 20),
+                        ..pod("p")
+                    },
+                    kind: EventType::Normal,
+                    reason: "R".into(),
+                    message: "m".into(),
+                },
+            ),
+            (
+                "about.apiVersion (group)",
+                ClusterRequest::RecordEvent {
+                    about: ObjectRef {
+                        api_version: "../v1".into(),
+                        ..pod("p")
+                    },
+                    kind: EventType::Normal,
+                    reason: "R".into(),
+                    message: "m".into(),
+                },
+            ),
+            (
+                "about.apiVersion (version)",
+                ClusterRequest::RecordEvent {
+                    about: ObjectRef {
+                        api_version: "apps/v1\nFAKE".into(),
+                        ..pod("p")
+                    },
+                    kind: EventType::Normal,
+                    reason: "R".into(),
+                    message: "m".into(),
+                },
+            ),
+            (
+                "about.name",
+                ClusterRequest::RecordEvent {
+                    about: ObjectRef {
+                        name: "n".repeat(254),
+                        ..pod("p")
+                    },
+                    kind: EventType::Normal,
+                    reason: "R".into(),
+                    message: "m".into(),
+                },
+            ),
+            (
+                "ref.name",
+                ClusterRequest::Get(pod(&"n".repeat(254))),
             ),
         ];
         for (field, request) in refused {

@@ -5,6 +5,8 @@ use std::fmt;
 
 use serde::Deserialize;
 
+use crate::config::yaml::KeyPath;
+
 /// An operation a guest asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -122,6 +124,60 @@ pub struct Capabilities {
     pub grants: Vec<Grant>,
     /// Request rate limit.
     pub rate_limit: RateLimit,
+}
+
+impl Capabilities {
+    /// The first part of these capabilities that cannot be what was meant, as its key path
+    /// (under `capabilities`) and what is wrong: a rate or burst of 0; a grant with an empty
+    /// `apiGroups`, `resources`, `verbs` or `namespaces` list (it would match nothing); `"*"` or
+    /// `event` inside a `namespaces` list (they are values of their own, not namespace names:
+    /// in a list they would match nothing); a listed namespace that is not a namespace name.
+    pub(crate) fn problem(&self) -> Option<(KeyPath, String)> {
+        let root = KeyPath::root();
+        if let Some((key, problem)) = self.rate_limit.problem() {
+            return Some((root.key("rateLimit").key(key), problem));
+        }
+        for (i, grant) in self.grants.iter().enumerate() {
+            let at = root.key("grants").index(i);
+            let empty = [
+                (
+                    "apiGroups",
+                    grant.api_groups.is_empty(),
+                    "\"\" is the core group, \"*\" any",
+                ),
+                ("resources", grant.resources.is_empty(), "\"*\" is any"),
+                ("verbs", grant.verbs.is_empty(), "\"*\" is any"),
+            ];
+            if let Some((key, _, hint)) = empty.into_iter().find(|(_, empty, _)| *empty) {
+                return Some((at.key(key), format!("must list at least one ({hint})")));
+            }
+            let Namespaces::Only(list) = &grant.namespaces else {
+                continue;
+            };
+            let at = at.key("namespaces");
+            if list.is_empty() {
+                return Some((
+                    at,
+                    "must list at least one namespace, or be \"event\" (the default) or \"*\""
+                        .into(),
+                ));
+            }
+            for (j, namespace) in list.iter().enumerate() {
+                let problem = match namespace.as_str() {
+                    "*" | "event" => format!(
+                        "{namespace:?} in a list is taken for a namespace of that name: write \
+                         `namespaces: {namespace:?}` (a string, not a list)"
+                    ),
+                    _ => match crate::watch::selectors::check_namespace(namespace) {
+                        Ok(()) => continue,
+                        Err(message) => message,
+                    },
+                };
+                return Some((at.index(j), problem));
+            }
+        }
+        None
+    }
 }
 
 /// One request as the policy sees it.

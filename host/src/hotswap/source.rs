@@ -217,8 +217,13 @@ pub fn parse(text: &str) -> Result<Vec<Entry>, Error> {
         if let Some((key, problem)) = entry.limits.problem() {
             return Err(bad(i, &["limits", key], problem));
         }
-        if let Some((key, problem)) = entry.capabilities.rate_limit.problem() {
-            return Err(bad(i, &["capabilities", "rateLimit", key], problem));
+        if let Some((key, problem)) = entry.capabilities.problem() {
+            let at = crate::config::yaml::KeyPath::root()
+                .key("listeners")
+                .index(i)
+                .key("capabilities")
+                .join(&key);
+            return Err(Error::BadListeners(doc.problem(&at, problem).to_string()));
         }
     }
     unique_names(&file.listeners, |i, e| match &e.watch {
@@ -530,6 +535,12 @@ mod tests {
         assert!(
             m.starts_with("listeners.yaml:4:")
                 && m.contains("listeners[0].limits.memory-bytes: must be at least 65536"),
+            "{m}"
+        );
+        let m = err("listeners:\n  - name: a\n    module: a.wasm\n    capabilities:\n      grants: [{apiGroups: [''], resources: [pods], verbs: [get], namespaces: ['*']}]\n");
+        assert!(
+            m.starts_with("listeners.yaml:5:")
+                && m.contains("listeners[0].capabilities.grants[0].namespaces[0]: \"*\" in a list"),
             "{m}"
         );
         let m = err("listeners:\n  - name: a\n    module: a.wasm\n    capabilities: {rateLimit: {qps: 1, burst: 0}}\n");
