@@ -324,6 +324,8 @@ pub enum WatchType {
 #[derive(Debug, Default)]
 pub struct Tracker {
     seen: HashMap<String, (String, Arc<str>)>,
+    /// Bytes of the object texts in `seen`.
+    bytes: usize,
 }
 
 /// Metadata and status of an object text the tracker kept (to replay it as a delete or a
@@ -408,12 +410,17 @@ impl Tracker {
         let old_object = previous.map(|(_, obj)| obj.clone());
         let kind = match ty {
             WatchType::Deleted => {
-                self.seen.remove(&key);
+                self.forget(&key);
                 EventKind::Delete
             }
             WatchType::Added | WatchType::Modified => {
-                self.seen
-                    .insert(key, (meta.resource_version.clone(), object.clone()));
+                self.bytes += object.len();
+                if let Some((_, replaced)) = self
+                    .seen
+                    .insert(key, (meta.resource_version.clone(), object.clone()))
+                {
+                    self.bytes -= replaced.len();
+                }
                 if old_object.is_some() {
                     EventKind::Update
                 } else {
@@ -455,7 +462,7 @@ impl Tracker {
             .collect();
         let mut events = Vec::with_capacity(gone.len() + listed.len());
         for key in gone {
-            let Some((_, object)) = self.seen.remove(&key) else {
+            let Some(object) = self.forget(&key) else {
                 continue;
             };
             match parse_known(&object) {
@@ -499,6 +506,18 @@ impl Tracker {
     /// Number of objects currently known.
     pub fn len(&self) -> usize {
         self.seen.len()
+    }
+
+    /// Bytes of the object texts kept (the JSON the API server sent).
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// Drops the object known under `key`; returns its last text.
+    fn forget(&mut self, key: &str) -> Option<Arc<str>> {
+        let (_, object) = self.seen.remove(key)?;
+        self.bytes -= object.len();
+        Some(object)
     }
 
     /// Whether no object is known.
@@ -723,6 +742,46 @@ mod tests {
             (EventKind::Delete, "b")
         );
         assert!(events[0].object.contains(r#""resourceVersion":"2""#));
+    }
+
+    #[test]
+    fn the_tracker_counts_the_bytes_it_keeps() {
+        let mk = |name: &str, uid: &str, rv: &str, pad: usize| {
+            let raw = format!(
+                r#"{{"apiVersion":"v1","kind":"ConfigMap","metadata":{{"name":"{name}","namespace":"ns","uid":"{uid}","resourceVersion":"{rv}"}},"data":{{"p":"{}"}}}}"#,
+                "x".repeat(pad)
+            );
+            let meta = ObjectMeta::from_json(&raw).unwrap();
+            (Arc::<str>::from(raw), meta)
+        };
+        let mut t = Tracker::default();
+        let apply = |t: &mut Tracker, ty, (object, meta): (Arc<str>, ObjectMeta)| {
+            let len = object.len();
+            t.apply(ty, object, meta, ObjectStatus::default(), false);
+            len
+        };
+        let a1 = apply(&mut t, WatchType::Added, mk("a", "ua", "1", 10));
+        let b1 = apply(&mut t, WatchType::Added, mk("b", "ub", "2", 20));
+        assert_eq!((t.len(), t.bytes()), (2, a1 + b1));
+        let a2 = apply(&mut t, WatchType::Modified, mk("a", "ua", "3", 500));
+        assert_eq!(
+            (t.len(), t.bytes()),
+            (2, a2 + b1),
+            "the new text replaces the old"
+        );
+        apply(&mut t, WatchType::Deleted, mk("b", "ub", "4", 20));
+        assert_eq!((t.len(), t.bytes()), (1, a2));
+        let (c, c_meta) = mk("c", "uc", "5", 7);
+        let c_len = c.len();
+        t.relist(
+            vec![(c, c_meta, ObjectStatus::default())],
+            &Unreadable::default(),
+        );
+        assert_eq!(
+            (t.len(), t.bytes()),
+            (1, c_len),
+            "a relist drops what is gone"
+        );
     }
 
     #[test]

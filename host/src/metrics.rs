@@ -42,6 +42,11 @@ pub struct Metrics {
     pub watch_relists: Family<Labels, Counter>,
     /// `kubelisten_queue_depth{watch}`: events queued, not yet started.
     pub queue_depth: Family<Labels, Gauge>,
+    /// `kubelisten_watch_objects{watch}`: objects the watch keeps in memory (the last state of
+    /// each, to diff relists and report deletes); the leader's memory grows with it.
+    pub watch_objects: Family<Labels, Gauge>,
+    /// `kubelisten_watch_object_bytes{watch}`: bytes of object JSON text the watch keeps.
+    pub watch_object_bytes: Family<Labels, Gauge>,
     /// `kubelisten_watch_waiting_for_target{watch}`: 1 while the watch's target is not
     /// resolved yet (its kind not served, the API failing) and it retries, else 0.
     pub waiting_for_target: Family<Labels, Gauge>,
@@ -97,6 +102,8 @@ impl Metrics {
         let watch_restarts = Family::<Labels, Counter>::default();
         let watch_relists = Family::<Labels, Counter>::default();
         let queue_depth = Family::<Labels, Gauge>::default();
+        let watch_objects = Family::<Labels, Gauge>::default();
+        let watch_object_bytes = Family::<Labels, Gauge>::default();
         let waiting_for_target = Family::<Labels, Gauge>::default();
         let leader = Gauge::default();
         let listener_info = Family::<Labels, Gauge>::default();
@@ -156,6 +163,17 @@ impl Metrics {
             queue_depth.clone(),
         );
         registry.register(
+            "watch_objects",
+            "Objects the watch keeps in memory (their last state)",
+            watch_objects.clone(),
+        );
+        registry.register_with_unit(
+            "watch_object",
+            "JSON text of the objects the watch keeps in memory",
+            Unit::Bytes,
+            watch_object_bytes.clone(),
+        );
+        registry.register(
             "watch_waiting_for_target",
             "1 while the watch waits for its target (kind not served yet, API failing)",
             waiting_for_target.clone(),
@@ -207,6 +225,8 @@ impl Metrics {
             watch_restarts,
             watch_relists,
             queue_depth,
+            watch_objects,
+            watch_object_bytes,
             waiting_for_target,
             leader,
             listener_info,

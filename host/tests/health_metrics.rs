@@ -127,6 +127,10 @@ async fn health_readiness_and_metrics_match_what_happened() {
         11.0
     );
     assert_eq!(sample("kubelisten_queue_depth{watch=\"things\"}"), 0.0);
+    // a, c and boom are held (b was deleted); each is some hundred bytes of JSON.
+    assert_eq!(sample(r#"kubelisten_watch_objects{watch="things"}"#), 3.0);
+    let bytes = sample(r#"kubelisten_watch_object_bytes{watch="things"}"#);
+    assert!((300.0..30_000.0).contains(&bytes), "{bytes}");
     assert!(
         m.keys().any(|k| k.starts_with(
             "kubelisten_listener_info{listener=\"faulty\",mode=\"reference\",digest=\"sha256:"

@@ -11,6 +11,7 @@ use futures::{AsyncBufReadExt, StreamExt};
 use kube::core::params::{ListParams, WatchParams};
 use kube::core::{ApiResource, DynamicObject, Request, Resource};
 use kube::Client;
+use prometheus_client::metrics::gauge::Gauge;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use tokio::sync::mpsc;
@@ -201,6 +202,7 @@ pub async fn run(
     stop: CancellationToken,
 ) {
     let (caught_up, joined) = joined.map_or((0, None), |(generation, rx)| (generation, Some(rx)));
+    let held = Held::new(&spec.metrics, &spec.name);
     let mut reflector = Reflector {
         request: Request::new(DynamicObject::url_path(
             &spec.resource,
@@ -218,6 +220,7 @@ pub async fn run(
         joined,
         caught_up,
         stop: stop.clone(),
+        held,
     };
     // Two backoffs, each growing with its failures in a row: while the API server does not
     // answer at all (down, unreachable), and while it answers but no watch works (a watch that
@@ -366,11 +369,42 @@ struct Reflector {
     caught_up: u64,
     /// A graceful stop (see [`run`]).
     stop: CancellationToken,
+    /// This task's share of `kubelisten_watch_objects` and `kubelisten_watch_object_bytes`
+    /// (other tasks of the watch, one per namespace, add theirs).
+    held: Held,
+}
+
+/// What one watch task has added to its watch's held-objects gauges, kept in step with its
+/// tracker and taken back when the task ends.
+struct Held {
+    objects: Gauge,
+    bytes: Gauge,
+    reported: (usize, usize),
+}
+
+impl Held {
+    fn new(metrics: &Metrics, watch: &str) -> Self {
+        let watch = labels([("watch", watch)]);
+        Self {
+            objects: metrics.watch_objects.get_or_create(&watch).clone(),
+            bytes: metrics.watch_object_bytes.get_or_create(&watch).clone(),
+            reported: (0, 0),
+        }
+    }
+
+    /// Moves the gauges by the change since the last report.
+    fn report(&mut self, objects: usize, bytes: usize) {
+        let delta = |now: usize, before: usize| now as i64 - before as i64;
+        self.objects.inc_by(delta(objects, self.reported.0));
+        self.bytes.inc_by(delta(bytes, self.reported.1));
+        self.reported = (objects, bytes);
+    }
 }
 
 impl Drop for Reflector {
     fn drop(&mut self) {
         self.set_connected(false);
+        self.held.report(0, 0);
     }
 }
 
@@ -476,7 +510,9 @@ impl Reflector {
                 }
             }
         }
-        for event in self.tracker.relist(listed, &unreadable) {
+        let events = self.tracker.relist(listed, &unreadable);
+        self.held.report(self.tracker.len(), self.tracker.bytes());
+        for event in events {
             // Stopped: the deletes (first in the diff) still go out; the rest comes back with
             // the next start's list.
             if self.stop.is_cancelled() && event.kind != crate::event::EventKind::Delete {
@@ -616,6 +652,7 @@ impl Reflector {
             };
             let rv = meta.resource_version.clone();
             if let Some(event) = self.tracker.apply(ty, object, meta, status, false) {
+                self.held.report(self.tracker.len(), self.tracker.bytes());
                 self.emit(event).await?;
             }
             self.resource_version = Some(rv);
