@@ -36,8 +36,11 @@ pub struct RunSettings {
     /// How long in-flight events may take to finish at shutdown (also each dispatcher's
     /// [`DispatcherConfig::stop_grace`]).
     pub shutdown_grace: Duration,
-    /// Where the health/metrics server listens (`None`: no server).
+    /// Where the probe server (`/healthz`, `/readyz`, `/metrics`) listens (`None`: no server).
     pub health_addr: Option<std::net::SocketAddr>,
+    /// Where `/status` is served, on a listener of its own (`None`: nowhere). It names every
+    /// watched object, so the default (`--status-bind`) is loopback.
+    pub status_addr: Option<std::net::SocketAddr>,
     /// Leader election (`None`: this process always dispatches).
     pub leader: Option<LeaderConfig>,
     /// Listener chains from this ConfigMap (hot swap) instead of the config's listeners.
@@ -62,6 +65,7 @@ impl Default for RunSettings {
             watch_timeout: Duration::from_secs(290),
             shutdown_grace: Duration::from_secs(30),
             health_addr: None,
+            status_addr: None,
             leader: None,
             modules: None,
             watches_from_modules: false,
@@ -717,16 +721,31 @@ pub async fn run(
         settings.max_idle(),
     ));
     let stop_server = CancellationToken::new();
-    if let Some(addr) = settings.health_addr {
+    let servers = [
+        (
+            settings.health_addr,
+            crate::server::router(server.clone()),
+            "the health port",
+            "/healthz, /readyz, /metrics",
+        ),
+        (
+            settings.status_addr,
+            crate::server::status_router(server.clone()),
+            "the status address",
+            "/status",
+        ),
+    ];
+    for (addr, router, what, paths) in servers {
+        let Some(addr) = addr else { continue };
         let listener =
-            crate::server::bind(addr).with_context(|| format!("binding the health port {addr}"))?;
-        tracing::info!(addr = %listener.local_addr().unwrap_or(addr), "serving /healthz, /readyz, /metrics, /status");
-        let (state, stop) = (server.clone(), stop_server.clone());
+            crate::server::bind(addr).with_context(|| format!("binding {what} {addr}"))?;
+        tracing::info!(addr = %listener.local_addr().unwrap_or(addr), "serving {paths}");
+        let stop = stop_server.clone();
         tokio::spawn(async move {
             if let Err(err) =
-                crate::server::serve(listener, state, async move { stop.cancelled().await }).await
+                crate::server::serve(listener, router, async move { stop.cancelled().await }).await
             {
-                tracing::error!(error = %err, "health server failed");
+                tracing::error!(error = %err, "the server of {paths} failed");
             }
         });
     }

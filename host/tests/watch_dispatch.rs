@@ -561,7 +561,14 @@ async fn sigterm_while_a_listener_compiles_at_start_exits_0() {
     .unwrap();
     let log = dir.path().join("stderr.log");
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_kubelisten"))
-        .args(["run", "--health-port", "0", "--config"])
+        .args([
+            "run",
+            "--health-port",
+            "0",
+            "--status-bind",
+            "off",
+            "--config",
+        ])
         .arg(&config)
         .arg("--compiler")
         .arg(&compiler)
