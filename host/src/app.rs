@@ -205,11 +205,16 @@ impl Running {
         self.watches.iter().map(RunningWatch::entry).collect()
     }
 
-    /// Resolves when a watch or dispatcher task ended on its own (it should not before stop).
-    pub async fn failed(&mut self) -> &'static str {
-        tokio::select! {
-            Some(_) = self.watchers.join_next() => "a watch task ended",
-            Some(_) = self.dispatchers.join_next() => "a dispatcher ended",
+    /// Resolves when a watch or dispatcher task ended on its own (it should not before stop),
+    /// saying which and how (returned, panicked with its message, cancelled).
+    pub async fn failed(&mut self) -> String {
+        let (what, ended) = tokio::select! {
+            Some(ended) = self.watchers.join_next() => ("a watch task", ended),
+            Some(ended) = self.dispatchers.join_next() => ("a dispatcher", ended),
+        };
+        match ended {
+            Ok(()) => format!("{what} ended"),
+            Err(err) => format!("{what} ended: {err}"),
         }
     }
 }
@@ -872,7 +877,8 @@ pub async fn run(
                     Err(anyhow::anyhow!("lost the leadership; stopped dispatching"))
                 }
                 what = running.failed() => {
-                    server.set_fatal(what.to_string());
+                    tracing::error!(error = %what, "a task of the run died; stopping");
+                    server.set_fatal(what.clone());
                     Err(anyhow::anyhow!("{what}"))
                 }
             }
@@ -946,6 +952,24 @@ mod tests {
         assert!(
             aborted.load(Ordering::SeqCst),
             "the in-flight event was aborted"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_task_that_dies_is_named_with_how_it_ended() {
+        let (mut running, _) = running_with_a_stuck_event(Duration::from_secs(1));
+        running.watchers.spawn(async { panic!("the watch broke") });
+        let why = running.failed().await;
+        assert!(
+            why.starts_with("a watch task ended: ") && why.contains("the watch broke"),
+            "{why}"
+        );
+        running.dispatchers.spawn(async {});
+        running.dispatchers.abort_all();
+        let why = running.failed().await;
+        assert!(
+            why.starts_with("a dispatcher ended: ") && why.contains("cancelled"),
+            "{why}"
         );
     }
 
