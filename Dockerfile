@@ -47,7 +47,8 @@ FROM gcr.io/distroless/static-debian12:nonroot
 COPY --from=host /kubelisten /usr/local/bin/kubelisten
 COPY --from=guests /modules/ /usr/share/kubelisten/modules/
 USER 65532:65532
-# Health, readiness, metrics, status (--health-port / KUBELISTEN_HEALTH_PORT).
+# Health, readiness, metrics (--health-port / KUBELISTEN_HEALTH_PORT). /status listens on
+# loopback (--status-bind, 127.0.0.1:8081): not exposed.
 EXPOSE 8080
 # The root filesystem can stay read-only: point the compiled-code cache at a writable volume
 # (the Deployment mounts an emptyDir here).

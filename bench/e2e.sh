@@ -62,9 +62,10 @@ done
 # --- contenders: each prints `BENCH <kind> <ns>/<name> <rv> <unix-ns>` per event ------------------
 CACHE="$HOME/.cache/kubelisten/bench-compiled"
 # kubelisten's health/metrics server: loopback and a free port, so a benchmark run never collides
-# with another kubelisten on the default port 8080 (the contenders run one at a time).
+# with another kubelisten on the default port 8080 (the contenders run one at a time); no /status
+# listener (its default port 8081 may be taken too).
 HEALTH_PORT="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
-KLENV="\"RUST_LOG\": \"info\", \"KUBELISTEN_HEALTH_BIND\": \"127.0.0.1\", \"KUBELISTEN_HEALTH_PORT\": \"$HEALTH_PORT\""
+KLENV="\"RUST_LOG\": \"info\", \"KUBELISTEN_HEALTH_BIND\": \"127.0.0.1\", \"KUBELISTEN_HEALTH_PORT\": \"$HEALTH_PORT\", \"KUBELISTEN_STATUS_BIND\": \"off\""
 BASELINE=""
 if [[ -n "${BENCH_KL_BASELINE:-}" ]]; then
   [[ -x "$BENCH_KL_BASELINE" ]] || { log "BENCH_KL_BASELINE=$BENCH_KL_BASELINE is not an executable"; exit 1; }

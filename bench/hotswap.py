@@ -271,7 +271,8 @@ def main():
            "-n", ns, "--log-format", "json", "--cache-dir", cache_dir, "--health-port", "0"]
     print("+ " + " ".join(cmd), file=sys.stderr)
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            env=dict(os.environ, RUST_LOG=os.environ.get("RUST_LOG", "info")))
+                            env=dict(os.environ, RUST_LOG=os.environ.get("RUST_LOG", "info"),
+                                     KUBELISTEN_STATUS_BIND="off"))
     log = Log(proc, os.path.join(out, "kubelisten.log"))
     writer = None
     result = {}

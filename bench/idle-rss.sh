@@ -56,7 +56,7 @@ trap cleanup EXIT
 # Sets RSS to the host's VmRSS in MiB, idle, after a start with the given extra flags: 6 s
 # after the start and once no compiler process of it is left (its listeners are loaded).
 idle_rss() {
-  "$BIN" "$@" run --crd bench/crd.yaml \
+  KUBELISTEN_STATUS_BIND=off "$BIN" "$@" run --crd bench/crd.yaml \
     -l target/guests/bench-listener.wasm:classname \
     -l target/guests/rust-metrics.wasm:reference \
     -l target/guests/noop.wasm:classname \

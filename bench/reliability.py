@@ -96,13 +96,16 @@ def free_port():
 
 def kl_env():
     """kubelisten's environment: its health/metrics server on a free loopback port, so runs never
-    collide with another kubelisten on the default port 8080. Returns (env, port)."""
+    collide with another kubelisten on the default port 8080, and no /status listener (its
+    default, 127.0.0.1:8081, would be taken by the first replica). Returns (env, port)."""
     port = free_port()
-    return {"RUST_LOG": "info", "KUBELISTEN_HEALTH_BIND": "127.0.0.1", "KUBELISTEN_HEALTH_PORT": str(port)}, port
+    return {"RUST_LOG": "info", "KUBELISTEN_HEALTH_BIND": "127.0.0.1", "KUBELISTEN_HEALTH_PORT": str(port),
+            "KUBELISTEN_STATUS_BIND": "off"}, port
 
 
 def health(port, path):
-    """(HTTP status, body) of the health server, or (None, error) when it does not answer."""
+    """(HTTP status, body) of the health server (or the status listener), or (None, error) when
+    it does not answer."""
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as r:
             return r.status, r.read().decode()
@@ -747,14 +750,16 @@ def bad_hot_swap(args, kube):
         "data": {"listeners.yaml": LISTENERS_YAML}, "binaryData": {"bench.wasm": base64.b64encode(good).decode()}})
     if st != 201:
         raise RuntimeError(f"ConfigMap: {st} {body}")
-    env, port = kl_env()
+    env, _ = kl_env()
+    status_port = free_port()
+    env["KUBELISTEN_STATUS_BIND"] = f"127.0.0.1:{status_port}"
     cmd = base_cmd(args, listeners=False) + ["--modules-configmap", f"{ns}/modules"]
     c = driver.Contender(name, cmd, env, args.logdir).start("rel", ns)
     res = {"fault": name}
     steps = []
 
     def listener_status():
-        st, body = health(port, "/status")
+        st, body = health(status_port, "/status")
         try:
             return json.loads(body)["watches"][0]["listeners"][0] if st == 200 else {}
         except (ValueError, LookupError):

@@ -15,7 +15,9 @@ fi
 
 say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 kubectl() { command kubectl --kubeconfig "$KUBECONFIG" "$@"; }
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+port=$(free_port)
+status_port=$(free_port)
 log=$(mktemp)
 
 kubectl create namespace demo --dry-run=client -o yaml | kubectl apply -f - >/dev/null
@@ -24,6 +26,7 @@ kubectl -n demo create serviceaccount default --dry-run=client -o yaml | kubectl
 say "starting kubelisten (log: $log)"
 RUST_LOG=${RUST_LOG:-info,cranelift=warn,wasmtime=warn} NO_COLOR=1 "$bin" run \
   --config deploy/demo/kubelisten.yaml --health-port "$port" --health-bind 127.0.0.1 \
+  --status-bind "127.0.0.1:$status_port" \
   --retry-attempts 2 --retry-base-ms 100 >"$log" 2>&1 &
 pid=$!
 trap 'kill $pid 2>/dev/null || true' EXIT
@@ -87,8 +90,8 @@ kubectl -n demo get events.events.k8s.io -o custom-columns=OBJECT:.regarding.nam
 
 say "/metrics (listener calls and traps)"
 curl -sS "http://127.0.0.1:$port/metrics" | { grep -E '^kubelisten_(listener_calls|listener_traps|events)_total' || true; } | head -n 20 || true
-say "/status (objects and their computed status)"
-curl -sS "http://127.0.0.1:$port/status" | python3 -c 'import json,sys; s=json.load(sys.stdin); [print(k, v["status"], v["message"]) for w in s["watches"] for k,v in w["objects"].items()]' || true
+say "/status (objects and their computed status; a loopback listener of its own, --status-bind)"
+curl -sS "http://127.0.0.1:$status_port/status" | python3 -c 'import json,sys; s=json.load(sys.stdin); [print(k, v["status"], v["message"]) for w in s["watches"] for k,v in w["objects"].items()]' || true
 
 say "graceful stop (SIGTERM)"
 kill -TERM $pid

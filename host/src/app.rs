@@ -36,8 +36,11 @@ pub struct RunSettings {
     /// How long in-flight events may take to finish at shutdown (also each dispatcher's
     /// [`DispatcherConfig::stop_grace`]).
     pub shutdown_grace: Duration,
-    /// Where the health/metrics server listens (`None`: no server).
+    /// Where the probe server (`/healthz`, `/readyz`, `/metrics`) listens (`None`: no server).
     pub health_addr: Option<std::net::SocketAddr>,
+    /// Where `/status` is served, on a listener of its own (`None`: nowhere). It names every
+    /// watched object, so the default (`--status-bind`) is loopback.
+    pub status_addr: Option<std::net::SocketAddr>,
     /// Leader election (`None`: this process always dispatches).
     pub leader: Option<LeaderConfig>,
     /// Listener chains from this ConfigMap (hot swap) instead of the config's listeners.
@@ -62,6 +65,7 @@ impl Default for RunSettings {
             watch_timeout: Duration::from_secs(290),
             shutdown_grace: Duration::from_secs(30),
             health_addr: None,
+            status_addr: None,
             leader: None,
             modules: None,
             watches_from_modules: false,
@@ -201,11 +205,16 @@ impl Running {
         self.watches.iter().map(RunningWatch::entry).collect()
     }
 
-    /// Resolves when a watch or dispatcher task ended on its own (it should not before stop).
-    pub async fn failed(&mut self) -> &'static str {
-        tokio::select! {
-            Some(_) = self.watchers.join_next() => "a watch task ended",
-            Some(_) = self.dispatchers.join_next() => "a dispatcher ended",
+    /// Resolves when a watch or dispatcher task ended on its own (it should not before stop),
+    /// saying which and how (returned, panicked with its message, cancelled).
+    pub async fn failed(&mut self) -> String {
+        let (what, ended) = tokio::select! {
+            Some(ended) = self.watchers.join_next() => ("a watch task", ended),
+            Some(ended) = self.dispatchers.join_next() => ("a dispatcher", ended),
+        };
+        match ended {
+            Ok(()) => format!("{what} ended"),
+            Err(err) => format!("{what} ended: {err}"),
         }
     }
 }
@@ -717,16 +726,31 @@ pub async fn run(
         settings.max_idle(),
     ));
     let stop_server = CancellationToken::new();
-    if let Some(addr) = settings.health_addr {
+    let servers = [
+        (
+            settings.health_addr,
+            crate::server::router(server.clone()),
+            "the health port",
+            "/healthz, /readyz, /metrics",
+        ),
+        (
+            settings.status_addr,
+            crate::server::status_router(server.clone()),
+            "the status address",
+            "/status",
+        ),
+    ];
+    for (addr, router, what, paths) in servers {
+        let Some(addr) = addr else { continue };
         let listener =
-            crate::server::bind(addr).with_context(|| format!("binding the health port {addr}"))?;
-        tracing::info!(addr = %listener.local_addr().unwrap_or(addr), "serving /healthz, /readyz, /metrics, /status");
-        let (state, stop) = (server.clone(), stop_server.clone());
+            crate::server::bind(addr).with_context(|| format!("binding {what} {addr}"))?;
+        tracing::info!(addr = %listener.local_addr().unwrap_or(addr), "serving {paths}");
+        let stop = stop_server.clone();
         tokio::spawn(async move {
             if let Err(err) =
-                crate::server::serve(listener, state, async move { stop.cancelled().await }).await
+                crate::server::serve(listener, router, async move { stop.cancelled().await }).await
             {
-                tracing::error!(error = %err, "health server failed");
+                tracing::error!(error = %err, "the server of {paths} failed");
             }
         });
     }
@@ -853,7 +877,8 @@ pub async fn run(
                     Err(anyhow::anyhow!("lost the leadership; stopped dispatching"))
                 }
                 what = running.failed() => {
-                    server.set_fatal(what.to_string());
+                    tracing::error!(error = %what, "a task of the run died; stopping");
+                    server.set_fatal(what.clone());
                     Err(anyhow::anyhow!("{what}"))
                 }
             }
@@ -927,6 +952,24 @@ mod tests {
         assert!(
             aborted.load(Ordering::SeqCst),
             "the in-flight event was aborted"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_task_that_dies_is_named_with_how_it_ended() {
+        let (mut running, _) = running_with_a_stuck_event(Duration::from_secs(1));
+        running.watchers.spawn(async { panic!("the watch broke") });
+        let why = running.failed().await;
+        assert!(
+            why.starts_with("a watch task ended: ") && why.contains("the watch broke"),
+            "{why}"
+        );
+        running.dispatchers.spawn(async {});
+        running.dispatchers.abort_all();
+        let why = running.failed().await;
+        assert!(
+            why.starts_with("a dispatcher ended: ") && why.contains("cancelled"),
+            "{why}"
         );
     }
 

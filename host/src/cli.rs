@@ -210,13 +210,18 @@ pub struct RunArgs {
     /// Limits of the listeners given with --listener.
     #[command(flatten)]
     pub limits: LimitFlags,
-    /// Port of /healthz, /readyz, /metrics and /status (0 turns the server off).
+    /// Port of /healthz, /readyz and /metrics, the probes' server (0 turns it off).
     #[arg(long, env = "KUBELISTEN_HEALTH_PORT", default_value_t = 8080)]
     pub health_port: u16,
     /// Address the health server binds: `::` (the default) is dual-stack, IPv4 and IPv6 (IPv4
     /// only where the kernel has no IPv6).
     #[arg(long, env = "KUBELISTEN_HEALTH_BIND", default_value = "::")]
     pub health_bind: std::net::IpAddr,
+    /// ADDRESS:PORT of /status, a listener of its own: /status names every watched object, so
+    /// the default is loopback (`kubectl port-forward POD 8081` reaches it). `off`, an empty
+    /// value or port 0 (as with --health-port 0) turns it off.
+    #[arg(long, env = "KUBELISTEN_STATUS_BIND", default_value = "127.0.0.1:8081", value_parser = status_bind)]
+    pub status_bind: StatusBind,
     /// Turns leader election on, with the lock in this namespace.
     #[arg(long, env = "KUBELISTEN_LEADER_ELECTION_NAMESPACE")]
     pub leader_election_namespace: Option<String>,
@@ -315,6 +320,22 @@ impl LimitFlags {
     }
 }
 
+/// Where `/status` is served: `--status-bind`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StatusBind(pub Option<std::net::SocketAddr>);
+
+/// `--status-bind`: `ADDRESS:PORT` (`[::1]:8081` for IPv6), or `off`, empty or port 0 for no
+/// status listener.
+fn status_bind(s: &str) -> Result<StatusBind, String> {
+    if s.is_empty() || s.eq_ignore_ascii_case("off") {
+        return Ok(StatusBind(None));
+    }
+    let addr: std::net::SocketAddr = s.parse().map_err(|_| {
+        format!("{s:?} is not ADDRESS:PORT (say 127.0.0.1:8081 or [::1]:8081) or `off`")
+    })?;
+    Ok(StatusBind((addr.port() != 0).then_some(addr)))
+}
+
 /// `--label-selector`: checked like the API server would (see [`kubelisten::watch::selectors`]).
 fn label_selector(s: &str) -> Result<String, String> {
     kubelisten::watch::selectors::check_label_selector(s).map(|()| s.to_string())
@@ -356,6 +377,31 @@ mod tests {
                 .await
                 .unwrap_or_else(|err| panic!("{ip}: {err}"));
         }
+    }
+
+    #[test]
+    fn status_is_served_on_loopback_by_default_and_can_be_turned_off() {
+        let status = |extra: &[&str]| {
+            let args = [&["run", "--crd", "crd.yaml", "-l", "a.wasm"][..], extra].concat();
+            match parse(&args).map(|cli| cli.command) {
+                Ok(Command::Run(run)) => Ok(run.status_bind.0),
+                Ok(other) => panic!("not run: {other:?}"),
+                Err(err) => Err(err.to_string()),
+            }
+        };
+        assert_eq!(status(&[]), Ok(Some("127.0.0.1:8081".parse().unwrap())));
+        assert_eq!(
+            status(&["--status-bind", "[::1]:9000"]),
+            Ok(Some("[::1]:9000".parse().unwrap()))
+        );
+        for off in ["off", "OFF", "", "127.0.0.1:0"] {
+            assert_eq!(status(&["--status-bind", off]), Ok(None), "{off:?}");
+        }
+        let err = status(&["--status-bind", "8081"]).unwrap_err();
+        assert!(
+            err.contains("--status-bind") && err.contains("is not ADDRESS:PORT"),
+            "{err}"
+        );
     }
 
     #[test]

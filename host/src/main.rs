@@ -26,13 +26,27 @@ fn main() -> ExitCode {
         return code;
     }
     let cli = Cli::parse();
-    init_tracing(cli.log_format);
+    let log_format = cli.log_format;
+    init_tracing(log_format);
     match run(cli) {
         Ok(code) => code,
         Err(err) => {
-            eprintln!("error: {err:#}");
+            report_fatal(log_format, &err);
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Reports the error that ends the process, once. With `--log-format json` it is a log event
+/// (level ERROR, the whole cause chain in the field `error`), so that log pipelines that parse
+/// JSON see why the process exited; a plain `error: ...` line there would be the only line
+/// that is not JSON. With the text format, or when the log filter drops errors
+/// (`RUST_LOG=off`), it is the plain line on stderr, as for any command-line tool.
+fn report_fatal(format: LogFormat, err: &anyhow::Error) {
+    if format == LogFormat::Json && tracing::enabled!(tracing::Level::ERROR) {
+        tracing::error!(error = %format!("{err:#}"), "exiting on an error");
+    } else {
+        eprintln!("error: {err:#}");
     }
 }
 
@@ -257,6 +271,7 @@ fn run_cluster(runtime_config: RuntimeConfig, args: RunArgs) -> anyhow::Result<E
         shutdown_grace: Duration::from_secs(args.shutdown_grace),
         health_addr: (args.health_port != 0)
             .then(|| std::net::SocketAddr::new(args.health_bind, args.health_port)),
+        status_addr: args.status_bind.0,
         leader: leader_config(&args)?,
         modules: args.modules_configmap.clone(),
         watches_from_modules: from_configmap && args.modules_configmap.is_some(),

@@ -755,6 +755,9 @@ impl Drop for Kubelisten {
 #[derive(Debug, Default)]
 struct Features {
     health: Option<u16>,
+    /// The port of the status listener (`--status-bind`, whose default is loopback too: only
+    /// the port is chosen, so that tests running at once do not collide).
+    status: Option<u16>,
     leader_election: bool,
     modules_configmap: bool,
 }
@@ -812,6 +815,9 @@ fn start_kubelisten(installed: &Installed, kubeconfig: &Path, features: &Feature
     }
     if let Some(port) = features.health {
         cmd.args(["--health-port", &port.to_string()]);
+    }
+    if let Some(port) = features.status {
+        cmd.args(["--status-bind", &format!("127.0.0.1:{port}")]);
     }
     if features.leader_election {
         cmd.args([
@@ -900,6 +906,7 @@ async fn runs_with_nothing_but_its_service_account_token() {
     let help = run_help();
     let features = Features {
         health: help.contains("--health-port").then(common::free_port),
+        status: help.contains("--status-bind").then(common::free_port),
         leader_election: help.contains("--leader-election-namespace"),
         modules_configmap: help.contains("--modules-configmap"),
     };
@@ -907,6 +914,10 @@ async fn runs_with_nothing_but_its_service_account_token() {
         (
             "health endpoints (--health-port)",
             features.health.is_some(),
+        ),
+        (
+            "/status on its own listener (--status-bind)",
+            features.status.is_some(),
         ),
         (
             "leader election (--leader-election-namespace)",
@@ -972,8 +983,18 @@ async fn runs_with_nothing_but_its_service_account_token() {
         let (status, metrics) = http_get(port, "/metrics").unwrap();
         assert_eq!(status, 200, "/metrics: {metrics}");
         assert!(!metrics.trim().is_empty(), "/metrics is empty");
+    }
+    // /status names every watched object: not on the probe port, which the pod network
+    // reaches, but on its own listener (loopback by default).
+    let status_port = features.status.or(features.health);
+    if let (Some(health), Some(_)) = (features.health, features.status) {
+        let (status, body) = http_get(health, "/status").unwrap();
+        assert_eq!(status, 404, "/status on the probe port: {body}");
+    }
+    if let Some(port) = status_port {
         let (status, body) = http_get(port, "/status").unwrap();
         assert_eq!(status, 200, "/status: {body}");
+        assert!(body.contains("\"superpod\""), "/status: {body}");
     }
 
     if features.modules_configmap {
@@ -1000,7 +1021,7 @@ async fn runs_with_nothing_but_its_service_account_token() {
             .await
             .unwrap();
         // The swap is applied once /status shows the new listener.
-        if let Some(port) = features.health {
+        if let Some(port) = status_port {
             let mut swapped = false;
             for _ in 0..300 {
                 if http_get(port, "/status").is_ok_and(|(_, body)| body.contains("\"superpod-v2\""))

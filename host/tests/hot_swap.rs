@@ -753,6 +753,8 @@ async fn a_config_file_names_the_watches_and_the_configmap_supplies_the_listener
             "run",
             "--health-port",
             "0",
+            "--status-bind",
+            "off",
             "--log-format",
             "json",
             "--config",

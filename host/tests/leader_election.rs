@@ -129,6 +129,8 @@ fn spawn(
             &port.to_string(),
             "--health-bind",
             "127.0.0.1",
+            "--status-bind",
+            "off",
             "--shutdown-grace",
             "5",
         ])
@@ -604,6 +606,8 @@ async fn a_compiling_standby_is_not_ready_and_stops_at_once() {
             &port.to_string(),
             "--health-bind",
             "127.0.0.1",
+            "--status-bind",
+            "off",
         ])
         .arg("--compiler")
         .arg(&compiler)

@@ -91,7 +91,7 @@ fn run(dir: &Path, api: &Unanswering, args: &[&str]) -> (Child, PathBuf) {
     let child = command
         .arg("run")
         .args(args)
-        .args(["--health-port", "0"])
+        .args(["--health-port", "0", "--status-bind", "off"])
         .env("KUBECONFIG", &kubeconfig)
         .env("KUBELISTEN_CACHE_DIR", dir.join("cache"))
         .env("RUST_LOG", "info")

@@ -305,6 +305,59 @@ async fn a_core_kind_is_watched_without_a_crd_with_a_label_selector() {
     ns.delete().await;
 }
 
+/// With `--log-format json`, the error that ends the process (here a listener whose module
+/// file is missing, found while the watches are set up) is a JSON log line too: level ERROR,
+/// the cause chain in `error`. Every line on stderr is JSON.
+#[test]
+fn the_error_that_ends_the_process_is_a_json_log_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("missing.wasm");
+    let config = dir.path().join("kubelisten.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "watches:\n  - name: cms\n    apiVersion: v1\n    kind: ConfigMap\n    namespaces: [default]\n    listeners: [{{name: gone, module: {}}}]\n",
+            missing.display()
+        ),
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_kubelisten"))
+        .args([
+            "run",
+            "--health-port",
+            "0",
+            "--status-bind",
+            "off",
+            "--config",
+        ])
+        .arg(&config)
+        .env("KUBECONFIG", common::kubeconfig_path())
+        .env("KUBELISTEN_LOG_FORMAT", "json")
+        .env("KUBELISTEN_CACHE_DIR", dir.path().join("cache"))
+        .env("RUST_LOG", "info")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<serde_json::Value> = stderr
+        .lines()
+        .map(|line| {
+            serde_json::from_str(line)
+                .unwrap_or_else(|err| panic!("a line that is not JSON ({err}): {line}\n{stderr}"))
+        })
+        .collect();
+    let fatal = lines
+        .iter()
+        .find(|line| line["level"] == "ERROR")
+        .unwrap_or_else(|| panic!("no ERROR line:\n{stderr}"));
+    let error = fatal["fields"]["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("watch cms: loading listener gone")
+            && error.contains(&missing.display().to_string()),
+        "{stderr}"
+    );
+}
+
 #[test]
 fn malformed_crd_and_config_files_fail_clearly() {
     let dir = tempfile::tempdir().unwrap();
@@ -561,7 +614,14 @@ async fn sigterm_while_a_listener_compiles_at_start_exits_0() {
     .unwrap();
     let log = dir.path().join("stderr.log");
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_kubelisten"))
-        .args(["run", "--health-port", "0", "--config"])
+        .args([
+            "run",
+            "--health-port",
+            "0",
+            "--status-bind",
+            "off",
+            "--config",
+        ])
         .arg(&config)
         .arg("--compiler")
         .arg(&compiler)

@@ -121,6 +121,8 @@ struct Inner {
     disk_cache_entries: usize,
     /// Bytes of this engine's compiled code kept on disk (see [`DISK_CACHE_BYTES`]).
     disk_cache_bytes: u64,
+    /// Set once it was logged that the cache directory cannot hold executable code.
+    unmappable_cache_logged: AtomicBool,
     /// Cancelled by [`Runtime::halt_guests`]: every guest call stops at its next check.
     halt: CancellationToken,
 }
@@ -178,6 +180,7 @@ impl Runtime {
             spare_budget,
             disk_cache_entries,
             disk_cache_bytes,
+            unmappable_cache_logged: AtomicBool::new(false),
             halt: CancellationToken::new(),
         })))
     }
@@ -346,6 +349,15 @@ impl Runtime {
     /// runs becomes resident (the JavaScript and Python guests' tens of MiB of code, copied into
     /// memory, kept an idle host with the two at 111 MiB; mapped, 30 MiB).
     fn load_cache_entry(&self, path: &Path) -> wasmtime::Result<Component> {
+        #[cfg(test)]
+        if tests::MAPPING_FAILS.with(std::cell::Cell::get) {
+            // What wasmtime says where the mapping cannot be made executable (mprotect EACCES
+            // on a `noexec` mount).
+            return Err(
+                wasmtime::Error::new(std::io::Error::from_raw_os_error(libc::EACCES))
+                    .context("unable to make memory executable"),
+            );
+        }
         // SAFETY: the file was written by `Engine::precompile_component` of an engine with the
         // same compatibility hash (part of the file name; this process or its compiler
         // process, checked by `deserialize_file`), in a directory this process owns.
@@ -387,8 +399,12 @@ impl Runtime {
                         // Loaded from memory below instead (a cache directory that does not
                         // allow mapping code, say), or rejected (the pool's limits): either
                         // way the entry would fail every later load too.
-                        tracing::warn!(path = %path.display(), error = %format!("{err:#}"), "cannot load the compiled-code cache entry just written; removing it");
                         remove_entry(path);
+                        // SAFETY: `compiled` was produced just now by this engine.
+                        let component =
+                            unsafe { Component::deserialize(&self.0.engine, &compiled) }?;
+                        self.cache_cannot_map(path, &err);
+                        return Ok(component);
                     }
                 },
                 Err(err) => {
@@ -402,8 +418,8 @@ impl Runtime {
 
     /// [`compile_in_child`] (the worker), its artifact streamed into `cache_entry` (through a
     /// temporary file renamed into place) when there is one and it can be written, else into
-    /// memory; loaded. An artifact that does not load is removed from the cache, and judged by
-    /// [`Runtime::unloadable`].
+    /// memory; loaded. An artifact that does not load mapped from the cache file is removed
+    /// from the cache and loaded from its bytes (see [`Runtime::load_unmapped`]).
     fn compile_by_worker(
         &self,
         program: &Path,
@@ -431,11 +447,51 @@ impl Runtime {
         };
         let written = compile_in_child(program, bytes, &limits, Some(file)).map(|_| ());
         put_in_place(&temp, path, written)?;
-        self.load_cache_entry(path).map_err(|err| {
-            let failure = self.unloadable(&err, Artifact::File(path));
+        self.load_cache_entry(path).or_else(|err| {
+            let loaded = self.load_unmapped(path, &err);
             remove_entry(path);
-            failure
+            loaded
         })
+    }
+
+    /// The compiler process's artifact in the cache file `path`, which did not load mapped
+    /// from the file (`err`), loaded from its bytes. The mapping may be what failed (a cache
+    /// directory on a `noexec` mount cannot hold executable code) while the code is good:
+    /// compiling it again in this process, without the compiler process's memory and time
+    /// bounds, would gain nothing. Only when the bytes do not load either is the artifact
+    /// judged by [`Runtime::unloadable`].
+    fn load_unmapped(&self, path: &Path, err: &wasmtime::Error) -> Result<Component, ChildFailure> {
+        let bytes = match std::fs::read(path) {
+            Ok(bytes) => bytes,
+            Err(read) => {
+                tracing::warn!(path = %path.display(), error = %read, "cannot read the compiled-code cache entry just written");
+                return Err(self.unloadable(err, Artifact::File(path)));
+            }
+        };
+        // SAFETY: as for the load without a cache entry (`compile_by_worker`): the artifact
+        // comes from the configured compiler program, and `deserialize` checks that it was
+        // compiled for this engine's settings and wasmtime version.
+        match unsafe { Component::deserialize(&self.0.engine, &bytes) } {
+            Ok(component) => {
+                self.cache_cannot_map(path, err);
+                Ok(component)
+            }
+            Err(err) => Err(self.unloadable(&err, Artifact::Bytes(&bytes))),
+        }
+    }
+
+    /// Logs, once per runtime (at warn; later at debug), that compiled code loaded from its
+    /// bytes after mapping its cache entry at `path` failed with `err`: the cache directory
+    /// cannot hold executable code, so no entry is kept and each module is compiled again at
+    /// the next start.
+    fn cache_cannot_map(&self, path: &Path, err: &wasmtime::Error) {
+        let dir = path.parent().unwrap_or(path).display();
+        let error = format!("{err:#}");
+        if self.0.unmappable_cache_logged.swap(true, Ordering::Relaxed) {
+            tracing::debug!(%dir, %error, "compiled code loaded into memory: its cache entry cannot be mapped executable");
+        } else {
+            tracing::warn!(%dir, %error, "the compiled-code cache directory cannot hold executable code (a noexec mount?): compiled code is loaded into memory instead and no cache entry is kept, so every start compiles again");
+        }
     }
 
     /// What the compiler process's `artifact`, which this engine refused with `err`, means.
@@ -1109,6 +1165,105 @@ mod tests {
         .unwrap();
         rt.compile(&component(&rt, dir.path(), 2).0).unwrap();
         assert_eq!(rt.compiled_in_child(), 0);
+    }
+
+    thread_local! {
+        /// Makes [`Runtime::load_cache_entry`] fail on this thread as it does where the cache
+        /// directory cannot hold executable code (a `noexec` mount).
+        pub(super) static MAPPING_FAILS: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    }
+
+    /// `compile` with every cache entry failing to map, as on a `noexec` cache directory.
+    fn compile_unmappable(rt: &Runtime, bytes: &[u8]) -> wasmtime::Result<(Component, String)> {
+        MAPPING_FAILS.with(|fails| fails.set(true));
+        let compiled = rt.compile(bytes);
+        MAPPING_FAILS.with(|fails| fails.set(false));
+        compiled
+    }
+
+    /// A component whose export `answer` returns 42.
+    const ANSWER: &str = r#"(component
+        (core module $m (func (export "answer") (result i32) i32.const 42))
+        (core instance $i (instantiate $m))
+        (func (export "answer") (result u32) (canon lift (core func $i "answer"))))"#;
+
+    /// What `component`'s export `answer` returns.
+    fn answer(rt: &Runtime, component: &Component) -> u32 {
+        let mut store = wasmtime::Store::new(rt.engine(), ());
+        store.set_epoch_deadline(1_000_000);
+        let instance = Linker::<()>::new(rt.engine())
+            .instantiate(&mut store, component)
+            .unwrap();
+        let answer = instance
+            .get_typed_func::<(), (u32,)>(&mut store, "answer")
+            .unwrap();
+        answer.call(&mut store, ()).unwrap().0
+    }
+
+    #[test]
+    fn a_cache_directory_that_cannot_hold_code_does_not_make_the_host_compile() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = dir.path().join("cache");
+        let bytes = wat::parse_str(ANSWER).unwrap();
+        // What the worker (this build, `base_config()`) writes for it.
+        let artifact = Engine::new(&base_config())
+            .unwrap()
+            .precompile_component(&bytes)
+            .unwrap();
+        let rt = Runtime::new(RuntimeConfig {
+            cache_dir: Some(cache.clone()),
+            pooling: false,
+            compiler: Some(compiler_writing(dir.path(), &artifact)),
+            ..Default::default()
+        })
+        .unwrap();
+        let (component, _) = compile_unmappable(&rt, &bytes).unwrap();
+        assert_eq!(
+            (rt.compiled_in_child(), rt.compiled_in_process()),
+            (1, 0),
+            "compiled by the worker only"
+        );
+        assert_eq!(answer(&rt, &component), 42);
+        assert_eq!(
+            files_in(&cache),
+            Vec::<String>::new(),
+            "no unusable entry is kept"
+        );
+        assert!(rt.0.unmappable_cache_logged.load(Ordering::Relaxed));
+
+        // A module the pool refuses is still rejected, not compiled again here.
+        let bytes = wat::parse_str(TWO_MEMORIES).unwrap();
+        let artifact = Engine::new(&base_config())
+            .unwrap()
+            .precompile_component(&bytes)
+            .unwrap();
+        let rt = Runtime::new(RuntimeConfig {
+            cache_dir: Some(cache.clone()),
+            pooling: true,
+            pool_instances: 4,
+            compiler: Some(compiler_writing(dir.path(), &artifact)),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(rt.allocator(), AllocatorKind::Pooling);
+        let err = format!(
+            "{:#}",
+            compile_unmappable(&rt, &bytes).map(|_| ()).unwrap_err()
+        );
+        assert!(
+            err.contains("pooling allocator"),
+            "the pool's reason: {err}"
+        );
+        assert_eq!((rt.compiled_in_child(), rt.compiled_in_process()), (0, 0));
+        assert_eq!(files_in(&cache), Vec::<String>::new());
+
+        // Compiled in this process (no compiler process): loaded from memory as well.
+        let rt = runtime(&cache, 10);
+        let (component, _) = compile_unmappable(&rt, &wat::parse_str(ANSWER).unwrap()).unwrap();
+        assert_eq!(rt.compiled_in_process(), 1);
+        assert_eq!(answer(&rt, &component), 42);
+        assert_eq!(files_in(&cache), Vec::<String>::new());
+        assert!(rt.0.unmappable_cache_logged.load(Ordering::Relaxed));
     }
 
     /// Sets the modification time of `path` to `hours` ago.

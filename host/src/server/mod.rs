@@ -1,5 +1,7 @@
-//! The HTTP server on `--health-port` (axum): `/healthz`, `/readyz`, `/metrics`, `/status`.
-//! The router is a plain function of the shared state so tests drive it with `oneshot`.
+//! The HTTP servers (axum). The probe server (`--health-port`, on the pod network) serves
+//! `/healthz`, `/readyz` and `/metrics`; `/status`, which names every watched object, has a
+//! listener of its own ([`status_router`], `--status-bind`, loopback by default). The routers
+//! are plain functions of the shared state so tests drive them with `oneshot`.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
@@ -8,10 +10,10 @@ use std::time::Duration;
 
 use axum::extract::State;
 use axum::http::{header, StatusCode};
-use axum::response::IntoResponse;
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use axum::{Json, Router};
-use serde_json::{json, Value};
+use axum::Router;
+use serde_json::Value;
 
 use crate::metrics::Metrics;
 use crate::watch::leader::ElectionHealth;
@@ -31,6 +33,7 @@ pub struct ListenerStatus {
 }
 
 /// One watch as the server sees it.
+#[derive(Clone)]
 pub struct WatchEntry {
     /// The watch's name.
     pub name: String,
@@ -58,6 +61,8 @@ pub struct ServerState {
     pub election: Mutex<Option<(Arc<ElectionHealth>, Duration)>>,
     /// Set while a standby compiles the listeners' modules ahead of a takeover.
     warming: std::sync::atomic::AtomicBool,
+    /// One `/status` body is built at a time (it is O(objects)); further requests wait.
+    status_turn: tokio::sync::Semaphore,
 }
 
 /// What the hot swap rejected, for `/status` and `/readyz`.
@@ -82,6 +87,7 @@ impl ServerState {
             rejections: Mutex::new(None),
             election: Mutex::new(None),
             warming: std::sync::atomic::AtomicBool::new(false),
+            status_turn: tokio::sync::Semaphore::new(1),
         }
     }
 
@@ -127,23 +133,35 @@ impl ServerState {
     fn standby(&self) -> bool {
         *Self::lock(&self.leader) == Some(false)
     }
+
+    /// The running watches, copied out (names and handles: cheap) so that no handler holds
+    /// the lock while it works on them.
+    fn watch_entries(&self) -> Vec<WatchEntry> {
+        Self::lock(&self.watches).clone()
+    }
 }
 
-/// The router.
+/// The probe server's router: `/healthz`, `/readyz`, `/metrics`.
 pub fn router(state: Arc<ServerState>) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .with_state(state)
+}
+
+/// The status listener's router: `/status`.
+pub fn status_router(state: Arc<ServerState>) -> Router {
+    Router::new()
         .route("/status", get(status))
         .with_state(state)
 }
 
-/// Binds the health server's address. The unspecified IPv6 address (`::`, the default) is
-/// always bound dual-stack, IPv4 included whatever `net.ipv6.bindv6only` says, so the
-/// kubelet's probes reach it on IPv4, IPv6 and dual-stack clusters alike (to serve IPv6 only,
-/// bind a specific IPv6 address); where the kernel has no IPv6 at all, `0.0.0.0` (the same
-/// port) is bound instead.
+/// Binds a server's address (the probe server's, the status listener's). The unspecified IPv6
+/// address (`::`, the probe server's default) is always bound dual-stack, IPv4 included
+/// whatever `net.ipv6.bindv6only` says, so the kubelet's probes reach it on IPv4, IPv6 and
+/// dual-stack clusters alike (to serve IPv6 only, bind a specific IPv6 address); where the
+/// kernel has no IPv6 at all, `0.0.0.0` (the same port) is bound instead.
 ///
 /// # Errors
 /// The address cannot be bound (in use, not allowed).
@@ -197,16 +215,16 @@ fn dual_stack(addr: std::net::SocketAddr) -> std::io::Result<std::net::TcpListen
     Ok(socket.into())
 }
 
-/// Serves `router(state)` on `listener` until `shutdown`.
+/// Serves `router` ([`router`] or [`status_router`]) on `listener` until `shutdown`.
 ///
 /// # Errors
 /// The server failed.
 pub async fn serve(
     listener: tokio::net::TcpListener,
-    state: Arc<ServerState>,
+    router: Router,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(state))
+    axum::serve(listener, router)
         .with_graceful_shutdown(shutdown)
         .await
 }
@@ -219,7 +237,8 @@ async fn healthz(State(state): State<Arc<ServerState>>) -> (StatusCode, String) 
             format!("unhealthy: {why}\n"),
         );
     }
-    let problems: Vec<String> = ServerState::lock(&state.watches)
+    let problems: Vec<String> = state
+        .watch_entries()
         .iter()
         .filter_map(|w| {
             w.state
@@ -262,7 +281,7 @@ async fn readyz(State(state): State<Arc<ServerState>>) -> (StatusCode, String) {
         }
         return (StatusCode::OK, "ok: standby, not the leader\n".into());
     }
-    let watches = ServerState::lock(&state.watches);
+    let watches = state.watch_entries();
     if watches.is_empty() {
         return (
             StatusCode::SERVICE_UNAVAILABLE,
@@ -317,36 +336,99 @@ async fn metrics(State(state): State<Arc<ServerState>>) -> impl IntoResponse {
 }
 
 /// Per watch: sync state, listeners (running digest, last rejected update) and every object's
-/// computed status.
-async fn status(State(state): State<Arc<ServerState>>) -> Json<Value> {
-    let watches: Vec<Value> = ServerState::lock(&state.watches)
-        .iter()
-        .map(|w| {
-            let objects: BTreeMap<String, Value> = w
-                .state
-                .objects()
-                .into_iter()
-                .map(|(k, (s, m))| (k, json!({"status": s.as_str(), "message": m})))
-                .collect();
-            json!({
-                "name": w.name,
-                "resource": w.state.resource(),
-                "synced": w.state.synced.load(Ordering::Relaxed),
-                "ready": w.state.ready(),
-                "waitingForTarget": w.state.waiting(),
-                "events": w.state.events.load(Ordering::Relaxed),
-                "listeners": (w.listeners)(),
-                "objects": objects,
-            })
+/// computed status. The body is O(objects), so it is built one request at a time (a request
+/// that comes meanwhile waits for its turn), from a copy of the watch list taken under the lock
+/// and released at once, on the blocking pool: neither the probes nor the lease renewals,
+/// which may share the one worker thread of a 1-CPU pod, wait for it.
+async fn status(State(state): State<Arc<ServerState>>) -> Response {
+    let Ok(_turn) = state.status_turn.acquire().await else {
+        // The semaphore is never closed.
+        return (StatusCode::SERVICE_UNAVAILABLE, "stopping\n").into_response();
+    };
+    let watches = state.watch_entries();
+    let rejections = ServerState::lock(&state.rejections).clone();
+    let leader = *ServerState::lock(&state.leader);
+    let built = tokio::task::spawn_blocking(move || {
+        serde_json::to_vec(&StatusReport {
+            leader,
+            watches: watches.iter().map(WatchReport::of).collect(),
+            rejected: rejections.map(|r| r.rejected()).unwrap_or_default(),
         })
-        .collect();
-    let rejected = ServerState::lock(&state.rejections)
-        .as_ref()
-        .map(|r| r.rejected())
-        .unwrap_or_default();
-    Json(
-        json!({"leader": *ServerState::lock(&state.leader), "watches": watches, "rejected": rejected}),
-    )
+    })
+    .await;
+    match built {
+        Ok(Ok(body)) => ([(header::CONTENT_TYPE, "application/json")], body).into_response(),
+        Ok(Err(err)) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("cannot encode the status: {err}\n"),
+        )
+            .into_response(),
+        Err(err) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("building the status failed: {err}\n"),
+        )
+            .into_response(),
+    }
+}
+
+/// The body of `/status`.
+#[derive(serde::Serialize)]
+struct StatusReport {
+    leader: Option<bool>,
+    watches: Vec<WatchReport>,
+    rejected: BTreeMap<String, Value>,
+}
+
+/// One watch in `/status`.
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct WatchReport {
+    name: String,
+    resource: String,
+    synced: bool,
+    ready: bool,
+    waiting_for_target: Option<String>,
+    events: u64,
+    listeners: Vec<ListenerStatus>,
+    objects: Objects,
+}
+
+impl WatchReport {
+    fn of(w: &WatchEntry) -> Self {
+        Self {
+            name: w.name.clone(),
+            resource: w.state.resource(),
+            synced: w.state.synced.load(Ordering::Relaxed),
+            ready: w.state.ready(),
+            waiting_for_target: w.state.waiting(),
+            events: w.state.events.load(Ordering::Relaxed),
+            listeners: (w.listeners)(),
+            objects: Objects(w.state.objects()),
+        }
+    }
+}
+
+/// Every object of a watch, serialized as `{"ns/name": {"status", "message"}}` straight from
+/// the watch's map (no intermediate JSON tree).
+struct Objects(BTreeMap<String, (crate::status::Status, String)>);
+
+impl serde::Serialize for Objects {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        #[derive(serde::Serialize)]
+        struct Object<'a> {
+            status: &'static str,
+            message: &'a str,
+        }
+        serializer.collect_map(self.0.iter().map(|(key, (status, message))| {
+            (
+                key,
+                Object {
+                    status: status.as_str(),
+                    message,
+                },
+            )
+        }))
+    }
 }
 
 #[cfg(test)]
@@ -357,7 +439,12 @@ mod tests {
     use super::*;
 
     async fn get(state: &Arc<ServerState>, path: &str) -> (u16, String) {
-        let response = router(state.clone())
+        send(router(state.clone()), path).await
+    }
+
+    /// GETs `path` from `router`: (status, body).
+    async fn send(router: Router, path: &str) -> (u16, String) {
+        let response = router
             .oneshot(
                 axum::http::Request::get(path)
                     .body(axum::body::Body::empty())
@@ -431,5 +518,145 @@ mod tests {
         );
         state.set_warming(false);
         assert_eq!(get(&state, "/readyz").await.0, 200);
+    }
+
+    /// A watch named `things` tracking `objects` objects, with `listeners` as its listener
+    /// list (called while `/status` is built).
+    fn state_with_objects(
+        objects: usize,
+        listeners: Arc<dyn Fn() -> Vec<ListenerStatus> + Send + Sync>,
+    ) -> Arc<ServerState> {
+        use crate::event::{EventKind, ObjectMeta, ResourceEvent};
+        let state = Arc::new(ServerState::new(
+            Arc::new(Metrics::new()),
+            false,
+            Duration::from_secs(60),
+        ));
+        let watch = Arc::new(WatchState::default());
+        watch.dispatcher_alive.store(true, Ordering::Relaxed);
+        watch.activity();
+        for n in 0..objects {
+            let raw = format!(
+                r#"{{"apiVersion":"v1","kind":"X","metadata":{{"name":"o{n}","namespace":"ns","uid":"u{n}","resourceVersion":"1"}}}}"#
+            );
+            let meta = ObjectMeta::from_json(&raw).unwrap();
+            watch.track(&ResourceEvent::new(
+                EventKind::Create,
+                Arc::from(raw),
+                meta,
+                Default::default(),
+            ));
+        }
+        state.set_watches(vec![WatchEntry {
+            name: "things".into(),
+            state: watch,
+            listeners,
+        }]);
+        state
+    }
+
+    #[tokio::test]
+    async fn status_is_served_by_its_own_router_only() {
+        let state = state_with_objects(2, Arc::new(Vec::new));
+        assert_eq!(get(&state, "/status").await.0, 404, "on the probe port");
+        assert_eq!(send(status_router(state.clone()), "/healthz").await.0, 404);
+        let (code, body) = send(status_router(state.clone()), "/status").await;
+        assert_eq!(code, 200, "{body}");
+        let body: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(body["leader"], Value::Null);
+        let watch = &body["watches"][0];
+        assert_eq!(watch["name"], "things");
+        assert_eq!(watch["waitingForTarget"], Value::Null);
+        assert_eq!(
+            watch["objects"]["ns/o1"],
+            serde_json::json!({"status": "Unknown", "message": ""}),
+            "{body}"
+        );
+        assert_eq!(body["rejected"], serde_json::json!({}));
+    }
+
+    /// A listener list that blocks the `/status` build until released (or 10 s pass), says so
+    /// through `entered` when the build reaches it, and records whether it was released.
+    fn blocking_listeners(
+        entered: tokio::sync::mpsc::UnboundedSender<()>,
+        release: std::sync::mpsc::Receiver<()>,
+        released: Arc<std::sync::atomic::AtomicBool>,
+    ) -> Arc<dyn Fn() -> Vec<ListenerStatus> + Send + Sync> {
+        let release = Mutex::new(release);
+        Arc::new(move || {
+            let _ = entered.send(());
+            let ok = ServerState::lock(&release)
+                .recv_timeout(Duration::from_secs(10))
+                .is_ok();
+            released.store(ok, Ordering::SeqCst);
+            Vec::new()
+        })
+    }
+
+    /// While a `/status` body of a large watch is being built, `/healthz` and `/readyz`
+    /// answer on the same single-threaded runtime: the build holds neither the watches' lock
+    /// nor the runtime's thread.
+    #[tokio::test]
+    async fn probes_answer_while_a_status_is_built() {
+        let (entered_tx, mut entered) = tokio::sync::mpsc::unbounded_channel();
+        let (release, release_rx) = std::sync::mpsc::channel();
+        let released = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let state = state_with_objects(
+            20_000,
+            blocking_listeners(entered_tx, release_rx, released.clone()),
+        );
+        let building = tokio::spawn(send(status_router(state.clone()), "/status"));
+        entered
+            .recv()
+            .await
+            .expect("the build reached the listeners");
+        assert_eq!(get(&state, "/healthz").await, (200, "ok\n".into()));
+        assert_eq!(get(&state, "/readyz").await.0, 503, "not listed yet");
+        let _ = release.send(());
+        let (code, body) = building.await.unwrap();
+        assert_eq!(code, 200);
+        assert!(
+            released.load(Ordering::SeqCst),
+            "the probes only answered after the status build was over"
+        );
+        let body: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(
+            body["watches"][0]["objects"].as_object().unwrap().len(),
+            20_000
+        );
+    }
+
+    /// Concurrent `/status` requests are built one after the other: a second one does not
+    /// start while the first is being built, and is served once it is done.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn status_bodies_are_built_one_at_a_time() {
+        let (entered_tx, mut entered) = tokio::sync::mpsc::unbounded_channel();
+        let (release, release_rx) = std::sync::mpsc::channel();
+        let released = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let state = state_with_objects(
+            10,
+            blocking_listeners(entered_tx, release_rx, released.clone()),
+        );
+        let first = tokio::spawn(send(status_router(state.clone()), "/status"));
+        entered.recv().await.expect("the first build started");
+        let second = tokio::spawn(send(status_router(state.clone()), "/status"));
+        // Without the one-at-a-time rule the second build would start now (on another
+        // thread); it may take a moment, so give it up to 2 s. With the rule it never does
+        // before the first is released.
+        let second_started = tokio::time::timeout(Duration::from_secs(2), entered.recv())
+            .await
+            .is_ok();
+        assert!(
+            !second_started,
+            "a second /status build ran alongside the first"
+        );
+        release.send(()).unwrap();
+        assert_eq!(first.await.unwrap().0, 200);
+        entered
+            .recv()
+            .await
+            .expect("the second build started after the first");
+        release.send(()).unwrap();
+        assert_eq!(second.await.unwrap().0, 200);
     }
 }

@@ -189,6 +189,7 @@ pub fn settings(workers: usize) -> RunSettings {
         watch_timeout: Duration::from_secs(30),
         shutdown_grace: Duration::from_secs(10),
         health_addr: None,
+        status_addr: None,
         leader: None,
         modules: None,
         watches_from_modules: false,
@@ -203,7 +204,8 @@ pub fn runtime() -> Runtime {
 /// The host running in-process.
 pub struct TestHost {
     running: Option<Running>,
-    /// The health/metrics server state (drive it with `server::router(...).oneshot(...)`).
+    /// The servers' state (drive it with `server::router(...).oneshot(...)`, or
+    /// `server::status_router`).
     pub server: Arc<kubelisten::server::ServerState>,
     rx: mpsc::UnboundedReceiver<Dispatched>,
     /// Every attempt seen so far, in arrival order.
@@ -275,11 +277,17 @@ impl TestHost {
         }
     }
 
-    /// GETs `path` from the host's health/metrics router: (status, body).
+    /// GETs `path` from the host's router that serves it in `kubelisten run`: the status
+    /// listener's for `/status`, the probe server's for the rest: (status, body).
     pub async fn get(&self, path: &str) -> (u16, String) {
         use http_body_util::BodyExt;
         use tower::ServiceExt;
-        let response = kubelisten::server::router(self.server.clone())
+        let router = if path == "/status" {
+            kubelisten::server::status_router(self.server.clone())
+        } else {
+            kubelisten::server::router(self.server.clone())
+        };
+        let response = router
             .oneshot(
                 axum::http::Request::get(path)
                     .body(axum::body::Body::empty())
