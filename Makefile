@@ -5,7 +5,7 @@ GUESTS := rust-metrics rust-logger faulty noop json-parse superpod probe bench-l
 # The listeners of issue 9, one per language (each installs its toolchain from the registries).
 POLYGLOT_GUESTS := rust-listener python-listener js-listener c-listener go-listener
 
-.PHONY: help bench-e2e reliability reliability-ci demo demo-replay test test-bench guests versioned-guests host fmt clippy bench cluster-up cluster-down cluster-status
+.PHONY: help bench-e2e reliability reliability-ci demo demo-replay test test-bench test-fuzz-inputs guests versioned-guests host fmt clippy bench cluster-up cluster-down cluster-status
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
@@ -39,18 +39,23 @@ demo: guests host ## run the demo against the local control plane
 demo-replay: guests host ## the offline demo: replay recorded events, no cluster
 	deploy/demo/replay.sh
 
-test: test-bench guests guests-polyglot versioned-guests ## run every test (builds the guests, brings up the local control plane)
+test: test-bench test-fuzz-inputs guests guests-polyglot versioned-guests ## run every test (builds the guests, brings up the local control plane)
 	deploy/local/with-cluster.sh cargo test --workspace --all-targets --no-fail-fast
 
 test-bench: ## unit tests of the benchmark and reliability scripts' checks (Python standard library, no cluster)
 	python3 -m unittest discover -s bench -p 'test_*.py'
 
+test-fuzz-inputs: ## replay the fuzz targets' seeds and regression inputs on stable (host/fuzz/tests/regressions.rs)
+	cd host/fuzz && CARGO_TARGET_DIR=../../target cargo test --no-default-features
+
 fmt: ## check formatting
 	cargo fmt --all -- --check
+	cd host/fuzz && cargo fmt --all -- --check
 	cd guests && cargo fmt --all -- --check
 
 clippy: ## lint the host and the guests
 	cargo clippy --all-targets -- -D warnings
+	cd host/fuzz && CARGO_TARGET_DIR=../../target cargo clippy --no-default-features --all-targets -- -D warnings
 	cd guests && CARGO_TARGET_DIR=$(GUEST_TARGET_DIR) cargo clippy --release --target wasm32-wasip2 -- -D warnings
 
 bench: guests guests-polyglot ## run the dispatch benchmark (Rust guests and the five polyglot listeners)

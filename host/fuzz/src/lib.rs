@@ -86,7 +86,10 @@ pub fn configmap(data: &[u8]) {
         }
         return;
     }
-    let module = format!("listener{}", SUFFIXES[usize::from(selector) % SUFFIXES.len()]);
+    let module = format!(
+        "listener{}",
+        SUFFIXES[usize::from(selector) % SUFFIXES.len()]
+    );
     let entry = Entry {
         name: "fuzz".into(),
         watch: None,
