@@ -13,6 +13,7 @@ use harness::{TestHost, Things};
 use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::ByteString;
 use kube::api::{Api, Patch, PatchParams, PostParams};
+use kubelisten::event::EventKind;
 use kubelisten::hotswap::ModulesConfigMap;
 use serde_json::json;
 use support::Capture;
@@ -1086,44 +1087,89 @@ async fn a_listener_rejected_at_start_keeps_the_process_unready_until_a_good_ver
 }
 
 /// A process started with a modules ConfigMap that does not exist yet runs its watch with no
-/// listener: /readyz answers 503 naming the ConfigMap until it is created; then its listener
-/// joins and gets a create of the object made meanwhile.
+/// listener: /readyz answers 503 naming the ConfigMap until it is created. An object created
+/// meanwhile is acknowledged with nobody called; once the ConfigMap is there, its listener joins
+/// and gets that object once, as the catch-up create.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_missing_modules_configmap_keeps_the_process_unready_until_it_is_created() {
     let t = Things::new().await;
     let cms: Api<ConfigMap> = Api::namespaced(t.client.clone(), t.ns.name());
-    let s = host_for(t, cms).await;
-    let (code, body) = s.host.get("/readyz").await;
+    let Setup {
+        t,
+        mut host,
+        capture,
+        cms,
+    } = host_for(t, cms).await;
+    let (code, body) = host.get("/readyz").await;
     assert_eq!(code, 503, "{body}");
-    let missing = format!("modules ConfigMap {}/modules not found", s.t.ns.name());
+    let missing = format!("modules ConfigMap {}/modules not found", t.ns.name());
     assert!(body.contains(&missing), "{body}");
-    // Acknowledged with nobody called, as the README says ...
-    s.t.create("early", json!({}), &[]).await;
-    s.cms
-        .create(
-            &PostParams::default(),
-            &configmap(
-                "modules",
-                LISTENERS,
-                &[("counter.wasm", guest_bytes("versioned-v1"))],
-            ),
-        )
-        .await
-        .unwrap();
-    body_until(&s.host, "/readyz", "ready once the ConfigMap exists", |b| {
+    let early = |d: &kubelisten::dispatch::dispatcher::Dispatched| d.event.meta.name == "early";
+    // Acknowledged with nobody called, as the README says (waited for: the listener can then
+    // learn of it only from its catch-up) ...
+    t.create("early", json!({}), &[]).await;
+    host.wait_for(
+        Duration::from_secs(60),
+        "the create of early to be acknowledged",
+        |seen| seen.iter().any(early),
+    )
+    .await;
+    assert!(capture.lines().is_empty(), "{:?}", capture.lines());
+    cms.create(
+        &PostParams::default(),
+        &configmap(
+            "modules",
+            LISTENERS,
+            &[("counter.wasm", guest_bytes("versioned-v1"))],
+        ),
+    )
+    .await
+    .unwrap();
+    body_until(&host, "/readyz", "ready once the ConfigMap exists", |b| {
         b == "ok: leader\n"
     })
     .await;
     // ... and covered by the catch-up create the listener gets when it joins.
-    let capture = s.capture.clone();
-    eventually("v1 to handle early", || {
-        lines(&capture)
-            .iter()
-            .any(|l| l.1 == "early" && l.0 == "v1")
-    })
+    host.wait_for(
+        Duration::from_secs(60),
+        "the catch-up create of early",
+        |seen| seen.iter().any(|d| early(d) && !d.report.calls.is_empty()),
+    )
     .await;
-    s.host.stop().await;
-    s.t.ns.delete().await;
+    let seen = host.stop().await;
+    let delivered: Vec<_> = seen
+        .iter()
+        .filter(|d| early(d))
+        .map(|d| {
+            let calls: Vec<_> = d
+                .report
+                .calls
+                .iter()
+                .map(|c| (c.listener.to_string(), c.export.as_str(), c.outcome.label()))
+                .collect();
+            (d.event.kind, d.event.initial, calls)
+        })
+        .collect();
+    assert_eq!(
+        delivered,
+        [
+            (EventKind::Create, false, vec![]),
+            (
+                EventKind::Create,
+                true,
+                vec![("counter".to_string(), "create", "ok")]
+            ),
+        ],
+        "{}",
+        harness::describe(&seen)
+    );
+    let handled: Vec<_> = lines(&capture)
+        .into_iter()
+        .filter(|l| l.1 == "early")
+        .map(|l| (l.0, l.3))
+        .collect();
+    assert_eq!(handled, [("v1".to_string(), 1)]);
+    t.ns.delete().await;
 }
 
 /// An update whose listener set would leave the watch with no listener is rejected as a whole,
