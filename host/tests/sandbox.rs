@@ -1233,6 +1233,10 @@ fn a_host_panic_in_a_state_hand_over_starts_the_new_version_fresh() {
     }
 }
 
+/// A chain admits every listener before calling the first (`Chain::dispatch`); a listener due
+/// for a probe that the chain then does not call (an earlier listener failed, or a later one is
+/// backed off) gets its ticket back. A ticket kept would hold its probe slot for the probe's
+/// lease (tens of seconds), every event for the listener skipped as "being probed" meanwhile.
 #[test]
 fn a_chain_hands_back_the_probes_of_listeners_it_did_not_call() {
     let (rt, _capture, _cache) = runtime();
