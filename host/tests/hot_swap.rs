@@ -114,18 +114,23 @@ async fn body_until(
 
 /// Waits until `/status` shows `counter` running the module with these bytes.
 async fn counter_runs(host: &TestHost, module: &[u8]) {
+    runs(host, "counter", module).await;
+}
+
+/// Waits until `/status` shows `listener` running the module with these bytes.
+async fn runs(host: &TestHost, listener: &str, module: &[u8]) {
     let digest = digest_of(module);
     body_until(
         host,
         "/status",
-        &format!("counter to run {digest}"),
+        &format!("{listener} to run {digest}"),
         |body| {
             serde_json::from_str::<serde_json::Value>(body).is_ok_and(|status| {
                 status["watches"][0]["listeners"]
                     .as_array()
                     .is_some_and(|ls| {
                         ls.iter()
-                            .any(|l| l["name"] == "counter" && l["digest"] == *digest)
+                            .any(|l| l["name"] == listener && l["digest"] == *digest)
                     })
             })
         },
@@ -1339,6 +1344,116 @@ async fn start_code_runs_with_the_entrys_grants_at_load() {
     cms.get("made-at-start")
         .await
         .expect("the start code's ConfigMap");
+    host.stop().await;
+    t.ns.delete().await;
+}
+
+/// The cluster calls of `listener` its policy denied so far, per `/metrics`.
+async fn denials(host: &TestHost, listener: &str) -> u64 {
+    let (_, metrics) = host.get("/metrics").await;
+    let series = format!("kubelisten_cluster_calls_denied_total{{listener=\"{listener}\"}} ");
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(&series))
+        .map_or(0, |n| n.parse().unwrap())
+}
+
+/// A new version of a running listener is tried at load with the grants of its new entry (its
+/// start code creates a ConfigMap), while the running version keeps its own until the swap:
+/// a rejected version changes nothing the running one may do. The instance tried at load, kept
+/// to serve events, has the grants of the listener's name from then on.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_changed_listeners_start_code_runs_with_its_new_entrys_grants_at_load() {
+    let t = Things::new().await;
+    let ns = t.ns.name().to_string();
+    let configmap_json = |name: &str| {
+        format!(
+            r#"{{"apiVersion":"v1","kind":"ConfigMap","metadata":{{"name":"{name}","namespace":"{ns}"}}}}"#
+        )
+    };
+    let entry = |grants: &str| {
+        format!(
+            "listeners:\n  - name: starter\n    module: starter.wasm\n    mode: reference\n{grants}"
+        )
+    };
+    let granted = entry(&format!(
+        "    capabilities:\n      grants:\n        - {{apiGroups: [\"\"], resources: [configmaps], verbs: [create], namespaces: [{ns}]}}\n"
+    ));
+    // Running: no grants; each event's call tries to create a ConfigMap.
+    let v1 = support::wat_listener_creating(
+        "",
+        "(drop (call $cluster_ok))",
+        &configmap_json("made-by-v1"),
+    );
+    let cms: Api<ConfigMap> = Api::namespaced(t.client.clone(), &ns);
+    cms.create(
+        &PostParams::default(),
+        &configmap("modules", &entry(""), &[("starter.wasm", v1)]),
+    )
+    .await
+    .unwrap();
+    let (mut host, _runtime) = cluster_host(&t, Arc::new(Capture::default())).await;
+    body_until(&host, "/readyz", "the starter listener to be loaded", |b| {
+        b == "ok: leader\n"
+    })
+    .await;
+
+    // A version whose start code creates a ConfigMap, then traps: rejected, having run with
+    // the new entry's grants ...
+    let trapping = support::wat_listener_creating(
+        "(drop (call $cluster_ok)) unreachable",
+        "",
+        &configmap_json("tried-at-start"),
+    );
+    push(&cms, &granted, &[("starter.wasm", trapping)]).await;
+    eventually("the trapping version to be rejected", || {
+        host.rejection("starter")
+            .is_some_and(|r| r.error.contains("cannot be instantiated"))
+    })
+    .await;
+    cms.get("tried-at-start")
+        .await
+        .expect("the rejected version's start code ran with its entry's grants");
+    // ... while the running version kept its own: none.
+    t.create("a", json!({}), &[]).await;
+    host.wait_for(Duration::from_secs(60), "the event of a", |seen| {
+        seen.iter()
+            .any(|d| d.event.meta.name == "a" && d.report.succeeded())
+    })
+    .await;
+    assert!(cms.get_opt("made-by-v1").await.unwrap().is_none());
+
+    // A version whose start code traps unless its create is allowed: loaded.
+    let start = "(drop (call $cluster_ok)) \
+        (if (i32.and (i32.eq (i32.load8_u (i32.const 32)) (i32.const 1)) \
+                     (i32.eq (i32.load8_u (i32.const 36)) (i32.const 2))) \
+          (then unreachable))";
+    let v2 = support::wat_listener_creating(
+        start,
+        "(drop (call $cluster_ok))",
+        &configmap_json("made-at-start"),
+    );
+    push(&cms, &granted, &[("starter.wasm", v2.clone())]).await;
+    runs(&host, "starter", &v2).await;
+    assert!(host.rejection("starter").is_none());
+    cms.get("made-at-start")
+        .await
+        .expect("the start code's ConfigMap");
+
+    // The grant taken away (the same module: its instance tried at load is kept): its first
+    // event's create is denied.
+    let swaps = || *host.chain(0).swaps().borrow();
+    let before = swaps();
+    push(&cms, &entry(""), &[("starter.wasm", v2)]).await;
+    eventually("the grant change to apply", || swaps() > before).await;
+    let denied = denials(&host, "starter").await;
+    t.create("b", json!({}), &[]).await;
+    host.wait_for(Duration::from_secs(60), "the event of b", |seen| {
+        seen.iter()
+            .any(|d| d.event.meta.name == "b" && d.report.succeeded())
+    })
+    .await;
+    assert_eq!(denials(&host, "starter").await, denied + 1);
     host.stop().await;
     t.ns.delete().await;
 }
