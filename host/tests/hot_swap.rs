@@ -13,6 +13,7 @@ use harness::{TestHost, Things};
 use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::ByteString;
 use kube::api::{Api, Patch, PatchParams, PostParams};
+use kubelisten::event::EventKind;
 use kubelisten::hotswap::ModulesConfigMap;
 use serde_json::json;
 use support::Capture;
@@ -113,18 +114,23 @@ async fn body_until(
 
 /// Waits until `/status` shows `counter` running the module with these bytes.
 async fn counter_runs(host: &TestHost, module: &[u8]) {
+    runs(host, "counter", module).await;
+}
+
+/// Waits until `/status` shows `listener` running the module with these bytes.
+async fn runs(host: &TestHost, listener: &str, module: &[u8]) {
     let digest = digest_of(module);
     body_until(
         host,
         "/status",
-        &format!("counter to run {digest}"),
+        &format!("{listener} to run {digest}"),
         |body| {
             serde_json::from_str::<serde_json::Value>(body).is_ok_and(|status| {
                 status["watches"][0]["listeners"]
                     .as_array()
                     .is_some_and(|ls| {
                         ls.iter()
-                            .any(|l| l["name"] == "counter" && l["digest"] == *digest)
+                            .any(|l| l["name"] == listener && l["digest"] == *digest)
                     })
             })
         },
@@ -1088,44 +1094,89 @@ async fn a_listener_rejected_at_start_keeps_the_process_unready_until_a_good_ver
 }
 
 /// A process started with a modules ConfigMap that does not exist yet runs its watch with no
-/// listener: /readyz answers 503 naming the ConfigMap until it is created; then its listener
-/// joins and gets a create of the object made meanwhile.
+/// listener: /readyz answers 503 naming the ConfigMap until it is created. An object created
+/// meanwhile is acknowledged with nobody called; once the ConfigMap is there, its listener joins
+/// and gets that object once, as the catch-up create.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_missing_modules_configmap_keeps_the_process_unready_until_it_is_created() {
     let t = Things::new().await;
     let cms: Api<ConfigMap> = Api::namespaced(t.client.clone(), t.ns.name());
-    let s = host_for(t, cms).await;
-    let (code, body) = s.host.get("/readyz").await;
+    let Setup {
+        t,
+        mut host,
+        capture,
+        cms,
+    } = host_for(t, cms).await;
+    let (code, body) = host.get("/readyz").await;
     assert_eq!(code, 503, "{body}");
-    let missing = format!("modules ConfigMap {}/modules not found", s.t.ns.name());
+    let missing = format!("modules ConfigMap {}/modules not found", t.ns.name());
     assert!(body.contains(&missing), "{body}");
-    // Acknowledged with nobody called, as the README says ...
-    s.t.create("early", json!({}), &[]).await;
-    s.cms
-        .create(
-            &PostParams::default(),
-            &configmap(
-                "modules",
-                LISTENERS,
-                &[("counter.wasm", guest_bytes("versioned-v1"))],
-            ),
-        )
-        .await
-        .unwrap();
-    body_until(&s.host, "/readyz", "ready once the ConfigMap exists", |b| {
+    let early = |d: &kubelisten::dispatch::dispatcher::Dispatched| d.event.meta.name == "early";
+    // Acknowledged with nobody called, as the README says (waited for: the listener can then
+    // learn of it only from its catch-up) ...
+    t.create("early", json!({}), &[]).await;
+    host.wait_for(
+        Duration::from_secs(60),
+        "the create of early to be acknowledged",
+        |seen| seen.iter().any(early),
+    )
+    .await;
+    assert!(capture.lines().is_empty(), "{:?}", capture.lines());
+    cms.create(
+        &PostParams::default(),
+        &configmap(
+            "modules",
+            LISTENERS,
+            &[("counter.wasm", guest_bytes("versioned-v1"))],
+        ),
+    )
+    .await
+    .unwrap();
+    body_until(&host, "/readyz", "ready once the ConfigMap exists", |b| {
         b == "ok: leader\n"
     })
     .await;
     // ... and covered by the catch-up create the listener gets when it joins.
-    let capture = s.capture.clone();
-    eventually("v1 to handle early", || {
-        lines(&capture)
-            .iter()
-            .any(|l| l.1 == "early" && l.0 == "v1")
-    })
+    host.wait_for(
+        Duration::from_secs(60),
+        "the catch-up create of early",
+        |seen| seen.iter().any(|d| early(d) && !d.report.calls.is_empty()),
+    )
     .await;
-    s.host.stop().await;
-    s.t.ns.delete().await;
+    let seen = host.stop().await;
+    let delivered: Vec<_> = seen
+        .iter()
+        .filter(|d| early(d))
+        .map(|d| {
+            let calls: Vec<_> = d
+                .report
+                .calls
+                .iter()
+                .map(|c| (c.listener.to_string(), c.export.as_str(), c.outcome.label()))
+                .collect();
+            (d.event.kind, d.event.initial, calls)
+        })
+        .collect();
+    assert_eq!(
+        delivered,
+        [
+            (EventKind::Create, false, vec![]),
+            (
+                EventKind::Create,
+                true,
+                vec![("counter".to_string(), "create", "ok")]
+            ),
+        ],
+        "{}",
+        harness::describe(&seen)
+    );
+    let handled: Vec<_> = lines(&capture)
+        .into_iter()
+        .filter(|l| l.1 == "early")
+        .map(|l| (l.0, l.3))
+        .collect();
+    assert_eq!(handled, [("v1".to_string(), 1)]);
+    t.ns.delete().await;
 }
 
 /// An update whose listener set would leave the watch with no listener is rejected as a whole,
@@ -1295,6 +1346,116 @@ async fn start_code_runs_with_the_entrys_grants_at_load() {
     cms.get("made-at-start")
         .await
         .expect("the start code's ConfigMap");
+    host.stop().await;
+    t.ns.delete().await;
+}
+
+/// The cluster calls of `listener` its policy denied so far, per `/metrics`.
+async fn denials(host: &TestHost, listener: &str) -> u64 {
+    let (_, metrics) = host.get("/metrics").await;
+    let series = format!("kubelisten_cluster_calls_denied_total{{listener=\"{listener}\"}} ");
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(&series))
+        .map_or(0, |n| n.parse().unwrap())
+}
+
+/// A new version of a running listener is tried at load with the grants of its new entry (its
+/// start code creates a ConfigMap), while the running version keeps its own until the swap:
+/// a rejected version changes nothing the running one may do. The instance tried at load, kept
+/// to serve events, has the grants of the listener's name from then on.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_changed_listeners_start_code_runs_with_its_new_entrys_grants_at_load() {
+    let t = Things::new().await;
+    let ns = t.ns.name().to_string();
+    let configmap_json = |name: &str| {
+        format!(
+            r#"{{"apiVersion":"v1","kind":"ConfigMap","metadata":{{"name":"{name}","namespace":"{ns}"}}}}"#
+        )
+    };
+    let entry = |grants: &str| {
+        format!(
+            "listeners:\n  - name: starter\n    module: starter.wasm\n    mode: reference\n{grants}"
+        )
+    };
+    let granted = entry(&format!(
+        "    capabilities:\n      grants:\n        - {{apiGroups: [\"\"], resources: [configmaps], verbs: [create], namespaces: [{ns}]}}\n"
+    ));
+    // Running: no grants; each event's call tries to create a ConfigMap.
+    let v1 = support::wat_listener_creating(
+        "",
+        "(drop (call $cluster_ok))",
+        &configmap_json("made-by-v1"),
+    );
+    let cms: Api<ConfigMap> = Api::namespaced(t.client.clone(), &ns);
+    cms.create(
+        &PostParams::default(),
+        &configmap("modules", &entry(""), &[("starter.wasm", v1)]),
+    )
+    .await
+    .unwrap();
+    let (mut host, _runtime) = cluster_host(&t, Arc::new(Capture::default())).await;
+    body_until(&host, "/readyz", "the starter listener to be loaded", |b| {
+        b == "ok: leader\n"
+    })
+    .await;
+
+    // A version whose start code creates a ConfigMap, then traps: rejected, having run with
+    // the new entry's grants ...
+    let trapping = support::wat_listener_creating(
+        "(drop (call $cluster_ok)) unreachable",
+        "",
+        &configmap_json("tried-at-start"),
+    );
+    push(&cms, &granted, &[("starter.wasm", trapping)]).await;
+    eventually("the trapping version to be rejected", || {
+        host.rejection("starter")
+            .is_some_and(|r| r.error.contains("cannot be instantiated"))
+    })
+    .await;
+    cms.get("tried-at-start")
+        .await
+        .expect("the rejected version's start code ran with its entry's grants");
+    // ... while the running version kept its own: none.
+    t.create("a", json!({}), &[]).await;
+    host.wait_for(Duration::from_secs(60), "the event of a", |seen| {
+        seen.iter()
+            .any(|d| d.event.meta.name == "a" && d.report.succeeded())
+    })
+    .await;
+    assert!(cms.get_opt("made-by-v1").await.unwrap().is_none());
+
+    // A version whose start code traps unless its create is allowed: loaded.
+    let start = "(drop (call $cluster_ok)) \
+        (if (i32.and (i32.eq (i32.load8_u (i32.const 32)) (i32.const 1)) \
+                     (i32.eq (i32.load8_u (i32.const 36)) (i32.const 2))) \
+          (then unreachable))";
+    let v2 = support::wat_listener_creating(
+        start,
+        "(drop (call $cluster_ok))",
+        &configmap_json("made-at-start"),
+    );
+    push(&cms, &granted, &[("starter.wasm", v2.clone())]).await;
+    runs(&host, "starter", &v2).await;
+    assert!(host.rejection("starter").is_none());
+    cms.get("made-at-start")
+        .await
+        .expect("the start code's ConfigMap");
+
+    // The grant taken away (the same module: its instance tried at load is kept): its first
+    // event's create is denied.
+    let swaps = || *host.chain(0).swaps().borrow();
+    let before = swaps();
+    push(&cms, &entry(""), &[("starter.wasm", v2)]).await;
+    eventually("the grant change to apply", || swaps() > before).await;
+    let denied = denials(&host, "starter").await;
+    t.create("b", json!({}), &[]).await;
+    host.wait_for(Duration::from_secs(60), "the event of b", |seen| {
+        seen.iter()
+            .any(|d| d.event.meta.name == "b" && d.report.succeeded())
+    })
+    .await;
+    assert_eq!(denials(&host, "starter").await, denied + 1);
     host.stop().await;
     t.ns.delete().await;
 }

@@ -1233,6 +1233,10 @@ fn a_host_panic_in_a_state_hand_over_starts_the_new_version_fresh() {
     }
 }
 
+/// A chain admits every listener before calling the first (`Chain::dispatch`); a listener due
+/// for a probe that the chain then does not call (an earlier listener failed, or a later one is
+/// backed off) gets its ticket back. A ticket kept would hold its probe slot for the probe's
+/// lease (tens of seconds), every event for the listener skipped as "being probed" meanwhile.
 #[test]
 fn a_chain_hands_back_the_probes_of_listeners_it_did_not_call() {
     let (rt, _capture, _cache) = runtime();
@@ -1681,6 +1685,27 @@ fn the_compile_worker_compiles_for_the_host_and_fills_the_code_cache() {
     assert_eq!(rt.compiled_in_child(), 1);
 }
 
+/// `kubelisten compile-worker` behind a script that keeps, in `dir`, the exit status
+/// (`PID.status`) and the output (`PID.out`) of each of its runs. It passes the host's
+/// arguments (`compile-worker --memory-bytes N --parent PID`) on with its own pid as the
+/// parent's: the worker checks that its parent is that process.
+fn recording_compiler(dir: &std::path::Path) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let script = dir.join("recording-compiler.sh");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\n\"{kubelisten}\" \"$1\" \"$2\" \"$3\" \"$4\" $$ > \"{dir}/$$.out\"\n\
+             status=$?\necho $status > \"{dir}/$$.status\"\ncat \"{dir}/$$.out\"\nexit $status\n",
+            kubelisten = env!("CARGO_BIN_EXE_kubelisten"),
+            dir = dir.display(),
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    script
+}
+
 /// A module the instance pool cannot hold (two memories in one core module, which
 /// multi-memory allows) compiles in `kubelisten compile-worker`, whose engine has no pool, but
 /// its code does not load into the host's pooling engine: it is rejected with the pool's
@@ -1689,9 +1714,10 @@ fn the_compile_worker_compiles_for_the_host_and_fills_the_code_cache() {
 #[test]
 fn a_module_the_pool_refuses_is_rejected_after_the_workers_compile_only() {
     let cache = tempfile::tempdir().unwrap();
+    let worker = tempfile::tempdir().unwrap();
     let rt = kubelisten::Runtime::new(kubelisten::RuntimeConfig {
         cache_dir: Some(cache.path().to_path_buf()),
-        compiler: Some(env!("CARGO_BIN_EXE_kubelisten").into()),
+        compiler: Some(recording_compiler(worker.path())),
         pooling: true,
         pool_instances: 4,
         ..kubelisten::RuntimeConfig::default()
@@ -1715,6 +1741,21 @@ fn a_module_the_pool_refuses_is_rejected_after_the_workers_compile_only() {
         .map(|e| e.unwrap().file_name())
         .collect();
     assert!(left.is_empty(), "left in the code cache: {left:?}");
+    // The worker compiled it, for each check (nothing was kept): it succeeded, and its output
+    // is compiled code of a component.
+    let mut runs = Vec::new();
+    for entry in std::fs::read_dir(worker.path()).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "status") {
+            let output = std::fs::read(path.with_extension("out")).unwrap();
+            runs.push((
+                std::fs::read_to_string(&path).unwrap().trim().to_string(),
+                wasmtime::Engine::detect_precompiled(&output),
+            ));
+        }
+    }
+    let compiled = ("0".to_string(), Some(wasmtime::Precompiled::Component));
+    assert_eq!(runs, [compiled.clone(), compiled]);
 }
 
 /// The `cluster` import of [`support::wat_listener`]'s `$cluster_ok`: succeeds once `on` is set,

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 
-use harness::{delete, listener, patch_spec, settings, Proxy, TestHost, Things};
+use harness::{delete, listener, patch_spec, proxied_client, settings, TestHost, Things};
 use kubelisten::event::EventKind;
 use kubelisten::runtime::Mode;
 use serde_json::json;
@@ -23,19 +23,6 @@ use serde_json::json;
 const GROUP: &str = "relist.kubelisten.dev";
 const KIND: &str = "Gap";
 const PLURAL: &str = "gaps";
-
-/// A client that reaches the API server only through a [`Proxy`] the test controls.
-async fn proxied_client() -> (Proxy, kube::Client) {
-    let mut config = common::config().await;
-    let upstream = config
-        .cluster_url
-        .authority()
-        .expect("server address")
-        .to_string();
-    let proxy = Proxy::start(upstream).await;
-    config.cluster_url = proxy.url.parse().unwrap();
-    (proxy, kube::Client::try_from(config).unwrap())
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_gap_with_an_expired_resource_version_is_healed_by_a_relist() {

@@ -483,6 +483,40 @@ impl ClusterAccess for KubeCluster {
                 caller.listener
             )));
         };
+        self.call_with(caller, &access, request)
+    }
+}
+
+/// [`KubeCluster::granting`]'s access: one listener's calls with grants of their own.
+struct Granted {
+    cluster: Arc<KubeCluster>,
+    access: ListenerAccess,
+}
+
+impl ClusterAccess for Granted {
+    fn call(&self, caller: &Caller, request: ClusterRequest) -> Result<String, ApiError> {
+        self.cluster.call_with(caller, &self.access, request)
+    }
+}
+
+impl KubeCluster {
+    /// Access for code of a listener that runs before its version does (the start code of a
+    /// new version, tried at load): with `capabilities` and a rate limit of their own, whatever
+    /// the listener's name is granted now ([`KubeCluster::set_capabilities`]).
+    pub fn granting(self: &Arc<Self>, capabilities: Capabilities) -> Arc<dyn ClusterAccess> {
+        Arc::new(Granted {
+            cluster: self.clone(),
+            access: ListenerAccess::new(capabilities, Instant::now()),
+        })
+    }
+
+    /// Performs `request` for `caller` with `access`.
+    fn call_with(
+        &self,
+        caller: &Caller,
+        access: &ListenerAccess,
+        request: ClusterRequest,
+    ) -> Result<String, ApiError> {
         // The request's own bound, and never past what the guest's call has left.
         let limit = caller
             .time_left
@@ -498,7 +532,7 @@ impl ClusterAccess for KubeCluster {
         }
         self.handle.block_on(async {
             tokio::select! {
-                timed = tokio::time::timeout(limit, self.perform(caller, &access, request)) => match timed {
+                timed = tokio::time::timeout(limit, self.perform(caller, access, request)) => match timed {
                     Ok(result) => result,
                     Err(_) => Err(ApiError::Timeout(format!("no answer within {limit:?}"))),
                 },

@@ -6,11 +6,13 @@
 //! replaced atomically. Events already in a call
 //! finish on the old version; later events use the new one. A reference-mode listener whose old
 //! and new modules both implement the `stateful-listener` world gets the old instance's state;
-//! otherwise it starts fresh, and the log says so. New capabilities are set before the new
-//! chains run; a listener whose module and settings did not change keeps its instance and gets
-//! the new grants. A bad update (a module that does not load or cannot be instantiated with its
-//! limits, an unknown watch, a watch left with no listener) is rejected
-//! (Warning Event on the ConfigMap, log, metric, `/status`) and the running version keeps serving.
+//! otherwise it starts fresh, and the log says so. A new version's start code, tried at load,
+//! runs with its entry's grants; the running version keeps its own until the swap, which sets
+//! the new capabilities before the new chains run. A listener whose module and settings did not
+//! change keeps its instance and gets the new grants. A bad update (a module that does not load
+//! or cannot be instantiated with its limits, an unknown watch, a watch left with no listener)
+//! is rejected (Warning Event on the ConfigMap, log, metric, `/status`) and the running version
+//! keeps serving.
 
 pub mod source;
 
@@ -425,8 +427,8 @@ impl HotSwap {
     }
 
     /// Builds the listener of `entry` unless the running one already has the same module and
-    /// settings (`Ok(None)`): compiled and instantiated once with its limits
-    /// ([`Listener::from_bytes`]) on the blocking pool.
+    /// settings (`Ok(None)`): compiled and instantiated once with its limits and grants
+    /// ([`Listener::from_bytes_tried_with`]) on the blocking pool.
     async fn build(
         &self,
         entry: &Entry,
@@ -450,15 +452,12 @@ impl HotSwap {
             }
         }
         // The trial instantiation runs the module's start code, which may call the cluster
-        // (a Go `init()` reading its settings): a listener that does not run yet gets its
-        // entry's grants now, as it will have them at its first event (no other code runs
-        // under its name). A running one keeps its current grants until the swap, so its start
-        // code runs with those at this load.
-        if let Some(cluster) = &self.cluster {
-            if !self.lock().running.contains_key(&entry.name) {
-                cluster.set_capabilities(&entry.name, entry.capabilities.clone());
-            }
-        }
+        // (a Go `init()` reading its settings): with its entry's grants, as the version will
+        // have them at its first event. A running version keeps its own until the swap.
+        let trial = match &self.cluster {
+            Some(cluster) => cluster.granting(entry.capabilities.clone()),
+            None => self.runtime.cluster(),
+        };
         let spec = ListenerSpec {
             name: entry.name.clone(),
             path: entry.module.clone().into(),
@@ -467,9 +466,10 @@ impl HotSwap {
             capabilities: entry.capabilities.clone(),
         };
         let runtime = self.runtime.clone();
-        let built =
-            tokio::task::spawn_blocking(move || Listener::from_bytes(&runtime, &spec, &bytes))
-                .await;
+        let built = tokio::task::spawn_blocking(move || {
+            Listener::from_bytes_tried_with(&runtime, &spec, &bytes, trial)
+        })
+        .await;
         match built {
             Ok(Ok(listener)) => Ok(Some(Arc::new(listener))),
             // The rejection names the listener already: keep only what is wrong.

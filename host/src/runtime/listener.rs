@@ -15,7 +15,7 @@ use super::backoff::{CrashLoop, CrashLoopConfig, Ticket};
 use super::bindings::{Event, Listener as ListenerWorld, ListenerPre, WatchError};
 use super::check;
 use super::engine::{Runtime, SpareTicket, EPOCH_TICK, HALT_CHECK_TICKS};
-use super::host::ChainState;
+use super::host::{ChainState, ClusterAccess};
 use super::limits::Limits;
 use super::state::HostState;
 use super::trap::{Halted, TrapKind};
@@ -405,6 +405,22 @@ impl Listener {
     /// what is wrong with the module, or [`Error::InstantiationFailed`] saying why it cannot be
     /// instantiated.
     pub fn from_bytes(runtime: &Runtime, spec: &ListenerSpec, bytes: &[u8]) -> Result<Self> {
+        Self::from_bytes_tried_with(runtime, spec, bytes, runtime.cluster())
+    }
+
+    /// [`Listener::from_bytes`] whose trial instantiation (the module's start code) reaches the
+    /// cluster through `cluster` rather than the runtime's access: a hot swap tries a new version
+    /// with the grants of its own entry while the running version keeps its own. A reference
+    /// instance kept from the trial uses the runtime's access from its first event on.
+    ///
+    /// # Errors
+    /// As [`Listener::from_bytes`].
+    pub fn from_bytes_tried_with(
+        runtime: &Runtime,
+        spec: &ListenerSpec,
+        bytes: &[u8],
+        cluster: Arc<dyn ClusterAccess>,
+    ) -> Result<Self> {
         if let Some((key, problem)) = spec.limits.problem() {
             return Err(Error::BadLimits {
                 listener: spec.name.clone(),
@@ -448,7 +464,7 @@ impl Listener {
             stats: ListenerStats::default(),
         };
         listener
-            .trial()
+            .trial(cluster)
             .map_err(|reason| Error::InstantiationFailed {
                 listener: spec.name.clone(),
                 reason,
@@ -458,15 +474,16 @@ impl Listener {
     }
 
     /// Instantiates the module once, as an event would ([`Listener::build_instance`]: the
-    /// store, limiter and epoch deadline of a call); a reference-mode listener keeps the
-    /// instance for its first event. A full instance pool says nothing about the module: it is
-    /// logged and the module accepted (its events report the pool, as they would anyway).
+    /// store, limiter and epoch deadline of a call), its cluster calls served by `cluster`; a
+    /// reference-mode listener keeps the instance for its first event. A full instance pool
+    /// says nothing about the module: it is logged and the module accepted (its events report
+    /// the pool, as they would anyway).
     ///
     /// # Errors
     /// Why the module cannot be instantiated with its limits.
-    fn trial(&self) -> std::result::Result<(), String> {
+    fn trial(&self, cluster: Arc<dyn ClusterAccess>) -> std::result::Result<(), String> {
         let built = contain(true, || {
-            Ok(match self.build_instance() {
+            Ok(match self.build_instance_with(cluster) {
                 Ok(instance) => Ok(Some(instance)),
                 Err((_, err)) if not_the_modules_doing(&err) => {
                     tracing::warn!(listener = %self.name, error = %format!("{err:#}"), "the instance pool is full or the host is out of memory: the module is accepted without a trial instantiation");
@@ -476,7 +493,11 @@ impl Listener {
             })
         });
         match built {
-            Ok(Ok(Some(instance))) if self.mode == Mode::Reference => {
+            Ok(Ok(Some(mut instance))) if self.mode == Mode::Reference => {
+                instance
+                    .store
+                    .data_mut()
+                    .set_cluster(self.runtime.cluster());
                 self.stats.instances.fetch_add(1, Ordering::Relaxed);
                 *self
                     .persistent
@@ -781,7 +802,15 @@ impl Listener {
     fn build_instance(
         &self,
     ) -> std::result::Result<Persistent, (Store<HostState>, wasmtime::Error)> {
-        let mut store = self.new_store();
+        self.build_instance_with(self.runtime.cluster())
+    }
+
+    /// [`Listener::build_instance`] whose cluster calls `cluster` serves.
+    fn build_instance_with(
+        &self,
+        cluster: Arc<dyn ClusterAccess>,
+    ) -> std::result::Result<Persistent, (Store<HostState>, wasmtime::Error)> {
+        let mut store = self.new_store_with(cluster);
         let instance = match self.pre.instance_pre().instantiate(&mut store) {
             Ok(instance) => instance,
             Err(err) => return Err((store, err)),
@@ -849,10 +878,15 @@ impl Listener {
     }
 
     fn new_store(&self) -> Store<HostState> {
+        self.new_store_with(self.runtime.cluster())
+    }
+
+    /// A fresh store whose cluster calls `cluster` serves.
+    fn new_store_with(&self, cluster: Arc<dyn ClusterAccess>) -> Store<HostState> {
         let state = HostState::new(
             self.name.clone(),
             self.runtime.sink(),
-            self.runtime.cluster(),
+            cluster,
             &self.limits,
             self.runtime.halt_token(),
         );

@@ -99,6 +99,11 @@ impl HostState {
         }
     }
 
+    /// Serves the cluster calls from now on with `cluster`.
+    pub(crate) fn set_cluster(&mut self, cluster: Arc<dyn ClusterAccess>) {
+        self.cluster = cluster;
+    }
+
     /// Whether [`Runtime::halt_guests`](super::Runtime::halt_guests) stopped every call.
     pub(crate) fn halted(&self) -> bool {
         self.halt.is_cancelled()

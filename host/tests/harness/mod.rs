@@ -602,6 +602,19 @@ impl Proxy {
     }
 }
 
+/// A client that reaches the API server only through a [`Proxy`] the test controls.
+pub async fn proxied_client() -> (Proxy, kube::Client) {
+    let mut config = crate::common::config().await;
+    let upstream = config
+        .cluster_url
+        .authority()
+        .expect("server address")
+        .to_string();
+    let proxy = Proxy::start(upstream).await;
+    config.cluster_url = proxy.url.parse().unwrap();
+    (proxy, kube::Client::try_from(config).unwrap())
+}
+
 /// A runtime whose guests reach the cluster through `client` with the capabilities granted in
 /// `config`, logging guest lines to `sink`.
 pub fn runtime_with_cluster(
