@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use kube::core::params::{DeleteParams, GetParams, ListParams, Patch, PatchParams, PostParams};
 use kube::core::{ApiResource, DynamicObject, GroupVersionKind, Request, Resource};
 use kube::Client;
+use serde_json::value::RawValue;
 
 use self::policy::{Access, Capabilities, Verb};
 use self::rate::TokenBucket;
@@ -388,17 +389,15 @@ impl KubeCluster {
                     field_manager: Some(manager.clone()),
                     ..PostParams::default()
                 },
-                with_namespace(&object, namespace.as_deref())?,
+                Box::<str>::from(with_namespace(&object, namespace.as_deref())?)
+                    .into_boxed_bytes()
+                    .into_vec(),
             ),
-            ClusterRequest::Apply(object) => {
-                let value: serde_json::Value = serde_json::from_str(&object)
-                    .map_err(|e| ApiError::Invalid(format!("object is not JSON: {e}")))?;
-                req.patch(
-                    &target.name,
-                    &PatchParams::apply(&manager),
-                    &Patch::Apply(value),
-                )
-            }
+            ClusterRequest::Apply(object) => req.patch(
+                &target.name,
+                &PatchParams::apply(&manager),
+                &Patch::Apply(with_namespace(&object, None)?),
+            ),
             ClusterRequest::Patch(r, ty, patch) => {
                 req.patch(&r.name, &PatchParams::default(), &patch_of(ty, &patch)?)
             }
@@ -559,6 +558,7 @@ impl Target {
     /// What `request` is about, once every guest-supplied part of the URL it would build (name,
     /// namespace, group and version) is a valid path segment.
     fn of(request: &ClusterRequest, caller: &Caller) -> Result<Self, ApiError> {
+        check_sizes(request)?;
         let target = Self::parse(request, caller)?;
         target.validate(request)?;
         Ok(target)
@@ -630,23 +630,19 @@ impl Target {
                 status: false,
             },
             ClusterRequest::Create(object) | ClusterRequest::Apply(object) => {
-                let value: serde_json::Value = serde_json::from_str(object)
-                    .map_err(|e| ApiError::Invalid(format!("object is not JSON: {e}")))?;
-                let text = |p: &str| {
-                    value
-                        .pointer(p)
-                        .and_then(serde_json::Value::as_str)
-                        .map(str::to_string)
-                };
+                let object = Members::parse(object)?;
+                let metadata = object.metadata();
+                let meta = |field: &str| metadata.as_ref().and_then(|m| m.text(field));
                 Target {
-                    api_version: text("/apiVersion")
+                    api_version: object
+                        .text("apiVersion")
                         .ok_or_else(|| ApiError::Invalid("object has no apiVersion".into()))?,
-                    kind: text("/kind")
+                    kind: object
+                        .text("kind")
                         .ok_or_else(|| ApiError::Invalid("object has no kind".into()))?,
                     // A namespaced object without a namespace goes to the event object's namespace.
-                    namespace: text("/metadata/namespace")
-                        .or_else(|| caller.event_namespace.clone()),
-                    name: text("/metadata/name").unwrap_or_default(),
+                    namespace: meta("namespace").or_else(|| caller.event_namespace.clone()),
+                    name: meta("name").unwrap_or_default(),
                     verb: if matches!(request, ClusterRequest::Apply(_)) {
                         Verb::Apply
                     } else {
@@ -734,29 +730,108 @@ fn kind_name(field: &str, value: &str) -> Result<(), ApiError> {
     }
 }
 
-/// The object JSON with `metadata.namespace` set (when the kind is namespaced).
-fn with_namespace(object: &str, namespace: Option<&str>) -> Result<Vec<u8>, ApiError> {
-    let mut value: serde_json::Value = serde_json::from_str(object)
-        .map_err(|e| ApiError::Invalid(format!("object is not JSON: {e}")))?;
-    if let (Some(ns), Some(meta)) = (
-        namespace,
-        value.get_mut("metadata").and_then(|m| m.as_object_mut()),
-    ) {
-        meta.entry("namespace").or_insert_with(|| ns.into());
+/// A JSON object's members, each kept as its text: what the policy reads of a guest's object or
+/// patch, without building a tree of it (a `serde_json::Value` costs tens of times its text: a
+/// guest could make the host allocate gigabytes from a body its own memory limit allows).
+/// A member given twice counts once, the last (as the API server reads it), and the body sent is
+/// re-serialized from these members: what goes out is what the policy checked.
+struct Members(std::collections::BTreeMap<String, Box<RawValue>>);
+
+impl Members {
+    /// The members of `text`, which must be a JSON object.
+    fn parse(text: &str) -> Result<Self, ApiError> {
+        serde_json::from_str(text)
+            .map(Self)
+            .map_err(|e| ApiError::Invalid(format!("object is not a JSON object: {e}")))
     }
-    serde_json::to_vec(&value).map_err(|e| ApiError::Invalid(e.to_string()))
+
+    /// The string member `name`, if it is one.
+    fn text(&self, name: &str) -> Option<String> {
+        serde_json::from_str(self.0.get(name)?.get()).ok()
+    }
+
+    /// The members of the `metadata` member, if it is an object.
+    fn metadata(&self) -> Option<Self> {
+        serde_json::from_str(self.0.get("metadata")?.get())
+            .ok()
+            .map(Self)
+    }
+
+    fn to_raw(&self) -> Result<Box<RawValue>, ApiError> {
+        serde_json::value::to_raw_value(&self.0).map_err(|e| ApiError::Invalid(e.to_string()))
+    }
 }
 
-fn patch_of(ty: PatchType, patch: &str) -> Result<Patch<serde_json::Value>, ApiError> {
-    let value: serde_json::Value = serde_json::from_str(patch)
-        .map_err(|e| ApiError::Invalid(format!("patch is not JSON: {e}")))?;
+/// The object JSON to send, with `metadata.namespace` set when `namespace` is given and the
+/// object has a `metadata` object without one.
+fn with_namespace(object: &str, namespace: Option<&str>) -> Result<Box<RawValue>, ApiError> {
+    let mut members = Members::parse(object)?;
+    // Re-serialized whether or not the namespace is added, so that a member given twice in
+    // `metadata` is sent once too.
+    if let Some(mut metadata) = members.metadata() {
+        if let Some(ns) = namespace.filter(|_| !metadata.0.contains_key("namespace")) {
+            let ns = serde_json::value::to_raw_value(ns)
+                .map_err(|e| ApiError::Invalid(e.to_string()))?;
+            metadata.0.insert("namespace".into(), ns);
+        }
+        members.0.insert("metadata".into(), metadata.to_raw()?);
+    }
+    members.to_raw()
+}
+
+/// A guest's patch, checked to be JSON (a merge patch is passed on as its text).
+fn patch_of(ty: PatchType, patch: &str) -> Result<Patch<Box<RawValue>>, ApiError> {
     Ok(match ty {
-        PatchType::Merge => Patch::Merge(value),
+        PatchType::Merge => Patch::Merge(
+            serde_json::from_str(patch)
+                .map_err(|e| ApiError::Invalid(format!("patch is not JSON: {e}")))?,
+        ),
         PatchType::Json => Patch::Json(
-            serde_json::from_value(value)
+            serde_json::from_str(patch)
                 .map_err(|e| ApiError::Invalid(format!("not a JSON patch: {e}")))?,
         ),
     })
+}
+
+/// Largest object or patch a guest may send, in bytes: the API server's own request body limit
+/// (`--max-request-body-bytes`, 3 MiB; etcd keeps at most 1.5 MiB per object). Larger ones are
+/// refused before they are read.
+const MAX_BODY_BYTES: usize = 3 << 20;
+
+/// Longest label or field selector a guest may send, in bytes (the URL holds at most 64 KiB).
+const MAX_SELECTOR_BYTES: usize = 16 << 10;
+
+/// Refuses bodies and selectors no API server would accept, before anything reads them.
+fn check_sizes(request: &ClusterRequest) -> Result<(), ApiError> {
+    let body = match request {
+        ClusterRequest::Create(body)
+        | ClusterRequest::Apply(body)
+        | ClusterRequest::Patch(_, _, body)
+        | ClusterRequest::PatchStatus(_, _, body) => Some(body),
+        _ => None,
+    };
+    if let Some(body) = body.filter(|b| b.len() > MAX_BODY_BYTES) {
+        return Err(ApiError::Invalid(format!(
+            "the object or patch is {} bytes, more than the API server's request limit of {} MiB",
+            body.len(),
+            MAX_BODY_BYTES >> 20
+        )));
+    }
+    if let ClusterRequest::List { options, .. } = request {
+        for (field, selector) in [
+            ("label-selector", &options.label_selector),
+            ("field-selector", &options.field_selector),
+        ] {
+            if let Some(selector) = selector.as_ref().filter(|s| s.len() > MAX_SELECTOR_BYTES) {
+                return Err(ApiError::Invalid(format!(
+                    "{field} is {} bytes, more than {} KiB",
+                    selector.len(),
+                    MAX_SELECTOR_BYTES >> 10
+                )));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Whether `err` says the request's path is not served at all (a 404 naming no object: the
@@ -940,6 +1015,42 @@ mod tests {
             }
         });
         Client::new(service, "default")
+    }
+
+    #[test]
+    fn the_body_sent_is_what_the_policy_read() {
+        // A namespace is added to a metadata object without one.
+        let sent = with_namespace(
+            r#"{"kind":"Pod","metadata":{"name":"p"},"spec":{"a":[1,{"b":null}]}}"#,
+            Some("ns"),
+        )
+        .unwrap();
+        let sent: serde_json::Value = serde_json::from_str(sent.get()).unwrap();
+        assert_eq!(
+            sent,
+            serde_json::json!({"kind":"Pod","metadata":{"name":"p","namespace":"ns"},"spec":{"a":[1,{"b":null}]}})
+        );
+        // A member given twice is sent once, as the policy read it (the last).
+        let twice =
+            r#"{"kind":"Pod","metadata":{"namespace":"other","name":"p","namespace":"ns"}}"#;
+        let read = Members::parse(twice)
+            .unwrap()
+            .metadata()
+            .unwrap()
+            .text("namespace");
+        assert_eq!(read.as_deref(), Some("ns"));
+        let sent = with_namespace(twice, Some("x")).unwrap();
+        assert_eq!(
+            sent.get(),
+            r#"{"kind":"Pod","metadata":{"name":"p","namespace":"ns"}}"#
+        );
+        // A metadata that is not an object is left to the API server to refuse.
+        let odd = with_namespace(r#"{"kind":"Pod","metadata":5}"#, Some("ns")).unwrap();
+        assert_eq!(odd.get(), r#"{"kind":"Pod","metadata":5}"#);
+        assert!(matches!(
+            with_namespace("[1]", None),
+            Err(ApiError::Invalid(_))
+        ));
     }
 
     #[test]
