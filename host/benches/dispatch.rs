@@ -19,7 +19,7 @@ use kubelisten::event::ResourceEvent;
 use kubelisten::runtime::{Limits, Mode, Runtime, RuntimeConfig, TracingSink};
 use support::{chain, guest, guest_path, update_event};
 
-/// A Deployment-like object of about 2 KiB.
+/// A Deployment-like object of about 2 KiB (with a `kubectl apply` annotation, as most have).
 fn object() -> String {
     let containers: Vec<serde_json::Value> = (0..3)
         .map(|i| {
@@ -39,7 +39,13 @@ fn object() -> String {
             "name": "bench", "namespace": "default", "uid": "0b6a5d4e-1c3f-4a43-9e1d-2f6c1a7b8c9d",
             "resourceVersion": "123456", "generation": 7,
             "labels": {"app": "bench", "tier": "backend", "team": "platform"},
-            "annotations": {"deployment.kubernetes.io/revision": "7", "kubelisten.dev/owner": "bench"}
+            "annotations": {
+                "deployment.kubernetes.io/revision": "7", "kubelisten.dev/owner": "bench",
+                "kubectl.kubernetes.io/last-applied-configuration": format!(
+                    r#"{{"apiVersion":"apps/v1","kind":"Deployment","metadata":{{"name":"bench","namespace":"default"}},"spec":{{"replicas":3,"template":{{"spec":{{"containers":[{}]}}}}}}}}"#,
+                    (0..3).map(|i| format!(r#"{{"name":"container-{i}","image":"registry.example.com/team/app-{i}:v1.2.{i}"}}"#)).collect::<Vec<_>>().join(",")
+                )
+            }
         },
         "spec": {
             "replicas": 3,

@@ -38,12 +38,18 @@ pub fn chain(runtime: &Runtime, name: &str, path: PathBuf, mode: Mode, limits: L
     )])
 }
 
-/// An update event carrying `raw`.
+/// An update event carrying `raw` and, as every live update does, the previous object: `raw`
+/// at an earlier resourceVersion (the same size).
 pub fn update_event(raw: &str) -> ResourceEvent {
-    ResourceEvent::new(
-        EventKind::Update,
-        Arc::from(raw),
-        ObjectMeta::from_json(raw).expect("object"),
-        Default::default(),
-    )
+    let mut previous: serde_json::Value = serde_json::from_str(raw).expect("object");
+    previous["metadata"]["resourceVersion"] = "1".into();
+    ResourceEvent {
+        old_object: Some(Arc::from(previous.to_string())),
+        ..ResourceEvent::new(
+            EventKind::Update,
+            Arc::from(raw),
+            ObjectMeta::from_json(raw).expect("object"),
+            Default::default(),
+        )
+    }
 }
