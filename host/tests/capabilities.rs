@@ -230,6 +230,57 @@ async fn calls_outside_the_policy_are_refused_before_reaching_the_server() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn json_and_merge_patches_reach_the_api_server_as_sent() {
+    let t = Things::new().await;
+    let (host, capture) = start_probe(
+        &t,
+        "grants:\n  - {apiGroups: [watch.kubelisten.dev], resources: [things, things/status], verbs: [patch]}\n",
+    )
+    .await;
+    let calls = json!([
+        {"op": "patch-status", "body": "{\"status\":{\"merged\":true}}"},
+        {"op": "json-patch-status", "body": "[{\"op\":\"add\",\"path\":\"/status/jsonPatched\",\"value\":{\"n\":[1,2]}}]"},
+        {"op": "json-patch", "body": "[{\"op\":\"add\",\"path\":\"/spec/jsonPatched\",\"value\":\"yes\"}]"},
+        // Checked before anything is sent: not a JSON patch, an unknown op.
+        {"op": "json-patch", "body": "{\"spec\":{}}"},
+        {"op": "json-patch", "body": "[{\"op\":\"frobnicate\",\"path\":\"/spec\"}]"},
+        // Sent, and refused by the API server: a test that fails.
+        {"op": "json-patch", "body": "[{\"op\":\"test\",\"path\":\"/spec/jsonPatched\",\"value\":\"no\"}]"},
+    ]);
+    t.create(
+        "patched",
+        json!({}),
+        &[("kubelisten.dev/probe", &calls.to_string())],
+    )
+    .await;
+    let result = eventually("the probe result", async || {
+        probe_result(&capture, "patched")
+    })
+    .await;
+    let ok: Vec<u64> = result["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["ok"].as_u64().unwrap())
+        .collect();
+    assert_eq!(ok, [1, 1, 1, 0, 0, 0], "{result}");
+    let results = result["results"].as_array().unwrap();
+    for (i, expected) in [(3, "not a JSON patch"), (4, "unknown op \"frobnicate\"")] {
+        assert!(
+            results[i]["errors"].get("invalid").is_some()
+                && results[i]["message"].as_str().unwrap().contains(expected),
+            "{result}"
+        );
+    }
+    host.stop().await;
+    let thing = t.api.get("patched").await.unwrap();
+    assert_eq!(thing.data["status"]["merged"], true);
+    assert_eq!(thing.data["status"]["jsonPatched"], json!({"n": [1, 2]}));
+    assert_eq!(thing.data["spec"]["jsonPatched"], "yes");
+    t.ns.delete().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_tight_loop_of_calls_is_rate_limited_and_the_host_stays_responsive() {
     let t = Things::new().await;
     let probe = with_caps(

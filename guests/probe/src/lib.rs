@@ -1,7 +1,7 @@
 //! A test listener that makes the cluster calls an object asks for and logs what came back.
 //!
 //! The annotation `kubelisten.dev/probe` holds a JSON list of calls, each
-//! `{"op": "get|list|list-all|create|apply|patch|patch-status|delete|event", "ref": {apiVersion,
+//! `{"op": "get|list|list-all|create|apply|patch|patch-status|json-patch|json-patch-status|delete|event", "ref": {apiVersion,
 //! kind, namespace, name}, "body": "...", "repeat": N}`; `ref` defaults to the event's own object.
 //! `list-all` pages through a list (`list`, then `list-page` with each continue token) with the
 //! call's `limit` and `labelSelector`, and reports `{"items", "pages"}` as the result's `detail`.
@@ -108,6 +108,12 @@ fn run(call: &Value, ev: &Event) -> Result<Option<Value>, ApiError> {
             .map(drop)
             .map(none),
         "patch-status" => cluster::patch_status(&r, PatchType::Merge, body)
+            .map(drop)
+            .map(none),
+        "json-patch" => cluster::patch(&r, PatchType::Json, body)
+            .map(drop)
+            .map(none),
+        "json-patch-status" => cluster::patch_status(&r, PatchType::Json, body)
             .map(drop)
             .map(none),
         "delete" => cluster::delete(&r).map(none),

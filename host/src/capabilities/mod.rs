@@ -398,15 +398,23 @@ impl KubeCluster {
                 &PatchParams::apply(&manager),
                 &Patch::Apply(with_namespace(&object, None)?),
             ),
-            ClusterRequest::Patch(r, ty, patch) => {
-                req.patch(&r.name, &PatchParams::default(), &patch_of(ty, &patch)?)
-            }
-            ClusterRequest::PatchStatus(r, ty, patch) => req.patch_subresource(
-                "status",
-                &r.name,
-                &PatchParams::default(),
-                &patch_of(ty, &patch)?,
-            ),
+            // Built as a merge patch of the checked text, then given its own content type: a
+            // JSON patch is not parsed into a tree either.
+            ClusterRequest::Patch(r, ty, patch) => req
+                .patch(
+                    &r.name,
+                    &PatchParams::default(),
+                    &Patch::Merge(patch_of(ty, &patch)?),
+                )
+                .map(|http| with_patch_type(http, ty)),
+            ClusterRequest::PatchStatus(r, ty, patch) => req
+                .patch_subresource(
+                    "status",
+                    &r.name,
+                    &PatchParams::default(),
+                    &Patch::Merge(patch_of(ty, &patch)?),
+                )
+                .map(|http| with_patch_type(http, ty)),
             ClusterRequest::Delete(r) => req.delete(&r.name, &DeleteParams::background()),
             ClusterRequest::RecordEvent {
                 about,
@@ -779,18 +787,45 @@ fn with_namespace(object: &str, namespace: Option<&str>) -> Result<Box<RawValue>
     members.to_raw()
 }
 
-/// A guest's patch, checked to be JSON (a merge patch is passed on as its text).
-fn patch_of(ty: PatchType, patch: &str) -> Result<Patch<Box<RawValue>>, ApiError> {
-    Ok(match ty {
-        PatchType::Merge => Patch::Merge(
-            serde_json::from_str(patch)
-                .map_err(|e| ApiError::Invalid(format!("patch is not JSON: {e}")))?,
-        ),
-        PatchType::Json => Patch::Json(
-            serde_json::from_str(patch)
-                .map_err(|e| ApiError::Invalid(format!("not a JSON patch: {e}")))?,
-        ),
-    })
+/// A guest's patch as its text, checked to be JSON, and for a JSON patch (RFC 6902) a list of
+/// operations with a known `op` and a `path` (their values are not parsed).
+fn patch_of(ty: PatchType, patch: &str) -> Result<Box<RawValue>, ApiError> {
+    #[derive(serde::Deserialize)]
+    struct Operation<'a> {
+        #[serde(borrow)]
+        op: std::borrow::Cow<'a, str>,
+        #[allow(dead_code)]
+        path: String,
+    }
+    if ty == PatchType::Json {
+        let operations: Vec<Operation<'_>> = serde_json::from_str(patch)
+            .map_err(|e| ApiError::Invalid(format!("not a JSON patch: {e}")))?;
+        if let Some(bad) = operations.iter().find(|o| {
+            !matches!(
+                &*o.op,
+                "add" | "remove" | "replace" | "move" | "copy" | "test"
+            )
+        }) {
+            return Err(ApiError::Invalid(format!(
+                "not a JSON patch: unknown op {:?}",
+                bad.op
+            )));
+        }
+    }
+    serde_json::from_str(patch).map_err(|e| ApiError::Invalid(format!("patch is not JSON: {e}")))
+}
+
+/// `http` (a patch request built as a merge patch) with the content type of `ty`.
+fn with_patch_type(mut http: http::Request<Vec<u8>>, ty: PatchType) -> http::Request<Vec<u8>> {
+    let content_type = match ty {
+        PatchType::Merge => "application/merge-patch+json",
+        PatchType::Json => "application/json-patch+json",
+    };
+    http.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static(content_type),
+    );
+    http
 }
 
 /// Largest object or patch a guest may send, in bytes: the API server's own request body limit
