@@ -896,6 +896,15 @@ mod tests {
     use super::*;
     use crate::runtime::bindings::kubelisten::listener::cluster::ListOptions;
 
+    /// A fake API server's answer: `body` as JSON with `status`.
+    fn json_response(status: u16, body: &serde_json::Value) -> http::Response<kube::client::Body> {
+        http::Response::builder()
+            .status(status)
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .body(kube::client::Body::from(body.to_string().into_bytes()))
+            .unwrap()
+    }
+
     /// Every request the fake API server saw: `METHOD path?query`.
     type Seen = Arc<Mutex<Vec<String>>>;
 
@@ -943,13 +952,7 @@ mod tests {
                             "message": format!("{path} not found")}),
                     )
                 };
-                Ok::<_, std::convert::Infallible>(
-                    http::Response::builder()
-                        .status(status)
-                        .header(http::header::CONTENT_TYPE, "application/json")
-                        .body(kube::client::Body::from(body.to_string().into_bytes()))
-                        .unwrap(),
-                )
+                Ok::<_, std::convert::Infallible>(json_response(status, &body))
             }
         });
         Client::new(service, "default")
@@ -1040,13 +1043,7 @@ mod tests {
                             "message": "the server could not find the requested resource"}),
                     )
                 };
-                Ok::<_, std::convert::Infallible>(
-                    http::Response::builder()
-                        .status(status)
-                        .header(http::header::CONTENT_TYPE, "application/json")
-                        .body(kube::client::Body::from(body.to_string().into_bytes()))
-                        .unwrap(),
-                )
+                Ok::<_, std::convert::Infallible>(json_response(status, &body))
             }
         });
         Client::new(service, "default")
