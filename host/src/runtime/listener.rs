@@ -1062,16 +1062,16 @@ fn instantiation_problem(store: &mut Store<HostState>, err: &wasmtime::Error) ->
 const MAX_MESSAGE: usize = 4096;
 
 /// Cuts a guest's error message to [`MAX_MESSAGE`] bytes at a character boundary, saying how
-/// much was cut: a guest must not write megabytes into every log line of every retry.
-fn truncate_message(mut message: String) -> String {
+/// much was cut: a guest must not write megabytes into every log line of every retry. The cut
+/// message is a new string, so the guest-sized one is freed (the outcome is kept through the
+/// retry's wait).
+fn truncate_message(message: String) -> String {
     if message.len() <= MAX_MESSAGE {
         return message;
     }
-    let end = super::truncate_utf8(&message, MAX_MESSAGE).len();
-    let cut = message.len() - end;
-    message.truncate(end);
-    message.push_str(&format!("… ({cut} more bytes cut)"));
-    message
+    let kept = super::truncate_utf8(&message, MAX_MESSAGE);
+    let cut = message.len() - kept.len();
+    format!("{kept}… ({cut} more bytes cut)")
 }
 
 /// Runs `f` (an instantiation when `during_instantiation`, else a call), turning a panic in
@@ -1165,6 +1165,17 @@ mod tests {
         let cut = truncate_message(long);
         assert!(cut.starts_with(&"é".repeat(2048)), "{}", &cut[..20]);
         assert!(cut.ends_with("… (1904 more bytes cut)"), "{}", &cut[4000..]);
+    }
+
+    #[test]
+    fn a_cut_message_does_not_keep_the_guest_sized_allocation() {
+        let cut = truncate_message("x".repeat(1 << 20));
+        assert!(cut.len() < MAX_MESSAGE + 64, "{}", cut.len());
+        assert!(
+            cut.capacity() <= 2 * MAX_MESSAGE,
+            "capacity {}",
+            cut.capacity()
+        );
     }
 
     #[test]
