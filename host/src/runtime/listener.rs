@@ -17,7 +17,7 @@ use super::check;
 use super::engine::{Runtime, SpareTicket, EPOCH_TICK, HALT_CHECK_TICKS};
 use super::host::{ChainState, ClusterAccess};
 use super::limits::Limits;
-use super::state::HostState;
+use super::state::{hand_over_fuel, HostState, HOSTCALL_FUEL};
 use super::trap::{Halted, TrapKind};
 use super::{Error, Result};
 
@@ -844,11 +844,14 @@ impl Listener {
         let p = slot.as_mut()?;
         p.store.set_epoch_deadline(self.first_deadline());
         p.store.data_mut().start_call();
+        // The state may be as large as the guest's memory.
+        p.store.set_hostcall_fuel(hand_over_fuel(&self.limits));
         let result = contain_export(|| {
             p.instance
                 .get_typed_func::<(), (Vec<u8>,)>(&mut p.store, "snapshot")
                 .and_then(|f| f.call(&mut p.store, ()).map(|(bytes,)| bytes))
         });
+        p.store.set_hostcall_fuel(HOSTCALL_FUEL);
         match result {
             Ok(bytes) => Some(bytes),
             Err(err) => {
@@ -892,6 +895,7 @@ impl Listener {
         );
         let mut store = Store::new(self.runtime.engine(), state);
         store.limiter(|s| &mut s.limiter);
+        store.set_hostcall_fuel(HOSTCALL_FUEL);
         store.set_epoch_deadline(self.first_deadline());
         // The deadline counts the guest's own time: time spent blocked in host calls (cluster
         // requests) is given back when the epoch deadline is reached, up to the call's
