@@ -2171,3 +2171,61 @@ fn the_largest_legitimate_transfers_pass_the_hostcall_bound() {
     assert_eq!(outcome, Outcome::Ok);
     assert_eq!(*echo.bodies.lock().unwrap(), [body.len()]);
 }
+
+/// A module that exports `snapshot` or `restore` must export both with the signatures of the
+/// `stateful-listener` world: the host calls them at every hot swap, so a mistyped one would
+/// lose the state each time, with only a warning. `check` (and loading) names it.
+#[test]
+fn check_names_a_mistyped_or_missing_state_hand_over_export() {
+    let (rt, _capture, _cache) = runtime();
+    let core = stateful_core(16);
+    let module = |exports: &str| support::wat_listener_with("", "", &core, exports);
+    let problems = |exports: &str| check::check(&rt, &module(exports)).unwrap_err().0;
+
+    let snapshot_string = problems(&stateful_exports("string", "(list u8)"));
+    assert_eq!(
+        snapshot_string,
+        [
+            "export `snapshot` must be `snapshot: func() -> list<u8>` (world stateful-listener: \
+          the state hand-over at a hot swap)"
+        ]
+    );
+    let restore_string = problems(&stateful_exports("(list u8)", "string"));
+    assert_eq!(restore_string.len(), 1, "{restore_string:?}");
+    assert!(
+        restore_string[0].starts_with("export `restore` must be `restore: func(state: list<u8>)`"),
+        "{restore_string:?}"
+    );
+    let snapshot_only = problems(
+        r#"(func (export "snapshot") (result (list u8))
+             (canon lift (core func $main "snapshot") (memory $memory)))"#,
+    );
+    assert_eq!(snapshot_only.len(), 1, "{snapshot_only:?}");
+    assert!(
+        snapshot_only[0].starts_with("missing export `restore: func(state: list<u8>)`"),
+        "{snapshot_only:?}"
+    );
+    // Loading says the same.
+    let spec = ListenerSpec {
+        name: "mistyped".into(),
+        path: "mistyped.wasm".into(),
+        mode: Mode::Reference,
+        limits: Limits::default(),
+        capabilities: Default::default(),
+    };
+    let err = Listener::from_bytes(
+        &rt,
+        &spec,
+        &module(&stateful_exports("string", "(list u8)")),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("export `snapshot` must be"), "{err}");
+
+    // Both, well typed: a stateful listener; neither: a listener that starts fresh at a swap.
+    let good = module(&stateful_exports("(list u8)", "(list u8)"));
+    check::check(&rt, &good).unwrap();
+    assert!(Listener::from_bytes(&rt, &spec, &good).unwrap().stateful());
+    let plain = support::wat_listener("", "");
+    assert!(!Listener::from_bytes(&rt, &spec, &plain).unwrap().stateful());
+}
