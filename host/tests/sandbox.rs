@@ -1962,3 +1962,270 @@ fn a_guest_that_never_drops_its_wasi_resources_traps_instead_of_growing_host_mem
     assert_eq!(kinds, [None, None, memory, None, None, memory]);
     assert_eq!(leaky.stats().rebuilds.load(Ordering::Relaxed), 2);
 }
+
+/// A WAT listener of `bytes` named `name`, with `limits` (no prewarmed spare).
+fn wat_listener_named(
+    rt: &kubelisten::Runtime,
+    name: &str,
+    mode: Mode,
+    limits: Limits,
+    bytes: &[u8],
+) -> Arc<Listener> {
+    let spec = ListenerSpec {
+        name: name.into(),
+        path: format!("{name}.wasm").into(),
+        mode,
+        limits: Limits {
+            prewarm: false,
+            ..limits
+        },
+        capabilities: Default::default(),
+    };
+    Arc::new(Listener::from_bytes(rt, &spec, bytes).unwrap())
+}
+
+/// `create` code of [`support::wat_listener`] that returns `err` of `len` bytes: zeros, on
+/// pages it grows its memory by.
+fn returns_err_of(len: u32) -> String {
+    let pages = len.div_ceil(65536);
+    format!(
+        "(local.set $i (memory.grow (i32.const {pages})))
+         (i32.store8 (i32.const 16) (i32.const 1))
+         (i32.store (i32.const 20) (i32.mul (local.get $i) (i32.const 65536)))
+         (i32.store (i32.const 24) (i32.const {len}))"
+    )
+}
+
+/// What a guest hands the host in one call is bounded (4 MiB): an `err` string beyond it is
+/// refused before it is copied (wasmtime's hostcall fuel is spent on its length), as a `memory`
+/// trap, instead of the host copying it whole (up to twice the guest's memory) only to cut it to
+/// 4 KiB. A large `err` within the bound is still an error, cut.
+#[test]
+fn an_err_string_beyond_what_the_host_copies_traps_before_it_is_copied() {
+    let (rt, _capture, _cache) = runtime();
+    let ev = kubelisten_wit(&event(EventKind::Create, "a", None));
+    let huge = wat_named(
+        &rt,
+        "huge-err",
+        Mode::Classname,
+        1000,
+        ("", &returns_err_of(8 << 20)),
+    );
+    let outcome = huge.call_event(Export::Create, &ev, &ctx());
+    assert_eq!(outcome.trap_kind(), Some(TrapKind::Memory), "{outcome:?}");
+    let message = outcome.message();
+    assert!(
+        message.contains("fuel allocated for hostcalls has been exhausted")
+            && message.contains("more than 4 MiB in one call"),
+        "{message}"
+    );
+    let large = wat_named(
+        &rt,
+        "large-err",
+        Mode::Classname,
+        1000,
+        ("", &returns_err_of(1 << 20)),
+    );
+    match large.call_event(Export::Create, &ev, &ctx()) {
+        Outcome::Error(message) => {
+            assert!(message.ends_with("(1044480 more bytes cut)"), "{message}");
+            assert!(message.capacity() <= 8192, "{}", message.capacity());
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+/// `wasi:random` gives at most 1 MiB per call (less when the listener's memory is smaller): the
+/// host builds the bytes before copying them into the guest, so a larger request is refused
+/// (a trap) before anything is allocated, rather than the host making 64 MiB for any guest.
+#[test]
+fn random_bytes_beyond_the_limit_are_refused() {
+    let (rt, _capture, _cache) = runtime();
+    let ev = kubelisten_wit(&event(EventKind::Create, "a", None));
+    let asks = |len: u32| format!("(call $random_bytes (i64.const {len}) (i32.const 128))");
+    let listener = |name: &str, len: u32, memory_bytes: usize| {
+        let limits = Limits {
+            memory_bytes,
+            ..Limits::default()
+        };
+        let bytes = support::wat_listener("", &asks(len));
+        wat_listener_named(&rt, name, Mode::Classname, limits, &bytes)
+    };
+    let outcome = listener("random-2m", 2 << 20, 64 << 20).call_event(Export::Create, &ev, &ctx());
+    assert!(outcome.trap_kind().is_some(), "{outcome:?}");
+    assert!(
+        outcome.message().contains("exceeds limit 1048576"),
+        "{}",
+        outcome.message()
+    );
+    let outcome = listener("random-1m", 1 << 20, 64 << 20).call_event(Export::Create, &ev, &ctx());
+    assert_eq!(outcome, Outcome::Ok);
+    // A listener of 256 KiB gets no more than that.
+    let outcome =
+        listener("random-small", 512 << 10, 256 << 10).call_event(Export::Create, &ev, &ctx());
+    assert!(
+        outcome.message().contains("exceeds limit 262144"),
+        "{outcome:?}"
+    );
+}
+
+/// Core functions `snapshot` (its state: `len` zero bytes on pages it grows its memory by) and
+/// `restore` (keeps the length of the state it gets at address 144), for
+/// [`support::wat_listener_with`].
+fn stateful_core(len: u32) -> String {
+    let pages = len.div_ceil(65536);
+    format!(
+        r#"(func (export "snapshot") (result i32) (local $i i32)
+             (local.set $i (memory.grow (i32.const {pages})))
+             (i32.store (i32.const 136) (i32.mul (local.get $i) (i32.const 65536)))
+             (i32.store (i32.const 140) (i32.const {len}))
+             (i32.const 136))
+           (func (export "restore") (param i32 i32) (i32.store (i32.const 144) (local.get 1)))"#
+    )
+}
+
+/// The component exports of [`stateful_core`], typed `snapshot_result` and `restore_param`.
+fn stateful_exports(snapshot_result: &str, restore_param: &str) -> String {
+    format!(
+        r#"(func (export "snapshot") (result {snapshot_result})
+             (canon lift (core func $main "snapshot") (memory $memory) (realloc $realloc)))
+           (func (export "restore") (param "state" {restore_param})
+             (canon lift (core func $main "restore") (memory $memory) (realloc $realloc)))"#
+    )
+}
+
+/// A state larger than what a call may hand the host (4 MiB) is handed over whole: `snapshot`
+/// may return as much as the listener's memory. The bound is back for the calls after it.
+#[test]
+fn a_state_beyond_the_hostcall_bound_is_handed_over_and_the_bound_restored() {
+    let (rt, _capture, _cache) = runtime();
+    let ev = kubelisten_wit(&event(EventKind::Create, "a", None));
+    let state = 16 << 20;
+    let exports = stateful_exports("(list u8)", "(list u8)");
+    let old = support::wat_listener_with(
+        "",
+        &returns_err_of(8 << 20),
+        &stateful_core(state),
+        &exports,
+    );
+    let old = wat_listener_named(&rt, "old", Mode::Reference, Limits::default(), &old);
+    let restored_whole =
+        format!("(if (i32.ne (i32.load (i32.const 144)) (i32.const {state})) (then unreachable))");
+    let new = support::wat_listener_with("", &restored_whole, &stateful_core(state), &exports);
+    let new = wat_listener_named(&rt, "new", Mode::Reference, Limits::default(), &new);
+    assert!(old.stateful() && new.stateful());
+    assert!(new.begin_handover().restore_from(&old));
+    assert_eq!(new.call_event(Export::Create, &ev, &ctx()), Outcome::Ok);
+    // The old instance's calls after its snapshot have the usual bound again.
+    let outcome = old.call_event(Export::Create, &ev, &ctx());
+    assert_eq!(outcome.trap_kind(), Some(TrapKind::Memory), "{outcome:?}");
+}
+
+/// A `cluster` import that answers every call with `response` and keeps the size of each
+/// request body it gets.
+struct Echo {
+    response: String,
+    bodies: std::sync::Mutex<Vec<usize>>,
+}
+
+impl kubelisten::runtime::ClusterAccess for Echo {
+    fn call(
+        &self,
+        _: &kubelisten::runtime::Caller,
+        request: kubelisten::runtime::ClusterRequest,
+    ) -> Result<String, kubelisten::runtime::bindings::kubelisten::listener::cluster::ApiError>
+    {
+        if let kubelisten::runtime::ClusterRequest::Create(body) = request {
+            self.bodies.lock().unwrap().push(body.len());
+        }
+        Ok(self.response.clone())
+    }
+}
+
+/// The bound on what a guest hands the host lets every legitimate transfer through: a request
+/// body as large as the API server takes (3 MiB) reaches the host, and what the host hands the
+/// guest is not counted: an event with two 3 MiB objects, an 8 MiB cluster response (the most
+/// the host reads).
+#[test]
+fn the_largest_legitimate_transfers_pass_the_hostcall_bound() {
+    let echo = Arc::new(Echo {
+        response: format!("\"{}\"", "r".repeat((8 << 20) - 2)),
+        bodies: Default::default(),
+    });
+    let (rt, _cache) = support::runtime_with(kubelisten::RuntimeConfig {
+        cluster: echo.clone(),
+        ..kubelisten::RuntimeConfig::default()
+    });
+    let body = format!(r#"{{"kind":"ConfigMap","x":"{}"}}"#, "b".repeat(3 << 20));
+    let creates = support::wat_listener_creating(
+        "",
+        "(if (i32.eqz (call $cluster_ok)) (then unreachable))",
+        &body,
+    );
+    let listener = wat_listener_named(&rt, "big", Mode::Classname, Limits::default(), &creates);
+    let mut ev = event(EventKind::Update, "a", None);
+    let object: Arc<str> = Arc::from(format!(r#"{{"x":"{}"}}"#, "o".repeat(3 << 20)));
+    ev.object = object.clone();
+    ev.old_object = Some(object);
+    let outcome = listener.call_event(Export::Create, &kubelisten_wit(&ev), &ctx());
+    assert_eq!(outcome, Outcome::Ok);
+    assert_eq!(*echo.bodies.lock().unwrap(), [body.len()]);
+}
+
+/// A module that exports `snapshot` or `restore` must export both with the signatures of the
+/// `stateful-listener` world: the host calls them at every hot swap, so a mistyped one would
+/// lose the state each time, with only a warning. `check` (and loading) names it.
+#[test]
+fn check_names_a_mistyped_or_missing_state_hand_over_export() {
+    let (rt, _capture, _cache) = runtime();
+    let core = stateful_core(16);
+    let module = |exports: &str| support::wat_listener_with("", "", &core, exports);
+    let problems = |exports: &str| check::check(&rt, &module(exports)).unwrap_err().0;
+
+    let snapshot_string = problems(&stateful_exports("string", "(list u8)"));
+    assert_eq!(
+        snapshot_string,
+        [
+            "export `snapshot` must be `snapshot: func() -> list<u8>` (world stateful-listener: \
+          the state hand-over at a hot swap)"
+        ]
+    );
+    let restore_string = problems(&stateful_exports("(list u8)", "string"));
+    assert_eq!(restore_string.len(), 1, "{restore_string:?}");
+    assert!(
+        restore_string[0].starts_with("export `restore` must be `restore: func(state: list<u8>)`"),
+        "{restore_string:?}"
+    );
+    let snapshot_only = problems(
+        r#"(func (export "snapshot") (result (list u8))
+             (canon lift (core func $main "snapshot") (memory $memory)))"#,
+    );
+    assert_eq!(snapshot_only.len(), 1, "{snapshot_only:?}");
+    assert!(
+        snapshot_only[0].starts_with("missing export `restore: func(state: list<u8>)`"),
+        "{snapshot_only:?}"
+    );
+    // Loading says the same.
+    let spec = ListenerSpec {
+        name: "mistyped".into(),
+        path: "mistyped.wasm".into(),
+        mode: Mode::Reference,
+        limits: Limits::default(),
+        capabilities: Default::default(),
+    };
+    let err = Listener::from_bytes(
+        &rt,
+        &spec,
+        &module(&stateful_exports("string", "(list u8)")),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("export `snapshot` must be"), "{err}");
+
+    // Both, well typed: a stateful listener; neither: a listener that starts fresh at a swap.
+    let good = module(&stateful_exports("(list u8)", "(list u8)"));
+    check::check(&rt, &good).unwrap();
+    assert!(Listener::from_bytes(&rt, &spec, &good).unwrap().stateful());
+    let plain = support::wat_listener("", "");
+    assert!(!Listener::from_bytes(&rt, &spec, &plain).unwrap().stateful());
+}

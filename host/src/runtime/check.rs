@@ -3,7 +3,7 @@
 
 use std::fmt;
 
-use wasmtime::component::types::ComponentItem;
+use wasmtime::component::types::{ComponentItem, Type};
 use wasmtime::wasmparser::Parser;
 
 use super::bindings::ListenerPre;
@@ -46,7 +46,8 @@ pub struct Report {
 ///
 /// # Errors
 /// Every problem found: not wasm, a core module, a component that does not compile, an import
-/// the host does not provide, a missing export or one with the wrong signature.
+/// the host does not provide, a missing export or one with the wrong signature (the listener
+/// world's, and `snapshot` / `restore` when either is exported).
 pub fn check(runtime: &Runtime, bytes: &[u8]) -> Result<Report, Problems> {
     let checked = prepare(runtime, bytes)?;
     let ty = checked.pre.instance_pre().component().component_type();
@@ -62,6 +63,57 @@ pub fn check(runtime: &Runtime, bytes: &[u8]) -> Result<Report, Problems> {
             .map(|(name, _)| name.to_string())
             .collect(),
     })
+}
+
+/// The exports of the `stateful-listener` world (state hand-over at a hot swap) and their WIT
+/// signatures.
+pub const HAND_OVER_EXPORTS: [(&str, &str); 2] = [
+    ("snapshot", "func() -> list<u8>"),
+    ("restore", "func(state: list<u8>)"),
+];
+
+/// Whether the component implements the `stateful-listener` hand-over: it exports `snapshot`
+/// and `restore` with their WIT signatures. When it exports either, a missing or mistyped one
+/// is a problem: the host would call them at every hot swap, and the state would be lost
+/// each time.
+fn hand_over_exports(
+    ty: &wasmtime::component::types::Component,
+    engine: &wasmtime::Engine,
+    problems: &mut Vec<String>,
+) -> bool {
+    let bytes = |t: &Type| matches!(t, Type::List(l) if matches!(l.ty(), Type::U8));
+    let exports = HAND_OVER_EXPORTS.map(|(name, _)| ty.get_export(engine, name).map(|e| e.ty));
+    if exports.iter().all(Option::is_none) {
+        return false;
+    }
+    let mut stateful = true;
+    for ((name, signature), export) in HAND_OVER_EXPORTS.into_iter().zip(exports) {
+        let typed = match &export {
+            Some(ComponentItem::ComponentFunc(f)) if !f.async_() => {
+                let params: Vec<_> = f.params().map(|(_, t)| t).collect();
+                let results: Vec<_> = f.results().collect();
+                match name {
+                    "snapshot" => params.is_empty() && matches!(&results[..], [r] if bytes(r)),
+                    _ => matches!(&params[..], [p] if bytes(p)) && results.is_empty(),
+                }
+            }
+            _ => false,
+        };
+        if !typed {
+            stateful = false;
+            problems.push(match export {
+                None => format!(
+                    "missing export `{name}: {signature}`: a stateful listener (world \
+                     stateful-listener) exports both `snapshot` and `restore`"
+                ),
+                Some(_) => format!(
+                    "export `{name}` must be `{name}: {signature}` (world stateful-listener: \
+                     the state hand-over at a hot swap)"
+                ),
+            });
+        }
+    }
+    stateful
 }
 
 pub(crate) fn prepare(runtime: &Runtime, bytes: &[u8]) -> Result<Checked, Problems> {
@@ -96,6 +148,7 @@ pub(crate) fn prepare(runtime: &Runtime, bytes: &[u8]) -> Result<Checked, Proble
             Some(_) => problems.push(format!("export `{name}` is not a function")),
         }
     }
+    let stateful = hand_over_exports(&ty, engine, &mut problems);
     let pre = match runtime.linker().instantiate_pre(&component) {
         Ok(pre) => Some(pre),
         Err(e) => {
@@ -109,13 +162,6 @@ pub(crate) fn prepare(runtime: &Runtime, bytes: &[u8]) -> Result<Checked, Proble
     let Some(pre) = pre else {
         return Err(Problems(vec!["cannot pre-instantiate".into()]));
     };
-    let is_func = |name| {
-        matches!(
-            ty.get_export(engine, name).map(|e| e.ty),
-            Some(ComponentItem::ComponentFunc(_))
-        )
-    };
-    let stateful = is_func("snapshot") && is_func("restore");
     ListenerPre::new(pre)
         .map(|pre| Checked {
             digest,

@@ -16,6 +16,7 @@ use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConf
 use super::bindings::Listener as ListenerWorld;
 use super::compiler::{compile_in_child, ChildFailure, ChildLimits};
 use super::host::{ClusterAccess, GuestLogSink, NoCluster, TracingSink};
+use super::slot_reset::{slot_reset, SwapFacts};
 use super::state::HostState;
 use super::{Error, Result};
 
@@ -643,12 +644,26 @@ fn build_engine(config: &RuntimeConfig) -> Result<(Engine, AllocatorKind)> {
     if config.pooling {
         match pooling_allowed() {
             Ok(()) => {
+                let reset = slot_reset(&SwapFacts::read());
                 let mut wasm = base_config();
                 wasm.allocation_strategy(InstanceAllocationStrategy::Pooling(pool(
                     config.pool_instances,
+                    reset.pagemap_scan,
                 )));
                 match Engine::new(&wasm) {
-                    Ok(engine) => return Ok((engine, AllocatorKind::Pooling)),
+                    Ok(engine) => {
+                        let slot_reset = if reset.pagemap_scan {
+                            "pagemap scan (the pages the last instance dirtied, where the kernel has PAGEMAP_SCAN)"
+                        } else {
+                            "full (memset of the resident part, the rest decommitted)"
+                        };
+                        tracing::info!(
+                            slot_reset,
+                            reason = reset.reason,
+                            "instance pool slot reset"
+                        );
+                        return Ok((engine, AllocatorKind::Pooling));
+                    }
                     Err(err) => {
                         tracing::warn!(error = %format!("{err:#}"), "pooling allocator unavailable, using on-demand allocation")
                     }
@@ -667,7 +682,8 @@ fn build_engine(config: &RuntimeConfig) -> Result<(Engine, AllocatorKind)> {
 /// Virtual address space the pool needs per memory slot (default 4 GiB reservation plus guards).
 const SLOT_BYTES: u64 = (4 << 30) + (64 << 20);
 
-fn pool(instances: u32) -> PoolingAllocationConfig {
+/// The pool's settings; `pagemap_scan` only where this process cannot swap ([`slot_reset`]).
+fn pool(instances: u32, pagemap_scan: bool) -> PoolingAllocationConfig {
     let mut pool = PoolingAllocationConfig::default();
     pool.total_component_instances(instances)
         .total_core_instances(instances * 8)
@@ -679,8 +695,13 @@ fn pool(instances: u32) -> PoolingAllocationConfig {
         .linear_memory_keep_resident(4 << 20)
         .table_keep_resident(64 << 10)
         // With PAGEMAP_SCAN (Linux >= 6.7) only the pages an instance dirtied are reset when its
-        // slot is reused, instead of memsetting the whole keep-resident region.
-        .pagemap_scan(wasmtime::Enabled::Auto);
+        // slot is reused, instead of memsetting the whole keep-resident region. Not with swap:
+        // the scan skips dirty pages that are swapped out (see `slot_reset`).
+        .pagemap_scan(if pagemap_scan {
+            wasmtime::Enabled::Auto
+        } else {
+            wasmtime::Enabled::No
+        });
     pool
 }
 

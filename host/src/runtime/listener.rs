@@ -17,7 +17,7 @@ use super::check;
 use super::engine::{Runtime, SpareTicket, EPOCH_TICK, HALT_CHECK_TICKS};
 use super::host::{ChainState, ClusterAccess};
 use super::limits::Limits;
-use super::state::HostState;
+use super::state::{hand_over_fuel, HostState, HOSTCALL_FUEL};
 use super::trap::{Halted, TrapKind};
 use super::{Error, Result};
 
@@ -844,11 +844,14 @@ impl Listener {
         let p = slot.as_mut()?;
         p.store.set_epoch_deadline(self.first_deadline());
         p.store.data_mut().start_call();
+        // The state may be as large as the guest's memory.
+        p.store.set_hostcall_fuel(hand_over_fuel(&self.limits));
         let result = contain_export(|| {
             p.instance
                 .get_typed_func::<(), (Vec<u8>,)>(&mut p.store, "snapshot")
                 .and_then(|f| f.call(&mut p.store, ()).map(|(bytes,)| bytes))
         });
+        p.store.set_hostcall_fuel(HOSTCALL_FUEL);
         match result {
             Ok(bytes) => Some(bytes),
             Err(err) => {
@@ -892,6 +895,7 @@ impl Listener {
         );
         let mut store = Store::new(self.runtime.engine(), state);
         store.limiter(|s| &mut s.limiter);
+        store.set_hostcall_fuel(HOSTCALL_FUEL);
         store.set_epoch_deadline(self.first_deadline());
         // The deadline counts the guest's own time: time spent blocked in host calls (cluster
         // requests) is given back when the epoch deadline is reached, up to the call's
@@ -1062,16 +1066,16 @@ fn instantiation_problem(store: &mut Store<HostState>, err: &wasmtime::Error) ->
 const MAX_MESSAGE: usize = 4096;
 
 /// Cuts a guest's error message to [`MAX_MESSAGE`] bytes at a character boundary, saying how
-/// much was cut: a guest must not write megabytes into every log line of every retry.
-fn truncate_message(mut message: String) -> String {
+/// much was cut: a guest must not write megabytes into every log line of every retry. The cut
+/// message is a new string, so the guest-sized one is freed (the outcome is kept through the
+/// retry's wait).
+fn truncate_message(message: String) -> String {
     if message.len() <= MAX_MESSAGE {
         return message;
     }
-    let end = super::truncate_utf8(&message, MAX_MESSAGE).len();
-    let cut = message.len() - end;
-    message.truncate(end);
-    message.push_str(&format!("… ({cut} more bytes cut)"));
-    message
+    let kept = super::truncate_utf8(&message, MAX_MESSAGE);
+    let cut = message.len() - kept.len();
+    format!("{kept}… ({cut} more bytes cut)")
 }
 
 /// Runs `f` (an instantiation when `during_instantiation`, else a call), turning a panic in
@@ -1165,6 +1169,17 @@ mod tests {
         let cut = truncate_message(long);
         assert!(cut.starts_with(&"é".repeat(2048)), "{}", &cut[..20]);
         assert!(cut.ends_with("… (1904 more bytes cut)"), "{}", &cut[4000..]);
+    }
+
+    #[test]
+    fn a_cut_message_does_not_keep_the_guest_sized_allocation() {
+        let cut = truncate_message("x".repeat(1 << 20));
+        assert!(cut.len() < MAX_MESSAGE + 64, "{}", cut.len());
+        assert!(
+            cut.capacity() <= 2 * MAX_MESSAGE,
+            "capacity {}",
+            cut.capacity()
+        );
     }
 
     #[test]

@@ -12,6 +12,7 @@ mod host;
 mod limits;
 mod listener;
 mod poll;
+mod slot_reset;
 mod state;
 mod trap;
 

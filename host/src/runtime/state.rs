@@ -26,6 +26,31 @@ use super::limits::{Limiter, Limits};
 /// ([`TrapKind`](super::TrapKind)).
 pub(crate) const MAX_RESOURCES: usize = 4096;
 
+/// Most bytes one `wasi:random` `get-random-bytes` (or `get-insecure-random-bytes`) call may
+/// ask for, when the listener's memory is larger: the host builds the bytes before they are
+/// copied into the guest, so wasmtime-wasi's default of 64 MiB let any guest make it allocate
+/// that much per call. Language runtimes ask for a few dozen bytes (seeds, hash keys). A larger
+/// request traps (`requested len ... exceeds limit ...`) before anything is allocated.
+pub(crate) const MAX_RANDOM_BYTES: usize = 1 << 20;
+
+/// Most bytes a guest may hand the host in one host call (all of an import's string and list
+/// arguments together) and in one export's result: wasmtime's "hostcall fuel", which it counts
+/// only when it copies guest data into the host (lifting), never the other way. Its default,
+/// 128 MiB, let a guest make the host copy up to twice its memory (an `err` string, a log line,
+/// a request body). The largest transfer the host takes is a create, apply or patch body, which
+/// the API server refuses above 3 MiB; 4 MiB lets such a body reach the host's own size check
+/// and error. Log lines, error messages (both cut to 4 KiB) and chain-state entries (64 KiB)
+/// are far smaller. Data the host hands the guest (the event, cluster responses up to 8 MiB)
+/// is not counted. More traps as `memory` before anything is copied. A `snapshot` result, up to
+/// the guest's memory, gets that much ([`hand_over_fuel`]).
+pub(crate) const HOSTCALL_FUEL: usize = 4 << 20;
+
+/// The hostcall fuel of a `snapshot` call: its result is the whole state, up to the listener's
+/// memory.
+pub(crate) fn hand_over_fuel(limits: &Limits) -> usize {
+    HOSTCALL_FUEL.max(limits.memory_bytes)
+}
+
 /// Per-store host state.
 pub(crate) struct HostState {
     wasi: WasiCtx,
@@ -67,6 +92,9 @@ impl HostState {
             .allow_tcp(false)
             .allow_udp(false)
             .allow_ip_name_lookup(false)
+            .max_random_size(
+                u64::try_from(MAX_RANDOM_BYTES.min(limits.memory_bytes)).unwrap_or(u64::MAX),
+            )
             .build();
         let mut table = ResourceTable::new();
         table.set_max_capacity(MAX_RESOURCES);

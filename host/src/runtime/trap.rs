@@ -6,7 +6,7 @@ use wasmtime::component::ResourceTableError;
 use wasmtime_wasi::I32Exit;
 
 use super::limits::LimitExceeded;
-use super::state::MAX_RESOURCES;
+use super::state::{HOSTCALL_FUEL, MAX_RESOURCES};
 
 /// Why a guest call trapped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -22,8 +22,9 @@ pub enum TrapKind {
     StackOverflow,
     /// The epoch deadline (the call's time limit) interrupted the guest, e.g. an infinite loop.
     Deadline,
-    /// Linear memory (or a table) tried to grow past the listener's limit, or the guest held
-    /// more WASI resources (pollables, streams: host memory) than a store may.
+    /// Linear memory (or a table) tried to grow past the listener's limit, the guest held
+    /// more WASI resources (pollables, streams: host memory) than a store may, or it handed the
+    /// host more data in one call than the host copies (4 MiB).
     Memory,
     /// Any other trap or host-side failure during the call, and an exit through
     /// `wasi:cli/exit` without a panic message (`the guest exited with status N`).
@@ -64,6 +65,16 @@ impl TrapKind {
                 ),
             );
         }
+        if let Some(refusal) = hostcall_fuel_exhausted(err) {
+            return (
+                TrapKind::Memory,
+                format!(
+                    "{refusal}: the guest passed the host more than {} MiB in one call (an \
+                     import's string and list arguments, or an export's result), the most it may",
+                    HOSTCALL_FUEL >> 20
+                ),
+            );
+        }
         if let Some(exit) = err.downcast_ref::<I32Exit>() {
             // `wasi:cli/exit.exit`: how Go (and C's `exit`) end the program on a fatal panic.
             return match panic_message(stderr) {
@@ -93,6 +104,14 @@ impl TrapKind {
         };
         (kind, message)
     }
+}
+
+/// wasmtime's refusal to copy more guest data into the host than the store's hostcall fuel
+/// ([`HOSTCALL_FUEL`]), if `err` is one; its error type is private, so its message tells.
+fn hostcall_fuel_exhausted(err: &wasmtime::Error) -> Option<String> {
+    err.chain()
+        .map(ToString::to_string)
+        .find(|m| m.contains("fuel allocated for hostcalls has been exhausted"))
 }
 
 /// The error a guest call stops with after [`Runtime::halt_guests`](super::Runtime::halt_guests).
@@ -161,6 +180,21 @@ mod tests {
         assert_eq!(
             classify(unreachable, "no panic: here\n").0,
             TrapKind::Unreachable
+        );
+    }
+
+    #[test]
+    fn spent_hostcall_fuel_is_a_memory_trap_naming_the_bound() {
+        let fuel = wasmtime::format_err!(
+            "too much data is being copied between the host and the guest: fuel allocated for \
+             hostcalls has been exhausted"
+        );
+        let (kind, message) = classify(fuel.context("error while executing at wasm backtrace"), "");
+        assert_eq!(kind, TrapKind::Memory);
+        assert!(
+            message.starts_with("too much data is being copied")
+                && message.contains("more than 4 MiB in one call"),
+            "{message}"
         );
     }
 

@@ -114,7 +114,9 @@ pub fn event(kind: EventKind, name: &str, fault: Option<&str>) -> ResourceEvent 
 /// - `$subscribe` (`wasi:clocks/monotonic-clock.subscribe-duration`, `i64` nanoseconds, returns
 ///   the pollable's handle, which nothing drops unless the code does),
 /// - `$cluster_ok`, returning 1 when `kubelisten:listener/cluster.create` of `{}` succeeds,
-///   0 when it returns an `api-error`.
+///   0 when it returns an `api-error`,
+/// - `$random_bytes` (`wasi:random/random.get-random-bytes`: `i64` length, `i32` address where
+///   the list's pointer and length are written).
 ///
 /// A local `$i` (`i32`) is free for loops in both.
 pub fn wat_listener(start: &str, create: &str) -> Vec<u8> {
@@ -125,6 +127,17 @@ pub fn wat_listener(start: &str, create: &str) -> Vec<u8> {
 /// the result's case is the byte at 32 (1: an `api-error`) and the error's case the byte at 36
 /// (2: `forbidden-by-policy`).
 pub fn wat_listener_creating(start: &str, create: &str, object: &str) -> Vec<u8> {
+    wat_component(start, create, object, "", "")
+}
+
+/// [`wat_listener`] with more: `core` is added to its core module (which exports `create` and
+/// so on, as `$main`), `exports` to the component (after the listener's exports; `$memory` and
+/// `$realloc` are the memory and allocator to lift with).
+pub fn wat_listener_with(start: &str, create: &str, core: &str, exports: &str) -> Vec<u8> {
+    wat_component(start, create, "{}", core, exports)
+}
+
+fn wat_component(start: &str, create: &str, object: &str, core: &str, exports: &str) -> Vec<u8> {
     let wat = r#"
 (component $listener
   (import "wasi:cli/exit@0.2.0" (instance $exit
@@ -137,6 +150,8 @@ pub fn wat_listener_creating(start: &str, create: &str, object: &str) -> Vec<u8>
     (export "pollable" (type $pollable-export (eq $p)))
     (type $own-pollable (own $pollable-export))
     (export "subscribe-duration" (func (param "when" u64) (result $own-pollable)))))
+  (import "wasi:random/random@0.2.0" (instance $random
+    (export "get-random-bytes" (func (param "len" u64) (result (list u8))))))
   (import "kubelisten:listener/cluster@0.1.0" (instance $cluster
     (type $api-error-def (variant
       (case "not-found" string) (case "conflict" string) (case "forbidden-by-policy" string)
@@ -147,8 +162,8 @@ pub fn wat_listener_creating(start: &str, create: &str, object: &str) -> Vec<u8>
 
   ;; Memory and a bump allocator (never frees: enough for a test's few events).
   (core module $libc
-    (memory (export "memory") 1)
-    (global $heap (mut i32) (i32.const 4096))
+    (memory (export "memory") PAGES)
+    (global $heap (mut i32) (i32.const HEAP))
     (func (export "realloc") (param i32 i32) (param $align i32) (param $size i32) (result i32)
       (local $at i32)
       (local.set $at
@@ -174,16 +189,21 @@ pub fn wat_listener_creating(start: &str, create: &str, object: &str) -> Vec<u8>
   (core func $subscribe-core (canon lower (func $subscribe-func)))
   (core func $cluster-create-core
     (canon lower (func $cluster-create-func) (memory $memory) (realloc $realloc)))
+  (alias export $random "get-random-bytes" (func $random-bytes-func))
+  (core func $random-bytes-core
+    (canon lower (func $random-bytes-func) (memory $memory) (realloc $realloc)))
   (core instance $host
     (export "exit" (func $exit-core))
     (export "subscribe-duration" (func $subscribe-core))
-    (export "cluster-create" (func $cluster-create-core)))
+    (export "cluster-create" (func $cluster-create-core))
+    (export "random-bytes" (func $random-bytes-core)))
 
   (core module $main
     (import "libc" "memory" (memory 1))
     (import "host" "exit" (func $exit (param i32)))
     (import "host" "subscribe-duration" (func $subscribe (param i64) (result i32)))
     (import "host" "cluster-create" (func $cluster_create (param i32 i32 i32)))
+    (import "host" "random-bytes" (func $random_bytes (param i64 i32)))
     ;; 16: the `ok` result of every export; 32: the cluster call's result; 64: its object.
     (data (i32.const 64) "OBJECT")
     (func $cluster_ok (result i32)
@@ -195,7 +215,8 @@ pub fn wat_listener_creating(start: &str, create: &str, object: &str) -> Vec<u8>
     (func (export "update") (param i32) (result i32) (i32.const 16))
     (func (export "delete") (param i32) (result i32) (i32.const 16))
     (func (export "error") (param i32 i32 i32 i32 i32) (result i32) (i32.const 16))
-    (func (export "rollback") (param i32)))
+    (func (export "rollback") (param i32))
+    EXTRA_CORE)
   (core instance $main (instantiate $main
     (with "libc" (instance $libc))
     (with "host" (instance $host))))
@@ -237,7 +258,8 @@ pub fn wat_listener_creating(start: &str, create: &str, object: &str) -> Vec<u8>
   (export "update" (func $update))
   (export "delete" (func $delete))
   (export "error" (func $error))
-  (export "rollback" (func $rollback)))
+  (export "rollback" (func $rollback))
+  EXTRA_EXPORTS)
 "#;
     // The object after the code: its JSON must not be searched for the placeholders.
     let escaped: String = object
@@ -250,6 +272,20 @@ pub fn wat_listener_creating(start: &str, create: &str, object: &str) -> Vec<u8>
     let wat = wat
         .replace("START", start)
         .replace("CREATE", create)
+        .replace("EXTRA_CORE", core)
+        .replace("EXTRA_EXPORTS", exports)
+        // The heap starts after the object (at 4096 at least), in the initial memory.
+        .replace(
+            "HEAP",
+            &(64 + object.len())
+                .next_multiple_of(8)
+                .max(4096)
+                .to_string(),
+        )
+        .replace(
+            "PAGES",
+            &(64 + object.len()).div_ceil(65536).max(1).to_string(),
+        )
         .replace("OBJLEN", &object.len().to_string())
         .replace("OBJECT", &escaped);
     wat::parse_str(&wat).unwrap_or_else(|e| panic!("{e}"))
