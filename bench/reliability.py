@@ -614,7 +614,7 @@ def check(seen, final, fault_versions=(), stream=None, failed_attempts=(), kill_
             "sequence_errors": [f"{what} {where}: {detail}" for what, where, detail in sequence],
             "sequence_by_kind": kinds, "never_seen": never_seen, "unseen_objects": unseen_objects,
             "unseen_objects_by": unseen_objects_by, "missing_versions": missing, "versions_folded": folded,
-            "versions_merged": merged_ok, "relists": [(p, lo, rv_list) for p, lo, rv_list in gaps],
+            "versions_merged": merged_ok, "merges_counted": merges, "relists": [(p, lo, rv_list) for p, lo, rv_list in gaps],
             "faulted_events": len(faulted_keys), "faulted_by_fault": faulted_by}
 
 
@@ -803,7 +803,7 @@ def delivery(r, s):
                 sequence_errors=len(r["sequence_errors"]), sequence_by_kind=r["sequence_by_kind"],
                 sequence_examples=r["sequence_errors"][:5], missing_versions=len(r["missing_versions"]),
                 missing_examples=r["missing_versions"][:10], versions_folded=r["versions_folded"],
-                versions_merged=r["versions_merged"], relists=r["relists"],
+                versions_merged=r["versions_merged"], merges_counted=r["merges_counted"], relists=r["relists"],
                 unseen_objects=len(r["unseen_objects"]), quiet_s=r["quiet_s"],
                 created=len(s.created), deletes=len(s.delete_order), versions_written=len(s.versions))
 
@@ -1338,7 +1338,8 @@ def notes_of(r):
                 else "every version written")
         notes.append(f"{what} checked: {r['missing_versions']} missing"
                      + (f", {r['versions_folded']} folded by {len(r['relists'])} relist(s)" if r["relists"] else "")
-                     + (f", {r['versions_merged']} merged into a later version" if r["versions_merged"] else "")
+                     + (f", {r['versions_merged']} merged into a later version (the host counted "
+                        f"{r['merges_counted']} merges)" if r["versions_merged"] else "")
                      + f"; {r['created']} creates and {r['deletes']} deletes all checked"
                      + (f" ({r['unseen_objects']} objects created and deleted in a gap, never seen)"
                         if r["unseen_objects"] else ""))
