@@ -68,7 +68,7 @@ bench-e2e: ## end-to-end benchmark vs a native kube-runtime listener and kopf (o
 reliability: ## fault injection + bounded soak (own control plane)
 	bench/reliability.sh
 
-reliability-ci: ## short fault-injection run on the debug binary (needs `make guests`); fails on loss, duplicates, a dead host
+reliability-ci: ## short fault-injection run on the debug binary (needs `make guests`); fails on loss, duplicates, events out of sequence, missing versions, a dead host
 	cargo build -p kubelisten
 	# REL_UNSEEN_SLACK 2 s (1 s in the documented run): the debug binary on a busy CI machine can
 	# be that far behind when its leader is killed, which is not a dropped delete.

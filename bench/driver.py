@@ -27,6 +27,7 @@ For every contender (a listener process that prints one line per event,
 import argparse
 import base64
 import concurrent.futures as cf
+import glob
 import http.client
 import json
 import os
@@ -300,27 +301,41 @@ def match(c, ns, done):
 VERBS = {"create": "create", "update": "patch", "delete": "delete"}
 
 
+def audit_files(path):
+    """The audit log at `path` and the files kube-apiserver rotated it into: for `audit.log`, every
+    `audit*.log` beside it (`--audit-log-maxsize` rotates to `audit-<timestamp>.log`)."""
+    if not path:
+        return []
+    d, base = os.path.split(path)
+    stem, ext = os.path.splitext(base)
+    return sorted(glob.glob(os.path.join(d or ".", glob.escape(stem) + "*" + ext)))
+
+
 def audit_times(path, ns):
     """(op, name) -> ResponseComplete stageTimestamp (unix ns) of our requests in namespace ns,
-    from the kube-apiserver audit log (microsecond resolution)."""
+    from the kube-apiserver audit log and its rotated files (microsecond resolution). The earliest
+    when a request shows more than once."""
     import datetime
     out = {}
-    if not path or not os.path.exists(path):
-        return out
     inv = {v: k for k, v in VERBS.items()}
     key = f'"namespace":"{ns}"'.encode()
-    with open(path, "rb") as f:
-        for line in f:
-            if key not in line or b'"ResponseComplete"' not in line or USER_AGENT.encode() not in line:
-                continue
-            ev = json.loads(line)
-            ref = ev.get("objectRef", {})
-            if ref.get("resource") != PLURAL or ev.get("verb") not in inv or ref.get("subresource"):
-                continue
-            ts = datetime.datetime.strptime(ev["stageTimestamp"], "%Y-%m-%dT%H:%M:%S.%fZ").replace(
-                tzinfo=datetime.timezone.utc)
-            t = int(ts.timestamp()) * 10**9 + ts.microsecond * 1000
-            out.setdefault((inv[ev["verb"]], ref.get("name")), t)
+    for p in audit_files(path):
+        with open(p, "rb") as f:
+            for line in f:
+                if key not in line or b'"ResponseComplete"' not in line or USER_AGENT.encode() not in line:
+                    continue
+                try:
+                    ev = json.loads(line)
+                except ValueError:
+                    continue  # a line cut by the rotation
+                ref = ev.get("objectRef", {})
+                if ref.get("resource") != PLURAL or ev.get("verb") not in inv or ref.get("subresource"):
+                    continue
+                ts = datetime.datetime.strptime(ev["stageTimestamp"], "%Y-%m-%dT%H:%M:%S.%fZ").replace(
+                    tzinfo=datetime.timezone.utc)
+                t = int(ts.timestamp()) * 10**9 + ts.microsecond * 1000
+                k = (inv[ev["verb"]], ref.get("name"))
+                out[k] = min(out.get(k, t), t)
     return out
 
 
@@ -385,7 +400,7 @@ def latency_and_ramp(c, kube, args, run_id):
         at = audit_times(args.audit_log, ns)
         dd = [(op, nm, rv, at[(op, nm)], at[(op, nm)]) for op, nm, rv, _, _ in done if (op, nm) in at]
         la, _, _ = match(c, ns, dd)
-        res["audit_matched"] = len(la)
+        res["audit_matched"], res["audit_expected"] = len(la), len(done)
         res["p50_audit"], res["p99_audit"] = pct(la, 50), pct(la, 99)
 
         # Ramp: creates at increasing rates until a step is not sustained.
@@ -426,6 +441,7 @@ def latency_and_ramp(c, kube, args, run_id):
                 ls, _, _ = match(c, ns, [(op, nm, rv, at[(op, nm)], at[(op, nm)])
                                          for op, nm, rv, _, _ in d if (op, nm) in at])
                 s["audit_matched"], s["p50_audit"], s["p99_audit"] = len(ls), pct(ls, 50), pct(ls, 99)
+                s["audit_expected"] = len(d)
         res["ramp"] = steps
         res["sustained_eps"] = sustained
         res["driver_bound"] = bool(steps) and all(s["ok"] for s in steps)  # never fell behind
@@ -497,7 +513,8 @@ def main():
     ap.add_argument("--scale", default="1000,10000", help="existing-object counts for the scale test ('' = skip)")
     ap.add_argument("--idle", default="", help="contender name(s) for the idle-RSS test")
     ap.add_argument("--logdir", required=True)
-    ap.add_argument("--audit-log", default="", help="kube-apiserver audit log (JSON) for the server-side accept time")
+    ap.add_argument("--audit-log", default="", help="kube-apiserver audit log (JSON) for the server-side accept time; "
+                    "the files it was rotated into (audit*.log beside it) are read too")
     ap.add_argument("--out", required=True, help="results JSON file")
     args = ap.parse_args()
     args.ramp = [float(x) for x in args.ramp.split(",") if x]

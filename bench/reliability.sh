@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Fault-injection reliability runs (issue 11): see bench/reliability.py for what is measured.
 # Brings up its own control plane in its own run dir, prints the table and writes
-# target/bench-reliability/<stamp>/. Exits non-zero when a check fails: events lost or
-# duplicated, a scenario errored, a host died, a bad module was not rejected, the soak's RSS
-# trends up.
+# target/bench-reliability/<stamp>/. Exits non-zero when a check fails: objects lost, events
+# duplicated or out of their object's sequence, accepted versions never delivered, a scenario
+# errored, a host died, a bad module was not rejected, guest faults not contained as their
+# classes with the expected retries, the soak's RSS slope above its bound or its host keeping
+# objects that no longer exist.
 #
 #   bench/reliability.sh                 every scenario, 30 s stream each, 60 s soak
 #   REL_SOAK=600 bench/reliability.sh    the documented 10-minute soak
@@ -12,7 +14,8 @@
 #     BENCH_SKIP_BUILD=1 REL_KL=target/debug/kubelisten REL_DURATION=10 REL_SOAK=60 bench/reliability.sh
 #
 # Environment: REL_RATE [40] changes/s, REL_POOL [100] objects, REL_DURATION [30] s per scenario,
-# REL_OUTAGE [3] s of outage, REL_SOAK [60] s, REL_UNSEEN_SLACK [1.0] s before a leader's kill that
+# REL_OUTAGE [3] s of outage, REL_SOAK [60] s, REL_SOAK_SLOPE_MAX [from the soak's length] MiB/min
+# of RSS slope the soak may show, REL_UNSEEN_SLACK [1.0] s before a leader's kill that
 # an unseen delete's DELETE may be answered (earlier: lost), REL_ONLY (scenarios: none, apiserver-restart,
 # etcd-restart, leader-kill, leader-kill-configmap, bad-hot-swap, guest-faults-1-in-10,
 # guest-crash-loop, soak),
@@ -52,7 +55,7 @@ deploy/local/with-cluster.sh bash -c '
     --crd "$0/bench/crd.yaml" --cache "$HOME/.cache/kubelisten/bench-compiled" --run-dir "$KUBELISTEN_RUN_DIR" \
     --logdir "$2/logs" --out "$2/results.json" --rate "${REL_RATE:-40}" --pool "${REL_POOL:-100}" \
     --duration "${REL_DURATION:-30}" --outage "${REL_OUTAGE:-3}" --soak "${REL_SOAK:-60}" --only "${REL_ONLY:-}" \
-    --unseen-slack "${REL_UNSEEN_SLACK:-1.0}"
+    --unseen-slack "${REL_UNSEEN_SLACK:-1.0}" ${REL_SOAK_SLOPE_MAX:+--soak-slope-max "$REL_SOAK_SLOPE_MAX"}
 ' "$ROOT" "$PY" "$OUT" "$KL" "$GUESTS" | tee "$OUT/report.md" || rc=$?
 echo "reliability.sh: results in $OUT (exit $rc)" >&2
 exit "$rc"
