@@ -102,37 +102,44 @@ fn a_create_body_costs_the_host_about_its_size_and_an_oversized_one_is_refused_u
         event_object: None,
         time_left: None,
     };
-    // About 2 MiB of tiny array elements: each becomes a 72-byte Value in a parse tree.
-    let object = |elements: usize| {
+    // About 2 MiB of tiny array elements (each a 72-byte Value in a parse tree), or of tiny
+    // members of `metadata` (each a key, a value and a map entry in a map of members).
+    let array = |elements: usize| {
         format!(
             r#"{{"apiVersion":"v1","kind":"ConfigMap","metadata":{{"name":"big"}},"x":[{}0]}}"#,
             "0,".repeat(elements)
         )
     };
-    let body = object(1 << 20);
-    // Warm up (discovery, the client's first request), then measure one create from here.
-    let _ = cluster.call(&caller, ClusterRequest::Create(object(1)));
-    let before = IN_USE.load(Ordering::Relaxed);
-    PEAK.store(before, Ordering::Relaxed);
-    let got = cluster.call(&caller, ClusterRequest::Create(body.clone()));
-    let peak = PEAK.load(Ordering::Relaxed) - before;
-    assert!(
-        matches!(&got, Err(ApiError::Invalid(m)) if m.contains("refused by the fake")),
-        "{got:?}"
-    );
-    let sent = *bodies.lock().unwrap().last().unwrap();
-    assert!(sent >= body.len(), "the whole object was sent: {sent}");
-    // The text itself, its members' copies, the body sent and the client's buffers: a few
-    // times the text. A parse tree alone would be about 36 times it (75 MB).
-    assert!(
-        peak < 8 * body.len(),
-        "peak {peak} bytes for a {} byte body",
-        body.len()
-    );
+    let members = |count: usize| {
+        let members: String = (0..count).map(|i| format!(r#""{i:x}":0,"#)).collect();
+        format!(r#"{{"apiVersion":"v1","kind":"ConfigMap","metadata":{{{members}"name":"big"}}}}"#)
+    };
+    // Warm up (discovery, the client's first request), then measure each create from here.
+    let _ = cluster.call(&caller, ClusterRequest::Create(array(1)));
+    for body in [array(1 << 20), members(200_000)] {
+        let before = IN_USE.load(Ordering::Relaxed);
+        PEAK.store(before, Ordering::Relaxed);
+        let got = cluster.call(&caller, ClusterRequest::Create(body.clone()));
+        let peak = PEAK.load(Ordering::Relaxed) - before;
+        assert!(
+            matches!(&got, Err(ApiError::Invalid(m)) if m.contains("refused by the fake")),
+            "{got:?}"
+        );
+        let sent = *bodies.lock().unwrap().last().unwrap();
+        assert!(sent >= body.len(), "the whole object was sent: {sent}");
+        // The text itself, the body sent (with its namespace) and the client's buffers: a few
+        // times the text. A parse tree would be about 36 times it (75 MB), a map of members
+        // more than 10 times.
+        assert!(
+            peak < 6 * body.len(),
+            "peak {peak} bytes for a {} byte body",
+            body.len()
+        );
+    }
 
     // Over the API server's 3 MiB request limit: refused before anything reads it.
     let requests = bodies.lock().unwrap().len();
-    let huge = object(2 << 20);
+    let huge = array(2 << 20);
     match cluster.call(&caller, ClusterRequest::Create(huge)) {
         Err(ApiError::Invalid(m)) => assert!(m.contains("request limit of 3 MiB"), "{m}"),
         other => panic!("{other:?}"),

@@ -217,12 +217,50 @@ impl KubeCluster {
             return None;
         }
         // Asked afresh: the kind may have been recreated with another scope since it was cached.
-        let namespaced = match self.discover(&target.api_version, &target.kind).await {
-            Ok((_, namespaced)) => namespaced,
+        let (ar, namespaced) = match self.discover(&target.api_version, &target.kind).await {
+            Ok(found) => found,
             // An unknown kind: the policy's answer is the more useful one.
             Err(_) => return None,
         };
-        namespaced.then(|| format!("{} is namespaced: give a namespace", target.kind))
+        // Only for a resource the listener is granted in the event's namespace: for any other
+        // the denial (logged and counted) is the answer.
+        let resource = target.resource(&ar);
+        let granted = Access {
+            resource: Some(&resource),
+            ..in_event_namespace
+        };
+        (namespaced
+            && access
+                .capabilities
+                .check(&granted, caller.event_namespace.as_deref())
+                .is_ok())
+        .then(|| format!("{} is namespaced: give a namespace", target.kind))
+    }
+
+    /// The policy's verdict on `target` once discovery found its resource `ar` and scope; the
+    /// error names the grant that would be needed.
+    fn check_discovered(
+        &self,
+        target: &Target,
+        access: &ListenerAccess,
+        caller: &Caller,
+        ar: &ApiResource,
+        namespaced: bool,
+    ) -> Result<(), String> {
+        let resource = target.resource(ar);
+        let full = Access {
+            group: target.group(),
+            resource: Some(&resource),
+            verb: target.verb,
+            namespace: if namespaced {
+                target.namespace.as_deref()
+            } else {
+                None
+            },
+        };
+        access
+            .capabilities
+            .check(&full, caller.event_namespace.as_deref())
     }
 
     /// Takes one token of the listener's rate limit, waiting at most the request timeout.
@@ -276,7 +314,7 @@ impl KubeCluster {
             let message = "Events are written with record-event only (reporting controller kubelisten/<listener>): not created, applied, patched or deleted directly".to_string();
             return Err(self.deny(caller, what, message));
         }
-        let group = target.api_version.rsplit_once('/').map_or("", |(g, _)| g);
+        let group = target.group();
         // Policy before anything leaves the host: first what is known without discovery...
         let pre = Access {
             group,
@@ -335,39 +373,43 @@ impl KubeCluster {
                 && target.namespace.is_none()
                 && !matches!(request, ClusterRequest::List { .. })
         };
-        let (ar, namespaced) = match self.discovered(&target.api_version, &target.kind) {
-            Some(hit) if !needs_namespace(hit.1) => hit,
-            _ => self.discover(&target.api_version, &target.kind).await?,
+        // A list in a namespace of a kind cached as cluster-scoped is asked again too (it would
+        // read every namespace if the kind had become namespaced).
+        let doubtful = |namespaced: bool| {
+            needs_namespace(namespaced)
+                || (!namespaced
+                    && target.namespace.is_some()
+                    && matches!(request, ClusterRequest::List { .. }))
         };
-        let namespace = if namespaced {
-            target.namespace.clone()
-        } else {
-            None
+        let cached = self
+            .discovered(&target.api_version, &target.kind)
+            .filter(|hit| !doubtful(hit.1));
+        let from_cache = cached.is_some();
+        let (mut ar, mut namespaced) = match cached {
+            Some(hit) => hit,
+            None => self.discover(&target.api_version, &target.kind).await?,
         };
+        // ...then the policy on the discovered resource; a denial based on a cached answer is
+        // checked once more on a fresh one...
+        let mut denial = self.check_discovered(&target, access, caller, &ar, namespaced);
+        if from_cache && denial.is_err() {
+            (ar, namespaced) = self.discover(&target.api_version, &target.kind).await?;
+            denial = self.check_discovered(&target, access, caller, &ar, namespaced);
+        }
         if needs_namespace(namespaced) {
             return Err(ApiError::Invalid(format!(
                 "{} is namespaced: give a namespace",
                 target.kind
             )));
         }
-        let resource = if target.status {
-            format!("{}/status", ar.plural)
-        } else {
-            ar.plural.clone()
-        };
-        // ...then the policy on the discovered resource...
-        let full = Access {
-            group,
-            resource: Some(&resource),
-            verb: target.verb,
-            namespace: namespace.as_deref(),
-        };
-        if let Err(message) = access
-            .capabilities
-            .check(&full, caller.event_namespace.as_deref())
-        {
+        if let Err(message) = denial {
             return Err(self.deny(caller, what, message));
         }
+        let namespace = if namespaced {
+            target.namespace.clone()
+        } else {
+            None
+        };
         // ...then the request.
         let req = Request::new(DynamicObject::url_path(&ar, namespace.as_deref()));
         let manager = format!("kubelisten/{}", caller.listener);
@@ -389,14 +431,16 @@ impl KubeCluster {
                     field_manager: Some(manager.clone()),
                     ..PostParams::default()
                 },
-                Box::<str>::from(with_namespace(&object, namespace.as_deref())?)
-                    .into_boxed_bytes()
-                    .into_vec(),
+                with_namespace(&object, namespace.as_deref())?,
             ),
             ClusterRequest::Apply(object) => req.patch(
                 &target.name,
                 &PatchParams::apply(&manager),
-                &Patch::Apply(with_namespace(&object, None)?),
+                // Sent as written (its members were read by `Target::parse`).
+                &Patch::Apply(
+                    RawValue::from_string(object)
+                        .map_err(|e| ApiError::Invalid(format!("object is not JSON: {e}")))?,
+                ),
             ),
             // Built as a merge patch of the checked text, then given its own content type: a
             // JSON patch is not parsed into a tree either.
@@ -563,6 +607,20 @@ struct Target {
 }
 
 impl Target {
+    /// The API group of `api_version` (`""` for the core group).
+    fn group(&self) -> &str {
+        self.api_version.rsplit_once('/').map_or("", |(g, _)| g)
+    }
+
+    /// The resource the policy checks: the plural, with `/status` for `patch-status`.
+    fn resource(&self, ar: &ApiResource) -> String {
+        if self.status {
+            format!("{}/status", ar.plural)
+        } else {
+            ar.plural.clone()
+        }
+    }
+
     /// What `request` is about, once every guest-supplied part of the URL it would build (name,
     /// namespace, group and version) is a valid path segment.
     fn of(request: &ClusterRequest, caller: &Caller) -> Result<Self, ApiError> {
@@ -638,19 +696,17 @@ impl Target {
                 status: false,
             },
             ClusterRequest::Create(object) | ClusterRequest::Apply(object) => {
-                let object = Members::parse(object)?;
-                let metadata = object.metadata();
-                let meta = |field: &str| metadata.as_ref().and_then(|m| m.text(field));
+                let head = Head::parse(object)?;
                 Target {
-                    api_version: object
-                        .text("apiVersion")
+                    api_version: head
+                        .api_version
                         .ok_or_else(|| ApiError::Invalid("object has no apiVersion".into()))?,
-                    kind: object
-                        .text("kind")
+                    kind: head
+                        .kind
                         .ok_or_else(|| ApiError::Invalid("object has no kind".into()))?,
                     // A namespaced object without a namespace goes to the event object's namespace.
-                    namespace: meta("namespace").or_else(|| caller.event_namespace.clone()),
-                    name: meta("name").unwrap_or_default(),
+                    namespace: head.namespace.or_else(|| caller.event_namespace.clone()),
+                    name: head.name.unwrap_or_default(),
                     verb: if matches!(request, ClusterRequest::Apply(_)) {
                         Verb::Apply
                     } else {
@@ -738,53 +794,127 @@ fn kind_name(field: &str, value: &str) -> Result<(), ApiError> {
     }
 }
 
-/// A JSON object's members, each kept as its text: what the policy reads of a guest's object or
-/// patch, without building a tree of it (a `serde_json::Value` costs tens of times its text: a
-/// guest could make the host allocate gigabytes from a body its own memory limit allows).
-/// A member given twice counts once, the last (as the API server reads it), and the body sent is
-/// re-serialized from these members: what goes out is what the policy checked.
-struct Members(std::collections::BTreeMap<String, Box<RawValue>>);
+/// What the policy reads of a guest's object: its `apiVersion`, `kind`, `metadata.name` and
+/// `metadata.namespace` (each when it is a string), read without building anything of the rest
+/// (a `serde_json::Value`, or even a map of its members, costs many times the text: a guest
+/// could make the host allocate hundreds of MiB from a body its memory limit allows). One of
+/// these members given twice is `invalid`, so the body can be sent as the guest wrote it: what
+/// goes out is what the policy checked.
+#[derive(Default)]
+struct Head<'a> {
+    api_version: Option<String>,
+    kind: Option<String>,
+    name: Option<String>,
+    namespace: Option<String>,
+    /// The `metadata` member's text, borrowed from the body, when it is an object.
+    metadata: Option<&'a RawValue>,
+    /// Whether `metadata` has a `namespace` member (of any type).
+    has_namespace: bool,
+}
 
-impl Members {
-    /// The members of `text`, which must be a JSON object.
-    fn parse(text: &str) -> Result<Self, ApiError> {
-        serde_json::from_str(text)
-            .map(Self)
-            .map_err(|e| ApiError::Invalid(format!("object is not a JSON object: {e}")))
-    }
-
-    /// The string member `name`, if it is one.
-    fn text(&self, name: &str) -> Option<String> {
-        serde_json::from_str(self.0.get(name)?.get()).ok()
-    }
-
-    /// The members of the `metadata` member, if it is an object.
-    fn metadata(&self) -> Option<Self> {
-        serde_json::from_str(self.0.get("metadata")?.get())
-            .ok()
-            .map(Self)
-    }
-
-    fn to_raw(&self) -> Result<Box<RawValue>, ApiError> {
-        serde_json::value::to_raw_value(&self.0).map_err(|e| ApiError::Invalid(e.to_string()))
+impl<'a> Head<'a> {
+    /// Reads `text`, which must be a JSON object.
+    fn parse(text: &'a str) -> Result<Self, ApiError> {
+        let invalid = |e: serde_json::Error| {
+            let e = e.to_string();
+            match e.strip_prefix(DUPLICATE) {
+                Some(member) => ApiError::Invalid(format!("object member {member} is given twice")),
+                None => ApiError::Invalid(format!("object is not a JSON object: {e}")),
+            }
+        };
+        let top: Members<'a> = serde_json::from_str(text).map_err(invalid)?;
+        let mut head = Head {
+            api_version: top.text("apiVersion"),
+            kind: top.text("kind"),
+            ..Head::default()
+        };
+        if let Some(metadata) = top.get("metadata") {
+            // Not an object: left for the API server to refuse.
+            match serde_json::from_str::<Members<'a>>(metadata.get()) {
+                Ok(members) => {
+                    head.name = members.text("name");
+                    head.namespace = members.text("namespace");
+                    head.has_namespace = members.get("namespace").is_some();
+                    head.metadata = Some(metadata);
+                }
+                Err(e) if e.to_string().starts_with(DUPLICATE) => return Err(invalid(e)),
+                Err(_) => {}
+            }
+        }
+        Ok(head)
     }
 }
 
-/// The object JSON to send, with `metadata.namespace` set when `namespace` is given and the
-/// object has a `metadata` object without one.
-fn with_namespace(object: &str, namespace: Option<&str>) -> Result<Box<RawValue>, ApiError> {
-    let mut members = Members::parse(object)?;
-    // Re-serialized whether or not the namespace is added, so that a member given twice in
-    // `metadata` is sent once too.
-    if let Some(mut metadata) = members.metadata() {
-        if let Some(ns) = namespace.filter(|_| !metadata.0.contains_key("namespace")) {
-            let ns = serde_json::value::to_raw_value(ns)
-                .map_err(|e| ApiError::Invalid(e.to_string()))?;
-            metadata.0.insert("namespace".into(), ns);
-        }
-        members.0.insert("metadata".into(), metadata.to_raw()?);
+/// The start of the error for a member the policy reads given twice.
+const DUPLICATE: &str = "duplicate member ";
+
+/// The members of a JSON object the policy reads (see [`Head`]), borrowed from the text; the
+/// others are skipped without being kept.
+struct Members<'a>(Vec<(&'static str, &'a RawValue)>);
+
+impl<'a> Members<'a> {
+    fn get(&self, name: &str) -> Option<&'a RawValue> {
+        self.0.iter().find(|(n, _)| *n == name).map(|(_, v)| *v)
     }
-    members.to_raw()
+
+    /// The member `name` if it is a string.
+    fn text(&self, name: &str) -> Option<String> {
+        serde_json::from_str(self.get(name)?.get()).ok()
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Members<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = Members<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<M: serde::de::MapAccess<'de>>(
+                self,
+                mut map: M,
+            ) -> Result<Self::Value, M::Error> {
+                const READ: [&str; 5] = ["apiVersion", "kind", "metadata", "name", "namespace"];
+                let mut members = Members(Vec::new());
+                while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+                    match READ.iter().find(|n| **n == key) {
+                        Some(name) if members.get(name).is_some() => {
+                            return Err(serde::de::Error::custom(format!("{DUPLICATE}{name:?}")));
+                        }
+                        Some(name) => members.0.push((name, map.next_value()?)),
+                        None => {
+                            map.next_value::<serde::de::IgnoredAny>()?;
+                        }
+                    }
+                }
+                Ok(members)
+            }
+        }
+        d.deserialize_map(Visitor)
+    }
+}
+
+/// The object JSON to send: `object` as the guest wrote it, with `"namespace"` added to its
+/// `metadata` object when `namespace` is given and it has none.
+fn with_namespace(object: &str, namespace: Option<&str>) -> Result<Vec<u8>, ApiError> {
+    let head = Head::parse(object)?;
+    let (Some(ns), Some(metadata), false) = (namespace, head.metadata, head.has_namespace) else {
+        return Ok(object.as_bytes().to_vec());
+    };
+    // The metadata's text is borrowed from `object`: its `{` is at this offset.
+    let open = metadata.get().as_ptr() as usize - object.as_ptr() as usize;
+    let empty = metadata.get()[1..].trim_start().starts_with('}');
+    let ns = serde_json::to_string(ns).map_err(|e| ApiError::Invalid(e.to_string()))?;
+    let mut sent = Vec::with_capacity(object.len() + ns.len() + 16);
+    sent.extend_from_slice(&object.as_bytes()[..=open]);
+    sent.extend_from_slice(b"\"namespace\":");
+    sent.extend_from_slice(ns.as_bytes());
+    if !empty {
+        sent.push(b',');
+    }
+    sent.extend_from_slice(&object.as_bytes()[open + 1..]);
+    Ok(sent)
 }
 
 /// A guest's patch as its text, checked to be JSON, and for a JSON patch (RFC 6902) a list of
@@ -1035,6 +1165,10 @@ mod tests {
                         serde_json::json!({"apiVersion": "g/v1", "kind": "Widget",
                             "metadata": {"name": "w"}}),
                     )
+                } else if path == "/apis/g/v1/widgets"
+                    || (!cluster && path == "/apis/g/v1/namespaces/ns/widgets")
+                {
+                    (200, serde_json::json!({"kind": "WidgetList", "items": []}))
                 } else {
                     (
                         404,
@@ -1051,38 +1185,135 @@ mod tests {
 
     #[test]
     fn the_body_sent_is_what_the_policy_read() {
-        // A namespace is added to a metadata object without one.
-        let sent = with_namespace(
-            r#"{"kind":"Pod","metadata":{"name":"p"},"spec":{"a":[1,{"b":null}]}}"#,
-            Some("ns"),
-        )
-        .unwrap();
-        let sent: serde_json::Value = serde_json::from_str(sent.get()).unwrap();
+        let sent = |object: &str, ns: Option<&str>| {
+            String::from_utf8(with_namespace(object, ns).unwrap()).unwrap()
+        };
+        // A namespace is added to a metadata object without one; the rest is sent as written.
+        let object = r#"{"kind":"Pod", "metadata" : { "name":"p"},"spec":{"a":[1,{"b":null}]}}"#;
         assert_eq!(
-            sent,
-            serde_json::json!({"kind":"Pod","metadata":{"name":"p","namespace":"ns"},"spec":{"a":[1,{"b":null}]}})
+            sent(object, Some("n\"s")),
+            r#"{"kind":"Pod", "metadata" : {"namespace":"n\"s", "name":"p"},"spec":{"a":[1,{"b":null}]}}"#
         );
-        // A member given twice is sent once, as the policy read it (the last).
-        let twice =
-            r#"{"kind":"Pod","metadata":{"namespace":"other","name":"p","namespace":"ns"}}"#;
-        let read = Members::parse(twice)
-            .unwrap()
-            .metadata()
-            .unwrap()
-            .text("namespace");
-        assert_eq!(read.as_deref(), Some("ns"));
-        let sent = with_namespace(twice, Some("x")).unwrap();
+        assert_eq!(sent(object, None), object);
         assert_eq!(
-            sent.get(),
-            r#"{"kind":"Pod","metadata":{"name":"p","namespace":"ns"}}"#
+            sent(r#"{"kind":"Pod","metadata":{ }}"#, Some("ns")),
+            r#"{"kind":"Pod","metadata":{"namespace":"ns" }}"#
         );
-        // A metadata that is not an object is left to the API server to refuse.
-        let odd = with_namespace(r#"{"kind":"Pod","metadata":5}"#, Some("ns")).unwrap();
-        assert_eq!(odd.get(), r#"{"kind":"Pod","metadata":5}"#);
+        // A metadata that has a namespace (of any type), or is not an object, is sent as written
+        // (the API server refuses what it must).
+        for kept in [
+            r#"{"kind":"Pod","metadata":{"namespace":null}}"#,
+            r#"{"kind":"Pod","metadata":5}"#,
+            r#"{"kind":"Pod"}"#,
+        ] {
+            assert_eq!(sent(kept, Some("ns")), kept);
+        }
+        // A member the policy reads, given twice, is refused: the API server might read the
+        // other one.
+        for twice in [
+            r#"{"kind":"Pod","metadata":{"namespace":"other","name":"p","namespace":"ns"}}"#,
+            r#"{"kind":"Pod","kind":"Secret","metadata":{}}"#,
+            r#"{"kind":"Pod","metadata":{},"metadata":{"namespace":"x"}}"#,
+            r#"{"kind":"Pod","k\u0069nd":"Secret"}"#,
+        ] {
+            match with_namespace(twice, Some("x")) {
+                Err(ApiError::Invalid(m)) => assert!(m.contains("is given twice"), "{twice}: {m}"),
+                other => panic!("{twice}: {other:?}"),
+            }
+        }
+        // Members read only where they are: a nested "name" is not the object's.
+        let head =
+            Head::parse(r#"{"spec":{"metadata":{"name":"x"}},"metadata":{"labels":{"name":"y"}}}"#)
+                .unwrap();
+        assert_eq!(head.name, None);
         assert!(matches!(
             with_namespace("[1]", None),
             Err(ApiError::Invalid(_))
         ));
+    }
+
+    #[test]
+    fn a_denial_or_a_namespaced_list_on_a_cached_cluster_scope_asks_discovery_again() {
+        let tokio = tokio::runtime::Runtime::new().unwrap();
+        let caller = Caller {
+            listener: Arc::from("l"),
+            event_namespace: Some("ns".into()),
+            event_object: None,
+            time_left: None,
+        };
+        let widget = |namespace: Option<&str>| ObjectRef {
+            api_version: "g/v1".into(),
+            kind: "Widget".into(),
+            namespace: namespace.map(str::to_string),
+            name: "w".into(),
+        };
+        let all: Capabilities = serde_saphyr::from_str(
+            "grants:\n  - {apiGroups: [g], resources: [widgets], verbs: [get, list], namespaces: '*'}\n",
+        )
+        .unwrap();
+        let event_only: Capabilities = serde_saphyr::from_str(
+            "grants:\n  - {apiGroups: [g], resources: [widgets], verbs: [get, list]}\n",
+        )
+        .unwrap();
+        let seen = Seen::default();
+        let cluster_scoped = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let cluster = tokio.block_on(async {
+            KubeCluster::new(
+                widget_api(seen.clone(), cluster_scoped.clone()),
+                tokio::runtime::Handle::current(),
+                [("l".to_string(), all)],
+                Duration::from_secs(5),
+            )
+            .unwrap()
+        });
+        cluster
+            .call(&caller, ClusterRequest::Get(widget(None)))
+            .unwrap();
+        // The CRD becomes namespaced; a list in a namespace must not read every namespace.
+        cluster_scoped.store(false, std::sync::atomic::Ordering::SeqCst);
+        let list = ClusterRequest::List {
+            api_version: "g/v1".into(),
+            kind: "Widget".into(),
+            namespace: Some("ns".into()),
+            options: ListOptions {
+                label_selector: None,
+                field_selector: None,
+                limit: None,
+            },
+            continue_from: None,
+        };
+        cluster.call(&caller, list).unwrap();
+        assert_eq!(
+            seen.lock().unwrap().last().map(String::as_str),
+            Some("GET /apis/g/v1/namespaces/ns/widgets")
+        );
+        // Cached as cluster-scoped again, then namespaced with a grant for the event's namespace
+        // only: the denial on the cached answer is checked again on a fresh one.
+        cluster_scoped.store(true, std::sync::atomic::Ordering::SeqCst);
+        cluster.forget("g/v1", "Widget");
+        cluster
+            .call(&caller, ClusterRequest::Get(widget(None)))
+            .unwrap();
+        cluster_scoped.store(false, std::sync::atomic::Ordering::SeqCst);
+        cluster.set_capabilities("l", event_only);
+        let got = cluster.call(&caller, ClusterRequest::Get(widget(Some("ns"))));
+        assert!(got.is_ok(), "{got:?} after {:?}", seen.lock().unwrap());
+    }
+
+    #[test]
+    fn give_a_namespace_only_for_a_resource_the_listener_is_granted() {
+        let f = fixture(
+            "grants:\n  - {apiGroups: [''], resources: [configmaps], verbs: [get]}\n",
+            Duration::from_secs(5),
+        );
+        let pod = ObjectRef {
+            namespace: None,
+            ..pod("p")
+        };
+        match f.cluster.call(&f.caller, ClusterRequest::Get(pod)) {
+            Err(ApiError::ForbiddenByPolicy(m)) => assert!(m.contains("pods"), "{m}"),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]
