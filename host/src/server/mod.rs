@@ -61,8 +61,9 @@ pub struct ServerState {
     pub election: Mutex<Option<(Arc<ElectionHealth>, Duration)>>,
     /// Set while a standby compiles the listeners' modules ahead of a takeover.
     warming: std::sync::atomic::AtomicBool,
-    /// One `/status` body is built at a time (it is O(objects)); further requests wait.
-    status_turn: tokio::sync::Semaphore,
+    /// One `/status` body is built at a time (it is O(objects)); further requests wait. The
+    /// permit is owned by the build itself, so a client that leaves does not end its turn.
+    status_turn: Arc<tokio::sync::Semaphore>,
 }
 
 /// What the hot swap rejected, for `/status` and `/readyz`.
@@ -87,7 +88,7 @@ impl ServerState {
             rejections: Mutex::new(None),
             election: Mutex::new(None),
             warming: std::sync::atomic::AtomicBool::new(false),
-            status_turn: tokio::sync::Semaphore::new(1),
+            status_turn: Arc::new(tokio::sync::Semaphore::new(1)),
         }
     }
 
@@ -340,8 +341,12 @@ async fn metrics(State(state): State<Arc<ServerState>>) -> impl IntoResponse {
 /// that comes meanwhile waits for its turn), from a copy of the watch list taken under the lock
 /// and released at once, on the blocking pool: neither the probes nor the lease renewals,
 /// which may share the one worker thread of a 1-CPU pod, wait for it.
+///
+/// The turn (an owned permit) goes into the blocking build and ends with it: when the client
+/// leaves, hyper drops this handler, but the build cannot be cancelled and runs on, so a
+/// permit held here would let the next request start a second build alongside it.
 async fn status(State(state): State<Arc<ServerState>>) -> Response {
-    let Ok(_turn) = state.status_turn.acquire().await else {
+    let Ok(turn) = state.status_turn.clone().acquire_owned().await else {
         // The semaphore is never closed.
         return (StatusCode::SERVICE_UNAVAILABLE, "stopping\n").into_response();
     };
@@ -349,6 +354,7 @@ async fn status(State(state): State<Arc<ServerState>>) -> Response {
     let rejections = ServerState::lock(&state.rejections).clone();
     let leader = *ServerState::lock(&state.leader);
     let built = tokio::task::spawn_blocking(move || {
+        let _turn = turn;
         serde_json::to_vec(&StatusReport {
             leader,
             watches: watches.iter().map(WatchReport::of).collect(),
@@ -656,6 +662,51 @@ mod tests {
             .recv()
             .await
             .expect("the second build started after the first");
+        release.send(()).unwrap();
+        assert_eq!(second.await.unwrap().0, 200);
+    }
+
+    /// A client that leaves while its `/status` body is built does not end the build's turn:
+    /// the build cannot be cancelled and runs on, so the next request's build waits for it
+    /// rather than running alongside (a client closing in a loop would otherwise start one
+    /// O(objects) build per request, all at once).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_client_that_leaves_does_not_end_its_builds_turn() {
+        let (entered_tx, mut entered) = tokio::sync::mpsc::unbounded_channel();
+        let (release, release_rx) = std::sync::mpsc::channel();
+        let released = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let state = state_with_objects(
+            10,
+            blocking_listeners(entered_tx, release_rx, released.clone()),
+        );
+        let first = tokio::spawn(send(status_router(state.clone()), "/status"));
+        entered.recv().await.expect("the first build started");
+        // The client leaves: hyper drops the handler, as aborting the task does here.
+        first.abort();
+        assert!(
+            first.await.is_err_and(|err| err.is_cancelled()),
+            "the first request was dropped"
+        );
+        let second = tokio::spawn(send(status_router(state.clone()), "/status"));
+        // Were the turn ended with the handler, the second build would start now (on another
+        // thread); it may take a moment, so give it up to 2 s. With the turn held by the
+        // first build it never does before that build is released.
+        let second_started = tokio::time::timeout(Duration::from_secs(2), entered.recv())
+            .await
+            .is_ok();
+        assert!(
+            !second_started,
+            "a second /status build ran alongside the abandoned first one"
+        );
+        release.send(()).unwrap();
+        entered
+            .recv()
+            .await
+            .expect("the second build started after the first ended");
+        assert!(
+            released.load(Ordering::SeqCst),
+            "the first build was released"
+        );
         release.send(()).unwrap();
         assert_eq!(second.await.unwrap().0, 200);
     }
