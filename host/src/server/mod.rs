@@ -202,6 +202,40 @@ pub fn bind(addr: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpListen
     tokio::net::TcpListener::from_std(std)
 }
 
+/// Where `/status` is served (`--status-bind`), and whether it was chosen or is the default.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StatusAddr {
+    /// The address to bind.
+    pub addr: std::net::SocketAddr,
+    /// The address was given (`--status-bind`, `KUBELISTEN_STATUS_BIND`): failing to bind it
+    /// stops the start. The default (`127.0.0.1:8081`) was not asked for, and may be taken by
+    /// another process on the host or in the pod (a second kubelisten, a controller-runtime
+    /// manager's probe port): then the process runs without `/status` (see [`bind_status`]).
+    pub given: bool,
+}
+
+/// Binds the status listener's address ([`bind`]). When the default address cannot be bound,
+/// a warning says why and how to choose another, and `Ok(None)`: the process runs without
+/// `/status`, an optional debugging endpoint.
+///
+/// # Errors
+/// An address that was given ([`StatusAddr::given`]) cannot be bound.
+pub fn bind_status(status: StatusAddr) -> std::io::Result<Option<tokio::net::TcpListener>> {
+    match bind(status.addr) {
+        Ok(listener) => Ok(Some(listener)),
+        Err(err) if !status.given => {
+            tracing::warn!(
+                addr = %status.addr,
+                error = %err,
+                "cannot bind the default status address {}: /status is off; choose another address with --status-bind (KUBELISTEN_STATUS_BIND), or `off` to silence this",
+                status.addr
+            );
+            Ok(None)
+        }
+        Err(err) => Err(err),
+    }
+}
+
 /// A listening IPv6 socket on `addr` that takes IPv4 connections too.
 fn dual_stack(addr: std::net::SocketAddr) -> std::io::Result<std::net::TcpListener> {
     use socket2::{Domain, Protocol, Socket, Type};
@@ -709,5 +743,26 @@ mod tests {
         );
         release.send(()).unwrap();
         assert_eq!(second.await.unwrap().0, 200);
+    }
+
+    /// A status address that is taken turns `/status` off when it is the default, and is an
+    /// error when it was given.
+    #[tokio::test]
+    async fn a_taken_default_status_address_turns_status_off_a_given_one_fails() {
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = taken.local_addr().unwrap();
+        let default = bind_status(StatusAddr { addr, given: false });
+        assert!(matches!(default, Ok(None)), "{default:?}");
+        let given = bind_status(StatusAddr { addr, given: true });
+        assert_eq!(
+            given.map(|_| ()).map_err(|err| err.kind()),
+            Err(std::io::ErrorKind::AddrInUse)
+        );
+        // A free address: bound, given or not.
+        let free = std::net::SocketAddr::new(addr.ip(), 0);
+        for given in [false, true] {
+            let bound = bind_status(StatusAddr { addr: free, given });
+            assert!(matches!(bound, Ok(Some(_))), "given: {given}: {bound:?}");
+        }
     }
 }
