@@ -39,8 +39,9 @@ pub struct RunSettings {
     /// Where the probe server (`/healthz`, `/readyz`, `/metrics`) listens (`None`: no server).
     pub health_addr: Option<std::net::SocketAddr>,
     /// Where `/status` is served, on a listener of its own (`None`: nowhere). It names every
-    /// watched object, so the default (`--status-bind`) is loopback.
-    pub status_addr: Option<std::net::SocketAddr>,
+    /// watched object, so the default (`--status-bind`) is loopback. The default address may
+    /// be taken: then the process runs without `/status` ([`crate::server::bind_status`]).
+    pub status_addr: Option<crate::server::StatusAddr>,
     /// Leader election (`None`: this process always dispatches).
     pub leader: Option<LeaderConfig>,
     /// Listener chains from this ConfigMap (hot swap) instead of the config's listeners.
@@ -726,24 +727,41 @@ pub async fn run(
         settings.max_idle(),
     ));
     let stop_server = CancellationToken::new();
+    let health = settings
+        .health_addr
+        .map(|addr| {
+            crate::server::bind(addr)
+                .with_context(|| format!("binding the health port {addr}"))
+                .map(|listener| (listener, addr))
+        })
+        .transpose()?;
+    // A given status address that cannot be bound stops the start; the default one only
+    // turns /status off (with a warning).
+    let status = settings
+        .status_addr
+        .map(|status| {
+            crate::server::bind_status(status)
+                .with_context(|| format!("binding the status address {}", status.addr))
+                .map(|listener| listener.map(|listener| (listener, status.addr)))
+        })
+        .transpose()?
+        .flatten();
     let servers = [
         (
-            settings.health_addr,
+            health,
             crate::server::router(server.clone()),
-            "the health port",
             "/healthz, /readyz, /metrics",
         ),
         (
-            settings.status_addr,
+            status,
             crate::server::status_router(server.clone()),
-            "the status address",
             "/status",
         ),
     ];
-    for (addr, router, what, paths) in servers {
-        let Some(addr) = addr else { continue };
-        let listener =
-            crate::server::bind(addr).with_context(|| format!("binding {what} {addr}"))?;
+    for (bound, router, paths) in servers {
+        let Some((listener, addr)) = bound else {
+            continue;
+        };
         tracing::info!(addr = %listener.local_addr().unwrap_or(addr), "serving {paths}");
         let stop = stop_server.clone();
         tokio::spawn(async move {

@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand, ValueEnum};
+use kubelisten::server::StatusAddr;
 
 /// Runs Kubernetes event listeners as sandboxed WebAssembly components.
 #[derive(Debug, Parser)]
@@ -219,9 +220,14 @@ pub struct RunArgs {
     pub health_bind: std::net::IpAddr,
     /// ADDRESS:PORT of /status, a listener of its own: /status names every watched object, so
     /// the default is loopback (`kubectl port-forward POD 8081` reaches it). `off`, an empty
-    /// value or port 0 (as with --health-port 0) turns it off.
-    #[arg(long, env = "KUBELISTEN_STATUS_BIND", default_value = "127.0.0.1:8081", value_parser = status_bind)]
-    pub status_bind: StatusBind,
+    /// value or port 0 (as with --health-port 0) turns it off. A given address that cannot be
+    /// bound stops the start; the default, when taken (by a second kubelisten, a
+    /// controller-runtime manager's :8081), only turns /status off, with a warning
+    /// [default: 127.0.0.1:8081]
+    // No `default_value`: whether the address was given decides what a bind failure does
+    // (`RunArgs::status_addr`).
+    #[arg(long, env = "KUBELISTEN_STATUS_BIND", value_parser = status_bind)]
+    pub status_bind: Option<StatusBind>,
     /// Turns leader election on, with the lock in this namespace.
     #[arg(long, env = "KUBELISTEN_LEADER_ELECTION_NAMESPACE")]
     pub leader_election_namespace: Option<String>,
@@ -324,6 +330,25 @@ impl LimitFlags {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StatusBind(pub Option<std::net::SocketAddr>);
 
+/// The status address when neither `--status-bind` nor `KUBELISTEN_STATUS_BIND` is given.
+pub const DEFAULT_STATUS_BIND: std::net::SocketAddr =
+    std::net::SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 8081);
+
+impl RunArgs {
+    /// Where `/status` is served (`None`: turned off). A given address must be bound; the
+    /// default, [`DEFAULT_STATUS_BIND`], may be skipped when it is taken
+    /// ([`kubelisten::server::bind_status`]).
+    pub fn status_addr(&self) -> Option<StatusAddr> {
+        match self.status_bind {
+            None => Some(StatusAddr {
+                addr: DEFAULT_STATUS_BIND,
+                given: false,
+            }),
+            Some(StatusBind(addr)) => addr.map(|addr| StatusAddr { addr, given: true }),
+        }
+    }
+}
+
 /// `--status-bind`: `ADDRESS:PORT` (`[::1]:8081` for IPv6), or `off`, empty or port 0 for no
 /// status listener.
 fn status_bind(s: &str) -> Result<StatusBind, String> {
@@ -379,21 +404,36 @@ mod tests {
         }
     }
 
+    /// `/status` is on loopback by default, where a taken port does not stop the start; an
+    /// address that is given (even the default one) must be bound; `off` turns it off.
     #[test]
     fn status_is_served_on_loopback_by_default_and_can_be_turned_off() {
         let status = |extra: &[&str]| {
             let args = [&["run", "--crd", "crd.yaml", "-l", "a.wasm"][..], extra].concat();
             match parse(&args).map(|cli| cli.command) {
-                Ok(Command::Run(run)) => Ok(run.status_bind.0),
+                Ok(Command::Run(run)) => Ok(run.status_addr()),
                 Ok(other) => panic!("not run: {other:?}"),
                 Err(err) => Err(err.to_string()),
             }
         };
-        assert_eq!(status(&[]), Ok(Some("127.0.0.1:8081".parse().unwrap())));
+        let addr = |s: &str| s.parse::<std::net::SocketAddr>().expect("an address");
         assert_eq!(
-            status(&["--status-bind", "[::1]:9000"]),
-            Ok(Some("[::1]:9000".parse().unwrap()))
+            status(&[]),
+            Ok(Some(StatusAddr {
+                addr: addr("127.0.0.1:8081"),
+                given: false
+            }))
         );
+        for given in ["[::1]:9000", "127.0.0.1:8081"] {
+            assert_eq!(
+                status(&["--status-bind", given]),
+                Ok(Some(StatusAddr {
+                    addr: addr(given),
+                    given: true
+                })),
+                "{given}"
+            );
+        }
         for off in ["off", "OFF", "", "127.0.0.1:0"] {
             assert_eq!(status(&["--status-bind", off]), Ok(None), "{off:?}");
         }

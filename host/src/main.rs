@@ -271,7 +271,7 @@ fn run_cluster(runtime_config: RuntimeConfig, args: RunArgs) -> anyhow::Result<E
         shutdown_grace: Duration::from_secs(args.shutdown_grace),
         health_addr: (args.health_port != 0)
             .then(|| std::net::SocketAddr::new(args.health_bind, args.health_port)),
-        status_addr: args.status_bind.0,
+        status_addr: args.status_addr(),
         leader: leader_config(&args)?,
         modules: args.modules_configmap.clone(),
         watches_from_modules: from_configmap && args.modules_configmap.is_some(),

@@ -61,8 +61,9 @@ pub struct ServerState {
     pub election: Mutex<Option<(Arc<ElectionHealth>, Duration)>>,
     /// Set while a standby compiles the listeners' modules ahead of a takeover.
     warming: std::sync::atomic::AtomicBool,
-    /// One `/status` body is built at a time (it is O(objects)); further requests wait.
-    status_turn: tokio::sync::Semaphore,
+    /// One `/status` body is built at a time (it is O(objects)); further requests wait. The
+    /// permit is owned by the build itself, so a client that leaves does not end its turn.
+    status_turn: Arc<tokio::sync::Semaphore>,
 }
 
 /// What the hot swap rejected, for `/status` and `/readyz`.
@@ -87,7 +88,7 @@ impl ServerState {
             rejections: Mutex::new(None),
             election: Mutex::new(None),
             warming: std::sync::atomic::AtomicBool::new(false),
-            status_turn: tokio::sync::Semaphore::new(1),
+            status_turn: Arc::new(tokio::sync::Semaphore::new(1)),
         }
     }
 
@@ -199,6 +200,40 @@ pub fn bind(addr: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpListen
     };
     std.set_nonblocking(true)?;
     tokio::net::TcpListener::from_std(std)
+}
+
+/// Where `/status` is served (`--status-bind`), and whether it was chosen or is the default.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StatusAddr {
+    /// The address to bind.
+    pub addr: std::net::SocketAddr,
+    /// The address was given (`--status-bind`, `KUBELISTEN_STATUS_BIND`): failing to bind it
+    /// stops the start. The default (`127.0.0.1:8081`) was not asked for, and may be taken by
+    /// another process on the host or in the pod (a second kubelisten, a controller-runtime
+    /// manager's probe port): then the process runs without `/status` (see [`bind_status`]).
+    pub given: bool,
+}
+
+/// Binds the status listener's address ([`bind`]). When the default address cannot be bound,
+/// a warning says why and how to choose another, and `Ok(None)`: the process runs without
+/// `/status`, an optional debugging endpoint.
+///
+/// # Errors
+/// An address that was given ([`StatusAddr::given`]) cannot be bound.
+pub fn bind_status(status: StatusAddr) -> std::io::Result<Option<tokio::net::TcpListener>> {
+    match bind(status.addr) {
+        Ok(listener) => Ok(Some(listener)),
+        Err(err) if !status.given => {
+            tracing::warn!(
+                addr = %status.addr,
+                error = %err,
+                "cannot bind the default status address {}: /status is off; choose another address with --status-bind (KUBELISTEN_STATUS_BIND), or `off` to silence this",
+                status.addr
+            );
+            Ok(None)
+        }
+        Err(err) => Err(err),
+    }
 }
 
 /// A listening IPv6 socket on `addr` that takes IPv4 connections too.
@@ -340,8 +375,12 @@ async fn metrics(State(state): State<Arc<ServerState>>) -> impl IntoResponse {
 /// that comes meanwhile waits for its turn), from a copy of the watch list taken under the lock
 /// and released at once, on the blocking pool: neither the probes nor the lease renewals,
 /// which may share the one worker thread of a 1-CPU pod, wait for it.
+///
+/// The turn (an owned permit) goes into the blocking build and ends with it: when the client
+/// leaves, hyper drops this handler, but the build cannot be cancelled and runs on, so a
+/// permit held here would let the next request start a second build alongside it.
 async fn status(State(state): State<Arc<ServerState>>) -> Response {
-    let Ok(_turn) = state.status_turn.acquire().await else {
+    let Ok(turn) = state.status_turn.clone().acquire_owned().await else {
         // The semaphore is never closed.
         return (StatusCode::SERVICE_UNAVAILABLE, "stopping\n").into_response();
     };
@@ -349,6 +388,7 @@ async fn status(State(state): State<Arc<ServerState>>) -> Response {
     let rejections = ServerState::lock(&state.rejections).clone();
     let leader = *ServerState::lock(&state.leader);
     let built = tokio::task::spawn_blocking(move || {
+        let _turn = turn;
         serde_json::to_vec(&StatusReport {
             leader,
             watches: watches.iter().map(WatchReport::of).collect(),
@@ -658,5 +698,71 @@ mod tests {
             .expect("the second build started after the first");
         release.send(()).unwrap();
         assert_eq!(second.await.unwrap().0, 200);
+    }
+
+    /// A client that leaves while its `/status` body is built does not end the build's turn:
+    /// the build cannot be cancelled and runs on, so the next request's build waits for it
+    /// rather than running alongside (a client closing in a loop would otherwise start one
+    /// O(objects) build per request, all at once).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_client_that_leaves_does_not_end_its_builds_turn() {
+        let (entered_tx, mut entered) = tokio::sync::mpsc::unbounded_channel();
+        let (release, release_rx) = std::sync::mpsc::channel();
+        let released = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let state = state_with_objects(
+            10,
+            blocking_listeners(entered_tx, release_rx, released.clone()),
+        );
+        let first = tokio::spawn(send(status_router(state.clone()), "/status"));
+        entered.recv().await.expect("the first build started");
+        // The client leaves: hyper drops the handler, as aborting the task does here.
+        first.abort();
+        assert!(
+            first.await.is_err_and(|err| err.is_cancelled()),
+            "the first request was dropped"
+        );
+        let second = tokio::spawn(send(status_router(state.clone()), "/status"));
+        // Were the turn ended with the handler, the second build would start now (on another
+        // thread); it may take a moment, so give it up to 2 s. With the turn held by the
+        // first build it never does before that build is released.
+        let second_started = tokio::time::timeout(Duration::from_secs(2), entered.recv())
+            .await
+            .is_ok();
+        assert!(
+            !second_started,
+            "a second /status build ran alongside the abandoned first one"
+        );
+        release.send(()).unwrap();
+        entered
+            .recv()
+            .await
+            .expect("the second build started after the first ended");
+        assert!(
+            released.load(Ordering::SeqCst),
+            "the first build was released"
+        );
+        release.send(()).unwrap();
+        assert_eq!(second.await.unwrap().0, 200);
+    }
+
+    /// A status address that is taken turns `/status` off when it is the default, and is an
+    /// error when it was given.
+    #[tokio::test]
+    async fn a_taken_default_status_address_turns_status_off_a_given_one_fails() {
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = taken.local_addr().unwrap();
+        let default = bind_status(StatusAddr { addr, given: false });
+        assert!(matches!(default, Ok(None)), "{default:?}");
+        let given = bind_status(StatusAddr { addr, given: true });
+        assert_eq!(
+            given.map(|_| ()).map_err(|err| err.kind()),
+            Err(std::io::ErrorKind::AddrInUse)
+        );
+        // A free address: bound, given or not.
+        let free = std::net::SocketAddr::new(addr.ip(), 0);
+        for given in [false, true] {
+            let bound = bind_status(StatusAddr { addr: free, given });
+            assert!(matches!(bound, Ok(Some(_))), "given: {given}: {bound:?}");
+        }
     }
 }
