@@ -2073,9 +2073,16 @@ fn random_bytes_beyond_the_limit_are_refused() {
 /// `restore` (keeps the length of the state it gets at address 144), for
 /// [`support::wat_listener_with`].
 fn stateful_core(len: u32) -> String {
+    stateful_core_with("", len)
+}
+
+/// [`stateful_core`] whose `snapshot` first runs `before` (WAT instructions that may call the
+/// helpers of [`support::wat_listener`] and use the locals `$i` and `$at`).
+fn stateful_core_with(before: &str, len: u32) -> String {
     let pages = len.div_ceil(65536);
     format!(
-        r#"(func (export "snapshot") (result i32) (local $i i32)
+        r#"(func (export "snapshot") (result i32) (local $i i32) (local $at i32)
+             {before}
              (local.set $i (memory.grow (i32.const {pages})))
              (i32.store (i32.const 136) (i32.mul (local.get $i) (i32.const 65536)))
              (i32.store (i32.const 140) (i32.const {len}))
@@ -2119,6 +2126,81 @@ fn a_state_beyond_the_hostcall_bound_is_handed_over_and_the_bound_restored() {
     // The old instance's calls after its snapshot have the usual bound again.
     let outcome = old.call_event(Export::Create, &ev, &ctx());
     assert_eq!(outcome.trap_kind(), Some(TrapKind::Memory), "{outcome:?}");
+}
+
+/// WAT instructions that log (`info`) a line of `len` bytes `x`, on pages they grow the memory
+/// by (they use the local `$at`).
+fn logs_line_of(len: u32) -> String {
+    let pages = len.div_ceil(65536);
+    format!(
+        "(local.set $at (i32.mul (memory.grow (i32.const {pages})) (i32.const 65536)))
+         (memory.fill (local.get $at) (i32.const 120) (i32.const {len}))
+         (call $log (i32.const 2) (local.get $at) (i32.const {len}))"
+    )
+}
+
+/// The host calls a guest makes during `snapshot` keep the 4 MiB bound on what one call hands
+/// the host: only the export's result (the state) may be as large as the guest's memory. A
+/// 5 MiB log line is refused before it is copied, which fails the hand-over, instead of being
+/// copied whole (up to twice the guest's memory per call, at each hot swap) and cut to 4 KiB.
+#[test]
+fn a_snapshot_s_host_calls_keep_the_hostcall_bound() {
+    let (rt, capture, _cache) = runtime();
+    let exports = stateful_exports("(list u8)", "(list u8)");
+    let core = stateful_core_with(&logs_line_of(5 << 20), 16);
+    let old = support::wat_listener_with("", "", &core, &exports);
+    let old = wat_listener_named(&rt, "old", Mode::Reference, Limits::default(), &old);
+    let new = support::wat_listener_with("", "", &stateful_core(16), &exports);
+    let new = wat_listener_named(&rt, "new", Mode::Reference, Limits::default(), &new);
+    // The log call is refused before its line is copied (wasmtime's hostcall fuel, which the
+    // host counts as a `memory` trap): nothing reaches the log, the snapshot fails and the new
+    // version starts fresh.
+    assert!(
+        !new.begin_handover().restore_from(&old),
+        "the hand-over went through"
+    );
+    assert_eq!(capture.messages_of("old"), Vec::<String>::new());
+}
+
+/// The bound set back for a `snapshot`'s host calls is raised again once they return: a state
+/// beyond 4 MiB is handed over whole after a cluster call (whose 1 MiB response makes the
+/// guest's `realloc` grow its memory: host calls nested in a host call) and a 1 MiB log line.
+#[test]
+fn a_state_beyond_the_hostcall_bound_is_handed_over_after_host_calls() {
+    let echo = Arc::new(Echo {
+        response: format!("\"{}\"", "r".repeat((1 << 20) - 2)),
+        bodies: Default::default(),
+    });
+    let capture = Arc::new(support::Capture::default());
+    let cache = tempfile::tempdir().unwrap();
+    let rt = kubelisten::Runtime::new(kubelisten::RuntimeConfig {
+        cache_dir: Some(cache.path().to_path_buf()),
+        sink: capture.clone(),
+        cluster: echo.clone(),
+        ..kubelisten::RuntimeConfig::default()
+    })
+    .unwrap();
+    let state = 16 << 20;
+    let exports = stateful_exports("(list u8)", "(list u8)");
+    let before = format!(
+        "(if (i32.eqz (call $cluster_ok)) (then unreachable)) {}",
+        logs_line_of(1 << 20)
+    );
+    let old = support::wat_listener_with("", "", &stateful_core_with(&before, state), &exports);
+    let old = wat_listener_named(&rt, "old", Mode::Reference, Limits::default(), &old);
+    let restored_whole =
+        format!("(if (i32.ne (i32.load (i32.const 144)) (i32.const {state})) (then unreachable))");
+    let new = support::wat_listener_with("", &restored_whole, &stateful_core(state), &exports);
+    let new = wat_listener_named(&rt, "new", Mode::Reference, Limits::default(), &new);
+    assert!(new.begin_handover().restore_from(&old));
+    let ev = kubelisten_wit(&event(EventKind::Create, "a", None));
+    assert_eq!(new.call_event(Export::Create, &ev, &ctx()), Outcome::Ok);
+    assert_eq!(*echo.bodies.lock().unwrap(), [2]);
+    let lines = capture.messages_of("old");
+    assert!(
+        lines.len() == 1 && lines[0].starts_with("xxxx"),
+        "{lines:?}"
+    );
 }
 
 /// A `cluster` import that answers every call with `response` and keeps the size of each

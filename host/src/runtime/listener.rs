@@ -17,7 +17,7 @@ use super::check;
 use super::engine::{Runtime, SpareTicket, EPOCH_TICK, HALT_CHECK_TICKS};
 use super::host::{ChainState, ClusterAccess};
 use super::limits::Limits;
-use super::state::{hand_over_fuel, HostState, HOSTCALL_FUEL};
+use super::state::{hand_over_hook, HandOver, HostState, HOSTCALL_FUEL};
 use super::trap::{Halted, TrapKind};
 use super::{Error, Result};
 
@@ -844,13 +844,19 @@ impl Listener {
         let p = slot.as_mut()?;
         p.store.set_epoch_deadline(self.first_deadline());
         p.store.data_mut().start_call();
-        // The state may be as large as the guest's memory.
-        p.store.set_hostcall_fuel(hand_over_fuel(&self.limits));
+        // The state may be as large as the guest's memory; the host calls made meanwhile keep
+        // the usual bound (the hook). Installed at a snapshot only, so a store never snapshotted
+        // runs no hook; after the snapshot it does nothing (`hand_over` is `None`).
+        let hand_over = HandOver::new(&self.limits);
+        p.store.data_mut().hand_over = Some(hand_over);
+        p.store.call_hook(hand_over_hook);
+        p.store.set_hostcall_fuel(hand_over.fuel);
         let result = contain_export(|| {
             p.instance
                 .get_typed_func::<(), (Vec<u8>,)>(&mut p.store, "snapshot")
                 .and_then(|f| f.call(&mut p.store, ()).map(|(bytes,)| bytes))
         });
+        p.store.data_mut().hand_over = None;
         p.store.set_hostcall_fuel(HOSTCALL_FUEL);
         match result {
             Ok(bytes) => Some(bytes),

@@ -5,6 +5,7 @@ use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 use wasmtime::component::ResourceTable;
+use wasmtime::{CallHook, StoreContextMut};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::bindings::kubelisten::listener::cluster::{
@@ -42,13 +43,70 @@ pub(crate) const MAX_RANDOM_BYTES: usize = 1 << 20;
 /// and error. Log lines, error messages (both cut to 4 KiB) and chain-state entries (64 KiB)
 /// are far smaller. Data the host hands the guest (the event, cluster responses up to 8 MiB)
 /// is not counted. More traps as `memory` before anything is copied. A `snapshot` result, up to
-/// the guest's memory, gets that much ([`hand_over_fuel`]).
+/// the guest's memory, gets that much ([`hand_over_fuel`]); the host calls made during it do not
+/// ([`hand_over_hook`]).
 pub(crate) const HOSTCALL_FUEL: usize = 4 << 20;
 
-/// The hostcall fuel of a `snapshot` call: its result is the whole state, up to the listener's
+/// The hostcall fuel of a `snapshot` call's result: the whole state, up to the listener's
 /// memory.
 pub(crate) fn hand_over_fuel(limits: &Limits) -> usize {
     HOSTCALL_FUEL.max(limits.memory_bytes)
+}
+
+/// The store's call hook while a `snapshot` runs ([`HostState::hand_over`] is set): the host
+/// calls the guest makes meanwhile (`log`, `chain-state`, `cluster`, WASI) get [`HOSTCALL_FUEL`],
+/// and the raised [`hand_over_fuel`] is back once they return, for the export's result.
+///
+/// wasmtime reads the store's fuel when it starts lifting a call's arguments
+/// (`LiftContext::new` in `HostFunc::call_sync_lower`), and calls this hook with
+/// `CallingHost` before that, around the whole host call (`HostResult::maybe_catch_unwind`),
+/// so the host's import implementations, which run after the lift, could not do it. The export's
+/// result is lifted after the guest returns, when every host call has returned. The depth
+/// counts nested host calls (a libcall of the `realloc` that lowers a host call's result): the
+/// fuel goes back up only when the outermost returns. Outside a `snapshot` the hook does
+/// nothing (a store keeps its hook once installed: wasmtime cannot remove one).
+pub(crate) fn hand_over_hook(
+    mut store: StoreContextMut<'_, HostState>,
+    transition: CallHook,
+) -> wasmtime::Result<()> {
+    let Some(hand_over) = store.data_mut().hand_over.as_mut() else {
+        return Ok(());
+    };
+    let fuel = match transition {
+        CallHook::CallingHost => {
+            hand_over.host_depth += 1;
+            HOSTCALL_FUEL
+        }
+        CallHook::ReturningFromHost => {
+            hand_over.host_depth = hand_over.host_depth.saturating_sub(1);
+            if hand_over.host_depth > 0 {
+                return Ok(());
+            }
+            hand_over.fuel
+        }
+        CallHook::CallingWasm | CallHook::ReturningFromWasm => return Ok(()),
+    };
+    store.set_hostcall_fuel(fuel);
+    Ok(())
+}
+
+/// A `snapshot` in progress (see [`hand_over_hook`]).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct HandOver {
+    /// The hostcall fuel of the export's result ([`hand_over_fuel`]).
+    pub(crate) fuel: usize,
+    /// Host calls in progress (nested ones included).
+    pub(crate) host_depth: u32,
+}
+
+impl HandOver {
+    /// A `snapshot` of a listener with these limits, before its call.
+    pub(crate) fn new(limits: &Limits) -> Self {
+        Self {
+            fuel: hand_over_fuel(limits),
+            host_depth: 0,
+        }
+    }
 }
 
 /// Per-store host state.
@@ -72,6 +130,8 @@ pub(crate) struct HostState {
     pub(crate) wall_budget: Duration,
     /// Cancelled when every guest call must stop (`Runtime::halt_guests`).
     halt: CancellationToken,
+    /// Set while a `snapshot` runs: its host calls keep [`HOSTCALL_FUEL`] ([`hand_over_hook`]).
+    pub(crate) hand_over: Option<HandOver>,
 }
 
 impl HostState {
@@ -124,6 +184,7 @@ impl HostState {
             stdout,
             stderr,
             halt,
+            hand_over: None,
         }
     }
 

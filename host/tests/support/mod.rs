@@ -116,7 +116,9 @@ pub fn event(kind: EventKind, name: &str, fault: Option<&str>) -> ResourceEvent 
 /// - `$cluster_ok`, returning 1 when `kubelisten:listener/cluster.create` of `{}` succeeds,
 ///   0 when it returns an `api-error`,
 /// - `$random_bytes` (`wasi:random/random.get-random-bytes`: `i64` length, `i32` address where
-///   the list's pointer and length are written).
+///   the list's pointer and length are written),
+/// - `$log` (`kubelisten:listener/log.log`: level, 0 to 4 for `trace` to `error`, then the
+///   message's address and length).
 ///
 /// A local `$i` (`i32`) is free for loops in both.
 pub fn wat_listener(start: &str, create: &str) -> Vec<u8> {
@@ -159,6 +161,10 @@ fn wat_component(start: &str, create: &str, object: &str, core: &str, exports: &
       (case "other" string)))
     (export "api-error" (type $api-error (eq $api-error-def)))
     (export "create" (func (param "object" string) (result (result string (error $api-error)))))))
+  (import "kubelisten:listener/log@0.1.0" (instance $log
+    (type $level-def (enum "trace" "debug" "info" "warn" "error"))
+    (export "level" (type $level (eq $level-def)))
+    (export "log" (func (param "level" $level) (param "message" string)))))
 
   ;; Memory and a bump allocator (never frees: enough for a test's few events).
   (core module $libc
@@ -192,7 +198,10 @@ fn wat_component(start: &str, create: &str, object: &str, core: &str, exports: &
   (alias export $random "get-random-bytes" (func $random-bytes-func))
   (core func $random-bytes-core
     (canon lower (func $random-bytes-func) (memory $memory) (realloc $realloc)))
+  (alias export $log "log" (func $log-func))
+  (core func $log-core (canon lower (func $log-func) (memory $memory)))
   (core instance $host
+    (export "log" (func $log-core))
     (export "exit" (func $exit-core))
     (export "subscribe-duration" (func $subscribe-core))
     (export "cluster-create" (func $cluster-create-core))
@@ -204,6 +213,7 @@ fn wat_component(start: &str, create: &str, object: &str, core: &str, exports: &
     (import "host" "subscribe-duration" (func $subscribe (param i64) (result i32)))
     (import "host" "cluster-create" (func $cluster_create (param i32 i32 i32)))
     (import "host" "random-bytes" (func $random_bytes (param i64 i32)))
+    (import "host" "log" (func $log (param i32 i32 i32)))
     ;; 16: the `ok` result of every export; 32: the cluster call's result; 64: its object.
     (data (i32.const 64) "OBJECT")
     (func $cluster_ok (result i32)
