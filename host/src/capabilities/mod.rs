@@ -1442,6 +1442,12 @@ mod tests {
     fn names_that_would_reach_another_url_are_refused_before_any_request() {
         let f = fixture(PODS, Duration::from_secs(5));
         let patch = || (PatchType::Merge, "{}".to_string());
+        let record = |about| ClusterRequest::RecordEvent {
+            about,
+            kind: EventType::Normal,
+            reason: "R".into(),
+            message: "m".into(),
+        };
         let refused = [
             ("ref.name", ClusterRequest::Get(pod("p/log"))),
             ("ref.name", ClusterRequest::Get(pod(""))),
@@ -1501,24 +1507,14 @@ mod tests {
             ),
             (
                 "about.namespace",
-                ClusterRequest::RecordEvent {
-                    about: ObjectRef {
+                record(ObjectRef {
                         namespace: Some("ns/x".into()),
                         ..pod("p")
-                    },
-                    kind: EventType::Normal,
-                    reason: "R".into(),
-                    message: "m".into(),
-                },
+                    }),
             ),
             (
                 "about.name",
-                ClusterRequest::RecordEvent {
-                    about: pod("p/status"),
-                    kind: EventType::Normal,
-                    reason: "R".into(),
-                    message: "m".into(),
-                },
+                record(pod("p/status")),
             ),
             // A line break would start a forged line in the host's log.
             (
@@ -1551,63 +1547,38 @@ mod tests {
             // What a record-event is about goes into the Event and the host's series cache.
             (
                 "about.kind",
-                ClusterRequest::RecordEvent {
-                    about: ObjectRef {
+                record(ObjectRef {
                         kind: "Pod\nFAKE LINE".into(),
                         ..pod("p")
-                    },
-                    kind: EventType::Normal,
-                    reason: "R".into(),
-                    message: "m".into(),
-                },
+                    }),
             ),
             (
                 "about.kind",
-                ClusterRequest::RecordEvent {
-                    about: ObjectRef {
+                record(ObjectRef {
                         kind: "A".repeat(1 << 20),
                         ..pod("p")
-                    },
-                    kind: EventType::Normal,
-                    reason: "R".into(),
-                    message: "m".into(),
-                },
+                    }),
             ),
             (
                 "about.apiVersion (group)",
-                ClusterRequest::RecordEvent {
-                    about: ObjectRef {
+                record(ObjectRef {
                         api_version: "../v1".into(),
                         ..pod("p")
-                    },
-                    kind: EventType::Normal,
-                    reason: "R".into(),
-                    message: "m".into(),
-                },
+                    }),
             ),
             (
                 "about.apiVersion (version)",
-                ClusterRequest::RecordEvent {
-                    about: ObjectRef {
+                record(ObjectRef {
                         api_version: "apps/v1\nFAKE".into(),
                         ..pod("p")
-                    },
-                    kind: EventType::Normal,
-                    reason: "R".into(),
-                    message: "m".into(),
-                },
+                    }),
             ),
             (
                 "about.name",
-                ClusterRequest::RecordEvent {
-                    about: ObjectRef {
+                record(ObjectRef {
                         name: "n".repeat(254),
                         ..pod("p")
-                    },
-                    kind: EventType::Normal,
-                    reason: "R".into(),
-                    message: "m".into(),
-                },
+                    }),
             ),
             (
                 "ref.name",

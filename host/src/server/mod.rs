@@ -615,6 +615,31 @@ mod tests {
         assert_eq!(body["rejected"], serde_json::json!({}));
     }
 
+    /// A server state with `objects` objects whose `/status` build blocks (see
+    /// [`blocking_listeners`]), with the ends that observe and release it.
+    struct Blocked {
+        state: Arc<ServerState>,
+        entered: tokio::sync::mpsc::UnboundedReceiver<()>,
+        release: std::sync::mpsc::Sender<()>,
+        released: Arc<std::sync::atomic::AtomicBool>,
+    }
+
+    fn blocked_status(objects: usize) -> Blocked {
+        let (entered_tx, entered) = tokio::sync::mpsc::unbounded_channel();
+        let (release, release_rx) = std::sync::mpsc::channel();
+        let released = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let state = state_with_objects(
+            objects,
+            blocking_listeners(entered_tx, release_rx, released.clone()),
+        );
+        Blocked {
+            state,
+            entered,
+            release,
+            released,
+        }
+    }
+
     /// A listener list that blocks the `/status` build until released (or 10 s pass), says so
     /// through `entered` when the build reaches it, and records whether it was released.
     fn blocking_listeners(
@@ -638,13 +663,12 @@ mod tests {
     /// nor the runtime's thread.
     #[tokio::test]
     async fn probes_answer_while_a_status_is_built() {
-        let (entered_tx, mut entered) = tokio::sync::mpsc::unbounded_channel();
-        let (release, release_rx) = std::sync::mpsc::channel();
-        let released = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let state = state_with_objects(
-            20_000,
-            blocking_listeners(entered_tx, release_rx, released.clone()),
-        );
+        let Blocked {
+            state,
+            mut entered,
+            release,
+            released,
+        } = blocked_status(20_000);
         let building = tokio::spawn(send(status_router(state.clone()), "/status"));
         entered
             .recv()
@@ -670,13 +694,12 @@ mod tests {
     /// start while the first is being built, and is served once it is done.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn status_bodies_are_built_one_at_a_time() {
-        let (entered_tx, mut entered) = tokio::sync::mpsc::unbounded_channel();
-        let (release, release_rx) = std::sync::mpsc::channel();
-        let released = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let state = state_with_objects(
-            10,
-            blocking_listeners(entered_tx, release_rx, released.clone()),
-        );
+        let Blocked {
+            state,
+            mut entered,
+            release,
+            ..
+        } = blocked_status(10);
         let first = tokio::spawn(send(status_router(state.clone()), "/status"));
         entered.recv().await.expect("the first build started");
         let second = tokio::spawn(send(status_router(state.clone()), "/status"));
@@ -706,13 +729,12 @@ mod tests {
     /// O(objects) build per request, all at once).
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_client_that_leaves_does_not_end_its_builds_turn() {
-        let (entered_tx, mut entered) = tokio::sync::mpsc::unbounded_channel();
-        let (release, release_rx) = std::sync::mpsc::channel();
-        let released = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let state = state_with_objects(
-            10,
-            blocking_listeners(entered_tx, release_rx, released.clone()),
-        );
+        let Blocked {
+            state,
+            mut entered,
+            release,
+            released,
+        } = blocked_status(10);
         let first = tokio::spawn(send(status_router(state.clone()), "/status"));
         entered.recv().await.expect("the first build started");
         // The client leaves: hyper drops the handler, as aborting the task does here.
